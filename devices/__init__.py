@@ -1,0 +1,1 @@
+"""Device profiles and the cost model (execution-provider presets live in runtime.providers)."""

@@ -1,0 +1,152 @@
+"""`edgespec` command line: argument parsing only; each command calls one function elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _session_config(ns):
+    from edgespec.runtime.providers import SessionConfig
+
+    return SessionConfig(provider=ns.provider, threads=ns.threads,
+                         allow_fallback=ns.allow_cpu_fallback)
+
+
+def _params(ns):
+    from edgespec.runtime.generator import GenerationParams
+    from edgespec.sampling import SamplingParams
+
+    temperature = 0.0 if ns.greedy else ns.temperature
+    return GenerationParams(max_new_tokens=ns.max_new_tokens,
+                            sampling=SamplingParams(temperature, ns.top_k, ns.top_p),
+                            seed=ns.seed, stop_strings=tuple(ns.stop or ()))
+
+
+def cmd_export(ns) -> int:
+    from edgespec.export.pipeline import ExportOptions, demo_checkpoint, export_bundle
+
+    if ns.demo == bool(ns.hf_dir):
+        raise SystemExit("edgespec export: give a local HF folder or --demo (one of the two)")
+    hf_dir = demo_checkpoint() if ns.demo else Path(ns.hf_dir)
+    layers = None if ns.feature_layers is None else tuple(
+        int(x) for x in ns.feature_layers.split(",") if x.strip())
+    m = export_bundle(hf_dir, ns.out, ExportOptions(max_len=ns.max_len, feature_layers=layers,
+                                                    overwrite=ns.overwrite))
+    print(f"wrote {ns.out}: {m.model.architecture}, {m.model.num_layers} layers, vocab "
+          f"{m.model.vocab_size}, max_len {m.model.max_len}, parity vs torch "
+          f"{m.target.parity_max_abs:.2g} (max |logit diff|)")
+    return 0
+
+
+def cmd_info(ns) -> int:
+    from edgespec.manifest import load_manifest
+
+    m = load_manifest(ns.bundle)
+    mi = m.model
+    print(f"bundle      {ns.bundle} (format v{m.format_version}, {m.created_by})")
+    print(f"model       {mi.architecture}: {mi.num_layers} layers, d={mi.hidden_size}, "
+          f"heads {mi.num_heads}/{mi.num_kv_heads} kv, head_dim {mi.head_dim}, "
+          f"vocab {mi.vocab_size}, {mi.dtype}")
+    print(f"max_len     {mi.max_len}")
+    print(f"target      {m.target.file} ({m.target.kind} graph, KV {m.target.kv.layout}, "
+          f"update={m.target.kv.update}, parity {m.target.parity_max_abs})")
+    print(f"features    layers {list(m.target.feature_layers) or 'none'}")
+    print(f"tokenizer   {m.tokenizer.file}, eos {list(m.tokenizer.eos_token_ids)}")
+    print(f"drafters    {', '.join(m.drafters) or 'none'}")
+    return 0
+
+
+def cmd_run(ns) -> int:
+    from edgespec.runtime.generator import stream
+    from edgespec.runtime.model import Model
+
+    model = Model(ns.bundle, _session_config(ns))
+    for piece in stream(model, ns.prompt, _params(ns)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_eval(ns) -> int:
+    from edgespec.runtime.evaluate import read_prompts, run_eval, summarize
+    from edgespec.runtime.model import Model
+
+    model = Model(ns.bundle, _session_config(ns))
+    rows = read_prompts(ns.prompts)[: ns.limit or None]
+    results = []
+    out = Path(ns.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
+        for r in run_eval(model, rows, _params(ns), ns.drafter):
+            fh.write(json.dumps(r) + "\n")
+            results.append(r)
+    print(summarize(results).line())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgespec", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("export", help="local HF checkpoint -> bundle folder")
+    e.add_argument("hf_dir", nargs="?", help="local Hugging Face model folder")
+    e.add_argument("-o", "--out", required=True, help="bundle folder to write")
+    e.add_argument("--demo", action="store_true", help="export the bundled reference model")
+    e.add_argument("--max-len", type=int, default=None, help="KV length (prompt + new tokens)")
+    e.add_argument("--feature-layers", default=None,
+                   help="comma-separated decoder layers exposed as `features` ('' for none)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    e.set_defaults(fn=cmd_export)
+
+    i = sub.add_parser("info", help="describe a bundle")
+    i.add_argument("bundle")
+    i.set_defaults(fn=cmd_info)
+
+    def runtime_args(q):
+        q.add_argument("bundle")
+        q.add_argument("--max-new-tokens", type=int, default=128)
+        q.add_argument("--greedy", action="store_true", help="argmax decoding (the default "
+                                                               "unless --temperature > 0)")
+        q.add_argument("--temperature", type=float, default=0.0)
+        q.add_argument("--top-k", type=int, default=0)
+        q.add_argument("--top-p", type=float, default=1.0)
+        q.add_argument("--seed", type=int, default=None)
+        q.add_argument("--stop", action="append", help="stop string (repeatable)")
+        q.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
+        q.add_argument("--allow-cpu-fallback", action="store_true",
+                       help="run on CPU (with a warning) if the provider is not installed")
+        q.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = default)")
+
+    r = sub.add_parser("run", help="stream a completion of PROMPT")
+    runtime_args(r)
+    r.add_argument("prompt")
+    r.set_defaults(fn=cmd_run)
+
+    v = sub.add_parser("eval", help="run a jsonl of prompts, write one row per prompt")
+    runtime_args(v)
+    v.add_argument("--prompts", required=True, help="jsonl with a 'prompt' (and 'id') field")
+    v.add_argument("--out", required=True, help="results jsonl")
+    v.add_argument("--drafter", default="none", help="drafter name from the bundle, or none")
+    v.add_argument("--limit", type=int, default=0, help="first N prompts only (0 = all)")
+    v.set_defaults(fn=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    from edgespec.manifest import BundleError
+
+    try:
+        return ns.fn(ns)
+    except (BundleError, FileNotFoundError, FileExistsError, ValueError, ImportError,
+            RuntimeError) as e:
+        print(f"edgespec {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The bundle contract: manifest.json <-> frozen dataclasses. Stdlib only.
+
+The manifest is the one thing export and runtime share. Export writes it with `Manifest.to_json`;
+the runtime reads it with `load_manifest`, which refuses a newer format, a missing file, or a path
+that leaves the bundle folder, before any ONNX session is created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_NAME = "edgespec-bundle"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple  # ints for fixed dims, strings for symbolic ones ("S", "P+S", "max_len")
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    """Per-layer K/V buffers the runtime preallocates: [1, num_kv_heads, max_len, head_dim]."""
+
+    layout: str  # "BNSH": [batch, kv_heads, seq, head_dim]
+    dtype: str
+    past_key: str  # input name pattern, "{i}" replaced by the layer index
+    past_value: str
+    present_key: str  # output name pattern: K of the S new tokens only, [1, Hkv, S, D]
+    present_value: str
+    # "runtime": the graph reads past[:, :, :P] and returns only the new K/V, which the runtime
+    # writes at offset P (O(S)). "in_graph": the graph writes the shared buffer in place
+    # (GroupQueryAttention with past/present sharing one buffer; the fused graph of issue 3).
+    update: str = "runtime"
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX graph of the bundle (the target, later each drafter)."""
+
+    file: str
+    kind: str  # "plain" (standard ONNX ops) or "fused" (com.microsoft contrib ops)
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    kv: KVSpec
+    mask_value: float  # additive attention bias for masked pairs (finite, fp16-safe when fp16)
+    feature_layers: tuple[int, ...] = ()  # decoder-layer outputs concatenated into `features`
+    parity_max_abs: float | None = None  # max |logit diff| vs torch measured at export
+    external_data: str | None = None  # weights file beside the graph (graphs over 2 GB)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    architecture: str  # llama | mistral | qwen2 | qwen3
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_len: int  # KV buffer length: prompt + generated tokens must fit
+    dtype: str
+    sliding_window: int | None = None
+    fingerprint: str = ""  # sha256 over the source weights; drafters record the one they fit
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    file: str
+    eos_token_ids: tuple[int, ...]
+    bos_token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelInfo
+    tokenizer: TokenizerInfo
+    target: GraphSpec
+    drafters: dict = field(default_factory=dict)  # name -> drafter entry (later issues)
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    created_by: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    def files(self) -> list[str]:
+        """Every file the bundle must hold, relative to its folder."""
+        graphs = [self.target]
+        return [MANIFEST_FILE, self.tokenizer.file, *(g.file for g in graphs),
+                *(g.external_data for g in graphs if g.external_data)]
+
+
+# ---------------------------------------------------------------- reading and validation
+
+
+def safe_path(bundle_dir: str | os.PathLike, rel: str) -> Path:
+    """Resolve `rel` inside `bundle_dir`; refuse absolute paths, '..' and symlinks leaving it."""
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"bundle path {rel!r} must be a non-empty relative path string")
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or ":" in rel:
+        raise BundleError(f"bundle path {rel!r} is absolute; manifest paths must be relative "
+                          "to the bundle folder")
+    root = Path(bundle_dir).resolve()
+    full = (root / rel).resolve()
+    if full != root and root not in full.parents:
+        raise BundleError(f"bundle path {rel!r} leaves the bundle folder {root}; "
+                          "re-export the bundle instead of editing its manifest")
+    return full
+
+
+def _need(d: Any, key: str, typ: type | tuple, where: str) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise BundleError(f"manifest.json: missing key '{where}.{key}'; re-export the bundle")
+    val = d[key]
+    if typ is int and isinstance(val, bool) or not isinstance(val, typ):
+        raise BundleError(f"manifest.json: '{where}.{key}' = {val!r} has the wrong type "
+                          f"(expected {getattr(typ, '__name__', typ)}); re-export the bundle")
+    return val
+
+
+def _tensor(d: dict, where: str) -> TensorSpec:
+    name = _need(d, "name", str, where)
+    dtype = _need(d, "dtype", str, where)
+    if dtype not in DTYPES:
+        raise BundleError(f"manifest.json: {where} '{name}' has unknown dtype {dtype!r}")
+    shape = _need(d, "shape", list, where)
+    for s in shape:
+        if not isinstance(s, (int, str)) or isinstance(s, bool):
+            raise BundleError(f"manifest.json: {where} '{name}' has a bad dim {s!r}")
+    return TensorSpec(name, dtype, tuple(shape))
+
+
+def _graph(d: dict, where: str) -> GraphSpec:
+    kv = _need(d, "kv", dict, where)
+    kv_spec = KVSpec(**{k: _need(kv, k, str, f"{where}.kv") for k in (
+        "layout", "dtype", "past_key", "past_value", "present_key", "present_value", "update")})
+    if kv_spec.layout != "BNSH" or kv_spec.update not in ("runtime", "in_graph"):
+        raise BundleError(f"manifest.json: {where}.kv layout/update {kv_spec.layout}/"
+                          f"{kv_spec.update} is not supported by this runtime; upgrade edgespec")
+    parity = d.get("parity_max_abs")
+    return GraphSpec(
+        file=_need(d, "file", str, where),
+        kind=_need(d, "kind", str, where),
+        inputs=tuple(_tensor(t, f"{where}.inputs") for t in _need(d, "inputs", list, where)),
+        outputs=tuple(_tensor(t, f"{where}.outputs") for t in _need(d, "outputs", list, where)),
+        kv=kv_spec,
+        mask_value=float(_need(d, "mask_value", (int, float), where)),
+        feature_layers=tuple(int(i) for i in d.get("feature_layers", [])),
+        parity_max_abs=None if parity is None else float(parity),
+        external_data=d.get("external_data"),
+    )
+
+
+_MAX_DIM = 1 << 24  # refuses absurd dims before anything is allocated
+
+
+def manifest_from_dict(d: Any) -> Manifest:
+    if not isinstance(d, dict):
+        raise BundleError("manifest.json must hold a JSON object; re-export the bundle")
+    if d.get("format") != FORMAT_NAME:
+        raise BundleError(f"manifest.json: format {d.get('format')!r} is not {FORMAT_NAME!r}; "
+                          "this folder is not an edgespec bundle")
+    version = _need(d, "format_version", int, "manifest")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"bundle format version {version} is newer than this edgespec reads "
+                          f"({FORMAT_VERSION}); upgrade edgespec (pip install -U edgespec)")
+    m = _need(d, "model", dict, "manifest")
+    ints = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+            "max_len")
+    model = ModelInfo(
+        architecture=_need(m, "architecture", str, "model"),
+        **{k: _need(m, k, int, "model") for k in ints},
+        dtype=_need(m, "dtype", str, "model"),
+        sliding_window=m.get("sliding_window"),
+        fingerprint=str(m.get("fingerprint", "")),
+    )
+    for k in ints:
+        v = getattr(model, k)
+        if not 0 < v <= _MAX_DIM:
+            raise BundleError(f"manifest.json: model.{k} = {v} is out of range (1..{_MAX_DIM})")
+    t = _need(d, "tokenizer", dict, "manifest")
+    eos = _need(t, "eos_token_ids", list, "tokenizer")
+    if not all(isinstance(i, int) and 0 <= i < model.vocab_size for i in eos):
+        raise BundleError(f"manifest.json: tokenizer.eos_token_ids {eos} must be ids < vocab_size")
+    tok = TokenizerInfo(file=_need(t, "file", str, "tokenizer"), eos_token_ids=tuple(eos),
+                        bos_token_id=t.get("bos_token_id"))
+    drafters = d.get("drafters", {})
+    if not isinstance(drafters, dict):
+        raise BundleError("manifest.json: 'drafters' must be an object (name -> entry)")
+    return Manifest(model=model, tokenizer=tok, target=_graph(_need(d, "target", dict, "manifest"),
+                                                              "target"),
+                    drafters=drafters, format_version=version,
+                    created_by=str(d.get("created_by", "")))
+
+
+def load_manifest(bundle_dir: str | os.PathLike) -> Manifest:
+    """Read and validate `bundle_dir/manifest.json`; every file it names must exist inside."""
+    bundle = Path(bundle_dir)
+    if not bundle.is_dir():
+        raise BundleError(f"bundle folder {bundle} does not exist; create one with "
+                          "`edgespec export HF_DIR -o BUNDLE` (or `edgespec export --demo`)")
+    path = bundle / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{bundle} has no {MANIFEST_FILE}; it is not an edgespec bundle "
+                          "(create one with `edgespec export`)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON ({e}); re-export the bundle") from e
+    manifest = manifest_from_dict(raw)
+    for rel in manifest.files():
+        if not safe_path(bundle, rel).is_file():
+            raise BundleError(f"bundle {bundle} is missing {rel!r} named by its manifest; "
+                              "re-export the bundle")
+    return manifest

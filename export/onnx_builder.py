@@ -1,0 +1,65 @@
+"""A small helper that emits ONNX nodes and initializers with unique names."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 18
+NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
+              np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int32): TensorProto.INT32}
+NAME_TO_ONNX = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16,
+                "int64": TensorProto.INT64, "int32": TensorProto.INT32, "bool": TensorProto.BOOL}
+
+
+class Builder:
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._n = 0
+        self._consts: dict[tuple, str] = {}
+
+    def _fresh(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const(self, values, dtype=np.int64) -> str:
+        """A small constant, shared between all nodes that use the same value."""
+        arr = np.asarray(values, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.weight(self._fresh("const"), arr)
+        return self._consts[key]
+
+    def op(self, op_type: str, *inputs: str, name: str | None = None, n_out: int = 1,
+           domain: str = "", **attrs) -> str | list[str]:
+        outs = [name] if name and n_out == 1 else [self._fresh(op_type.lower())
+                                                   for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs,
+                                           name=self._fresh(f"n_{op_type}"), domain=domain,
+                                           **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def input(self, name: str, dtype: str, shape: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, NAME_TO_ONNX[dtype], shape))
+        return name
+
+    def output(self, value: str, name: str, dtype: str, shape: list) -> str:
+        """Expose `value` as graph output `name` (an Identity keeps internal names free)."""
+        self.op("Identity", value, name=name)
+        self.outputs.append(helper.make_tensor_value_info(name, NAME_TO_ONNX[dtype], shape))
+        return name
+
+    def model(self, graph_name: str, producer: str) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name=producer)
+        model.ir_version = 9  # onnxruntime >= 1.16 reads IR 9
+        return model

@@ -1,0 +1,100 @@
+"""`edgespec export`: a local HF checkpoint folder -> a self-contained bundle folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edgespec import __version__
+from edgespec.manifest import MANIFEST_FILE, Manifest, ModelInfo, TokenizerInfo
+from edgespec.models.args import ModelArgs
+from edgespec.models.weights import load_transformer, weights_fingerprint
+
+from .bundle import atomic_bundle, save_onnx
+from .target_graph import build_plain_graph, default_feature_layers
+from .validate import check_parity
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"  # outside the wheel: a clone has it
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    max_len: int | None = None  # KV buffer length; default min(max_position_embeddings, 4096)
+    feature_layers: tuple[int, ...] | None = None  # None = low/mid/high default; () = none
+    overwrite: bool = False
+    progress: bool = True
+
+
+def demo_checkpoint() -> Path:
+    path = DEMO_DIR / "pyref-target"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the demo model is not at {path}: `edgespec export --demo` runs from a clone of the "
+            "edgespec repository (the model ships beside the package, not inside the wheel); "
+            "pass a local HF folder instead: `edgespec export HF_DIR -o BUNDLE`")
+    return path
+
+
+def _eos_ids(hf_dir: Path, args: ModelArgs) -> tuple[int, ...]:
+    gen = hf_dir / "generation_config.json"
+    if gen.is_file():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        if eos is not None:
+            return tuple(eos) if isinstance(eos, list) else (eos,)
+    return args.eos_token_ids
+
+
+def export_bundle(hf_dir: str | Path, out_dir: str | Path,
+                  opts: ExportOptions = ExportOptions()) -> Manifest:
+    hf_dir = Path(hf_dir)
+    args = ModelArgs.from_hf_dir(hf_dir)  # unsupported architectures fail here, first
+    tokenizer = hf_dir / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"{hf_dir} has no tokenizer.json (a fast tokenizer); save one "
+                                "with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`")
+    max_len = opts.max_len or min(args.max_position_embeddings, 4096)
+    if max_len < 2:
+        raise ValueError(f"--max-len must be >= 2, got {max_len}")
+    layers = (default_feature_layers(args.n_layers) if opts.feature_layers is None
+              else tuple(opts.feature_layers))
+    if any(not 0 <= i < args.n_layers for i in layers):
+        raise ValueError(f"feature layers {layers} must be in [0, {args.n_layers})")
+
+    steps = tqdm(total=5, desc="export", unit="step", disable=not opts.progress)
+    steps.set_postfix_str("loading weights")
+    model = load_transformer(hf_dir, max_len=max_len)
+    steps.update()
+    steps.set_postfix_str("building graph")
+    proto, spec = build_plain_graph(model, max_len, layers)
+    steps.update()
+    info = ModelInfo(architecture=args.arch, vocab_size=args.vocab_size, hidden_size=args.dim,
+                     num_layers=args.n_layers, num_heads=args.n_heads,
+                     num_kv_heads=args.n_kv_heads, head_dim=args.head_dim, max_len=max_len,
+                     dtype="float32", sliding_window=args.sliding_window,
+                     fingerprint=weights_fingerprint(hf_dir))
+    tok = TokenizerInfo(file="tokenizer.json", eos_token_ids=_eos_ids(hf_dir, args),
+                        bos_token_id=args.bos_token_id)
+    with atomic_bundle(out_dir, overwrite=opts.overwrite) as tmp:
+        steps.set_postfix_str("saving + onnx checker")
+        external = save_onnx(proto, tmp / spec.file)
+        spec = dataclasses.replace(spec, external_data=external)
+        shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+        manifest = Manifest(model=info, tokenizer=tok, target=spec,
+                            created_by=f"edgespec {__version__}")
+        (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        steps.update()
+        steps.set_postfix_str("parity vs torch")
+        diff = check_parity(tmp, model)
+        steps.update()
+        manifest = dataclasses.replace(
+            manifest, target=dataclasses.replace(spec, parity_max_abs=diff))
+        (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        steps.set_postfix_str(f"done (parity {diff:.2g})")
+        steps.update()
+    steps.close()
+    return manifest

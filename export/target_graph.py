@@ -1,0 +1,166 @@
+"""Build the target's ONNX graph ("plain": standard ONNX ops only) from our torch Transformer.
+
+The graph contract (docs/graph-contract.md) in brief:
+  inputs   input_ids [1, S] int64, position_ids [1, S] int64 (arbitrary: trees),
+           attention_bias [1, 1, S, P+S] additive over past + new (causal or tree),
+           logits_index [N] int64 (which of the S rows get logits: 1 row on a long prefill),
+           past_key.{i} / past_value.{i} [1, Hkv, L, D] with L >= P: the runtime's
+           preallocated buffers, bound once; the graph reads the first P = (P+S) - S rows.
+  outputs  logits [1, N, V], hidden [1, S, d] (final-normed), features [1, S, F*d] (optional),
+           present_key.{i} / present_value.{i} [1, Hkv, S, D]: K/V of the S new tokens only;
+           the runtime writes them into its buffers at offset P (an O(S) append).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgespec.manifest import GraphSpec, KVSpec, TensorSpec
+from edgespec.models.args import ModelArgs, rope_cos_sin
+
+from .onnx_builder import Builder
+
+KV = KVSpec(layout="BNSH", dtype="float32", past_key="past_key.{i}", past_value="past_value.{i}",
+            present_key="present_key.{i}", present_value="present_value.{i}", update="runtime")
+
+
+def default_feature_layers(n_layers: int) -> tuple[int, ...]:
+    """Low / mid / high decoder-layer outputs for an EAGLE-3 style drafter."""
+    return tuple(sorted({max(0, n_layers // 4), n_layers // 2, max(0, 3 * n_layers // 4)}))
+
+
+def graph_spec(a: ModelArgs, file: str, feature_layers: tuple[int, ...], dtype: str,
+               mask_value: float) -> GraphSpec:
+    hkv, d = a.n_kv_heads, a.head_dim
+    inputs = [TensorSpec("input_ids", "int64", (1, "S")),
+              TensorSpec("position_ids", "int64", (1, "S")),
+              TensorSpec("attention_bias", dtype, (1, 1, "S", "P+S")),
+              TensorSpec("logits_index", "int64", ("N",))]
+    outputs = [TensorSpec("logits", dtype, (1, "N", a.vocab_size)),
+               TensorSpec("hidden", dtype, (1, "S", a.dim))]
+    if feature_layers:
+        outputs.append(TensorSpec("features", dtype, (1, "S", len(feature_layers) * a.dim)))
+    for i in range(a.n_layers):
+        inputs += [TensorSpec(KV.past_key.format(i=i), dtype, (1, hkv, "L", d)),
+                   TensorSpec(KV.past_value.format(i=i), dtype, (1, hkv, "L", d))]
+        outputs += [TensorSpec(KV.present_key.format(i=i), dtype, (1, hkv, "S", d)),
+                    TensorSpec(KV.present_value.format(i=i), dtype, (1, hkv, "S", d))]
+    return GraphSpec(file=file, kind="plain", inputs=tuple(inputs), outputs=tuple(outputs),
+                     kv=KV, mask_value=mask_value, feature_layers=feature_layers)
+
+
+def _t(w) -> np.ndarray:
+    """torch Linear weight [out, in] -> MatMul right operand [in, out], fp32 numpy."""
+    return w.detach().float().numpy().T.copy()
+
+
+class _Emitter:
+    """Emits one plain-graph forward; holds the per-graph shared values (S, P, cos/sin, mask)."""
+
+    def __init__(self, b: Builder, a: ModelArgs, max_len: int):
+        self.b, self.a = b, a
+        cos, sin = rope_cos_sin(a, max_len)
+        pos = "position_ids"
+        # cos/sin: [1, 1, S, D], gathered once for all layers at arbitrary positions
+        self.cos = b.op("Unsqueeze", b.op("Gather", b.weight("rope_cos", cos), pos), b.const([1]))
+        self.sin = b.op("Unsqueeze", b.op("Gather", b.weight("rope_sin", sin), pos), b.const([1]))
+        s = b.op("Gather", b.op("Shape", "input_ids"), b.const([1]))  # [1] = S
+        t = b.op("Gather", b.op("Shape", "attention_bias"), b.const([3]))  # [1] = P+S
+        self.past_len = b.op("Sub", t, s)  # [1] = P
+        # Query rows are grouped [Hkv, n_rep * S] so that one GEMM per KV head serves its
+        # n_rep query heads; tile the [S, P+S] bias n_rep times to match, once per graph.
+        self.bias = b.op("Tile", "attention_bias", b.const([1, 1, a.n_rep, 1]))
+        self.scale = b.const(np.float32(1.0 / np.sqrt(a.head_dim)), np.float32)
+
+    def rms_norm(self, x: str, weight, prefix: str) -> str:
+        b = self.b
+        var = b.op("ReduceMean", b.op("Mul", x, x), b.const([-1]), keepdims=1)
+        eps = b.const(np.float32(self.a.norm_eps), np.float32)
+        inv = b.op("Reciprocal", b.op("Sqrt", b.op("Add", var, eps)))
+        return b.op("Mul", b.op("Mul", x, inv), b.weight(f"{prefix}.weight",
+                                                          weight.detach().float().numpy()))
+
+    def linear(self, x: str, lin, prefix: str) -> str:
+        b = self.b
+        y = b.op("MatMul", x, b.weight(f"{prefix}.weight_t", _t(lin.weight)))
+        if lin.bias is not None:
+            y = b.op("Add", y, b.weight(f"{prefix}.bias", lin.bias.detach().float().numpy()))
+        return y
+
+    def rope(self, x: str) -> str:
+        # x: [1, H, S, D] -> x * cos + rotate_half(x) * sin
+        b = self.b
+        x1, x2 = b.op("Split", x, axis=-1, num_outputs=2, n_out=2)
+        rot = b.op("Concat", b.op("Neg", x2), x1, axis=-1)
+        return b.op("Add", b.op("Mul", x, self.cos), b.op("Mul", rot, self.sin))
+
+    def attention(self, x: str, attn, i: int, p: str) -> str:
+        a, b = self.a, self.b
+        hd, hkv = a.head_dim, a.n_kv_heads
+        q = b.op("Reshape", self.linear(x, attn.q_proj, f"{p}.q_proj"), b.const([0, 0, -1, hd]))
+        k = b.op("Reshape", self.linear(x, attn.k_proj, f"{p}.k_proj"), b.const([0, 0, -1, hd]))
+        v = b.op("Reshape", self.linear(x, attn.v_proj, f"{p}.v_proj"), b.const([0, 0, -1, hd]))
+        if a.qk_norm:  # Qwen3: RMSNorm over head_dim before RoPE
+            q = self.rms_norm(q, attn.q_norm.weight, f"{p}.q_norm")
+            k = self.rms_norm(k, attn.k_norm.weight, f"{p}.k_norm")
+        q = self.rope(b.op("Transpose", q, perm=[0, 2, 1, 3]))  # q: [1, H, S, D]
+        k = self.rope(b.op("Transpose", k, perm=[0, 2, 1, 3]))  # k: [1, Hkv, S, D]
+        v = b.op("Transpose", v, perm=[0, 2, 1, 3])  # v: [1, Hkv, S, D]
+        b.output(k, KV.present_key.format(i=i), "float32", [1, hkv, "S", hd])
+        b.output(v, KV.present_value.format(i=i), "float32", [1, hkv, "S", hd])
+        # past: the first P rows of the preallocated buffer [1, Hkv, L, D]
+        zero, axis2 = b.const([0]), b.const([2])
+        pk = b.op("Slice", KV.past_key.format(i=i), zero, self.past_len, axis2)
+        pv = b.op("Slice", KV.past_value.format(i=i), zero, self.past_len, axis2)
+        keys = b.op("Concat", pk, k, axis=2)  # [1, Hkv, P+S, D]
+        values = b.op("Concat", pv, v, axis=2)
+        qg = b.op("Reshape", b.op("Mul", q, self.scale), b.const([1, hkv, -1, hd]))  # [1,Hkv,r*S,D]
+        scores = b.op("MatMul", qg, b.op("Transpose", keys, perm=[0, 1, 3, 2]))  # [1,Hkv,r*S,P+S]
+        probs = b.op("Softmax", b.op("Add", scores, self.bias), axis=-1)
+        y = b.op("MatMul", probs, values)  # [1, Hkv, r*S, D]
+        y = b.op("Reshape", y, b.const([1, a.n_heads, -1, hd]))  # [1, H, S, D]
+        y = b.op("Reshape", b.op("Transpose", y, perm=[0, 2, 1, 3]), b.const([0, 0, -1]))
+        return self.linear(y, attn.o_proj, f"{p}.o_proj")
+
+    def mlp(self, x: str, mlp, p: str) -> str:
+        b = self.b
+        gate = self.linear(x, mlp.gate_proj, f"{p}.gate_proj")
+        up = self.linear(x, mlp.up_proj, f"{p}.up_proj")
+        act = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)
+        return self.linear(act, mlp.down_proj, f"{p}.down_proj")
+
+
+def build_plain_graph(model, max_len: int, feature_layers: tuple[int, ...]):
+    """ONNX ModelProto of `model` (models.llama.Transformer) under the contract above."""
+    a: ModelArgs = model.args
+    spec = graph_spec(a, "target.onnx", feature_layers, "float32", -1e9)
+    b = Builder()
+    for t in spec.inputs:
+        b.input(t.name, t.dtype, list(t.shape))
+    e = _Emitter(b, a, max_len)
+    h = b.op("Gather", b.weight("embed_tokens.weight",
+                                model.embed_tokens.weight.detach().float().numpy()), "input_ids")
+    feats = []
+    for i, layer in enumerate(model.layers):
+        p = f"layers.{i}"
+        x = e.rms_norm(h, layer.input_layernorm.weight, f"{p}.input_layernorm")
+        h = b.op("Add", h, e.attention(x, layer.self_attn, i, f"{p}.self_attn"))
+        x = e.rms_norm(h, layer.post_attention_layernorm.weight, f"{p}.post_attention_layernorm")
+        h = b.op("Add", h, e.mlp(x, layer.mlp, f"{p}.mlp"))
+        if i in feature_layers:
+            feats.append(h)
+    hidden = e.rms_norm(h, model.norm.weight, "norm")
+    b.output(hidden, "hidden", "float32", [1, "S", a.dim])
+    if feats:
+        b.output(b.op("Concat", *feats, axis=-1) if len(feats) > 1 else feats[0], "features",
+                 "float32", [1, "S", len(feats) * a.dim])
+    rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, a.dim]))
+    # Gemm with transB reads the head as stored, [V, d]: a tied head shares the embedding bytes
+    head = "embed_tokens.weight" if a.tie_embeddings else b.weight(
+        "lm_head.weight", model.lm_head.weight.detach().float().numpy())
+    logits = b.op("Reshape", b.op("Gemm", rows, head, transB=1), b.const([1, -1, a.vocab_size]))
+    b.output(logits, "logits", "float32", [1, "N", a.vocab_size])
+    # graph outputs must be declared in the manifest's order
+    order = {t.name: j for j, t in enumerate(spec.outputs)}
+    b.outputs.sort(key=lambda vi: order[vi.name])
+    return b.model("edgespec_target", "edgespec"), spec

@@ -1,0 +1,1 @@
+"""Torch model definitions (our own, gpt-fast style) and, later, drafter modules and training."""

@@ -1,0 +1,140 @@
+"""Llama-family transformer in torch, gpt-fast style: modules only, HF parameter names.
+
+One definition serves Llama (incl. Llama-3 rope scaling), Mistral, Qwen2 (qkv bias) and Qwen3
+(q/k norm); ModelArgs flags switch the differences. Its forward has the bundle's graph contract
+(new tokens + arbitrary positions + additive bias over past+new, new K/V out), so it is the
+reference the exported ONNX is checked against and the backbone drafters train on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .args import ModelArgs, rope_cos_sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.a = a
+        self.q_proj = nn.Linear(a.dim, a.n_heads * a.head_dim, bias=a.qkv_bias)
+        self.k_proj = nn.Linear(a.dim, a.n_kv_heads * a.head_dim, bias=a.qkv_bias)
+        self.v_proj = nn.Linear(a.dim, a.n_kv_heads * a.head_dim, bias=a.qkv_bias)
+        self.o_proj = nn.Linear(a.n_heads * a.head_dim, a.dim, bias=a.o_bias)
+        if a.qk_norm:
+            self.q_norm = RMSNorm(a.head_dim, a.norm_eps)
+            self.k_norm = RMSNorm(a.head_dim, a.norm_eps)
+
+    def forward(self, x, cos, sin, bias, past_k, past_v):
+        # x: [B, S, d]; cos/sin: [B, 1, S, D]; bias: [B, 1, S, P+S]; past_k/v: [B, Hkv, P, D]
+        a = self.a
+        B, S, _ = x.shape
+        q = self.q_proj(x).view(B, S, a.n_heads, a.head_dim)
+        k = self.k_proj(x).view(B, S, a.n_kv_heads, a.head_dim)
+        v = self.v_proj(x).view(B, S, a.n_kv_heads, a.head_dim).transpose(1, 2)
+        if a.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # q: [B, H, S, D]; k: [B, Hkv, S, D]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        keys = torch.cat([past_k, k], dim=2)  # [B, Hkv, P+S, D]
+        values = torch.cat([past_v, v], dim=2)
+        keys = keys.repeat_interleave(a.n_rep, dim=1)  # [B, H, P+S, D]
+        values = values.repeat_interleave(a.n_rep, dim=1)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # [B, H, S, D]
+        y = y.transpose(1, 2).reshape(B, S, a.n_heads * a.head_dim)
+        return self.o_proj(y), k, v
+
+
+class MLP(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(a.dim, a.intermediate_size, bias=a.mlp_bias)
+        self.up_proj = nn.Linear(a.dim, a.intermediate_size, bias=a.mlp_bias)
+        self.down_proj = nn.Linear(a.intermediate_size, a.dim, bias=a.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.input_layernorm = RMSNorm(a.dim, a.norm_eps)
+        self.self_attn = Attention(a)
+        self.post_attention_layernorm = RMSNorm(a.dim, a.norm_eps)
+        self.mlp = MLP(a)
+
+    def forward(self, x, cos, sin, bias, past_k, past_v):
+        h, k, v = self.self_attn(self.input_layernorm(x), cos, sin, bias, past_k, past_v)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), k, v
+
+
+class Transformer(nn.Module):
+    def __init__(self, a: ModelArgs, max_len: int | None = None):
+        super().__init__()
+        self.args = a
+        self.embed_tokens = nn.Embedding(a.vocab_size, a.dim)
+        self.layers = nn.ModuleList(Block(a) for _ in range(a.n_layers))
+        self.norm = RMSNorm(a.dim, a.norm_eps)
+        self.lm_head = nn.Linear(a.dim, a.vocab_size, bias=False)
+        if a.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        cos, sin = rope_cos_sin(a, max_len or a.max_position_embeddings)
+        self.register_buffer("rope_cos", torch.from_numpy(cos), persistent=False)  # [L, D]
+        self.register_buffer("rope_sin", torch.from_numpy(sin), persistent=False)
+
+    def forward(self, input_ids, position_ids, bias, past, feature_layers=()):
+        """One forward over S new tokens.
+
+        input_ids, position_ids: [B, S]; bias: [B, 1, S, P+S] additive (0 or very negative);
+        past: per layer (k, v), each [B, Hkv, P, D]. Returns logits [B, S, V], the final-normed
+        hidden [B, S, d], the new (k, v) per layer ([B, Hkv, S, D]) and the decoder-layer
+        outputs named in feature_layers concatenated ([B, S, len * d]).
+        """
+        cos = self.rope_cos[position_ids].unsqueeze(1).to(self.embed_tokens.weight.dtype)
+        sin = self.rope_sin[position_ids].unsqueeze(1).to(self.embed_tokens.weight.dtype)
+        x = self.embed_tokens(input_ids)
+        new_kv, feats = [], []
+        for i, layer in enumerate(self.layers):
+            x, k, v = layer(x, cos, sin, bias, *past[i])
+            new_kv.append((k, v))
+            if i in feature_layers:
+                feats.append(x)
+        hidden = self.norm(x)
+        features = torch.cat(feats, dim=-1) if feats else None
+        return self.lm_head(hidden), hidden, new_kv, features
+
+
+def causal_bias(past_len: int, seq: int, mask_value: float = float("-inf"),
+                dtype=torch.float32) -> torch.Tensor:
+    """[1, 1, S, P+S] additive bias: token i sees all past and new tokens 0..i."""
+    bias = torch.zeros(seq, past_len + seq, dtype=dtype)
+    bias[:, past_len:] = torch.triu(torch.full((seq, seq), mask_value, dtype=dtype), diagonal=1)
+    return bias[None, None]
+
+
+def empty_past(a: ModelArgs, dtype=torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    z = torch.zeros(1, a.n_kv_heads, 0, a.head_dim, dtype=dtype)
+    return [(z, z) for _ in range(a.n_layers)]

@@ -1,0 +1,66 @@
+"""Load a local HF checkpoint (config.json + safetensors, never pickle) into our Transformer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .args import ModelArgs
+from .llama import Transformer
+
+
+def safetensors_files(hf_dir: str | Path) -> list[Path]:
+    hf_dir = Path(hf_dir)
+    index = hf_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [hf_dir / s for s in shards]
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in hf_dir.glob("*.bin")) + sorted(
+            p.name for p in hf_dir.glob("*.pt"))
+        hint = (f" (found {', '.join(pickles)}: pickle checkpoints are refused; convert them with "
+                "`model.save_pretrained(dir, safe_serialization=True)`)") if pickles else ""
+        raise FileNotFoundError(f"{hf_dir} holds no *.safetensors weights{hint}")
+    return files
+
+
+def weights_fingerprint(hf_dir: str | Path) -> str:
+    """sha256 over the weight files; drafters record it to refuse pairing with another target."""
+    h = hashlib.sha256()
+    for f in safetensors_files(hf_dir):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_state_dict(hf_dir: str | Path) -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for f in safetensors_files(hf_dir):
+        for name, t in load_file(str(f)).items():
+            sd[name.removeprefix("model.")] = t
+    return sd
+
+
+def load_transformer(hf_dir: str | Path, max_len: int | None = None,
+                     dtype: torch.dtype = torch.float32) -> Transformer:
+    """Build our Transformer from a local HF folder; computes in `dtype` (fp32 by default)."""
+    args = ModelArgs.from_hf_dir(hf_dir)
+    model = Transformer(args, max_len=max_len)
+    sd = load_state_dict(hf_dir)
+    if args.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    # rotary inv_freq buffers some old checkpoints carry are recomputed from the config
+    sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()},
+                                                strict=False)
+    missing = [k for k in missing if not (args.tie_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {hf_dir} does not match its config.json: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(dtype).eval()

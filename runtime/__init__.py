@@ -1,0 +1,1 @@
+"""The lean runtime: numpy + onnxruntime + tokenizers only (never torch or transformers)."""

@@ -1,0 +1,82 @@
+"""`edgespec eval`: run a bundle over a jsonl of prompts, one result row per prompt."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .generator import GenerationParams, Generator
+from .model import Model
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    prompts: int
+    new_tokens: int
+    target_forwards: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.new_tokens / self.target_forwards if self.target_forwards else 0.0
+
+    def line(self) -> str:
+        return (f"eval: {self.prompts} prompts, {self.new_tokens} new tokens in "
+                f"{self.seconds:.2f} s: {self.tokens_per_second:.1f} tokens/s, "
+                f"{self.tokens_per_forward:.2f} tokens per target forward")
+
+
+def read_prompts(path: str | Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n} is not valid JSON ({e})") from e
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise ValueError(f"{path}:{n} needs a string 'prompt' field")
+            rows.append({"id": row.get("id", n - 1), "prompt": row["prompt"]})
+    if not rows:
+        raise ValueError(f"{path} holds no prompts")
+    return rows
+
+
+def run_eval(model: Model, rows: list[dict], params: GenerationParams,
+             drafter: str | None = None) -> Iterator[dict]:
+    """Yield one result row per prompt (the drafter hook is filled by the speculative issues)."""
+    if drafter not in (None, "none"):
+        known = ", ".join(["none", *model.manifest.drafters])
+        raise ValueError(f"unknown drafter {drafter!r}; this bundle has: {known}")
+    for row in rows:
+        gen = Generator(model, params)
+        t = time.perf_counter()
+        gen.append_tokens(model.tokenizer.encode(row["prompt"]))
+        while not gen.is_done():
+            gen.step()
+        seconds = time.perf_counter() - t
+        out = gen.new_tokens
+        st = gen.stats
+        yield {"id": row["id"], "output_ids": out, "text": model.tokenizer.decode(out),
+               "new_tokens": len(out), "prompt_tokens": st.prompt_tokens,
+               "target_forwards": st.target_forwards, "seconds": round(seconds, 6),
+               "prefill_seconds": round(st.prefill_seconds, 6),
+               "ttft_seconds": round(st.first_token_seconds or 0.0, 6),
+               "accepted_lengths": st.accepted_lengths,
+               "mean_accepted": round(len(out) / max(st.target_forwards, 1), 4),
+               "stop_reason": gen.stop_reason}
+
+
+def summarize(results: list[dict]) -> EvalSummary:
+    return EvalSummary(prompts=len(results), new_tokens=sum(r["new_tokens"] for r in results),
+                       target_forwards=sum(r["target_forwards"] for r in results),
+                       seconds=sum(r["seconds"] for r in results))

@@ -1,0 +1,190 @@
+"""Step-wise Generator (append tokens, next token, rewind) and generate()/stream() for apps.
+
+Invariant: every token of `tokens` except the last is in the KV cache; the last one is
+pending and is fed by the next forward. A speculative step will feed [pending, drafts...]
+the same way, so autoregressive and speculative decoding share this state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgespec.masks import causal_bias
+from edgespec.sampling import SamplingParams, sample
+
+from .model import Model
+from .text import TextStream
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 128
+    sampling: SamplingParams = SamplingParams()
+    seed: int | None = None
+    stop_strings: tuple[str, ...] = ()
+    stop_on_eos: bool = True
+    prefill_chunk: int = 256  # bounds the [S, P+S] bias and activations of a long prompt
+
+    def __post_init__(self):
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
+        if self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    target_forwards: int = 0  # forwards after the prompt (decode / verify)
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    first_token_seconds: float | None = None  # time to first token, from the first append
+    accepted_lengths: list[int] = field(default_factory=list)  # tokens per forward
+
+
+class Generator:
+    def __init__(self, model: Model, params: GenerationParams = GenerationParams()):
+        self.model, self.params = model, params
+        self.runner = model.new_runner()
+        self.kv = self.runner.kv
+        self.rng = np.random.default_rng(params.seed)
+        self.tokens: list[int] = []
+        self.prompt_len = 0
+        self.stop_reason: str | None = None
+        self.stats = Stats()
+        self.text = TextStream(model.tokenizer)
+        self._t0: float | None = None
+
+    # ---------------------------------------------------------------- state
+
+    def append_tokens(self, ids) -> None:
+        """Add prompt (or user-turn) tokens; all but the last are prefilled into the cache now."""
+        ids = [int(i) for i in ids]
+        vocab = self.model.manifest.model.vocab_size
+        if not ids:
+            raise ValueError("append_tokens got no tokens (an empty prompt?); pass at least one")
+        if any(not 0 <= i < vocab for i in ids):
+            raise ValueError(f"token ids must be in [0, {vocab}); got {min(ids)}..{max(ids)}")
+        if len(self.tokens) + len(ids) > self.model.max_len - 1:
+            raise ValueError(
+                f"{len(self.tokens) + len(ids)} tokens do not fit this bundle's max_len "
+                f"{self.model.max_len} (room is needed for at least one new token); shorten the "
+                "prompt or export with a larger --max-len")
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        t = time.perf_counter()
+        self.tokens += ids
+        self.prompt_len = len(self.tokens)
+        self.stats.prompt_tokens = self.prompt_len
+        self.stop_reason = None
+        while self.kv.length < len(self.tokens) - 1:  # chunked prefill of all but the last
+            n = min(self.params.prefill_chunk, len(self.tokens) - 1 - self.kv.length)
+            self._forward(self.tokens[self.kv.length:self.kv.length + n], last_only=True)
+        self.stats.prefill_seconds += time.perf_counter() - t
+
+    def rewind(self, n: int) -> None:
+        """Drop the last n tokens (O(1) on the cache)."""
+        if not 0 <= n <= len(self.tokens):
+            raise ValueError(f"cannot rewind {n} of {len(self.tokens)} tokens")
+        del self.tokens[len(self.tokens) - n:]
+        self.kv.truncate(max(len(self.tokens) - 1, 0))
+        self.prompt_len = min(self.prompt_len, len(self.tokens))
+        self.stop_reason = None
+
+    def is_done(self) -> bool:
+        return self.stop_reason is not None
+
+    @property
+    def new_tokens(self) -> list[int]:
+        return self.tokens[self.prompt_len:]
+
+    # ---------------------------------------------------------------- decoding
+
+    def _forward(self, ids: list[int], last_only: bool):
+        """Feed ids at the next positions (causal); logits of the last row only or of all."""
+        past, s = self.kv.length, len(ids)
+        bias = causal_bias(past, s, self.model.manifest.target.mask_value,
+                           self.model.manifest.model.sliding_window)
+        rows = np.array([s - 1] if last_only else range(s), dtype=np.int64)
+        return self.runner.forward(np.asarray(ids, np.int64), np.arange(past, past + s),
+                                   bias, rows)
+
+    def next_token(self) -> int:
+        """One autoregressive step: feed the pending token, pick the next one, check stops."""
+        if self.stop_reason is not None:
+            raise RuntimeError(f"generation has stopped ({self.stop_reason}); rewind or append "
+                               "tokens to continue")
+        if not self.tokens:
+            raise RuntimeError("append_tokens (the prompt) before next_token")
+        t = time.perf_counter()
+        out = self._forward(self.tokens[self.kv.length:], last_only=True)
+        token = sample(out.logits[-1], self.params.sampling, self.rng)
+        self.stats.target_forwards += 1
+        self.stats.accepted_lengths.append(1)
+        self._commit([token])
+        self.stats.decode_seconds += time.perf_counter() - t
+        return token
+
+    def _commit(self, new: list[int]) -> list[int]:
+        """Append generated tokens up to the first stop; returns those kept."""
+        kept = []
+        for token in new:
+            self.tokens.append(token)
+            kept.append(token)
+            self.stats.new_tokens += 1
+            if self.stats.first_token_seconds is None and self._t0 is not None:
+                self.stats.first_token_seconds = time.perf_counter() - self._t0
+            self.text.push(token)
+            if self.params.stop_on_eos and token in self.model.eos_token_ids:
+                self.stop_reason = "eos"
+            elif any(s in self.text.text for s in self.params.stop_strings):
+                self.stop_reason = "stop_string"
+            elif len(self.new_tokens) >= self.params.max_new_tokens:
+                self.stop_reason = "max_new_tokens"
+            elif len(self.tokens) >= self.model.max_len:
+                self.stop_reason = "max_length"
+            if self.stop_reason:
+                break
+        return kept
+
+    def step(self) -> list[int]:
+        """One decoding step; returns the tokens it added (one, autoregressively)."""
+        return [self.next_token()]
+
+
+# -------------------------------------------------------------------- app conveniences
+
+
+def _clip(text: str, stops: tuple[str, ...]) -> str:
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def stream(model: Model, prompt: str, params: GenerationParams = GenerationParams()
+           ) -> Iterator[str]:
+    """Yield text pieces as they are generated; a stop string is not included."""
+    gen = Generator(model, params)
+    gen.append_tokens(model.tokenizer.encode(prompt))
+    shown = 0
+    while not gen.is_done():
+        gen.step()
+        text = _clip(gen.text.text, params.stop_strings)
+        # hold back a tail that could still become a stop string
+        hold = max((len(s) - 1 for s in params.stop_strings), default=0)
+        safe = len(text) if gen.is_done() else max(shown, len(text) - hold)
+        if safe > shown:
+            yield text[shown:safe]
+            shown = safe
+    gen.text.flush()
+    tail = _clip(gen.text.text, params.stop_strings)[shown:]
+    if tail:
+        yield tail
+
+
+def generate(model: Model, prompt: str, params: GenerationParams = GenerationParams()) -> str:
+    return "".join(stream(model, prompt, params))

@@ -1,0 +1,54 @@
+"""A loaded bundle: manifest, tokenizer and the target session, shared by many Generators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgespec.manifest import BundleError, Manifest, load_manifest, safe_path
+
+from .kv import KVCache
+from .providers import SessionConfig, create_session
+from .target import TargetRunner
+from .text import Tokenizer
+
+
+class Model:
+    """Load once, then create a Generator per conversation (sessions are shared, state is not)."""
+
+    def __init__(self, bundle_dir: str | Path, config: SessionConfig = SessionConfig()):
+        self.dir = Path(bundle_dir)
+        self.manifest: Manifest = load_manifest(self.dir)  # validates before any session exists
+        m = self.manifest
+        self.tokenizer = Tokenizer(safe_path(self.dir, m.tokenizer.file))
+        if self.tokenizer.vocab_size > m.model.vocab_size:
+            raise BundleError(f"tokenizer has {self.tokenizer.vocab_size} tokens but the model "
+                              f"only {m.model.vocab_size}; the bundle's tokenizer.json does not "
+                              "belong to its model: re-export the bundle")
+        self.config = config
+        self.session = create_session(str(safe_path(self.dir, m.target.file)), config)
+        self._check_io()
+
+    def _check_io(self) -> None:
+        spec = self.manifest.target
+        have_in = {i.name for i in self.session.get_inputs()}
+        have_out = {o.name for o in self.session.get_outputs()}
+        want_in = {t.name for t in spec.inputs}
+        want_out = {t.name for t in spec.outputs}
+        if have_in != want_in or have_out != want_out:
+            raise BundleError(f"{spec.file} does not match manifest.json (inputs differ by "
+                              f"{sorted(have_in ^ want_in)[:4]}, outputs by "
+                              f"{sorted(have_out ^ want_out)[:4]}); re-export the bundle")
+
+    @property
+    def max_len(self) -> int:
+        return self.manifest.model.max_len
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self.manifest.tokenizer.eos_token_ids
+
+    def new_runner(self) -> TargetRunner:
+        """Fresh KV buffers and IO bindings for one Generator."""
+        mi = self.manifest.model
+        kv = KVCache(mi.num_layers, mi.num_kv_heads, mi.head_dim, mi.max_len)
+        return TargetRunner(self.session, self.manifest.target, mi, kv)

@@ -1,0 +1,80 @@
+"""onnxruntime import, execution-provider presets and session creation."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+
+
+def import_ort():
+    """onnxruntime, or one clear error naming both extras (they install the same module)."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError(
+            "edgespec's runtime needs onnxruntime: `pip install edgespec[cpu]` (onnxruntime) or "
+            "`pip install edgespec[gpu]` (onnxruntime-gpu), not both") from e
+    return onnxruntime
+
+
+# name -> (onnxruntime provider list, device type for buffers). Provider options are the
+# ones that matter for decode: device-resident buffers, CUDA graphs stay off unless asked for
+# (shapes change every step on the plain graph), TensorRT engine caching in the bundle's folder.
+PRESETS: dict[str, tuple[list, str]] = {
+    "cpu": (["CPUExecutionProvider"], "cpu"),
+    "cuda": ([("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested",
+                                         "cudnn_conv_algo_search": "HEURISTIC",
+                                         "do_copy_in_default_stream": "1"}),
+              "CPUExecutionProvider"], "cuda"),
+    "tensorrt": ([("TensorrtExecutionProvider", {"trt_fp16_enable": "1",
+                                                 "trt_engine_cache_enable": "1"}),
+                  ("CUDAExecutionProvider", {}), "CPUExecutionProvider"], "cuda"),
+    "dml": ([("DmlExecutionProvider", {}), "CPUExecutionProvider"], "dml"),
+}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    provider: str = "cpu"
+    threads: int = 0  # intra-op threads; 0 = onnxruntime's default (physical cores)
+    allow_fallback: bool = False  # fall back to CPU (with a warning) if the provider is missing
+    cache_dir: str | None = None  # where TensorRT may cache engines
+    extra_options: dict = field(default_factory=dict)
+
+
+def resolve_providers(cfg: SessionConfig) -> tuple[list, str]:
+    """Provider list and buffer device for `cfg`; a missing provider is a clear error."""
+    ort = import_ort()
+    if cfg.provider not in PRESETS:
+        raise ValueError(f"unknown provider {cfg.provider!r}; choose one of "
+                         f"{', '.join(PRESETS)}")
+    providers, device = PRESETS[cfg.provider]
+    first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    available = ort.get_available_providers()
+    if first not in available:
+        msg = (f"provider {cfg.provider!r} needs {first}, which this onnxruntime lacks "
+               f"(available: {', '.join(available)}); install onnxruntime-gpu "
+               "(`pip install edgespec[gpu]`) or use --provider cpu")
+        if not cfg.allow_fallback:
+            raise RuntimeError(msg)
+        warnings.warn(msg + "; falling back to CPU", RuntimeWarning, stacklevel=2)
+        return PRESETS["cpu"]
+    if cfg.provider == "tensorrt" and cfg.cache_dir:
+        providers = [(providers[0][0], {**providers[0][1], "trt_engine_cache_path":
+                                        os.fspath(cfg.cache_dir)}), *providers[1:]]
+    return providers, device
+
+
+def create_session(onnx_path: str, cfg: SessionConfig):
+    """An InferenceSession with full graph optimisation and the configured providers."""
+    ort = import_ort()
+    providers, _ = resolve_providers(cfg)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if cfg.threads:
+        so.intra_op_num_threads = cfg.threads
+    so.inter_op_num_threads = 1
+    for key, value in cfg.extra_options.items():
+        so.add_session_config_entry(key, str(value))
+    return ort.InferenceSession(onnx_path, sess_options=so, providers=providers)

@@ -1,0 +1,89 @@
+"""Run one target forward with IO binding: KV buffers and output buffers bound once per shape."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgespec.manifest import GraphSpec, ModelInfo
+
+from .kv import KVCache
+from .providers import import_ort
+
+
+@dataclass
+class ForwardOut:
+    """Views into buffers reused by the next forward of the same shape: copy what you keep."""
+
+    logits: np.ndarray  # [N, V]
+    hidden: np.ndarray  # [S, d]
+    features: np.ndarray | None  # [S, F*d]
+
+
+class TargetRunner:
+    """Binds a KVCache's buffers and per-shape output buffers to one session.
+
+    One runner per KVCache (per Generator): sessions are shared, bindings and buffers are not.
+    """
+
+    MAX_SHAPES = 16  # IO bindings kept per (S, N); prefill chunks add a few, decode reuses one
+
+    def __init__(self, session, spec: GraphSpec, model: ModelInfo, kv: KVCache):
+        self.ort = import_ort()
+        self.session, self.spec, self.model, self.kv = session, spec, model, kv
+        self.out_names = [t.name for t in spec.outputs]
+        self.has_features = "features" in self.out_names
+        self._bindings: OrderedDict[tuple[int, int], tuple] = OrderedDict()
+        # past K/V: the preallocated buffers themselves (OrtValues over numpy share memory)
+        self._past = []
+        for i in range(model.num_layers):
+            self._past.append((spec.kv.past_key.format(i=i),
+                               self.ort.OrtValue.ortvalue_from_numpy(kv.keys[i])))
+            self._past.append((spec.kv.past_value.format(i=i),
+                               self.ort.OrtValue.ortvalue_from_numpy(kv.values[i])))
+
+    def _binding(self, s: int, n: int):
+        key = (s, n)
+        if key in self._bindings:
+            self._bindings.move_to_end(key)
+            return self._bindings[key]
+        m = self.model
+        shapes = {"logits": (1, n, m.vocab_size), "hidden": (1, s, m.hidden_size)}
+        if self.has_features:
+            shapes["features"] = (1, s, len(self.spec.feature_layers) * m.hidden_size)
+        kv_shape = (1, m.num_kv_heads, s, m.head_dim)
+        for i in range(m.num_layers):
+            shapes[self.spec.kv.present_key.format(i=i)] = kv_shape
+            shapes[self.spec.kv.present_value.format(i=i)] = kv_shape
+        bufs = {name: np.empty(shape, np.float32) for name, shape in shapes.items()}
+        io = self.session.io_binding()
+        for name, value in self._past:
+            io.bind_ortvalue_input(name, value)
+        for name, buf in bufs.items():
+            io.bind_ortvalue_output(name, self.ort.OrtValue.ortvalue_from_numpy(buf))
+        self._bindings[key] = (io, bufs)
+        if len(self._bindings) > self.MAX_SHAPES:
+            self._bindings.popitem(last=False)
+        return io, bufs
+
+    def forward(self, ids: np.ndarray, positions: np.ndarray, bias: np.ndarray,
+                logits_rows: np.ndarray) -> ForwardOut:
+        """Run S new tokens against the cache, then append their K/V to it.
+
+        ids, positions: [S] int64; bias: [1, 1, S, length+S] float32; logits_rows: [N] int64.
+        """
+        s, n = ids.shape[0], logits_rows.shape[0]
+        self.kv.check_room(s)
+        io, bufs = self._binding(s, n)
+        io.bind_cpu_input("input_ids", ids.reshape(1, s))
+        io.bind_cpu_input("position_ids", positions.reshape(1, s))
+        io.bind_cpu_input("attention_bias", bias)
+        io.bind_cpu_input("logits_index", logits_rows)
+        self.session.run_with_iobinding(io)
+        kv = self.spec.kv
+        self.kv.append([bufs[kv.present_key.format(i=i)] for i in range(self.model.num_layers)],
+                       [bufs[kv.present_value.format(i=i)] for i in range(self.model.num_layers)])
+        return ForwardOut(bufs["logits"][0], bufs["hidden"][0],
+                          bufs["features"][0] if self.has_features else None)

@@ -1,0 +1,60 @@
+"""Tokenizer (HF `tokenizers`) and incremental detokenisation for streaming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Tokenizer:
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._tok = HFTokenizer.from_file(str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"prompt must be str, got {type(text).__name__}; decode bytes with "
+                            "bytes.decode('utf-8', errors='replace') first")
+        # the tokenizer.json post-processor adds BOS where the model expects it, as HF does
+        return self._tok.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+
+class TextStream:
+    """Turns a growing list of token ids into text deltas that never split a UTF-8 character.
+
+    Decodes a short window (from `prefix` to the end) rather than everything, so each push is
+    O(window); byte-level BPE can end mid-character, shown as U+FFFD, which is held back.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # window start
+        self.read = 0  # ids[:read] have been emitted as text
+        self.text = ""  # everything emitted so far
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        emitted = self.tok.decode(self.ids[self.prefix:self.read])
+        window = self.tok.decode(self.ids[self.prefix:])
+        if window.endswith("\ufffd") or len(window) <= len(emitted):
+            return ""
+        delta = window[len(emitted):]
+        self.prefix, self.read = self.read, len(self.ids)
+        self.text += delta
+        return delta
+
+    def flush(self) -> str:
+        """Whatever is held back (an incomplete character at the very end)."""
+        rest = self.tok.decode(self.ids[self.prefix:])[len(self.tok.decode(
+            self.ids[self.prefix:self.read])):]
+        self.prefix = self.read = len(self.ids)
+        self.text += rest
+        return rest
