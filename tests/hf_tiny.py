@@ -35,4 +35,16 @@ def make_tiny(kind: str, out_dir: Path, seed: int = 0) -> Path:
         for p in model.parameters():
             p.mul_(3.0) if p.dim() > 1 else None
     model.save_pretrained(out_dir, safe_serialization=True)
+    save_tiny_tokenizer(out_dir)
     return out_dir
+
+
+def save_tiny_tokenizer(out_dir: Path, vocab_size: int = BASE["vocab_size"]) -> None:
+    """A word-level tokenizer over 't0'..'tN' words (ids 0-2 special), enough for export/run."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.save(str(Path(out_dir) / "tokenizer.json"))

@@ -1,0 +1,49 @@
+"""The CLI as a newcomer uses it: export --demo, info, run, eval."""
+
+import json
+
+from conftest import PROMPTS
+
+from edgespec.cli import main
+
+
+def test_demo_export_info_run_eval(tmp_path, capsys, prompts):
+    bundle = tmp_path / "demo"
+    assert main(["export", "--demo", "-o", str(bundle), "--max-len", "512"]) == 0
+    assert "parity vs torch" in capsys.readouterr().out
+    assert main(["info", str(bundle)]) == 0
+    info = capsys.readouterr().out
+    assert "llama: 6 layers" in info and "drafters    none" in info
+    assert main(["run", str(bundle), "def add(a, b):\n", "--max-new-tokens", "12"]) == 0
+    assert len(capsys.readouterr().out.strip()) > 0
+    pfile = PROMPTS if PROMPTS.is_file() else tmp_path / "p.jsonl"
+    if not PROMPTS.is_file():
+        pfile.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    out = tmp_path / "res.jsonl"
+    assert main(["eval", str(bundle), "--prompts", str(pfile), "--limit", "3",
+                 "--max-new-tokens", "16", "--greedy", "--drafter", "none",
+                 "--out", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "tokens/s" in summary and "tokens per target forward" in summary
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3
+    for r in rows:
+        assert {"id", "output_ids", "text", "new_tokens", "target_forwards", "seconds"} <= set(r)
+        assert r["new_tokens"] == len(r["output_ids"]) <= 16
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgespec info: error:") and "edgespec export" in err
+    assert main(["export", str(tmp_path), "-o", str(tmp_path / "b")]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_unknown_drafter_named(tmp_path, capsys, tiny_bundles):
+    pfile = tmp_path / "p.jsonl"
+    pfile.write_text(json.dumps({"id": 0, "prompt": "t5 t6"}) + "\n")
+    rc = main(["eval", str(tiny_bundles["llama"][1]), "--prompts", str(pfile), "--drafter",
+               "medusa", "--out", str(tmp_path / "r.jsonl")])
+    assert rc == 2 and "unknown drafter 'medusa'" in capsys.readouterr().err

@@ -1,0 +1,63 @@
+"""Our torch definitions vs transformers' own forward (fp32, max |logit diff| <= 1e-4)."""
+
+import pytest
+import torch
+import transformers
+from conftest import REF_TARGET
+from hf_tiny import CONFIGS
+
+from edgespec.models.args import ModelArgs, UnsupportedModelError
+from edgespec.models.llama import causal_bias, empty_past
+from edgespec.models.weights import load_transformer
+
+TOL = 1e-4
+
+
+def _compare(hf_dir, vocab, n=40, split=30):
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    ours = load_transformer(hf_dir)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (1, n), generator=g)
+    pos = torch.arange(n)[None]
+    with torch.no_grad():
+        ref = hf(ids).logits
+        full = ours(ids, pos, causal_bias(0, n), empty_past(ours.args))[0]
+        # the same sequence as a prefill then a step against the cache
+        _, _, past, _ = ours(ids[:, :split], pos[:, :split], causal_bias(0, split),
+                             empty_past(ours.args))
+        step = ours(ids[:, split:], pos[:, split:], causal_bias(split, n - split), past)[0]
+    return (ref - full).abs().max().item(), (ref[:, split:] - step).abs().max().item()
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_tiny_parity_with_transformers(tiny_dirs, kind):
+    full, step = _compare(tiny_dirs[kind], 300)
+    assert full <= TOL and step <= TOL, (kind, full, step)
+
+
+def test_reference_target_parity_with_transformers():
+    full, step = _compare(REF_TARGET, 8192, n=200, split=150)
+    assert full <= TOL and step <= TOL, (full, step)
+
+
+def test_flags_follow_the_config(tiny_dirs):
+    q2 = ModelArgs.from_hf_dir(tiny_dirs["qwen2"])
+    q3 = ModelArgs.from_hf_dir(tiny_dirs["qwen3"])
+    l3 = ModelArgs.from_hf_dir(tiny_dirs["llama3_rope_tied"])
+    assert q2.qkv_bias and not q2.qk_norm and q2.tie_embeddings
+    assert q3.qk_norm and q3.head_dim == 32
+    assert l3.rope_scaling.kind == "llama3" and l3.tie_embeddings and l3.o_bias
+
+
+def test_unsupported_architecture_lists_supported():
+    with pytest.raises(UnsupportedModelError, match="LlamaForCausalLM.*Qwen3ForCausalLM"):
+        ModelArgs.from_hf_config({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
+
+
+def test_pickle_checkpoint_refused(tmp_path, tiny_dirs):
+    import shutil
+
+    shutil.copyfile(tiny_dirs["llama"] / "config.json", tmp_path / "config.json")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(FileNotFoundError, match="pickle checkpoints are refused"):
+        load_transformer(tmp_path)
