@@ -34,8 +34,9 @@ def cmd_export(ns) -> int:
     layers = None if ns.feature_layers is None else tuple(
         int(x) for x in ns.feature_layers.split(",") if x.strip())
     m = export_bundle(hf_dir, ns.out, ExportOptions(max_len=ns.max_len, feature_layers=layers,
-                                                    overwrite=ns.overwrite))
-    print(f"wrote {ns.out}: {m.model.architecture}, {m.model.num_layers} layers, vocab "
+                                                    graph=ns.graph, overwrite=ns.overwrite))
+    print(f"wrote {ns.out}: {m.model.architecture}, {m.target.kind} graph, "
+          f"{m.model.num_layers} layers, vocab "
           f"{m.model.vocab_size}, max_len {m.model.max_len}, parity vs torch "
           f"{m.target.parity_max_abs:.2g} (max |logit diff|)")
     return 0
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-len", type=int, default=None, help="KV length (prompt + new tokens)")
     e.add_argument("--feature-layers", default=None,
                    help="comma-separated decoder layers exposed as `features` ('' for none)")
+    e.add_argument("--graph", default="fused", choices=["fused", "plain"],
+                   help="fused: onnxruntime contrib ops (GQA, in-place KV; default); "
+                        "plain: standard ONNX ops only (fallback)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     e.set_defaults(fn=cmd_export)
 

@@ -39,9 +39,11 @@ class Builder:
         return self._consts[key]
 
     def op(self, op_type: str, *inputs: str, name: str | None = None, n_out: int = 1,
-           domain: str = "", **attrs) -> str | list[str]:
-        outs = [name] if name and n_out == 1 else [self._fresh(op_type.lower())
-                                                   for _ in range(n_out)]
+           domain: str = "", names: tuple = (), **attrs) -> str | list[str]:
+        """Add a node; outputs get fresh names unless given (`name`, or `names` per output)."""
+        outs = [name] if name and n_out == 1 else [
+            (names[j] if j < len(names) and names[j] else self._fresh(op_type.lower()))
+            for j in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs,
                                            name=self._fresh(f"n_{op_type}"), domain=domain,
                                            **attrs))
@@ -57,9 +59,16 @@ class Builder:
         self.outputs.append(helper.make_tensor_value_info(name, NAME_TO_ONNX[dtype], shape))
         return name
 
-    def model(self, graph_name: str, producer: str) -> onnx.ModelProto:
+    def declare_output(self, name: str, dtype: str, shape: list) -> str:
+        """Declare an existing node output `name` as a graph output."""
+        self.outputs.append(helper.make_tensor_value_info(name, NAME_TO_ONNX[dtype], shape))
+        return name
+
+    def model(self, graph_name: str, producer: str, opset: int = OPSET,
+              extra_domains: dict[str, int] | None = None) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name=producer)
-        model.ir_version = 9  # onnxruntime >= 1.16 reads IR 9
+        opsets = [helper.make_opsetid("", opset)] + [
+            helper.make_opsetid(d, v) for d, v in (extra_domains or {}).items()]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name=producer)
+        model.ir_version = 9 if opset <= 20 else 10  # what onnxruntime >= 1.16 / 1.20 read
         return model

@@ -16,7 +16,10 @@ from edgespec.models.args import ModelArgs
 from edgespec.models.weights import load_transformer, weights_fingerprint
 
 from .bundle import atomic_bundle, save_onnx
+from .fused_graph import build_fused_graph
 from .target_graph import build_plain_graph, default_feature_layers
+
+GRAPH_BUILDERS = {"fused": build_fused_graph, "plain": build_plain_graph}
 from .validate import check_parity
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"  # outside the wheel: a clone has it
@@ -26,6 +29,7 @@ DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"  # outside the wheel: a 
 class ExportOptions:
     max_len: int | None = None  # KV buffer length; default min(max_position_embeddings, 4096)
     feature_layers: tuple[int, ...] | None = None  # None = low/mid/high default; () = none
+    graph: str = "fused"  # "fused" (onnxruntime contrib ops) or "plain" (standard ops only)
     overwrite: bool = False
     progress: bool = True
 
@@ -60,6 +64,8 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
     max_len = opts.max_len or min(args.max_position_embeddings, 4096)
     if max_len < 2:
         raise ValueError(f"--max-len must be >= 2, got {max_len}")
+    if opts.graph not in GRAPH_BUILDERS:
+        raise ValueError(f"--graph {opts.graph!r} is not one of {', '.join(GRAPH_BUILDERS)}")
     layers = (default_feature_layers(args.n_layers) if opts.feature_layers is None
               else tuple(opts.feature_layers))
     if any(not 0 <= i < args.n_layers for i in layers):
@@ -70,7 +76,7 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
     model = load_transformer(hf_dir, max_len=max_len)
     steps.update()
     steps.set_postfix_str("building graph")
-    proto, spec = build_plain_graph(model, max_len, layers)
+    proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers)
     steps.update()
     info = ModelInfo(architecture=args.arch, vocab_size=args.vocab_size, hidden_size=args.dim,
                      num_layers=args.n_layers, num_heads=args.n_heads,

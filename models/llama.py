@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgespec import masks
+
 from .args import ModelArgs, rope_cos_sin
 
 
@@ -128,11 +130,9 @@ class Transformer(nn.Module):
 
 
 def causal_bias(past_len: int, seq: int, mask_value: float = float("-inf"),
-                dtype=torch.float32) -> torch.Tensor:
-    """[1, 1, S, P+S] additive bias: token i sees all past and new tokens 0..i."""
-    bias = torch.zeros(seq, past_len + seq, dtype=dtype)
-    bias[:, past_len:] = torch.triu(torch.full((seq, seq), mask_value, dtype=dtype), diagonal=1)
-    return bias[None, None]
+                window: int | None = None) -> torch.Tensor:
+    """[1, 1, S, P+S] additive bias (edgespec.masks.causal_bias as a torch tensor)."""
+    return torch.from_numpy(masks.causal_bias(past_len, seq, mask_value, window))
 
 
 def empty_past(a: ModelArgs, dtype=torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:

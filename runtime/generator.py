@@ -27,7 +27,7 @@ class GenerationParams:
     seed: int | None = None
     stop_strings: tuple[str, ...] = ()
     stop_on_eos: bool = True
-    prefill_chunk: int = 256  # bounds the [S, P+S] bias and activations of a long prompt
+    prefill_chunk: int = 512  # bounds the [S, P+S] bias and activations of a long prompt
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:

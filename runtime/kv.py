@@ -46,6 +46,11 @@ class KVCache:
             buf[:, :, at:at + s] = new
         self.length += s
 
+    def advance(self, n: int) -> None:
+        """The graph wrote n new rows at offset `length` in place (fused GQA); count them."""
+        self.check_room(n)
+        self.length += n
+
     def rewind(self, n: int) -> None:
         """Forget the last n positions (O(1))."""
         if not 0 <= n <= self.length:

@@ -35,14 +35,17 @@ class TargetRunner:
         self.session, self.spec, self.model, self.kv = session, spec, model, kv
         self.out_names = [t.name for t in spec.outputs]
         self.has_features = "features" in self.out_names
+        # "in_graph": the graph writes new K/V into the bound buffers itself (fused GQA)
+        self.in_place = spec.kv.update == "in_graph"
         self._bindings: OrderedDict[tuple[int, int], tuple] = OrderedDict()
-        # past K/V: the preallocated buffers themselves (OrtValues over numpy share memory)
-        self._past = []
+        # (past name, present name, OrtValue over the preallocated buffer: shares its memory)
+        value = self.ort.OrtValue.ortvalue_from_numpy
+        self._kv_bound = []
         for i in range(model.num_layers):
-            self._past.append((spec.kv.past_key.format(i=i),
-                               self.ort.OrtValue.ortvalue_from_numpy(kv.keys[i])))
-            self._past.append((spec.kv.past_value.format(i=i),
-                               self.ort.OrtValue.ortvalue_from_numpy(kv.values[i])))
+            self._kv_bound.append((spec.kv.past_key.format(i=i), spec.kv.present_key.format(i=i),
+                                   value(kv.keys[i])))
+            self._kv_bound.append((spec.kv.past_value.format(i=i),
+                                   spec.kv.present_value.format(i=i), value(kv.values[i])))
 
     def _binding(self, s: int, n: int):
         key = (s, n)
@@ -54,13 +57,16 @@ class TargetRunner:
         if self.has_features:
             shapes["features"] = (1, s, len(self.spec.feature_layers) * m.hidden_size)
         kv_shape = (1, m.num_kv_heads, s, m.head_dim)
-        for i in range(m.num_layers):
-            shapes[self.spec.kv.present_key.format(i=i)] = kv_shape
-            shapes[self.spec.kv.present_value.format(i=i)] = kv_shape
+        if not self.in_place:
+            for i in range(m.num_layers):
+                shapes[self.spec.kv.present_key.format(i=i)] = kv_shape
+                shapes[self.spec.kv.present_value.format(i=i)] = kv_shape
         bufs = {name: np.empty(shape, np.float32) for name, shape in shapes.items()}
         io = self.session.io_binding()
-        for name, value in self._past:
-            io.bind_ortvalue_input(name, value)
+        for past, present, value in self._kv_bound:
+            io.bind_ortvalue_input(past, value)
+            if self.in_place:  # present_* is the very buffer past_* reads
+                io.bind_ortvalue_output(present, value)
         for name, buf in bufs.items():
             io.bind_ortvalue_output(name, self.ort.OrtValue.ortvalue_from_numpy(buf))
         self._bindings[key] = (io, bufs)
@@ -82,8 +88,11 @@ class TargetRunner:
         io.bind_cpu_input("attention_bias", bias)
         io.bind_cpu_input("logits_index", logits_rows)
         self.session.run_with_iobinding(io)
-        kv = self.spec.kv
-        self.kv.append([bufs[kv.present_key.format(i=i)] for i in range(self.model.num_layers)],
-                       [bufs[kv.present_value.format(i=i)] for i in range(self.model.num_layers)])
+        if self.in_place:
+            self.kv.advance(s)
+        else:
+            kv, layers = self.spec.kv, range(self.model.num_layers)
+            self.kv.append([bufs[kv.present_key.format(i=i)] for i in layers],
+                           [bufs[kv.present_value.format(i=i)] for i in layers])
         return ForwardOut(bufs["logits"][0], bufs["hidden"][0],
                           bufs["features"][0] if self.has_features else None)

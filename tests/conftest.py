@@ -22,21 +22,32 @@ def tiny_dirs(tmp_path_factory):
     return {kind: make_tiny(kind, root / kind) for kind in CONFIGS}
 
 
+GRAPHS = ("fused", "plain")
+
+
 @pytest.fixture(scope="session")
 def tiny_bundles(tiny_dirs, tmp_path_factory):
+    """kind -> (manifest, folder) of the fused export; (kind, "plain") -> the plain one."""
     from edgespec.export.pipeline import ExportOptions, export_bundle
 
     root = tmp_path_factory.mktemp("bundles")
-    return {kind: (export_bundle(d, root / kind, ExportOptions(max_len=64, progress=False)),
-                   root / kind) for kind, d in tiny_dirs.items()}
+    out = {}
+    for kind, d in tiny_dirs.items():
+        for graph in GRAPHS:
+            path = root / f"{kind}-{graph}"
+            m = export_bundle(d, path, ExportOptions(max_len=64, graph=graph, progress=False))
+            out[kind if graph == "fused" else (kind, graph)] = (m, path)
+    return out
 
 
-@pytest.fixture(scope="session")
-def ref_bundle(tmp_path_factory):
+@pytest.fixture(scope="session", params=GRAPHS)
+def ref_bundle(request, tmp_path_factory):
+    """The reference target exported as each graph kind (tests using it run for both)."""
     from edgespec.export.pipeline import ExportOptions, export_bundle
 
-    out = tmp_path_factory.mktemp("ref") / "bundle"
-    export_bundle(REF_TARGET, out, ExportOptions(max_len=512, progress=False))
+    out = tmp_path_factory.mktemp("ref") / request.param
+    export_bundle(REF_TARGET, out, ExportOptions(max_len=512, graph=request.param,
+                                                 progress=False))
     return out
 
 

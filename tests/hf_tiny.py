@@ -19,6 +19,8 @@ CONFIGS = {
                           high_freq_factor=4.0, original_max_position_embeddings=64))),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM,
                 dict(sliding_window=None)),
+    "mistral_window": (transformers.MistralConfig, transformers.MistralForCausalLM,
+                       dict(sliding_window=12)),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
               dict(tie_word_embeddings=True)),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(head_dim=32)),

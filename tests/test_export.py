@@ -9,9 +9,11 @@ from edgespec.export.validate import ParityError
 from edgespec.manifest import load_manifest
 
 
+@pytest.mark.parametrize("graph", ["fused", "plain"])
 @pytest.mark.parametrize("kind", list(CONFIGS))
-def test_export_parity_every_architecture(tiny_bundles, kind):
-    manifest, path = tiny_bundles[kind]
+def test_export_parity_every_architecture(tiny_bundles, kind, graph):
+    manifest, path = tiny_bundles[kind if graph == "fused" else (kind, graph)]
+    assert manifest.target.kind == graph
     # export itself fails above 1e-3; on fp32 graphs we see ~1e-6
     assert manifest.target.parity_max_abs <= 1e-4
     assert load_manifest(path).target.parity_max_abs == manifest.target.parity_max_abs

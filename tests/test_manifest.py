@@ -24,7 +24,8 @@ def _edit(bundle, fn):
 
 def test_round_trip(bundle_copy):
     m = load_manifest(bundle_copy)
-    assert m.model.num_layers == 2 and m.target.kv.update == "runtime"
+    assert m.model.num_layers == 2 and m.target.kind == "fused"
+    assert m.target.kv.update == "in_graph"
     assert [t.name for t in m.target.inputs][:4] == ["input_ids", "position_ids",
                                                      "attention_bias", "logits_index"]
 

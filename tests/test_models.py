@@ -16,16 +16,18 @@ TOL = 1e-4
 def _compare(hf_dir, vocab, n=40, split=30):
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     ours = load_transformer(hf_dir)
+    w = ours.args.sliding_window
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (1, n), generator=g)
     pos = torch.arange(n)[None]
     with torch.no_grad():
         ref = hf(ids).logits
-        full = ours(ids, pos, causal_bias(0, n), empty_past(ours.args))[0]
+        full = ours(ids, pos, causal_bias(0, n, window=w), empty_past(ours.args))[0]
         # the same sequence as a prefill then a step against the cache
-        _, _, past, _ = ours(ids[:, :split], pos[:, :split], causal_bias(0, split),
+        _, _, past, _ = ours(ids[:, :split], pos[:, :split], causal_bias(0, split, window=w),
                              empty_past(ours.args))
-        step = ours(ids[:, split:], pos[:, split:], causal_bias(split, n - split), past)[0]
+        step = ours(ids[:, split:], pos[:, split:], causal_bias(split, n - split, window=w),
+                    past)[0]
     return (ref - full).abs().max().item(), (ref[:, split:] - step).abs().max().item()
 
 

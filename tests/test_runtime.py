@@ -29,9 +29,11 @@ def _greedy(model, ids, n, **kw):
     return gen
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen3", "llama3_rope_tied"])
-def test_tiny_greedy_equals_transformers(tiny_dirs, tiny_bundles, kind):
-    model = Model(tiny_bundles[kind][1])
+@pytest.mark.parametrize("graph", ["fused", "plain"])
+@pytest.mark.parametrize("kind", ["llama", "qwen3", "llama3_rope_tied", "qwen2",
+                                  "mistral_window"])
+def test_tiny_greedy_equals_transformers(tiny_dirs, tiny_bundles, kind, graph):
+    model = Model(tiny_bundles[kind if graph == "fused" else (kind, graph)][1])
     ids = list(np.random.default_rng(3).integers(3, 300, 7))
     ours = _greedy(model, ids, 24, stop_on_eos=False).new_tokens
     assert ours == _hf_greedy(tiny_dirs[kind], ids, 24, eos=None)

@@ -11,6 +11,7 @@ generate(do_sample=False) and the agreement is added to the JSON line.
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -83,6 +84,7 @@ def main():
     model = og.Model(cfg)
 
     generate(model, prompts[0], min(8, a.max_new_tokens))  # warm-up, untimed
+    load_start = os.getloadavg()[0]
     per_run, ttfts, tokens = [], [], None
     for _ in range(a.runs):
         run_tokens, dec_s, dec_n = [], 0.0, 0
@@ -104,6 +106,7 @@ def main():
         "ms_per_token_runs": per_run,
         "ttft_ms_median": statistics.median(ttfts),
         "threads": a.threads,
+        "loadavg1": [load_start, os.getloadavg()[0]],  # other CPU load skews figures
         "prompt_ids": ids_names,
         "tokens": tokens,
     }

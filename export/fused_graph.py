@@ -1,0 +1,135 @@
+"""The "fused" target graph: onnxruntime contrib ops, same IO contract as the plain graph.
+
+Per layer: SkipSimplifiedLayerNormalization (residual add + RMSNorm in one op), one packed
+QKV MatMul, RotaryEmbedding at arbitrary position_ids, GroupQueryAttention whose past and
+present K/V are the runtime's one preallocated [1, Hkv, max_len, D] buffer (written in place:
+kv.update = "in_graph"), and one packed gate/up MatMul. GQA is causal by itself; the
+attention_bias narrows that to a tree, since tree nodes come in topological order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from edgespec.manifest import GraphSpec, TensorSpec
+from edgespec.models.args import ModelArgs, rope_cos_sin
+
+from .onnx_builder import Builder
+from .target_graph import KV, graph_spec
+
+MS = "com.microsoft"
+FUSED_KV = dataclasses.replace(KV, update="in_graph")
+
+
+def fused_spec(a: ModelArgs, feature_layers: tuple[int, ...], mask_value: float) -> GraphSpec:
+    spec = graph_spec(a, "target.onnx", feature_layers, "float32", mask_value)
+    full = (1, a.n_kv_heads, "L", a.head_dim)  # present = the whole shared buffer
+    outputs = tuple(TensorSpec(t.name, t.dtype, full) if t.name.startswith("present_") else t
+                    for t in spec.outputs)
+    return dataclasses.replace(spec, kind="fused", outputs=outputs, kv=FUSED_KV)
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().float().numpy()
+
+
+def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...]):
+    a: ModelArgs = model.args
+    spec = fused_spec(a, feature_layers, -1e9)
+    b = Builder()
+    for t in spec.inputs:
+        b.input(t.name, t.dtype, list(t.shape))
+    hd, hkv, h = a.head_dim, a.n_kv_heads, a.n_heads
+    eps = float(a.norm_eps)
+    cos, sin = rope_cos_sin(a, max_len)
+    cos_c = b.weight("rope_cos_half", cos[:, : hd // 2])  # RotaryEmbedding takes [L, D/2]
+    sin_c = b.weight("rope_sin_half", sin[:, : hd // 2])
+    # GQA's lengths come from the bias shape: total = P+S, seqlens_k = total - 1
+    total64 = b.op("Gather", b.op("Shape", "attention_bias"), b.const([3]))
+    seqlens_k = b.op("Cast", b.op("Sub", total64, b.const([1])), to=6)  # int32 [1]
+    total = b.op("Cast", b.op("Squeeze", total64, b.const([0])), to=6)  # int32 scalar
+
+    def skip_norm(resid, delta, weight, name):
+        # returns (normed, resid + delta)
+        out = b.op("SkipSimplifiedLayerNormalization", resid, delta, b.weight(name, _np(weight)),
+                   domain=MS, epsilon=eps, n_out=4)
+        return out[0], out[3]
+
+    def head_norm(x, weight, name, heads):
+        # RMSNorm over head_dim of x [1, S, heads*D] (Qwen3 q/k norm)
+        x4 = b.op("Reshape", x, b.const([0, 0, heads, hd]))
+        y = b.op("RMSNormalization", x4, b.weight(name, _np(weight)), axis=-1, epsilon=eps)
+        return b.op("Reshape", y, b.const([0, 0, heads * hd]))
+
+    def linear(x, weight_t, bias, name):
+        y = b.op("MatMul", x, b.weight(f"{name}.weight_t", weight_t))
+        return y if bias is None else b.op("Add", y, b.weight(f"{name}.bias", bias))
+
+    resid = b.op("Gather", b.weight("embed_tokens.weight", _np(model.embed_tokens.weight)),
+                 "input_ids")
+    delta = None
+    feats = []
+    for i, layer in enumerate(model.layers):
+        p, at, mlp = f"layers.{i}", layer.self_attn, layer.mlp
+        if delta is None:
+            x = b.op("RMSNormalization", resid,
+                     b.weight(f"{p}.input_layernorm.weight", _np(layer.input_layernorm.weight)),
+                     axis=-1, epsilon=eps)
+        else:
+            x, resid = skip_norm(resid, delta, layer.input_layernorm.weight,
+                                 f"{p}.input_layernorm.weight")
+            if i - 1 in feature_layers:
+                feats.append(resid)
+        w_qkv = np.concatenate([_np(at.q_proj.weight), _np(at.k_proj.weight),
+                                _np(at.v_proj.weight)]).T.copy()
+        b_qkv = None if at.q_proj.bias is None else np.concatenate(
+            [_np(at.q_proj.bias), _np(at.k_proj.bias), _np(at.v_proj.bias)])
+        qkv = linear(x, w_qkv, b_qkv, f"{p}.qkv_proj")
+        q, k, v = b.op("Split", qkv, b.const([h * hd, hkv * hd, hkv * hd]), axis=-1, n_out=3)
+        if a.qk_norm:
+            q = head_norm(q, at.q_norm.weight, f"{p}.q_norm.weight", h)
+            k = head_norm(k, at.k_norm.weight, f"{p}.k_norm.weight", hkv)
+        q = b.op("RotaryEmbedding", q, "position_ids", cos_c, sin_c, domain=MS, num_heads=h)
+        k = b.op("RotaryEmbedding", k, "position_ids", cos_c, sin_c, domain=MS, num_heads=hkv)
+        # a sliding window (Mistral) lives in attention_bias, built by the runtime; GQA's own
+        # local_window_size is left unset so that exactly one definition of the window applies
+        attrs = dict(num_heads=h, kv_num_heads=hkv)
+        # present K/V (outputs 1, 2) are the same memory as past once the runtime binds them so
+        y = b.op("GroupQueryAttention", q, k, v, KV.past_key.format(i=i),
+                 KV.past_value.format(i=i), seqlens_k, total, "", "", "", "attention_bias",
+                 domain=MS, n_out=3, names=(None, KV.present_key.format(i=i),
+                                            KV.present_value.format(i=i)), **attrs)[0]
+        o = linear(y, _np(at.o_proj.weight).T.copy(),
+                   None if at.o_proj.bias is None else _np(at.o_proj.bias), f"{p}.o_proj")
+        x, resid = skip_norm(resid, o, layer.post_attention_layernorm.weight,
+                             f"{p}.post_attention_layernorm.weight")
+        w_gu = np.concatenate([_np(mlp.gate_proj.weight), _np(mlp.up_proj.weight)]).T.copy()
+        b_gu = None if mlp.gate_proj.bias is None else np.concatenate(
+            [_np(mlp.gate_proj.bias), _np(mlp.up_proj.bias)])
+        gate, up = b.op("Split", linear(x, w_gu, b_gu, f"{p}.gate_up_proj"),
+                        b.const([a.intermediate_size] * 2), axis=-1, n_out=2)
+        act = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)
+        delta = linear(act, _np(mlp.down_proj.weight).T.copy(),
+                       None if mlp.down_proj.bias is None else _np(mlp.down_proj.bias),
+                       f"{p}.down_proj")
+    hidden, resid = skip_norm(resid, delta, model.norm.weight, "norm.weight")
+    if a.n_layers - 1 in feature_layers:
+        feats.append(resid)
+    b.output(hidden, "hidden", "float32", [1, "S", a.dim])
+    if feats:
+        b.output(b.op("Concat", *feats, axis=-1) if len(feats) > 1 else feats[0], "features",
+                 "float32", [1, "S", len(feats) * a.dim])
+    for i in range(a.n_layers):
+        for name in (KV.present_key.format(i=i), KV.present_value.format(i=i)):
+            b.declare_output(name, "float32", [1, hkv, "L", hd])
+    rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, a.dim]))
+    head = "embed_tokens.weight" if a.tie_embeddings else b.weight(
+        "lm_head.weight", _np(model.lm_head.weight))
+    logits = b.op("Reshape", b.op("Gemm", rows, head, transB=1), b.const([1, -1, a.vocab_size]))
+    b.output(logits, "logits", "float32", [1, "N", a.vocab_size])
+    order = {t.name: j for j, t in enumerate(spec.outputs)}
+    b.outputs.sort(key=lambda vi: order[vi.name])
+    # opset 23 for the standard RMSNormalization (onnxruntime >= 1.22)
+    return b.model("edgespec_target_fused", "edgespec", opset=23, extra_domains={MS: 1}), spec
