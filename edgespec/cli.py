@@ -22,7 +22,7 @@ def _params(ns):
     temperature = 0.0 if ns.greedy else ns.temperature
     return GenerationParams(max_new_tokens=ns.max_new_tokens,
                             sampling=SamplingParams(temperature, ns.top_k, ns.top_p),
-                            seed=ns.seed, stop_strings=tuple(ns.stop or ()))
+                            seed=ns.seed, stop_strings=tuple(ns.stop or ()), accept=ns.accept)
 
 
 def cmd_export(ns) -> int:
@@ -31,14 +31,16 @@ def cmd_export(ns) -> int:
     if ns.demo == bool(ns.hf_dir):
         raise SystemExit("edgespec export: give a local HF folder or --demo (one of the two)")
     hf_dir = demo_checkpoint() if ns.demo else Path(ns.hf_dir)
+    draft = ns.draft_model or (demo_checkpoint("pyref-draft") if ns.demo else None)
     layers = None if ns.feature_layers is None else tuple(
         int(x) for x in ns.feature_layers.split(",") if x.strip())
     m = export_bundle(hf_dir, ns.out, ExportOptions(max_len=ns.max_len, feature_layers=layers,
-                                                    graph=ns.graph, overwrite=ns.overwrite))
+                                                    graph=ns.graph, draft_model=draft,
+                                                    overwrite=ns.overwrite))
     print(f"wrote {ns.out}: {m.model.architecture}, {m.target.kind} graph, "
           f"{m.model.num_layers} layers, vocab "
           f"{m.model.vocab_size}, max_len {m.model.max_len}, parity vs torch "
-          f"{m.target.parity_max_abs:.2g} (max |logit diff|)")
+          f"{m.target.parity_max_abs:.2g} (max |logit diff|); drafters: {', '.join(m.drafters)}")
     return 0
 
 
@@ -65,7 +67,7 @@ def cmd_run(ns) -> int:
     from edgespec.runtime.model import Model
 
     model = Model(ns.bundle, _session_config(ns))
-    for piece in stream(model, ns.prompt, _params(ns)):
+    for piece in stream(model, ns.prompt, _params(ns), model.drafter(ns.drafter, ns.gamma)):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -82,7 +84,7 @@ def cmd_eval(ns) -> int:
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:
-        for r in run_eval(model, rows, _params(ns), ns.drafter):
+        for r in run_eval(model, rows, _params(ns), ns.drafter, ns.gamma):
             fh.write(json.dumps(r) + "\n")
             results.append(r)
     print(summarize(results).line())
@@ -103,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--graph", default="fused", choices=["fused", "plain"],
                    help="fused: onnxruntime contrib ops (GQA, in-place KV; default); "
                         "plain: standard ONNX ops only (fallback)")
+    e.add_argument("--draft-model", default=None,
+                   help="HF folder of a small draft model with the same tokenizer")
     e.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     e.set_defaults(fn=cmd_export)
 
@@ -124,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--allow-cpu-fallback", action="store_true",
                        help="run on CPU (with a warning) if the provider is not installed")
         q.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = default)")
+        q.add_argument("--drafter", default="none",
+                       help="drafter name from the bundle (edgespec info lists them), or none")
+        q.add_argument("--gamma", type=int, default=None, help="draft length (tokens per step)")
+        q.add_argument("--accept", default="auto", choices=["auto", "greedy", "sample", "typical"],
+                       help="acceptance rule: auto = greedy at T=0, lossless sampling otherwise; "
+                            "typical (Medusa) is not lossless")
 
     r = sub.add_parser("run", help="stream a completion of PROMPT")
     runtime_args(r)
@@ -134,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_args(v)
     v.add_argument("--prompts", required=True, help="jsonl with a 'prompt' (and 'id') field")
     v.add_argument("--out", required=True, help="results jsonl")
-    v.add_argument("--drafter", default="none", help="drafter name from the bundle, or none")
     v.add_argument("--limit", type=int, default=0, help="first N prompts only (0 = all)")
     v.set_defaults(fn=cmd_eval)
     return p

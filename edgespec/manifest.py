@@ -83,12 +83,25 @@ class TokenizerInfo:
     bos_token_id: int | None = None
 
 
+DRAFTER_KINDS = ("draft_model", "ngram")
+
+
+@dataclass(frozen=True)
+class DrafterSpec:
+    """A drafter the bundle carries. `graph`/`model` only for drafters with their own network."""
+
+    kind: str  # one of DRAFTER_KINDS
+    graph: GraphSpec | None = None
+    model: ModelInfo | None = None
+    options: dict = field(default_factory=dict)  # defaults, e.g. {"gamma": 4}
+
+
 @dataclass(frozen=True)
 class Manifest:
     model: ModelInfo
     tokenizer: TokenizerInfo
     target: GraphSpec
-    drafters: dict = field(default_factory=dict)  # name -> drafter entry (later issues)
+    drafters: dict[str, DrafterSpec] = field(default_factory=dict)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     created_by: str = ""
@@ -98,7 +111,7 @@ class Manifest:
 
     def files(self) -> list[str]:
         """Every file the bundle must hold, relative to its folder."""
-        graphs = [self.target]
+        graphs = [self.target, *(d.graph for d in self.drafters.values() if d.graph)]
         return [MANIFEST_FILE, self.tokenizer.file, *(g.file for g in graphs),
                 *(g.external_data for g in graphs if g.external_data)]
 
@@ -150,6 +163,9 @@ def _graph(d: dict, where: str) -> GraphSpec:
     if kv_spec.layout != "BNSH" or kv_spec.update not in ("runtime", "in_graph"):
         raise BundleError(f"manifest.json: {where}.kv layout/update {kv_spec.layout}/"
                           f"{kv_spec.update} is not supported by this runtime; upgrade edgespec")
+    if d.get("kind") not in ("plain", "fused"):
+        raise BundleError(f"manifest.json: {where}.kind {d.get('kind')!r} is not plain or "
+                          "fused; upgrade edgespec")
     parity = d.get("parity_max_abs")
     return GraphSpec(
         file=_need(d, "file", str, where),
@@ -165,6 +181,41 @@ def _graph(d: dict, where: str) -> GraphSpec:
 
 
 _MAX_DIM = 1 << 24  # refuses absurd dims before anything is allocated
+_INTS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+         "max_len")
+
+
+def _model(m: dict, where: str) -> ModelInfo:
+    model = ModelInfo(
+        architecture=_need(m, "architecture", str, where),
+        **{k: _need(m, k, int, where) for k in _INTS},
+        dtype=_need(m, "dtype", str, where),
+        sliding_window=m.get("sliding_window"),
+        fingerprint=str(m.get("fingerprint", "")),
+    )
+    for k in _INTS:
+        v = getattr(model, k)
+        if not 0 < v <= _MAX_DIM:
+            raise BundleError(f"manifest.json: {where}.{k} = {v} is out of range (1..{_MAX_DIM})")
+    return model
+
+
+def _drafter(d: Any, where: str, target: ModelInfo) -> DrafterSpec:
+    kind = _need(d, "kind", str, where)
+    if kind not in DRAFTER_KINDS:
+        raise BundleError(f"manifest.json: {where} has kind {kind!r}, which this edgespec does "
+                          f"not know ({', '.join(DRAFTER_KINDS)}); upgrade edgespec")
+    options = d.get("options") or {}
+    if not isinstance(options, dict):
+        raise BundleError(f"manifest.json: {where}.options must be an object")
+    graph = _graph(d["graph"], f"{where}.graph") if d.get("graph") else None
+    model = _model(d["model"], f"{where}.model") if d.get("model") else None
+    if kind == "draft_model" and (graph is None or model is None):
+        raise BundleError(f"manifest.json: {where} (draft_model) needs 'graph' and 'model'")
+    if model is not None and model.vocab_size != target.vocab_size:
+        raise BundleError(f"manifest.json: {where} has vocab {model.vocab_size}, the target "
+                          f"{target.vocab_size}; a drafter must share the target's vocabulary")
+    return DrafterSpec(kind=kind, graph=graph, model=model, options=options)
 
 
 def manifest_from_dict(d: Any) -> Manifest:
@@ -177,29 +228,17 @@ def manifest_from_dict(d: Any) -> Manifest:
     if version > FORMAT_VERSION:
         raise BundleError(f"bundle format version {version} is newer than this edgespec reads "
                           f"({FORMAT_VERSION}); upgrade edgespec (pip install -U edgespec)")
-    m = _need(d, "model", dict, "manifest")
-    ints = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-            "max_len")
-    model = ModelInfo(
-        architecture=_need(m, "architecture", str, "model"),
-        **{k: _need(m, k, int, "model") for k in ints},
-        dtype=_need(m, "dtype", str, "model"),
-        sliding_window=m.get("sliding_window"),
-        fingerprint=str(m.get("fingerprint", "")),
-    )
-    for k in ints:
-        v = getattr(model, k)
-        if not 0 < v <= _MAX_DIM:
-            raise BundleError(f"manifest.json: model.{k} = {v} is out of range (1..{_MAX_DIM})")
+    model = _model(_need(d, "model", dict, "manifest"), "model")
     t = _need(d, "tokenizer", dict, "manifest")
     eos = _need(t, "eos_token_ids", list, "tokenizer")
     if not all(isinstance(i, int) and 0 <= i < model.vocab_size for i in eos):
         raise BundleError(f"manifest.json: tokenizer.eos_token_ids {eos} must be ids < vocab_size")
     tok = TokenizerInfo(file=_need(t, "file", str, "tokenizer"), eos_token_ids=tuple(eos),
                         bos_token_id=t.get("bos_token_id"))
-    drafters = d.get("drafters", {})
-    if not isinstance(drafters, dict):
+    raw = d.get("drafters", {})
+    if not isinstance(raw, dict):
         raise BundleError("manifest.json: 'drafters' must be an object (name -> entry)")
+    drafters = {name: _drafter(entry, f"drafters.{name}", model) for name, entry in raw.items()}
     return Manifest(model=model, tokenizer=tok, target=_graph(_need(d, "target", dict, "manifest"),
                                                               "target"),
                     drafters=drafters, format_version=version,

@@ -1,7 +1,7 @@
 """The "fused" target graph: onnxruntime contrib ops, same IO contract as the plain graph.
 
 Per layer: SkipSimplifiedLayerNormalization (residual add + RMSNorm in one op), one packed
-QKV MatMul, RotaryEmbedding at arbitrary position_ids, GroupQueryAttention whose past and
+QKV MatMul, GroupQueryAttention (RoPE inside, at arbitrary position_ids) whose past and
 present K/V are the runtime's one preallocated [1, Hkv, max_len, D] buffer (written in place:
 kv.update = "in_graph"), and one packed gate/up MatMul. GQA is causal by itself; the
 attention_bias narrows that to a tree, since tree nodes come in topological order.
@@ -23,8 +23,9 @@ MS = "com.microsoft"
 FUSED_KV = dataclasses.replace(KV, update="in_graph")
 
 
-def fused_spec(a: ModelArgs, feature_layers: tuple[int, ...], mask_value: float) -> GraphSpec:
-    spec = graph_spec(a, "target.onnx", feature_layers, "float32", mask_value)
+def fused_spec(a: ModelArgs, file: str, feature_layers: tuple[int, ...],
+               mask_value: float) -> GraphSpec:
+    spec = graph_spec(a, file, feature_layers, "float32", mask_value)
     full = (1, a.n_kv_heads, "L", a.head_dim)  # present = the whole shared buffer
     outputs = tuple(TensorSpec(t.name, t.dtype, full) if t.name.startswith("present_") else t
                     for t in spec.outputs)
@@ -35,16 +36,17 @@ def _np(t) -> np.ndarray:
     return t.detach().float().numpy()
 
 
-def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...]):
+def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
+                      file: str = "target.onnx"):
     a: ModelArgs = model.args
-    spec = fused_spec(a, feature_layers, -1e9)
+    spec = fused_spec(a, file, feature_layers, -1e9)
     b = Builder()
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
     hd, hkv, h = a.head_dim, a.n_kv_heads, a.n_heads
     eps = float(a.norm_eps)
     cos, sin = rope_cos_sin(a, max_len)
-    cos_c = b.weight("rope_cos_half", cos[:, : hd // 2])  # RotaryEmbedding takes [L, D/2]
+    cos_c = b.weight("rope_cos_half", cos[:, : hd // 2])  # GQA's rotary takes [L, D/2]
     sin_c = b.weight("rope_sin_half", sin[:, : hd // 2])
     # GQA's lengths come from the bias shape: total = P+S, seqlens_k = total - 1
     total64 = b.op("Gather", b.op("Shape", "attention_bias"), b.const([3]))
@@ -91,14 +93,14 @@ def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...]):
         if a.qk_norm:
             q = head_norm(q, at.q_norm.weight, f"{p}.q_norm.weight", h)
             k = head_norm(k, at.k_norm.weight, f"{p}.k_norm.weight", hkv)
-        q = b.op("RotaryEmbedding", q, "position_ids", cos_c, sin_c, domain=MS, num_heads=h)
-        k = b.op("RotaryEmbedding", k, "position_ids", cos_c, sin_c, domain=MS, num_heads=hkv)
-        # a sliding window (Mistral) lives in attention_bias, built by the runtime; GQA's own
-        # local_window_size is left unset so that exactly one definition of the window applies
-        attrs = dict(num_heads=h, kv_num_heads=hkv)
+        # GQA applies RoPE itself (do_rotary) at the given position_ids, which may repeat in a
+        # tree. A sliding window (Mistral) lives in attention_bias, built by the runtime; GQA's
+        # local_window_size is left unset so that exactly one definition of the window applies.
+        attrs = dict(num_heads=h, kv_num_heads=hkv, do_rotary=1)
         # present K/V (outputs 1, 2) are the same memory as past once the runtime binds them so
         y = b.op("GroupQueryAttention", q, k, v, KV.past_key.format(i=i),
-                 KV.past_value.format(i=i), seqlens_k, total, "", "", "", "attention_bias",
+                 KV.past_value.format(i=i), seqlens_k, total, cos_c, sin_c, "position_ids",
+                 "attention_bias",
                  domain=MS, n_out=3, names=(None, KV.present_key.format(i=i),
                                             KV.present_value.format(i=i)), **attrs)[0]
         o = linear(y, _np(at.o_proj.weight).T.copy(),

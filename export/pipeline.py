@@ -11,7 +11,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from edgespec import __version__
-from edgespec.manifest import MANIFEST_FILE, Manifest, ModelInfo, TokenizerInfo
+from edgespec.manifest import (MANIFEST_FILE, DrafterSpec, GraphSpec, Manifest, ModelInfo,
+                               TokenizerInfo, load_manifest)
 from edgespec.models.args import ModelArgs
 from edgespec.models.weights import load_transformer, weights_fingerprint
 
@@ -30,12 +31,13 @@ class ExportOptions:
     max_len: int | None = None  # KV buffer length; default min(max_position_embeddings, 4096)
     feature_layers: tuple[int, ...] | None = None  # None = low/mid/high default; () = none
     graph: str = "fused"  # "fused" (onnxruntime contrib ops) or "plain" (standard ops only)
+    draft_model: str | Path | None = None  # HF folder of a small draft model, same tokenizer
     overwrite: bool = False
     progress: bool = True
 
 
-def demo_checkpoint() -> Path:
-    path = DEMO_DIR / "pyref-target"
+def demo_checkpoint(name: str = "pyref-target") -> Path:
+    path = DEMO_DIR / name
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"the demo model is not at {path}: `edgespec export --demo` runs from a clone of the "
@@ -51,6 +53,40 @@ def _eos_ids(hf_dir: Path, args: ModelArgs) -> tuple[int, ...]:
         if eos is not None:
             return tuple(eos) if isinstance(eos, list) else (eos,)
     return args.eos_token_ids
+
+
+def _model_info(hf_dir: Path, args: ModelArgs, max_len: int) -> ModelInfo:
+    return ModelInfo(architecture=args.arch, vocab_size=args.vocab_size, hidden_size=args.dim,
+                     num_layers=args.n_layers, num_heads=args.n_heads,
+                     num_kv_heads=args.n_kv_heads, head_dim=args.head_dim, max_len=max_len,
+                     dtype="float32", sliding_window=args.sliding_window,
+                     fingerprint=weights_fingerprint(hf_dir))
+
+
+def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int,
+                  layers: tuple[int, ...], graph: str) -> tuple[GraphSpec, ModelInfo]:
+    """One language model -> tmp/file, checked against torch; returns its spec and dims."""
+    model = load_transformer(hf_dir, max_len=max_len)
+    proto, spec = GRAPH_BUILDERS[graph](model, max_len, layers, file)
+    spec = dataclasses.replace(spec, external_data=save_onnx(proto, tmp / file))
+    del proto
+    info = _model_info(hf_dir, model.args, max_len)
+    diff = check_parity(tmp, spec, info, model)
+    return dataclasses.replace(spec, parity_max_abs=diff), info
+
+
+def _check_same_tokenizer(target_dir: Path, draft_dir: Path) -> None:
+    from tokenizers import Tokenizer
+
+    tok = draft_dir / "tokenizer.json"
+    if not tok.is_file():
+        raise FileNotFoundError(f"draft model {draft_dir} has no tokenizer.json")
+    a = Tokenizer.from_file(str(target_dir / "tokenizer.json")).get_vocab()
+    b = Tokenizer.from_file(str(tok)).get_vocab()
+    if a != b:
+        raise ValueError(f"draft model {draft_dir} has a different tokenizer/vocabulary than the "
+                         f"target ({len(b)} vs {len(a)} tokens, {len(set(a.items()) ^ set(b.items()))}"
+                         " entries differ); a draft model must share the target's tokenizer")
 
 
 def export_bundle(hf_dir: str | Path, out_dir: str | Path,
@@ -70,37 +106,38 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
               else tuple(opts.feature_layers))
     if any(not 0 <= i < args.n_layers for i in layers):
         raise ValueError(f"feature layers {layers} must be in [0, {args.n_layers})")
+    draft_dir = Path(opts.draft_model) if opts.draft_model else None
+    if draft_dir is not None:
+        draft_args = ModelArgs.from_hf_dir(draft_dir)
+        if draft_args.vocab_size != args.vocab_size:
+            raise ValueError(f"draft model vocab {draft_args.vocab_size} != target vocab "
+                             f"{args.vocab_size}; a draft model must share the target's vocab")
+        _check_same_tokenizer(hf_dir, draft_dir)
 
-    steps = tqdm(total=5, desc="export", unit="step", disable=not opts.progress)
-    steps.set_postfix_str("loading weights")
-    model = load_transformer(hf_dir, max_len=max_len)
-    steps.update()
-    steps.set_postfix_str("building graph")
-    proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers)
-    steps.update()
-    info = ModelInfo(architecture=args.arch, vocab_size=args.vocab_size, hidden_size=args.dim,
-                     num_layers=args.n_layers, num_heads=args.n_heads,
-                     num_kv_heads=args.n_kv_heads, head_dim=args.head_dim, max_len=max_len,
-                     dtype="float32", sliding_window=args.sliding_window,
-                     fingerprint=weights_fingerprint(hf_dir))
+    steps = tqdm(total=3 + bool(draft_dir), desc="export", unit="graph",
+                 disable=not opts.progress)
     tok = TokenizerInfo(file="tokenizer.json", eos_token_ids=_eos_ids(hf_dir, args),
                         bos_token_id=args.bos_token_id)
     with atomic_bundle(out_dir, overwrite=opts.overwrite) as tmp:
-        steps.set_postfix_str("saving + onnx checker")
-        external = save_onnx(proto, tmp / spec.file)
-        spec = dataclasses.replace(spec, external_data=external)
+        steps.set_postfix_str("target: build, onnx checker, parity vs torch")
+        spec, info = _export_graph(hf_dir, tmp, "target.onnx", max_len, layers, opts.graph)
+        steps.update()
+        drafters = {"ngram": DrafterSpec(kind="ngram", options={"gamma": 4, "max_n": 4})}
+        if draft_dir is not None:
+            steps.set_postfix_str("draft model: build, onnx checker, parity vs torch")
+            dspec, dinfo = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len, (),
+                                         opts.graph)
+            drafters["draft_model"] = DrafterSpec(kind="draft_model", graph=dspec, model=dinfo,
+                                                  options={"gamma": 4})
+            steps.update()
         shutil.copyfile(tokenizer, tmp / "tokenizer.json")
-        manifest = Manifest(model=info, tokenizer=tok, target=spec,
+        manifest = Manifest(model=info, tokenizer=tok, target=spec, drafters=drafters,
                             created_by=f"edgespec {__version__}")
         (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         steps.update()
-        steps.set_postfix_str("parity vs torch")
-        diff = check_parity(tmp, model)
-        steps.update()
-        manifest = dataclasses.replace(
-            manifest, target=dataclasses.replace(spec, parity_max_abs=diff))
-        (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
-        steps.set_postfix_str(f"done (parity {diff:.2g})")
+        steps.set_postfix_str("checking the bundle loads")
+        load_manifest(tmp)  # the runtime's own validation of what was written
+        steps.set_postfix_str(f"done (parity {spec.parity_max_abs:.2g})")
         steps.update()
     steps.close()
     return manifest

@@ -130,10 +130,11 @@ class _Emitter:
         return self.linear(act, mlp.down_proj, f"{p}.down_proj")
 
 
-def build_plain_graph(model, max_len: int, feature_layers: tuple[int, ...]):
+def build_plain_graph(model, max_len: int, feature_layers: tuple[int, ...],
+                      file: str = "target.onnx"):
     """ONNX ModelProto of `model` (models.llama.Transformer) under the contract above."""
     a: ModelArgs = model.args
-    spec = graph_spec(a, "target.onnx", feature_layers, "float32", -1e9)
+    spec = graph_spec(a, file, feature_layers, "float32", -1e9)
     b = Builder()
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))

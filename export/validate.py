@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgespec.manifest import GraphSpec, ModelInfo
 from edgespec.masks import causal_bias
-from edgespec.runtime.model import Model
+from edgespec.runtime.kv import KVCache
+from edgespec.runtime.providers import SessionConfig, create_session
+from edgespec.runtime.target import TargetRunner
 
 FP32_TOLERANCE = 1e-3  # max |logit difference|; fp32 graphs measure ~1e-5 on the reference model
 
@@ -17,8 +20,8 @@ class ParityError(RuntimeError):
     pass
 
 
-def check_parity(bundle_dir: Path, model, seed: int = 0, prompt_len: int = 24,
-                 tolerance: float = FP32_TOLERANCE) -> float:
+def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed: int = 0,
+                 prompt_len: int = 24, tolerance: float = FP32_TOLERANCE) -> float:
     """Max |logits(ONNX) - logits(torch)| over a prefill and a tree-masked verify step.
 
     The verify step feeds 4 tokens after the prompt as a small tree (two siblings at the same
@@ -26,10 +29,11 @@ def check_parity(bundle_dir: Path, model, seed: int = 0, prompt_len: int = 24,
     """
     a = model.args
     rng = np.random.default_rng(seed)
-    runtime = Model(bundle_dir)
-    runner = runtime.new_runner()
-    mask = runtime.manifest.target.mask_value
-    prompt_len = min(prompt_len, runtime.max_len - 4)
+    session = create_session(str(Path(bundle_dir) / spec.file), SessionConfig())
+    kv = KVCache(info.num_layers, info.num_kv_heads, info.head_dim, info.max_len)
+    runner = TargetRunner(session, spec, info, kv)
+    mask = spec.mask_value
+    prompt_len = min(prompt_len, info.max_len - 4)
     ids = rng.integers(0, a.vocab_size, prompt_len)
     pos = np.arange(prompt_len)
     bias = causal_bias(0, prompt_len, mask)
@@ -51,6 +55,7 @@ def check_parity(bundle_dir: Path, model, seed: int = 0, prompt_len: int = 24,
     diff = max(float(np.abs(onnx_logits[0] - ref0[0].numpy()).max()),
                float(np.abs(onnx_logits[1] - ref1[0].numpy()).max()))
     if not diff <= tolerance:
-        raise ParityError(f"exported graph differs from the torch model by {diff:.3g} in logits "
+        raise ParityError(f"exported {spec.file} differs from the torch model by {diff:.3g} in "
+                          "logits "
                           f"(tolerance {tolerance:g}); the export was not written")
     return diff

@@ -52,13 +52,11 @@ def read_prompts(path: str | Path) -> list[dict]:
 
 
 def run_eval(model: Model, rows: list[dict], params: GenerationParams,
-             drafter: str | None = None) -> Iterator[dict]:
-    """Yield one result row per prompt (the drafter hook is filled by the speculative issues)."""
-    if drafter not in (None, "none"):
-        known = ", ".join(["none", *model.manifest.drafters])
-        raise ValueError(f"unknown drafter {drafter!r}; this bundle has: {known}")
+             drafter: str | None = None, gamma: int | None = None) -> Iterator[dict]:
+    """Yield one result row per prompt, decoded with `drafter` (None/'none': autoregressive)."""
+    draft = model.drafter(drafter, gamma)
     for row in rows:
-        gen = Generator(model, params)
+        gen = Generator(model, params, draft)
         t = time.perf_counter()
         gen.append_tokens(model.tokenizer.encode(row["prompt"]))
         while not gen.is_done():
@@ -71,6 +69,7 @@ def run_eval(model: Model, rows: list[dict], params: GenerationParams,
                "target_forwards": st.target_forwards, "seconds": round(seconds, 6),
                "prefill_seconds": round(st.prefill_seconds, 6),
                "ttft_seconds": round(st.first_token_seconds or 0.0, 6),
+               "drafter": drafter or "none",
                "accepted_lengths": st.accepted_lengths,
                "mean_accepted": round(len(out) / max(st.target_forwards, 1), 4),
                "stop_reason": gen.stop_reason}

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgespec.accept import accept_greedy, accept_sample, accept_typical
 from edgespec.masks import causal_bias
-from edgespec.sampling import SamplingParams, sample
+from edgespec.sampling import SamplingParams, probabilities, sample
+from edgespec.tree import DraftTree, depths, tree_bias
 
 from .model import Model
 from .text import TextStream
@@ -28,8 +30,14 @@ class GenerationParams:
     stop_strings: tuple[str, ...] = ()
     stop_on_eos: bool = True
     prefill_chunk: int = 512  # bounds the [S, P+S] bias and activations of a long prompt
+    accept: str = "auto"  # greedy | sample | typical; auto = greedy at T=0, else sample
 
     def __post_init__(self):
+        if self.accept not in ("auto", "greedy", "sample", "typical"):
+            raise ValueError(f"accept must be auto, greedy, sample or typical, got {self.accept!r}")
+        if self.accept == "greedy" and not self.sampling.greedy:
+            raise ValueError("accept=greedy needs temperature 0; use accept=sample (lossless) or "
+                             "typical with a temperature")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
         if self.prefill_chunk < 1:
@@ -48,8 +56,12 @@ class Stats:
 
 
 class Generator:
-    def __init__(self, model: Model, params: GenerationParams = GenerationParams()):
+    def __init__(self, model: Model, params: GenerationParams = GenerationParams(),
+                 drafter=None):
+        """drafter: None (autoregressive) or a drafter from model.drafter(name)."""
         self.model, self.params = model, params
+        self.drafter = drafter
+        self.draft_state = drafter.new_state() if drafter is not None else None
         self.runner = model.new_runner()
         self.kv = self.runner.kv
         self.rng = np.random.default_rng(params.seed)
@@ -153,8 +165,57 @@ class Generator:
         return kept
 
     def step(self) -> list[int]:
-        """One decoding step; returns the tokens it added (one, autoregressively)."""
-        return [self.next_token()]
+        """One decoding step; returns the tokens it added (one autoregressively, 1..n+1 when
+        a drafter's proposal of n tokens is verified)."""
+        if self.drafter is None:
+            return [self.next_token()]
+        if self.stop_reason is not None:
+            raise RuntimeError(f"generation has stopped ({self.stop_reason}); rewind or append "
+                               "tokens to continue")
+        t = time.perf_counter()
+        tree = self.drafter.propose(self.draft_state, self.tokens, self.params.sampling,
+                                    self.rng)
+        room = min(self.kv.free, self.model.max_len - len(self.tokens) + 1)
+        if tree.size == 1 or tree.size > room:
+            self.stats.decode_seconds += time.perf_counter() - t
+            return [self.next_token()]
+        new = self._verify(tree)
+        kept = self._commit(new)
+        self.kv.truncate(len(self.tokens) - 1)  # drop K/V of tokens cut by a stop condition
+        self.drafter.accepted(self.draft_state, self.tokens)
+        self.stats.target_forwards += 1
+        self.stats.accepted_lengths.append(len(kept))
+        self.stats.decode_seconds += time.perf_counter() - t
+        return kept
+
+    def _verify(self, tree: DraftTree) -> list[int]:
+        """One target forward over the whole tree; returns the tokens the acceptance rule emits
+        and leaves exactly the accepted nodes' K/V in the cache, in order."""
+        past, n = self.kv.length, tree.size
+        mi = self.model.manifest
+        bias = tree_bias(tree.parents, past, mi.target.mask_value, mi.model.sliding_window)
+        out = self.runner.forward(tree.tokens, past + depths(tree.parents), bias,
+                                  np.arange(n, dtype=np.int64))
+        rule = self.params.accept
+        if rule == "auto":
+            rule = "greedy" if self.params.sampling.greedy else "sample"
+        if rule == "greedy":
+            verdict = accept_greedy(tree.tokens, tree.parents, out.logits)
+        else:
+            sp = self.params.sampling
+            if sp.greedy:  # typical/sample at T = 0: the target distribution is one-hot
+                sp = SamplingParams(temperature=1.0, top_k=1)
+            p = np.stack([probabilities(row, sp) for row in out.logits])  # p: [n+1, V]
+            if rule == "typical":
+                verdict = accept_typical(tree.tokens, tree.parents, p, self.rng)
+            else:
+                q = tree.draft_probs
+                if q is None:  # deterministic proposals: one-hot on each node's own token
+                    q = np.zeros_like(p)
+                    q[np.arange(n), tree.tokens] = 1.0
+                verdict = accept_sample(tree.tokens, tree.parents, p, q, self.rng)
+        self.kv.compact(past, np.array([0, *verdict.accepted], np.int64))
+        return verdict.emitted(tree.tokens)
 
 
 # -------------------------------------------------------------------- app conveniences
@@ -165,10 +226,10 @@ def _clip(text: str, stops: tuple[str, ...]) -> str:
     return text if cut < 0 else text[:cut]
 
 
-def stream(model: Model, prompt: str, params: GenerationParams = GenerationParams()
-           ) -> Iterator[str]:
+def stream(model: Model, prompt: str, params: GenerationParams = GenerationParams(),
+           drafter=None) -> Iterator[str]:
     """Yield text pieces as they are generated; a stop string is not included."""
-    gen = Generator(model, params)
+    gen = Generator(model, params, drafter)
     gen.append_tokens(model.tokenizer.encode(prompt))
     shown = 0
     while not gen.is_done():
@@ -186,5 +247,6 @@ def stream(model: Model, prompt: str, params: GenerationParams = GenerationParam
         yield tail
 
 
-def generate(model: Model, prompt: str, params: GenerationParams = GenerationParams()) -> str:
-    return "".join(stream(model, prompt, params))
+def generate(model: Model, prompt: str, params: GenerationParams = GenerationParams(),
+             drafter=None) -> str:
+    return "".join(stream(model, prompt, params, drafter))

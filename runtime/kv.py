@@ -68,7 +68,8 @@ class KVCache:
         keep = np.asarray(keep, dtype=np.int64)
         if keep.size and (keep[-1] >= self.length - start or np.any(np.diff(keep) <= 0)):
             raise ValueError("compact: keep must be ascending offsets of appended rows")
-        src = start + keep
-        for buf in (*self.keys, *self.values):
-            buf[:, :, start:start + keep.size] = buf[:, :, src]
+        if keep.size and keep[-1] != keep.size - 1:  # a chain's accepted prefix needs no copy
+            src = start + keep
+            for buf in (*self.keys, *self.values):
+                buf[:, :, start:start + keep.size] = buf[:, :, src]
         self.length = start + keep.size

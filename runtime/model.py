@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgespec.manifest import BundleError, Manifest, load_manifest, safe_path
 
+from .drafters import make_drafter
 from .kv import KVCache
 from .providers import SessionConfig, create_session
 from .target import TargetRunner
@@ -27,6 +28,7 @@ class Model:
         self.config = config
         self.session = create_session(str(safe_path(self.dir, m.target.file)), config)
         self._check_io()
+        self._drafters: dict[tuple, object] = {}  # (name, gamma) -> drafter (sessions shared)
 
     def _check_io(self) -> None:
         spec = self.manifest.target
@@ -46,6 +48,16 @@ class Model:
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         return self.manifest.tokenizer.eos_token_ids
+
+    def drafter(self, name: str | None, gamma: int | None = None):
+        """The bundle's drafter `name` (None or 'none': autoregressive), loaded once."""
+        if name in (None, "none"):
+            return None
+        key = (name, gamma)
+        if key not in self._drafters:
+            self._drafters[key] = make_drafter(name, self.dir, self.manifest.drafters,
+                                               self.config, gamma)
+        return self._drafters[key]
 
     def new_runner(self) -> TargetRunner:
         """Fresh KV buffers and IO bindings for one Generator."""

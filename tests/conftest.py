@@ -9,8 +9,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 PROMPTS = SHARED / "data" / "prompts.jsonl"
 # the reference target: ../shared's fp32 original where present, else the repo's demo copy
-REF_TARGET = (SHARED / "models" / "pyref-target") if (SHARED / "models" / "pyref-target").is_dir() \
-    else REPO / "demo" / "pyref-target"
+_MODELS = SHARED / "models" if (SHARED / "models" / "pyref-target").is_dir() else REPO / "demo"
+REF_TARGET = _MODELS / "pyref-target"
+REF_DRAFT = _MODELS / "pyref-draft"
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +48,17 @@ def ref_bundle(request, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ref") / request.param
     export_bundle(REF_TARGET, out, ExportOptions(max_len=512, graph=request.param,
+                                                 progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def spec_bundle(tmp_path_factory):
+    """The reference target with the reference draft model (fused graphs)."""
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("spec") / "bundle"
+    export_bundle(REF_TARGET, out, ExportOptions(max_len=512, draft_model=REF_DRAFT,
                                                  progress=False))
     return out
 

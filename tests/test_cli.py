@@ -13,23 +13,28 @@ def test_demo_export_info_run_eval(tmp_path, capsys, prompts):
     assert "parity vs torch" in capsys.readouterr().out
     assert main(["info", str(bundle)]) == 0
     info = capsys.readouterr().out
-    assert "llama: 6 layers" in info and "drafters    none" in info
+    assert "llama: 6 layers" in info and "drafters    ngram, draft_model" in info
     assert main(["run", str(bundle), "def add(a, b):\n", "--max-new-tokens", "12"]) == 0
     assert len(capsys.readouterr().out.strip()) > 0
     pfile = PROMPTS if PROMPTS.is_file() else tmp_path / "p.jsonl"
     if not PROMPTS.is_file():
         pfile.write_text("".join(json.dumps(p) + "\n" for p in prompts))
     out = tmp_path / "res.jsonl"
-    assert main(["eval", str(bundle), "--prompts", str(pfile), "--limit", "3",
-                 "--max-new-tokens", "16", "--greedy", "--drafter", "none",
-                 "--out", str(out)]) == 0
-    summary = capsys.readouterr().out
-    assert "tokens/s" in summary and "tokens per target forward" in summary
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 3
-    for r in rows:
-        assert {"id", "output_ids", "text", "new_tokens", "target_forwards", "seconds"} <= set(r)
-        assert r["new_tokens"] == len(r["output_ids"]) <= 16
+    results = {}
+    for drafter in ("none", "ngram", "draft_model"):
+        assert main(["eval", str(bundle), "--prompts", str(pfile), "--limit", "3",
+                     "--max-new-tokens", "16", "--greedy", "--drafter", drafter,
+                     "--out", str(out)]) == 0
+        summary = capsys.readouterr().out
+        assert "tokens/s" in summary and "tokens per target forward" in summary
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(rows) == 3
+        for r in rows:
+            assert {"id", "output_ids", "text", "new_tokens", "target_forwards", "seconds",
+                    "accepted_lengths", "mean_accepted"} <= set(r)
+            assert r["new_tokens"] == len(r["output_ids"]) == sum(r["accepted_lengths"]) <= 16
+        results[drafter] = [r["output_ids"] for r in rows]
+    assert results["none"] == results["ngram"] == results["draft_model"]
 
 
 def test_errors_are_one_line(tmp_path, capsys):

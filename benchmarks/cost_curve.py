@@ -1,0 +1,98 @@
+"""Cost curve T(S) / T(1) of one target forward over S new tokens, fused vs plain graph.
+
+    python benchmarks/cost_curve.py --hf-dir HF_DIR [--past 256] [--runs 5] [--threads 2]
+    python benchmarks/cost_curve.py --random-real-dims   # 24 layers, d 896, 14/2 heads, V 151936
+
+Each forward verifies S tokens after `past` cached ones (causal bias, logits for all S rows, as
+a speculative verify step asks); the figure is the median over runs of the mean of `reps`
+forwards. This curve decides how large a draft tree pays on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgespec.export.pipeline import ExportOptions, export_bundle
+from edgespec.masks import causal_bias
+from edgespec.runtime.model import Model
+from edgespec.runtime.providers import SessionConfig
+
+SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def random_real_dims(out: Path) -> Path:
+    """A random-weight Qwen2-style checkpoint with real small-LLM dims (about 0.5B params)."""
+    import torch
+    import transformers
+
+    cfg = transformers.Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                                   num_hidden_layers=24, num_attention_heads=14,
+                                   num_key_value_heads=2, max_position_embeddings=1024,
+                                   tie_word_embeddings=True)
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(out)
+    src = Path(__file__).resolve().parents[1] / "demo" / "pyref-target" / "tokenizer.json"
+    (out / "tokenizer.json").write_bytes(src.read_bytes())
+    return out
+
+
+def measure(model: Model, past: int, runs: int, reps: int) -> dict[int, float]:
+    runner = model.new_runner()
+    rng = np.random.default_rng(0)
+    vocab, mask = model.manifest.model.vocab_size, model.manifest.target.mask_value
+    ids = rng.integers(0, vocab, past)
+    runner.forward(ids, np.arange(past), causal_bias(0, past, mask), np.array([past - 1]))
+    times = {s: [] for s in SIZES}
+    for _ in range(runs):
+        for s in SIZES:
+            new, pos = rng.integers(0, vocab, s), np.arange(past, past + s)
+            bias, rows = causal_bias(past, s, mask), np.arange(s)
+            runner.forward(new, pos, bias, rows)  # warm this shape's binding
+            runner.kv.truncate(past)
+            t = time.perf_counter()
+            for _ in range(reps):
+                runner.forward(new, pos, bias, rows)
+                runner.kv.truncate(past)
+            times[s].append((time.perf_counter() - t) / reps)
+    return {s: statistics.median(v) for s, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hf-dir", default=None)
+    ap.add_argument("--random-real-dims", action="store_true")
+    ap.add_argument("--past", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ns = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir = random_real_dims(Path(tmp) / "hf") if ns.random_real_dims else Path(ns.hf_dir)
+        curves = {}
+        for graph in ("fused", "plain"):
+            out = Path(tmp) / graph
+            export_bundle(hf_dir, out, ExportOptions(max_len=ns.past + 128, graph=graph,
+                                                     progress=False))
+            model = Model(out, SessionConfig(threads=ns.threads))
+            curves[graph] = measure(model, ns.past, ns.runs, max(1, ns.reps))
+            del model
+    print(f"{hf_dir.name if ns.hf_dir else 'random 24L d896 V151936'}: past {ns.past}, "
+          f"{ns.threads} threads, median of {ns.runs} runs")
+    print(f"{'S':>4}{'fused ms':>10}{'T(S)/T(1)':>11}{'plain ms':>10}{'T(S)/T(1)':>11}"
+          f"{'plain/fused':>13}")
+    f1, p1 = curves["fused"][1], curves["plain"][1]
+    for s in SIZES:
+        f, p = curves["fused"][s], curves["plain"][s]
+        print(f"{s:>4}{1e3 * f:>10.3f}{f / f1:>11.2f}{1e3 * p:>10.3f}{p / p1:>11.2f}"
+              f"{p / f:>13.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Drafters behind one interface: propose a tree of candidate tokens, learn what was accepted.
+
+A drafter is shared by every Generator of a Model; whatever it must remember about one sequence
+(a draft model's own KV cache) lives in the state object `new_state()` returns, which the
+Generator owns and passes back in. The proposal is a DraftTree whose root is the pending token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgespec.manifest import DrafterSpec
+from edgespec.masks import causal_bias
+from edgespec.sampling import SamplingParams, probabilities
+from edgespec.tree import DraftTree
+
+from .kv import KVCache
+from .providers import SessionConfig, create_session
+from .target import TargetRunner
+
+
+class NgramDrafter:
+    """Prompt lookup: find the latest earlier occurrence of the last n tokens (n = max_n..1) and
+    propose what followed it. Up to `branches` different continuations become a tree (a trie)."""
+
+    name = "ngram"
+
+    def __init__(self, gamma: int = 4, max_n: int = 4, min_n: int = 1, branches: int = 1):
+        if gamma < 1 or not 1 <= min_n <= max_n or branches < 1:
+            raise ValueError("ngram needs gamma >= 1, 1 <= min_n <= max_n and branches >= 1")
+        self.gamma, self.max_n, self.min_n, self.branches = gamma, max_n, min_n, branches
+
+    def new_state(self) -> None:
+        return None
+
+    def continuations(self, tokens: np.ndarray) -> list[np.ndarray]:
+        found: list[np.ndarray] = []
+        for n in range(min(self.max_n, len(tokens) - 1), self.min_n - 1, -1):
+            windows = np.lib.stride_tricks.sliding_window_view(tokens[:-1], n)  # [L-n, n]
+            starts = np.flatnonzero((windows == tokens[-n:]).all(axis=1))[::-1]  # latest first
+            for s in starts:
+                cont = tokens[s + n: s + n + self.gamma]
+                if len(cont) and not any(np.array_equal(cont, f[:len(cont)]) for f in found):
+                    found.append(cont)
+                    if len(found) == self.branches:
+                        return found
+            if found:
+                return found
+        return found
+
+    def propose(self, state, tokens: list[int], sampling: SamplingParams,
+                rng: np.random.Generator) -> DraftTree:
+        arr = np.asarray(tokens, np.int64)
+        nodes, parents, index = [arr[-1]], [-1], {(): 0}
+        for cont in self.continuations(arr):
+            for d in range(len(cont)):
+                path = tuple(cont[: d + 1])
+                if path not in index:
+                    index[path] = len(nodes)
+                    nodes.append(cont[d])
+                    parents.append(index[path[:-1]])
+        # deterministic proposals: node i was "drawn" from a one-hot distribution on itself
+        return DraftTree(np.array(nodes, np.int64), np.array(parents, np.int64),
+                         draft_probs=None)
+
+    def accepted(self, state, tokens: list[int]) -> None:
+        pass
+
+
+@dataclass
+class DraftModelState:
+    runner: TargetRunner
+    cached: list[int]  # tokens whose K/V are in runner.kv (runner.kv.length == len(cached))
+
+
+class DraftModelDrafter:
+    """A separate small LM with the target's tokenizer: gamma autoregressive draft steps."""
+
+    name = "draft_model"
+
+    def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, gamma: int = 4):
+        from edgespec.manifest import safe_path
+
+        if gamma < 1:
+            raise ValueError(f"gamma must be >= 1, got {gamma}")
+        self.spec, self.gamma = spec, gamma
+        self.session = create_session(str(safe_path(bundle_dir, spec.graph.file)), config)
+
+    def new_state(self) -> DraftModelState:
+        m = self.spec.model
+        kv = KVCache(m.num_layers, m.num_kv_heads, m.head_dim, m.max_len)
+        return DraftModelState(TargetRunner(self.session, self.spec.graph, m, kv), [])
+
+    def _feed(self, st: DraftModelState, ids: list[int]) -> np.ndarray:
+        """Feed ids after the cached tokens; returns the logits of the last one ([V])."""
+        past, s = st.runner.kv.length, len(ids)
+        out = st.runner.forward(np.asarray(ids, np.int64), np.arange(past, past + s),
+                                causal_bias(past, s, self.spec.graph.mask_value,
+                                            self.spec.model.sliding_window),
+                                np.array([s - 1], np.int64))
+        st.cached += ids
+        return out.logits[-1]
+
+    def propose(self, st: DraftModelState, tokens: list[int], sampling: SamplingParams,
+                rng: np.random.Generator) -> DraftTree:
+        # keep the longest cached prefix that still matches the sequence, feed the rest
+        common = 0
+        for a, b in zip(st.cached, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)
+        st.runner.kv.truncate(common)
+        del st.cached[common:]
+        room = min(self.gamma, st.runner.kv.free - (len(tokens) - common))
+        draft: list[int] = []
+        probs = []
+        logits = self._feed(st, tokens[common:])
+        for step in range(max(room, 0)):
+            if sampling.greedy:
+                draft.append(int(np.argmax(logits)))
+            else:
+                q = probabilities(logits, sampling)  # q: [V], what the token is drawn from
+                draft.append(int(rng.choice(len(q), p=q)))
+                probs.append(q)
+            if step + 1 < room:
+                logits = self._feed(st, [draft[-1]])
+        q = None
+        if probs:  # row i = the distribution node i was drawn from (root row unused)
+            q = np.stack([np.zeros_like(probs[0]), *probs])
+        return DraftTree.chain(tokens[-1], draft, q)
+
+    def accepted(self, st: DraftModelState, tokens: list[int]) -> None:
+        pass  # the next propose() rewinds to the common prefix
+
+
+def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
+                 config: SessionConfig, gamma: int | None = None):
+    if name not in drafters:
+        raise ValueError(f"unknown drafter {name!r}; this bundle has: "
+                         f"{', '.join(['none', *drafters])}")
+    spec = drafters[name]
+    g = gamma or int(spec.options.get("gamma", 4))
+    if spec.kind == "ngram":
+        return NgramDrafter(gamma=g, max_n=int(spec.options.get("max_n", 4)))
+    return DraftModelDrafter(bundle_dir, spec, config, gamma=g)
