@@ -69,7 +69,8 @@ class Generator:
         self.prompt_len = 0
         self.stop_reason: str | None = None
         self.stats = Stats()
-        self.text = TextStream(model.tokenizer)
+        # decoded text of the new tokens, kept only when stop strings must be matched
+        self.stop_text = TextStream(model.tokenizer) if params.stop_strings else None
         self._t0: float | None = None
 
     # ---------------------------------------------------------------- state
@@ -151,10 +152,12 @@ class Generator:
             self.stats.new_tokens += 1
             if self.stats.first_token_seconds is None and self._t0 is not None:
                 self.stats.first_token_seconds = time.perf_counter() - self._t0
-            self.text.push(token)
+            if self.stop_text is not None:
+                self.stop_text.push(token)
             if self.params.stop_on_eos and token in self.model.eos_token_ids:
                 self.stop_reason = "eos"
-            elif any(s in self.text.text for s in self.params.stop_strings):
+            elif self.stop_text is not None and any(
+                    s in self.stop_text.text for s in self.params.stop_strings):
                 self.stop_reason = "stop_string"
             elif len(self.new_tokens) >= self.params.max_new_tokens:
                 self.stop_reason = "max_new_tokens"
@@ -231,18 +234,20 @@ def stream(model: Model, prompt: str, params: GenerationParams = GenerationParam
     """Yield text pieces as they are generated; a stop string is not included."""
     gen = Generator(model, params, drafter)
     gen.append_tokens(model.tokenizer.encode(prompt))
+    out = TextStream(model.tokenizer)
     shown = 0
     while not gen.is_done():
-        gen.step()
-        text = _clip(gen.text.text, params.stop_strings)
+        for token in gen.step():
+            out.push(token)
+        text = _clip(out.text, params.stop_strings)
         # hold back a tail that could still become a stop string
         hold = max((len(s) - 1 for s in params.stop_strings), default=0)
         safe = len(text) if gen.is_done() else max(shown, len(text) - hold)
         if safe > shown:
             yield text[shown:safe]
             shown = safe
-    gen.text.flush()
-    tail = _clip(gen.text.text, params.stop_strings)[shown:]
+    out.flush()
+    tail = _clip(out.text, params.stop_strings)[shown:]
     if tail:
         yield tail
 

@@ -38,3 +38,11 @@ def test_causal_bias_with_window():
     b = causal_bias(2, 3, -1.0, window=3)[0, 0]
     # rows: positions 2, 3, 4 over columns 0..4
     assert (b == np.array([[0, 0, 0, -1, -1], [-1, 0, 0, 0, -1], [-1, -1, 0, 0, 0]])).all()
+
+
+def test_causal_bias_decode_fast_path_matches_general_rule():
+    for past, window in [(0, None), (7, None), (7, 9), (7, 8), (7, 3)]:
+        b = causal_bias(past, 1, -1.0, window)[0, 0, 0]
+        col = np.arange(past + 1)
+        want = np.where((col <= past) & ((window is None) | (col > past - (window or 0))), 0, -1)
+        assert (b == want).all(), (past, window)

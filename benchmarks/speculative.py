@@ -1,0 +1,122 @@
+"""Speculative decoding speed: tokens/s and tau per drafter, as ratios to our own autoregressive
+baseline, side by side in one run (greedy, CPU).
+
+    python benchmarks/speculative.py --bundle BUNDLE [--hf-dir HF --hf-draft HF_DRAFT]
+        [--n-prompts 16] [--max-new-tokens 128] [--runs 5] [--threads 2]
+
+The bundle must carry a draft_model (export with --draft-model, or --demo). Every engine decodes
+the same prompts in each run (engines alternate, so noise hits all alike); tokens/s counts new
+tokens over the whole generate call (prefill included), tau = new tokens per target forward.
+With --hf-dir, transformers' plain, assisted (assistant_model) and prompt-lookup generation run
+too, as a peer reference; their outputs are checked against ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from edgespec.runtime.drafters import NgramDrafter
+from edgespec.runtime.evaluate import read_prompts
+from edgespec.runtime.generator import GenerationParams, Generator
+from edgespec.runtime.model import Model
+from edgespec.runtime.providers import SessionConfig
+
+HERE = Path(__file__).resolve().parent
+
+
+def ours(model: Model, prompts, n: int, drafter):
+    t, tokens, forwards, outs = time.perf_counter(), 0, 0, []
+    for ids in prompts:
+        gen = Generator(model, GenerationParams(max_new_tokens=n), drafter)
+        gen.append_tokens(ids)
+        while not gen.is_done():
+            gen.step()
+        tokens += len(gen.new_tokens)
+        forwards += max(gen.stats.target_forwards, 1)
+        outs.append(gen.new_tokens)
+    return tokens / (time.perf_counter() - t), tokens / forwards, outs
+
+
+def hf(model, prompts, n: int, **kw):
+    import torch
+
+    t, tokens, outs = time.perf_counter(), 0, []
+    for ids in prompts:
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            y = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                               max_new_tokens=n, pad_token_id=0, **kw)
+        outs.append(y[0, len(ids):].tolist())
+        tokens += len(outs[-1])
+    return tokens / (time.perf_counter() - t), float("nan"), outs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--hf-dir", default=None)
+    ap.add_argument("--hf-draft", default=None)
+    ap.add_argument("--prompts", default=str(HERE.parents[1] / "shared/data/prompts.jsonl"))
+    ap.add_argument("--n-prompts", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ns = ap.parse_args()
+
+    model = Model(ns.bundle, SessionConfig(threads=ns.threads))
+    prompts = [model.tokenizer.encode(r["prompt"])
+               for r in read_prompts(ns.prompts)[: ns.n_prompts]]
+    n = ns.max_new_tokens
+    engines = {"edgespec none": lambda: ours(model, prompts, n, None)}
+    for g in (2, 3, 4, 6, 8):
+        engines[f"edgespec ngram g{g}"] = (lambda d: lambda: ours(model, prompts, n, d))(
+            NgramDrafter(gamma=g))
+    for g, b in ((4, 2), (6, 3)):
+        engines[f"edgespec ngram tree g{g}x{b}"] = (lambda d: lambda: ours(model, prompts, n, d))(
+            NgramDrafter(gamma=g, branches=b))
+    if "draft_model" in model.manifest.drafters:
+        for g in (1, 2, 3, 4):
+            engines[f"edgespec draft g{g}"] = (lambda d: lambda: ours(model, prompts, n, d))(
+                model.drafter("draft_model", g))
+    if ns.hf_dir:
+        import torch
+        import transformers
+
+        torch.set_num_threads(ns.threads)
+        load = transformers.AutoModelForCausalLM.from_pretrained
+        target = load(ns.hf_dir, dtype=torch.float32).eval()
+        engines["transformers plain"] = lambda: hf(target, prompts, n)
+        engines["transformers prompt-lookup"] = lambda: hf(target, prompts, n,
+                                                           prompt_lookup_num_tokens=4)
+        if ns.hf_draft:
+            draft = load(ns.hf_draft, dtype=torch.float32).eval()
+            engines["transformers assisted"] = lambda: hf(target, prompts, n,
+                                                          assistant_model=draft)
+
+    rate = {k: [] for k in engines}
+    tau, outs = {}, {}
+    engines["edgespec none"]()  # warm-up
+    for _ in range(ns.runs):
+        for name, fn in engines.items():
+            r, t, o = fn()
+            rate[name].append(r)
+            tau[name], outs[name] = t, o
+    base = statistics.median(rate["edgespec none"])
+    ref = outs["edgespec none"]
+    print(f"{len(prompts)} prompts x {n} new tokens, greedy, {ns.threads} threads, median of "
+          f"{ns.runs} runs (tokens/s includes prefill)")
+    print(f"{'engine':<30}{'tokens/s':>10}{'min':>9}{'max':>9}{'tau':>7}{'vs none':>9}"
+          f"{'same output':>13}")
+    for name in engines:
+        med = statistics.median(rate[name])
+        same = sum(a == b for a, b in zip(ref, outs[name]))
+        print(f"{name:<30}{med:>10.1f}{min(rate[name]):>9.1f}{max(rate[name]):>9.1f}"
+              f"{tau[name]:>7.2f}{med / base:>9.2f}{same:>9}/{len(ref)}")
+
+
+if __name__ == "__main__":
+    main()
