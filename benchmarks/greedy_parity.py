@@ -1,7 +1,9 @@
 """Greedy output of our runtime vs transformers' generate(do_sample=False), token for token.
 
 python benchmarks/greedy_parity.py BUNDLE HF_DIR [--prompts FILE] [--max-new-tokens 128]
-The bundle must be exported from HF_DIR (same weights). Prints matches / prompts.
+    [--drafters none,ngram,ngram_tree,draft_model]
+The bundle must be exported from HF_DIR (same weights). Prints, per drafter, how many prompts
+came out identical to transformers' greedy generate.
 """
 
 import argparse
@@ -11,8 +13,9 @@ import time
 import torch
 import transformers
 
-from edgespec.runtime.evaluate import read_prompts, run_eval
-from edgespec.runtime.generator import GenerationParams
+from edgespec.runtime.drafters import NgramDrafter
+from edgespec.runtime.evaluate import read_prompts
+from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 
 
@@ -23,29 +26,40 @@ def main() -> None:
     ap.add_argument("--prompts", default="../shared/data/prompts.jsonl")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--drafters", default="none")
     ns = ap.parse_args()
     rows = read_prompts(ns.prompts)[: ns.limit or None]
     model = Model(ns.bundle)
     hf = transformers.AutoModelForCausalLM.from_pretrained(ns.hf_dir, dtype=torch.float32).eval()
-    ours = list(run_eval(model, rows, GenerationParams(max_new_tokens=ns.max_new_tokens)))
-    matches, first_diff = 0, []
+    prompts = [model.tokenizer.encode(row["prompt"]) for row in rows]
     t = time.perf_counter()
-    for row, r in zip(rows, ours):
-        ids = torch.tensor([model.tokenizer.encode(row["prompt"])])
+    refs = []
+    for ids in prompts:
+        x = torch.tensor([ids])
         with torch.no_grad():
-            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                              max_new_tokens=ns.max_new_tokens, pad_token_id=0)[0, ids.shape[1]:]
-        ref = ref.tolist()
-        if ref == r["output_ids"]:
-            matches += 1
-        else:
-            n = next((i for i, (a, b) in enumerate(zip(ref, r["output_ids"])) if a != b),
-                     min(len(ref), len(r["output_ids"])))
-            first_diff.append((row["id"], n))
-    print(json.dumps({"prompts": len(rows), "identical": matches,
-                      "new_tokens": sum(r["new_tokens"] for r in ours),
-                      "first_divergence": first_diff,
-                      "hf_seconds": round(time.perf_counter() - t, 1)}))
+            y = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                            max_new_tokens=ns.max_new_tokens, pad_token_id=0)
+        refs.append(y[0, len(ids):].tolist())
+    hf_seconds = time.perf_counter() - t
+    for name in ns.drafters.split(","):
+        drafter = (NgramDrafter(gamma=6, branches=3) if name == "ngram_tree"
+                   else model.drafter(name))
+        matches, tokens, forwards, first_diff = 0, 0, 0, []
+        for row, ids, ref in zip(rows, prompts, refs):
+            gen = Generator(model, GenerationParams(max_new_tokens=ns.max_new_tokens), drafter)
+            gen.append_tokens(ids)
+            while not gen.is_done():
+                gen.step()
+            out = gen.new_tokens
+            tokens, forwards = tokens + len(out), forwards + gen.stats.target_forwards
+            if out == ref:
+                matches += 1
+            else:
+                first_diff.append((row["id"], next(
+                    (i for i, (a, b) in enumerate(zip(ref, out)) if a != b), len(out))))
+        print(json.dumps({"drafter": name, "prompts": len(rows), "identical": matches,
+                          "new_tokens": tokens, "tau": round(tokens / max(forwards, 1), 3),
+                          "first_divergence": first_diff, "hf_seconds": round(hf_seconds, 1)}))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ def cmd_export(ns) -> int:
         int(x) for x in ns.feature_layers.split(",") if x.strip())
     m = export_bundle(hf_dir, ns.out, ExportOptions(max_len=ns.max_len, feature_layers=layers,
                                                     graph=ns.graph, draft_model=draft,
+                                                    weights=ns.weights,
+                                                    block_size=ns.block_size,
                                                     overwrite=ns.overwrite))
     print(f"wrote {ns.out}: {m.model.architecture}, {m.target.kind} graph, "
           f"{m.model.num_layers} layers, vocab "
@@ -54,7 +56,8 @@ def cmd_info(ns) -> int:
           f"heads {mi.num_heads}/{mi.num_kv_heads} kv, head_dim {mi.head_dim}, "
           f"vocab {mi.vocab_size}, {mi.dtype}")
     print(f"max_len     {mi.max_len}")
-    print(f"target      {m.target.file} ({m.target.kind} graph, KV {m.target.kv.layout}, "
+    print(f"target      {m.target.file} ({m.target.kind} graph, {m.target.weights} weights, "
+          f"KV {m.target.kv.layout}, "
           f"update={m.target.kv.update}, parity {m.target.parity_max_abs})")
     print(f"features    layers {list(m.target.feature_layers) or 'none'}")
     print(f"tokenizer   {m.tokenizer.file}, eos {list(m.tokenizer.eos_token_ids)}")
@@ -105,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--graph", default="fused", choices=["fused", "plain"],
                    help="fused: onnxruntime contrib ops (GQA, in-place KV; default); "
                         "plain: standard ONNX ops only (fallback)")
+    e.add_argument("--weights", default="fp32", choices=["fp32", "int4"],
+                   help="int4: MatMulNBits weight-only quantisation of every projection")
+    e.add_argument("--block-size", type=int, default=32, help="int4 block size")
     e.add_argument("--draft-model", default=None,
                    help="HF folder of a small draft model with the same tokenizer")
     e.add_argument("--overwrite", action="store_true", help="replace an existing bundle")

@@ -59,6 +59,7 @@ class GraphSpec:
     feature_layers: tuple[int, ...] = ()  # decoder-layer outputs concatenated into `features`
     parity_max_abs: float | None = None  # max |logit diff| vs torch measured at export
     external_data: str | None = None  # weights file beside the graph (graphs over 2 GB)
+    weights: str = "fp32"  # "fp32" or "int4" (MatMulNBits); activations are always float32
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ def _graph(d: dict, where: str) -> GraphSpec:
         feature_layers=tuple(int(i) for i in d.get("feature_layers", [])),
         parity_max_abs=None if parity is None else float(parity),
         external_data=d.get("external_data"),
+        weights=str(d.get("weights", "fp32")),
     )
 
 

@@ -17,7 +17,7 @@ from edgespec.manifest import GraphSpec, TensorSpec
 from edgespec.models.args import ModelArgs, rope_cos_sin
 
 from .onnx_builder import Builder
-from .target_graph import KV, graph_spec
+from .target_graph import KV, emit_lm_head, graph_spec
 
 MS = "com.microsoft"
 FUSED_KV = dataclasses.replace(KV, update="in_graph")
@@ -37,7 +37,7 @@ def _np(t) -> np.ndarray:
 
 
 def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
-                      file: str = "target.onnx"):
+                      file: str = "target.onnx", head_as_matmul: bool = False):
     a: ModelArgs = model.args
     spec = fused_spec(a, file, feature_layers, -1e9)
     b = Builder()
@@ -126,11 +126,7 @@ def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
     for i in range(a.n_layers):
         for name in (KV.present_key.format(i=i), KV.present_value.format(i=i)):
             b.declare_output(name, "float32", [1, hkv, "L", hd])
-    rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, a.dim]))
-    head = "embed_tokens.weight" if a.tie_embeddings else b.weight(
-        "lm_head.weight", _np(model.lm_head.weight))
-    logits = b.op("Reshape", b.op("Gemm", rows, head, transB=1), b.const([1, -1, a.vocab_size]))
-    b.output(logits, "logits", "float32", [1, "N", a.vocab_size])
+    emit_lm_head(b, model, hidden, head_as_matmul)
     order = {t.name: j for j, t in enumerate(spec.outputs)}
     b.outputs.sort(key=lambda vi: order[vi.name])
     # opset 23 for the standard RMSNormalization (onnxruntime >= 1.22)

@@ -18,6 +18,7 @@ from edgespec.models.weights import load_transformer, weights_fingerprint
 
 from .bundle import atomic_bundle, save_onnx
 from .fused_graph import build_fused_graph
+from .quantize import WEIGHT_DTYPES, quantize_int4
 from .target_graph import build_plain_graph, default_feature_layers
 
 GRAPH_BUILDERS = {"fused": build_fused_graph, "plain": build_plain_graph}
@@ -32,6 +33,8 @@ class ExportOptions:
     feature_layers: tuple[int, ...] | None = None  # None = low/mid/high default; () = none
     graph: str = "fused"  # "fused" (onnxruntime contrib ops) or "plain" (standard ops only)
     draft_model: str | Path | None = None  # HF folder of a small draft model, same tokenizer
+    weights: str = "fp32"  # "fp32" or "int4" (MatMulNBits, onnxruntime.quantization)
+    block_size: int = 32  # int4 quantisation block along the input dim
     overwrite: bool = False
     progress: bool = True
 
@@ -63,15 +66,19 @@ def _model_info(hf_dir: Path, args: ModelArgs, max_len: int) -> ModelInfo:
                      fingerprint=weights_fingerprint(hf_dir))
 
 
-def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int,
-                  layers: tuple[int, ...], graph: str) -> tuple[GraphSpec, ModelInfo]:
+def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tuple[int, ...],
+                  opts: ExportOptions) -> tuple[GraphSpec, ModelInfo]:
     """One language model -> tmp/file, checked against torch; returns its spec and dims."""
     model = load_transformer(hf_dir, max_len=max_len)
-    proto, spec = GRAPH_BUILDERS[graph](model, max_len, layers, file)
-    spec = dataclasses.replace(spec, external_data=save_onnx(proto, tmp / file))
+    int4 = opts.weights == "int4"
+    proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4)
+    if int4:
+        proto = quantize_int4(proto, opts.block_size)
+    spec = dataclasses.replace(spec, weights=opts.weights,
+                               external_data=save_onnx(proto, tmp / file))
     del proto
     info = _model_info(hf_dir, model.args, max_len)
-    diff = check_parity(tmp, spec, info, model)
+    diff = check_parity(tmp, spec, info, model, int4=int4)
     return dataclasses.replace(spec, parity_max_abs=diff), info
 
 
@@ -100,6 +107,8 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
     max_len = opts.max_len or min(args.max_position_embeddings, 4096)
     if max_len < 2:
         raise ValueError(f"--max-len must be >= 2, got {max_len}")
+    if opts.weights not in WEIGHT_DTYPES:
+        raise ValueError(f"--weights {opts.weights!r} is not one of {', '.join(WEIGHT_DTYPES)}")
     if opts.graph not in GRAPH_BUILDERS:
         raise ValueError(f"--graph {opts.graph!r} is not one of {', '.join(GRAPH_BUILDERS)}")
     layers = (default_feature_layers(args.n_layers) if opts.feature_layers is None
@@ -120,13 +129,12 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                         bos_token_id=args.bos_token_id)
     with atomic_bundle(out_dir, overwrite=opts.overwrite) as tmp:
         steps.set_postfix_str("target: build, onnx checker, parity vs torch")
-        spec, info = _export_graph(hf_dir, tmp, "target.onnx", max_len, layers, opts.graph)
+        spec, info = _export_graph(hf_dir, tmp, "target.onnx", max_len, layers, opts)
         steps.update()
         drafters = {"ngram": DrafterSpec(kind="ngram", options={"gamma": 4, "max_n": 4})}
         if draft_dir is not None:
             steps.set_postfix_str("draft model: build, onnx checker, parity vs torch")
-            dspec, dinfo = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len, (),
-                                         opts.graph)
+            dspec, dinfo = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len, (), opts)
             drafters["draft_model"] = DrafterSpec(kind="draft_model", graph=dspec, model=dinfo,
                                                   options={"gamma": 4})
             steps.update()

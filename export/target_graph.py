@@ -130,8 +130,22 @@ class _Emitter:
         return self.linear(act, mlp.down_proj, f"{p}.down_proj")
 
 
+def emit_lm_head(b: Builder, model, hidden: str, as_matmul: bool) -> None:
+    """logits [1, N, V] of the rows `logits_index` picks from hidden [1, S, d]."""
+    a: ModelArgs = model.args
+    rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, a.dim]))
+    if as_matmul:  # a [d, V] MatMul, which int4 quantisation turns into MatMulNBits
+        logits = b.op("MatMul", rows, b.weight("lm_head.weight_t", _t(model.lm_head.weight)))
+    else:  # Gemm with transB reads the head as stored, [V, d]: a tied head shares the embedding
+        head = "embed_tokens.weight" if a.tie_embeddings else b.weight(
+            "lm_head.weight", model.lm_head.weight.detach().float().numpy())
+        logits = b.op("Gemm", rows, head, transB=1)  # measured faster than MatMul at S = 1
+    b.output(b.op("Reshape", logits, b.const([1, -1, a.vocab_size])), "logits", "float32",
+             [1, "N", a.vocab_size])
+
+
 def build_plain_graph(model, max_len: int, feature_layers: tuple[int, ...],
-                      file: str = "target.onnx"):
+                      file: str = "target.onnx", head_as_matmul: bool = False):
     """ONNX ModelProto of `model` (models.llama.Transformer) under the contract above."""
     a: ModelArgs = model.args
     spec = graph_spec(a, file, feature_layers, "float32", -1e9)
@@ -155,12 +169,7 @@ def build_plain_graph(model, max_len: int, feature_layers: tuple[int, ...],
     if feats:
         b.output(b.op("Concat", *feats, axis=-1) if len(feats) > 1 else feats[0], "features",
                  "float32", [1, "S", len(feats) * a.dim])
-    rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, a.dim]))
-    # Gemm with transB reads the head as stored, [V, d]: a tied head shares the embedding bytes
-    head = "embed_tokens.weight" if a.tie_embeddings else b.weight(
-        "lm_head.weight", model.lm_head.weight.detach().float().numpy())
-    logits = b.op("Reshape", b.op("Gemm", rows, head, transB=1), b.const([1, -1, a.vocab_size]))
-    b.output(logits, "logits", "float32", [1, "N", a.vocab_size])
+    emit_lm_head(b, model, hidden, head_as_matmul)
     # graph outputs must be declared in the manifest's order
     order = {t.name: j for j, t in enumerate(spec.outputs)}
     b.outputs.sort(key=lambda vi: order[vi.name])

@@ -14,6 +14,9 @@ from edgespec.runtime.providers import SessionConfig, create_session
 from edgespec.runtime.target import TargetRunner
 
 FP32_TOLERANCE = 1e-3  # max |logit difference|; fp32 graphs measure ~1e-5 on the reference model
+# int4 weights change logits by design: the gate is agreement of the top-1 token with fp32 torch
+# on the checked rows (the reference model measures >= 0.95; a broken graph gives ~1/V)
+INT4_MIN_TOP1 = 0.75
 
 
 class ParityError(RuntimeError):
@@ -21,11 +24,12 @@ class ParityError(RuntimeError):
 
 
 def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed: int = 0,
-                 prompt_len: int = 24, tolerance: float = FP32_TOLERANCE) -> float:
+                 prompt_len: int = 24, int4: bool = False) -> float:
     """Max |logits(ONNX) - logits(torch)| over a prefill and a tree-masked verify step.
 
     The verify step feeds 4 tokens after the prompt as a small tree (two siblings at the same
     depth, arbitrary position ids), which is what speculative decoding asks of the graph.
+    fp32 graphs must stay within FP32_TOLERANCE; int4 graphs must agree on the top-1 token.
     """
     a = model.args
     rng = np.random.default_rng(seed)
@@ -52,10 +56,15 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed
         ref0, _, kv, _ = model(t_ids, torch.from_numpy(pos)[None], torch.from_numpy(bias), past)
         ref1, _, _, _ = model(torch.from_numpy(tree_ids)[None], torch.from_numpy(tree_pos)[None],
                               torch.from_numpy(tree_bias), kv)
-    diff = max(float(np.abs(onnx_logits[0] - ref0[0].numpy()).max()),
-               float(np.abs(onnx_logits[1] - ref1[0].numpy()).max()))
-    if not diff <= tolerance:
+    ours = np.concatenate(onnx_logits)  # [rows, V]
+    ref = np.concatenate([ref0[0].numpy(), ref1[0].numpy()])
+    diff = float(np.abs(ours - ref).max())
+    top1 = float((ours.argmax(-1) == ref.argmax(-1)).mean())
+    if int4 and not top1 >= INT4_MIN_TOP1:
+        raise ParityError(f"int4 {spec.file} agrees with the fp32 torch model on the top token "
+                          f"in {top1:.0%} of rows (needs {INT4_MIN_TOP1:.0%}); try a smaller "
+                          "--block-size; the export was not written")
+    if not int4 and not diff <= FP32_TOLERANCE:
         raise ParityError(f"exported {spec.file} differs from the torch model by {diff:.3g} in "
-                          "logits "
-                          f"(tolerance {tolerance:g}); the export was not written")
+                          f"logits (tolerance {FP32_TOLERANCE:g}); the export was not written")
     return diff

@@ -50,7 +50,7 @@ class TargetRunner:
     def _binding(self, s: int, n: int):
         key = (s, n)
         if key in self._bindings:
-            self._bindings.move_to_end(key)
+            self._bindings.move_to_end(key)  # least recently used shapes go first
             return self._bindings[key]
         m = self.model
         shapes = {"logits": (1, n, m.vocab_size), "hidden": (1, s, m.hidden_size)}
@@ -62,13 +62,20 @@ class TargetRunner:
                 shapes[self.spec.kv.present_key.format(i=i)] = kv_shape
                 shapes[self.spec.kv.present_value.format(i=i)] = kv_shape
         bufs = {name: np.empty(shape, np.float32) for name, shape in shapes.items()}
+        # inputs whose shape is fixed by (S, N): bound once, refilled in place each forward
+        ins = {"input_ids": np.zeros((1, s), np.int64), "position_ids": np.zeros((1, s), np.int64),
+               "logits_index": np.zeros(n, np.int64)}
         io = self.session.io_binding()
         for past, present, value in self._kv_bound:
             io.bind_ortvalue_input(past, value)
             if self.in_place:  # present_* is the very buffer past_* reads
                 io.bind_ortvalue_output(present, value)
+        value = self.ort.OrtValue.ortvalue_from_numpy
+        for name, buf in ins.items():
+            io.bind_ortvalue_input(name, value(buf))
         for name, buf in bufs.items():
-            io.bind_ortvalue_output(name, self.ort.OrtValue.ortvalue_from_numpy(buf))
+            io.bind_ortvalue_output(name, value(buf))
+        bufs.update(ins)
         self._bindings[key] = (io, bufs)
         if len(self._bindings) > self.MAX_SHAPES:
             self._bindings.popitem(last=False)
@@ -83,10 +90,12 @@ class TargetRunner:
         s, n = ids.shape[0], logits_rows.shape[0]
         self.kv.check_room(s)
         io, bufs = self._binding(s, n)
-        io.bind_cpu_input("input_ids", ids.reshape(1, s))
-        io.bind_cpu_input("position_ids", positions.reshape(1, s))
-        io.bind_cpu_input("attention_bias", bias)
-        io.bind_cpu_input("logits_index", logits_rows)
+        bufs["input_ids"][0] = ids
+        bufs["position_ids"][0] = positions
+        bufs["logits_index"][:] = logits_rows
+        # the bias changes shape every step (P+S grows): bind its memory without a copy
+        bias = np.ascontiguousarray(bias, np.float32)
+        io.bind_input("attention_bias", "cpu", 0, np.float32, bias.shape, bias.ctypes.data)
         self.session.run_with_iobinding(io)
         if self.in_place:
             self.kv.advance(s)

@@ -66,3 +66,29 @@ def test_missing_tokenizer_is_a_clear_error(tiny_dirs, tmp_path):
     (src / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         export_bundle(src, tmp_path / "b", ExportOptions(progress=False))
+
+
+def test_int4_export_is_smaller_and_still_agrees(tmp_path, prompts):
+    import onnx
+    from conftest import REF_TARGET
+
+    from edgespec.runtime.generator import GenerationParams, Generator
+    from edgespec.runtime.model import Model
+
+    out = tmp_path / "int4"
+    m = export_bundle(REF_TARGET, out, ExportOptions(max_len=512, weights="int4",
+                                                     progress=False))
+    assert m.target.weights == "int4"  # the export's top-1 gate vs fp32 torch passed
+    ops = {n.op_type for n in onnx.load(str(out / "target.onnx")).graph.node}
+    assert "MatMulNBits" in ops and "MatMul" not in ops  # every projection and the head
+    fp32 = export_bundle(REF_TARGET, tmp_path / "fp32", ExportOptions(max_len=512,
+                                                                      progress=False))
+    assert fp32.target.weights == "fp32"
+    assert (out / "target.onnx").stat().st_size < 0.6 * (tmp_path / "fp32/target.onnx").stat(
+    ).st_size
+    model = Model(out)
+    gen = Generator(model, GenerationParams(max_new_tokens=16))
+    gen.append_tokens(model.tokenizer.encode(prompts[0]["prompt"]))
+    while not gen.is_done():
+        gen.step()
+    assert len(gen.new_tokens) == 16
