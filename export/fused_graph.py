@@ -88,9 +88,10 @@ def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
                                 _np(at.v_proj.weight)]).T.copy()
         b_qkv = None if at.q_proj.bias is None else np.concatenate(
             [_np(at.q_proj.bias), _np(at.k_proj.bias), _np(at.v_proj.bias)])
-        qkv = linear(x, w_qkv, b_qkv, f"{p}.qkv_proj")
-        q, k, v = b.op("Split", qkv, b.const([h * hd, hkv * hd, hkv * hd]), axis=-1, n_out=3)
+        qkv = linear(x, w_qkv, b_qkv, f"{p}.qkv_proj")  # [1, S, (H + 2 Hkv) * D]
+        q, k, v = qkv, "", ""  # GQA takes packed QKV as is: no Split copy
         if a.qk_norm:
+            q, k, v = b.op("Split", qkv, b.const([h * hd, hkv * hd, hkv * hd]), axis=-1, n_out=3)
             q = head_norm(q, at.q_norm.weight, f"{p}.q_norm.weight", h)
             k = head_norm(k, at.k_norm.weight, f"{p}.k_norm.weight", hkv)
         # GQA applies RoPE itself (do_rotary) at the given position_ids, which may repeat in a
@@ -107,11 +108,10 @@ def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
                    None if at.o_proj.bias is None else _np(at.o_proj.bias), f"{p}.o_proj")
         x, resid = skip_norm(resid, o, layer.post_attention_layernorm.weight,
                              f"{p}.post_attention_layernorm.weight")
-        w_gu = np.concatenate([_np(mlp.gate_proj.weight), _np(mlp.up_proj.weight)]).T.copy()
-        b_gu = None if mlp.gate_proj.bias is None else np.concatenate(
-            [_np(mlp.gate_proj.bias), _np(mlp.up_proj.bias)])
-        gate, up = b.op("Split", linear(x, w_gu, b_gu, f"{p}.gate_up_proj"),
-                        b.const([a.intermediate_size] * 2), axis=-1, n_out=2)
+        gate = linear(x, _np(mlp.gate_proj.weight).T.copy(), None if mlp.gate_proj.bias is None
+                      else _np(mlp.gate_proj.bias), f"{p}.gate_proj")
+        up = linear(x, _np(mlp.up_proj.weight).T.copy(), None if mlp.up_proj.bias is None
+                    else _np(mlp.up_proj.bias), f"{p}.up_proj")
         act = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)
         delta = linear(act, _np(mlp.down_proj.weight).T.copy(),
                        None if mlp.down_proj.bias is None else _np(mlp.down_proj.bias),
