@@ -70,7 +70,8 @@ def cmd_run(ns) -> int:
     from edgespec.runtime.model import Model
 
     model = Model(ns.bundle, _session_config(ns))
-    for piece in stream(model, ns.prompt, _params(ns), model.drafter(ns.drafter, ns.gamma)):
+    drafter = model.drafter(ns.drafter, ns.gamma, ns.tree_width)
+    for piece in stream(model, ns.prompt, _params(ns), drafter):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -87,7 +88,7 @@ def cmd_eval(ns) -> int:
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:
-        for r in run_eval(model, rows, _params(ns), ns.drafter, ns.gamma):
+        for r in run_eval(model, rows, _params(ns), ns.drafter, ns.gamma, ns.tree_width):
             fh.write(json.dumps(r) + "\n")
             results.append(r)
     print(summarize(results).line())
@@ -136,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = default)")
         q.add_argument("--drafter", default="none",
                        help="drafter name from the bundle (edgespec info lists them), or none")
-        q.add_argument("--gamma", type=int, default=None, help="draft length (tokens per step)")
+        q.add_argument("--gamma", type=int, default=None, help="draft length (tree depth)")
+        q.add_argument("--tree-width", type=int, default=1,
+                       help="draft_model: keep this many best nodes per depth (1 = a chain)")
         q.add_argument("--accept", default="auto", choices=["auto", "greedy", "sample", "typical"],
                        help="acceptance rule: auto = greedy at T=0, lossless sampling otherwise; "
                             "typical (Medusa) is not lossless")

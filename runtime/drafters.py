@@ -83,16 +83,24 @@ class DraftModelState:
 
 
 class DraftModelDrafter:
-    """A separate small LM with the target's tokenizer: gamma autoregressive draft steps."""
+    """A separate small LM with the target's tokenizer.
+
+    width 1: a chain of gamma autoregressive draft tokens (greedy, or sampled from q). width k > 1
+    with greedy decoding: a tree of depth gamma that keeps, per depth, the k nodes of highest
+    cumulative draft log-probability (EAGLE-2 style), each depth one draft forward under a tree
+    mask. Sampling always drafts a chain: top-k children are not i.i.d. draws, which lossless
+    tree acceptance needs.
+    """
 
     name = "draft_model"
 
-    def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, gamma: int = 4):
+    def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, gamma: int = 4,
+                 width: int = 1):
         from edgespec.manifest import safe_path
 
-        if gamma < 1:
-            raise ValueError(f"gamma must be >= 1, got {gamma}")
-        self.spec, self.gamma = spec, gamma
+        if gamma < 1 or width < 1:
+            raise ValueError(f"gamma and width must be >= 1, got {gamma}, {width}")
+        self.spec, self.gamma, self.width = spec, gamma, width
         # The draft runs between target forwards: a single thread that sleeps rather than spins
         # keeps the two sessions' thread pools from fighting over the cores (measured on 2 cores:
         # spinning pools made draft-model decoding ~1.5x slower).
@@ -130,6 +138,8 @@ class DraftModelDrafter:
         draft: list[int] = []
         probs = []
         logits = self._feed(st, tokens[common:])
+        if self.width > 1 and sampling.greedy and room * self.width <= st.runner.kv.free:
+            return self._grow_tree(st, tokens[-1], logits, room)
         for step in range(max(room, 0)):
             if sampling.greedy:
                 draft.append(int(np.argmax(logits)))
@@ -144,12 +154,52 @@ class DraftModelDrafter:
             q = np.stack([np.zeros_like(probs[0]), *probs])
         return DraftTree.chain(tokens[-1], draft, q)
 
+    def _grow_tree(self, st: DraftModelState, root: int, logits: np.ndarray,
+                   depth: int) -> DraftTree:
+        """Best-first tree of `depth` levels, `width` nodes each; the draft KV is left as it
+        was (the sequence up to the root), the tree's rows are dropped afterwards."""
+        base, k = st.runner.kv.length, self.width
+        mask = self.spec.graph.mask_value
+        tokens, parents, score, ancestors = [root], [-1], [0.0], [[]]
+        frontier, logits = [0], logits[None]  # logits: [len(frontier), V]
+        for d in range(1, depth + 1):
+            cands = []  # (cumulative log-prob, parent node, token)
+            for j, node in enumerate(frontier):
+                row = logits[j].astype(np.float64)
+                lp = row - (np.log(np.exp(row - row.max()).sum()) + row.max())
+                for t in np.argpartition(-lp, k)[:k]:
+                    cands.append((score[node] + lp[t], node, int(t)))
+            cands.sort(key=lambda c: -c[0])
+            frontier = []
+            for s_, parent, t in cands[:k]:
+                frontier.append(len(tokens))
+                tokens.append(t)
+                parents.append(parent)
+                score.append(s_)
+                ancestors.append(ancestors[parent] + ([parent] if parent else []))
+            if d == depth:
+                break
+            # feed this depth: each node sees the sequence, its fed ancestors and itself; nodes
+            # are fed in index order, so node n's K/V sit at draft KV row base + n - 1
+            past, s = st.runner.kv.length, len(frontier)
+            bias = np.full((1, 1, s, past + s), mask, np.float32)
+            bias[..., :base] = 0
+            for j, node in enumerate(frontier):
+                bias[0, 0, j, [base + a - 1 for a in ancestors[node]]] = 0
+                bias[0, 0, j, past + j] = 0
+            out = st.runner.forward(np.array([tokens[n] for n in frontier], np.int64),
+                                    np.full(s, base + d - 1, np.int64), bias,
+                                    np.arange(s, dtype=np.int64))
+            logits = out.logits
+        st.runner.kv.truncate(base)
+        return DraftTree(np.array(tokens, np.int64), np.array(parents, np.int64))
+
     def accepted(self, st: DraftModelState, tokens: list[int]) -> None:
         pass  # the next propose() rewinds to the common prefix
 
 
 def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
-                 config: SessionConfig, gamma: int | None = None):
+                 config: SessionConfig, gamma: int | None = None, width: int = 1):
     if name not in drafters:
         raise ValueError(f"unknown drafter {name!r}; this bundle has: "
                          f"{', '.join(['none', *drafters])}")
@@ -157,4 +207,4 @@ def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
     g = gamma or int(spec.options.get("gamma", 4))
     if spec.kind == "ngram":
         return NgramDrafter(gamma=g, max_n=int(spec.options.get("max_n", 4)))
-    return DraftModelDrafter(bundle_dir, spec, config, gamma=g)
+    return DraftModelDrafter(bundle_dir, spec, config, gamma=g, width=width)

@@ -52,9 +52,10 @@ def read_prompts(path: str | Path) -> list[dict]:
 
 
 def run_eval(model: Model, rows: list[dict], params: GenerationParams,
-             drafter: str | None = None, gamma: int | None = None) -> Iterator[dict]:
+             drafter: str | None = None, gamma: int | None = None,
+             width: int = 1) -> Iterator[dict]:
     """Yield one result row per prompt, decoded with `drafter` (None/'none': autoregressive)."""
-    draft = model.drafter(drafter, gamma)
+    draft = model.drafter(drafter, gamma, width)
     for row in rows:
         gen = Generator(model, params, draft)
         t = time.perf_counter()

@@ -28,7 +28,7 @@ class Model:
         self.config = config
         self.session = create_session(str(safe_path(self.dir, m.target.file)), config)
         self._check_io()
-        self._drafters: dict[tuple, object] = {}  # (name, gamma) -> drafter (sessions shared)
+        self._drafters: dict[tuple, object] = {}  # (name, gamma, width) -> drafter
 
     def _check_io(self) -> None:
         spec = self.manifest.target
@@ -49,14 +49,16 @@ class Model:
     def eos_token_ids(self) -> tuple[int, ...]:
         return self.manifest.tokenizer.eos_token_ids
 
-    def drafter(self, name: str | None, gamma: int | None = None):
-        """The bundle's drafter `name` (None or 'none': autoregressive), loaded once."""
+    def drafter(self, name: str | None, gamma: int | None = None, width: int = 1):
+        """The bundle's drafter `name` (None or 'none': autoregressive), loaded once.
+
+        gamma: draft length (tree depth); width: draft-model tree width (1 = a chain)."""
         if name in (None, "none"):
             return None
-        key = (name, gamma)
+        key = (name, gamma, width)
         if key not in self._drafters:
             self._drafters[key] = make_drafter(name, self.dir, self.manifest.drafters,
-                                               self.config, gamma)
+                                               self.config, gamma, width)
         return self._drafters[key]
 
     def new_runner(self) -> TargetRunner:

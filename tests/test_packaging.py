@@ -8,7 +8,8 @@ from pathlib import Path
 from conftest import REPO
 
 RUNTIME_MODULES = ["edgespec.runtime", "edgespec.runtime.generator", "edgespec.runtime.model",
-                   "edgespec.runtime.evaluate", "edgespec.manifest", "edgespec.sampling",
+                   "edgespec.runtime.evaluate", "edgespec.runtime.drafters", "edgespec.manifest",
+                   "edgespec.sampling", "edgespec.accept", "edgespec.tree", "edgespec.masks",
                    "edgespec.cli"]
 
 

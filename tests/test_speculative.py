@@ -75,3 +75,18 @@ def test_plain_graph_verifies_trees(ref_bundle, prompts):
     for row in prompts[:2]:
         ids = model.tokenizer.encode(row["prompt"])
         assert _run(model, ids, draft).new_tokens == _run(model, ids, None).new_tokens
+
+
+def test_draft_model_tree_is_lossless_and_accepts_more(spec_bundle, prompts):
+    model = Model(spec_bundle)
+    chain, tree = model.drafter("draft_model", 4), model.drafter("draft_model", 4, width=3)
+    stats = {}
+    for name, draft in (("chain", chain), ("tree", tree)):
+        toks = fwd = 0
+        for row in prompts[:4]:
+            ids = model.tokenizer.encode(row["prompt"])
+            gen = _run(model, ids, draft)
+            assert gen.new_tokens == _run(model, ids, None).new_tokens, (name, row["id"])
+            toks, fwd = toks + len(gen.new_tokens), fwd + gen.stats.target_forwards
+        stats[name] = toks / fwd
+    assert stats["tree"] > stats["chain"]  # the width-3 tree covers the chain's path and more
