@@ -1,7 +1,7 @@
 """Greedy output of our runtime vs transformers' generate(do_sample=False), token for token.
 
 python benchmarks/greedy_parity.py BUNDLE HF_DIR [--prompts FILE] [--max-new-tokens 128]
-    [--drafters none,ngram,ngram_tree,draft_model]
+    [--drafters none,ngram,ngram_tree,draft_model,draft_tree]
 The bundle must be exported from HF_DIR (same weights). Prints, per drafter, how many prompts
 came out identical to transformers' greedy generate.
 """
@@ -43,6 +43,7 @@ def main() -> None:
     hf_seconds = time.perf_counter() - t
     for name in ns.drafters.split(","):
         drafter = (NgramDrafter(gamma=6, branches=3) if name == "ngram_tree"
+                   else model.drafter("draft_model", 4, width=3) if name == "draft_tree"
                    else model.drafter(name))
         matches, tokens, forwards, first_diff = 0, 0, 0, []
         for row, ids, ref in zip(rows, prompts, refs):
