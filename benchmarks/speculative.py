@@ -6,7 +6,8 @@ baseline, side by side in one run (greedy, CPU).
 
 The bundle must carry a draft_model (export with --draft-model, or --demo). Every engine decodes
 the same prompts in each run (engines alternate, so noise hits all alike); tokens/s counts new
-tokens over the whole generate call (prefill included), tau = new tokens per target forward.
+tokens over the whole generate call (prefill included); decode tok/s (ours only) counts the
+tokens after the first one over the time after it; tau = new tokens per target forward.
 With --hf-dir, transformers' plain, assisted (assistant_model) and prompt-lookup generation run
 too, as a peer reference; their outputs are checked against ours.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgespec.runtime.drafters import NgramDrafter
@@ -27,20 +29,32 @@ from edgespec.runtime.providers import SessionConfig
 HERE = Path(__file__).resolve().parent
 
 
-def ours(model: Model, prompts, n: int, drafter):
-    t, tokens, forwards, outs = time.perf_counter(), 0, 0, []
+@dataclass(frozen=True)
+class Result:
+    rate: float  # new tokens / s over whole generate calls (prefill included)
+    tau: float  # new tokens per target forward
+    decode_rate: float  # tokens after the first / time after the first token
+    outputs: list
+
+
+def ours(model: Model, prompts, n: int, drafter) -> Result:
+    t, tokens, forwards, outs, decode_s, decode_n = time.perf_counter(), 0, 0, [], 0.0, 0
     for ids in prompts:
         gen = Generator(model, GenerationParams(max_new_tokens=n), drafter)
         gen.append_tokens(ids)
+        gen.next_token()  # the first token comes from the prompt's forward: TTFT, not decode
+        t1 = time.perf_counter()
         while not gen.is_done():
             gen.step()
+        decode_s += time.perf_counter() - t1
+        decode_n += len(gen.new_tokens) - 1
         tokens += len(gen.new_tokens)
         forwards += max(gen.stats.target_forwards, 1)
         outs.append(gen.new_tokens)
-    return tokens / (time.perf_counter() - t), tokens / forwards, outs
+    return Result(tokens / (time.perf_counter() - t), tokens / forwards, decode_n / decode_s, outs)
 
 
-def hf(model, prompts, n: int, **kw):
+def hf(model, prompts, n: int, **kw) -> Result:
     import torch
 
     t, tokens, outs = time.perf_counter(), 0, []
@@ -51,7 +65,7 @@ def hf(model, prompts, n: int, **kw):
                                max_new_tokens=n, pad_token_id=0, **kw)
         outs.append(y[0, len(ids):].tolist())
         tokens += len(outs[-1])
-    return tokens / (time.perf_counter() - t), float("nan"), outs
+    return Result(tokens / (time.perf_counter() - t), float("nan"), float("nan"), outs)
 
 
 def main() -> None:
@@ -98,24 +112,28 @@ def main() -> None:
                                                           assistant_model=draft)
 
     rate = {k: [] for k in engines}
+    decode = {k: [] for k in engines}
     tau, outs = {}, {}
     engines["edgespec none"]()  # warm-up
     for _ in range(ns.runs):
         for name, fn in engines.items():
-            r, t, o = fn()
-            rate[name].append(r)
-            tau[name], outs[name] = t, o
+            r = fn()
+            rate[name].append(r.rate)
+            decode[name].append(r.decode_rate)
+            tau[name], outs[name] = r.tau, r.outputs
     base = statistics.median(rate["edgespec none"])
     ref = outs["edgespec none"]
     print(f"{len(prompts)} prompts x {n} new tokens, greedy, {ns.threads} threads, median of "
           f"{ns.runs} runs (tokens/s includes prefill)")
+    dbase = statistics.median(decode["edgespec none"])
     print(f"{'engine':<30}{'tokens/s':>10}{'min':>9}{'max':>9}{'tau':>7}{'vs none':>9}"
-          f"{'same output':>13}")
+          f"{'decode tok/s':>14}{'vs none':>9}{'same output':>13}")
     for name in engines:
-        med = statistics.median(rate[name])
+        med, dmed = statistics.median(rate[name]), statistics.median(decode[name])
         same = sum(a == b for a, b in zip(ref, outs[name]))
         print(f"{name:<30}{med:>10.1f}{min(rate[name]):>9.1f}{max(rate[name]):>9.1f}"
-              f"{tau[name]:>7.2f}{med / base:>9.2f}{same:>9}/{len(ref)}")
+              f"{tau[name]:>7.2f}{med / base:>9.2f}{dmed:>14.1f}{dmed / dbase:>9.2f}"
+              f"{same:>9}/{len(ref)}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import REF_DRAFT
 
 from edgespec.runtime.drafters import NgramDrafter
 from edgespec.runtime.generator import GenerationParams, Generator
@@ -90,3 +91,26 @@ def test_draft_model_tree_is_lossless_and_accepts_more(spec_bundle, prompts):
             toks, fwd = toks + len(gen.new_tokens), fwd + gen.stats.target_forwards
         stats[name] = toks / fwd
     assert stats["tree"] > stats["chain"]  # the width-3 tree covers the chain's path and more
+
+
+def test_draft_model_with_another_tokenizer_is_refused(tiny_dirs, tmp_path):
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+
+    with pytest.raises(ValueError, match="vocab|tokenizer"):
+        export_bundle(tiny_dirs["llama"], tmp_path / "b", ExportOptions(
+            max_len=32, draft_model=REF_DRAFT, progress=False))
+    assert not (tmp_path / "b").exists()
+
+
+def test_static_tree_from_medusa_choices():
+    from edgespec.tree import ancestor_mask, depths, static_tree, tree_bias
+
+    parents, ranks = static_tree([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])
+    assert parents.tolist() == [-1, 0, 0, 1, 1, 2, 3]
+    assert ranks.tolist() == [-1, 0, 1, 0, 1, 0, 0]
+    assert depths(parents).tolist() == [0, 1, 1, 2, 2, 2, 3]
+    assert ancestor_mask(parents)[6].tolist() == [True, True, False, True, False, False, True]
+    bias = tree_bias(parents, 3, -1.0)[0, 0]
+    assert (bias[:, :3] == 0).all() and bias[5, 3 + 1] == -1 and bias[5, 3 + 2] == 0
+    with pytest.raises(ValueError, match="no parent path"):
+        static_tree([(0, 0)])
