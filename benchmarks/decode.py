@@ -1,4 +1,4 @@
-"""Per-token greedy decode latency: edgespec vs transformers (CPU) vs onnxruntime-genai.
+"""Per-token greedy decode latency: edgespec vs transformers (CPU), onnxruntime-genai, llama.cpp.
 
     python benchmarks/decode.py --bundle BUNDLE --hf-dir HF_DIR [--genai-model DIR]
         [--genai-venv /tmp/edgespec-ortgenai-venv] [--n-prompts 8] [--max-new-tokens 128]
@@ -7,7 +7,8 @@
 For each engine and run: every prompt is decoded greedily; TTFT = prefill + first token, decode
 ms/token = time of tokens 2..N / (N - 1), summed over prompts. Engines alternate within each run
 so machine noise hits all of them alike; the figures are medians over runs, and the ratios are
-what to quote. onnxruntime-genai runs in its own venv (benchmarks/ortgenai/setup.sh, build.sh).
+what to quote. onnxruntime-genai runs in its own venv (benchmarks/ortgenai/setup.sh, build.sh);
+llama.cpp from the folder benchmarks/llamacpp/setup.sh builds (--llamacpp-dir), its own timing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +86,16 @@ def run_genai(ns) -> tuple[float, float, list]:
     return r["ms_per_token_median"], r["ttft_ms_median"], r["tokens"]
 
 
+def run_llamacpp(ns) -> dict[str, float]:
+    """llama.cpp's own per-token eval time for f32 and f16 GGUFs (benchmarks/llamacpp)."""
+    cmd = [sys.executable, str(HERE / "llamacpp" / "decode_bench.py"), "--dir", ns.llamacpp_dir,
+           "--prompts", ns.prompts, "--n-prompts", str(ns.n_prompts), "--max-new-tokens",
+           str(ns.max_new_tokens), "--runs", "1", "--threads", str(ns.threads),
+           "--tokenizer", str(Path(ns.bundle) / "tokenizer.json")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["ms_per_token_median"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,6 +109,8 @@ def main() -> None:
     ap.add_argument("--genai-model", default=None, help="onnxruntime-genai model folder")
     ap.add_argument("--genai-venv", default="/tmp/edgespec-ortgenai-venv")
     ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--llamacpp-dir", default=None,
+                    help="folder made by benchmarks/llamacpp/setup.sh (adds llama.cpp f32/f16)")
     ns = ap.parse_args()
 
     rows = read_prompts(ns.prompts)[: ns.n_prompts]
@@ -116,6 +130,8 @@ def main() -> None:
 
     ms = {k: [] for k in engines}
     ttft = {k: [] for k in engines}
+    if ns.llamacpp_dir:  # per-token figures only: llama.cpp prints text, not ids or TTFT
+        ms.update({"llama.cpp f32": [], "llama.cpp f16": []})
     tokens = {}
     engines["edgespec"]()  # warm-up (session arenas, bindings)
     for _ in range(ns.runs):
@@ -124,18 +140,22 @@ def main() -> None:
             ms[name].append(m)
             ttft[name].append(t)
             tokens[name] = toks
+        if ns.llamacpp_dir:
+            for dtype, value in run_llamacpp(ns).items():
+                ms[f"llama.cpp {dtype}"].append(value)
     ref = tokens["edgespec"]
     print(f"{len(prompts)} prompts x {ns.max_new_tokens} new tokens, greedy, {ns.threads} "
           f"threads, median of {ns.runs} runs")
     print(f"{'engine':<20}{'ms/token':>10}{'min':>8}{'max':>8}{'TTFT ms':>9}"
           f"{'edgespec / engine':>19}{'same tokens':>13}")
     ours = statistics.median(ms["edgespec"])
-    for name in engines:
+    for name in ms:
         med = statistics.median(ms[name])
-        same = sum(a == b for a, b in zip(ref, tokens[name]))
+        same = (f"{sum(a == b for a, b in zip(ref, tokens[name])):>9}/{len(ref)}"
+                if name in tokens else f"{'-':>13}")
+        first = f"{statistics.median(ttft[name]):>9.2f}" if name in ttft else f"{'-':>9}"
         print(f"{name:<20}{med:>10.3f}{min(ms[name]):>8.3f}{max(ms[name]):>8.3f}"
-              f"{statistics.median(ttft[name]):>9.2f}{ours / med:>19.2f}"
-              f"{same:>9}/{len(ref)}")
+              f"{first}{ours / med:>19.2f}{same}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Step-wise Generator (append tokens, next token, rewind) and generate()/stream() for apps.
 
 Invariant: every token of `tokens` except the last is in the KV cache; the last one is
-pending and is fed by the next forward. A speculative step will feed [pending, drafts...]
-the same way, so autoregressive and speculative decoding share this state.
+pending and is fed by the next forward. A speculative step feeds [pending, drafts...] as a
+tree the same way, keeps the accepted nodes' K/V and ends with the target's bonus token
+pending, so autoregressive and speculative decoding share this state.
 """
 
 from __future__ import annotations
