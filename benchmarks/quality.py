@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sysconfig
-import time
 from pathlib import Path
 
 import numpy as np
+from decode import run_edgespec  # benchmarks/ is this script's folder
 
 from edgespec.masks import causal_bias
 from edgespec.runtime.evaluate import read_prompts
-from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 
 HERE = Path(__file__).resolve().parent
@@ -44,21 +43,6 @@ def held_out_loss(model: Model, texts: list[str], window: int) -> float:
     return nll / count
 
 
-def greedy(model: Model, prompts: list[list[int]], n: int) -> tuple[list[list[int]], float]:
-    outs, seconds, tokens = [], 0.0, 0
-    for ids in prompts:
-        gen = Generator(model, GenerationParams(max_new_tokens=n))
-        gen.append_tokens(ids)
-        gen.step()
-        t = time.perf_counter()
-        while not gen.is_done():
-            gen.step()
-        seconds += time.perf_counter() - t
-        tokens += len(gen.new_tokens) - 1
-        outs.append(gen.new_tokens)
-    return outs, 1e3 * seconds / max(tokens, 1)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,8 +63,8 @@ def main() -> None:
     prompts = [ref.tokenizer.encode(r["prompt"])
                for r in read_prompts(ns.prompts)[: ns.n_prompts]]
     loss = {name: held_out_loss(m, texts, ns.window) for name, m in (("ref", ref), ("test", test))}
-    (a, ms_ref), (b, ms_test) = greedy(ref, prompts, ns.max_new_tokens), greedy(
-        test, prompts, ns.max_new_tokens)
+    ms_ref, _, a = run_edgespec(ref, prompts, ns.max_new_tokens)
+    ms_test, _, b = run_edgespec(test, prompts, ns.max_new_tokens)
     same = sum(x == y for x, y in zip(a, b))
     prefix = np.mean([next((i for i, (u, v) in enumerate(zip(x, y)) if u != v),
                            min(len(x), len(y))) / max(len(x), 1) for x, y in zip(a, b)])
