@@ -262,6 +262,12 @@ def load_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{path} is not valid JSON ({e}); re-export the bundle") from e
     manifest = manifest_from_dict(raw)
+    root = bundle.resolve()
+    for link in (p for p in bundle.rglob("*") if p.is_symlink()):
+        target = link.resolve()
+        if target != root and root not in target.parents:
+            raise BundleError(f"bundle {bundle} holds a symlink {link.name!r} that points outside "
+                              "it; a bundle must be self-contained: re-export it")
     for rel in manifest.files():
         if not safe_path(bundle, rel).is_file():
             raise BundleError(f"bundle {bundle} is missing {rel!r} named by its manifest; "

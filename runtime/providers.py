@@ -77,4 +77,12 @@ def create_session(onnx_path: str, cfg: SessionConfig):
     so.inter_op_num_threads = 1
     for key, value in cfg.extra_options.items():
         so.add_session_config_entry(key, str(value))
-    return ort.InferenceSession(onnx_path, sess_options=so, providers=providers)
+    try:
+        return ort.InferenceSession(onnx_path, sess_options=so, providers=providers)
+    except (ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as e:
+        from edgespec.manifest import BundleError
+
+        raise BundleError(f"onnxruntime refused {onnx_path} ({str(e).splitlines()[0][:300]}); "
+                          "re-export the bundle with this edgespec") from e

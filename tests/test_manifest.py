@@ -75,3 +75,39 @@ def test_huge_dims_refused(bundle_copy):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="no manifest.json"):
         load_manifest(tmp_path)
+
+
+def _identity_with_external_weight(path, location):
+    import onnx
+    from onnx import TensorProto, helper
+
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "16")):
+        t.external_data.add(key=k, value=v)
+    g = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [t])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    path.write_bytes(m.SerializeToString())
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "ABSOLUTE"])
+def test_external_data_escaping_the_bundle_is_refused(tmp_path, location):
+    from edgespec.runtime.providers import SessionConfig, create_session
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"x" * 16)
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    _identity_with_external_weight(bundle / "m.onnx",
+                                   str(secret) if location == "ABSOLUTE" else location)
+    with pytest.raises(BundleError, match="onnxruntime refused"):
+        create_session(str(bundle / "m.onnx"), SessionConfig())
+
+
+def test_symlinked_external_data_is_refused(bundle_copy, tmp_path):
+    (tmp_path / "secret.bin").write_bytes(b"x" * 16)
+    (bundle_copy / "weights.data").symlink_to(tmp_path / "secret.bin")
+    with pytest.raises(BundleError, match="symlink 'weights.data' that points outside"):
+        load_manifest(bundle_copy)
