@@ -69,11 +69,13 @@ def main() -> None:
     prefix = np.mean([next((i for i, (u, v) in enumerate(zip(x, y)) if u != v),
                            min(len(x), len(y))) / max(len(x), 1) for x, y in zip(a, b)])
     print(f"held-out loss over {len(texts)} files x <= {ns.window} tokens: ref "
-          f"{loss['ref']:.4f}, test {loss['test']:.4f} ({100 * (loss['test'] / loss['ref'] - 1):+.2f} %)")
+          f"{loss['ref']:.4f}, test {loss['test']:.4f} "
+          f"({100 * (loss['test'] / loss['ref'] - 1):+.2f} %)")
     print(f"greedy agreement over {len(prompts)} prompts x {ns.max_new_tokens} tokens: "
           f"{same}/{len(prompts)} identical, {100 * prefix:.1f} % of tokens before the first "
           "divergence")
-    print(f"decode ms/token: ref {ms_ref:.3f}, test {ms_test:.3f} (ref/test {ms_ref / ms_test:.2f})")
+    print(f"decode ms/token: ref {ms_ref:.3f}, test {ms_test:.3f} "
+          f"(ref/test {ms_ref / ms_test:.2f})")
 
 
 if __name__ == "__main__":

@@ -1,1 +1,1 @@
-"""HF checkpoint -> bundle folder: ONNX graphs, manifest.json, tokenizer. Needs the [export] extra."""
+"""HF checkpoint -> bundle folder: ONNX graphs, manifest.json, tokenizer ([export] extra)."""

@@ -91,9 +91,10 @@ def _check_same_tokenizer(target_dir: Path, draft_dir: Path) -> None:
     a = Tokenizer.from_file(str(target_dir / "tokenizer.json")).get_vocab()
     b = Tokenizer.from_file(str(tok)).get_vocab()
     if a != b:
+        differ = len(set(a.items()) ^ set(b.items()))
         raise ValueError(f"draft model {draft_dir} has a different tokenizer/vocabulary than the "
-                         f"target ({len(b)} vs {len(a)} tokens, {len(set(a.items()) ^ set(b.items()))}"
-                         " entries differ); a draft model must share the target's tokenizer")
+                         f"target ({len(b)} vs {len(a)} tokens, {differ} entries differ); a draft "
+                         "model must share the target's tokenizer")
 
 
 def export_bundle(hf_dir: str | Path, out_dir: str | Path,

@@ -133,7 +133,7 @@ def rope_inv_freq(args: ModelArgs) -> np.ndarray:
     if rs.kind == "linear":
         inv = inv / rs.factor
     elif rs.kind == "llama3":
-        # Llama-3.1: long wavelengths are slowed by `factor`, short ones kept, a smooth band between.
+        # Llama-3.1: long wavelengths slowed by `factor`, short ones kept, a smooth band between.
         low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
         high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
         wavelen = 2 * math.pi / inv

@@ -78,7 +78,6 @@ def test_not_a_bundle(tmp_path):
 
 
 def _identity_with_external_weight(path, location):
-    import onnx
     from onnx import TensorProto, helper
 
     t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
