@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgespec.tree import check_parents
+
 _TINY = 1e-12  # residual mass below this counts as zero (p == q up to rounding)
 
 
@@ -31,18 +33,6 @@ class Verdict:
     def emitted(self, tokens) -> list[int]:
         """The tokens this step emits: the accepted draft tokens, then the bonus."""
         return [int(tokens[i]) for i in self.accepted] + [self.bonus]
-
-
-def _check_parents(parents) -> np.ndarray:
-    """parents as int64 [n+1]; ValueError unless parents[0] = -1 and 0 <= parents[i] < i."""
-    parents = np.asarray(parents)
-    if parents.ndim != 1 or len(parents) == 0 or not np.issubdtype(parents.dtype, np.integer):
-        raise ValueError(f"parents must be a non-empty 1-D int array, got {parents!r}")
-    if parents[0] != -1 or np.any(parents[1:] < 0) \
-            or np.any(parents[1:] >= np.arange(1, len(parents))):
-        raise ValueError("parents must satisfy parents[0] = -1 and 0 <= parents[i] < i "
-                         f"(topological order), got {parents.tolist()}")
-    return parents.astype(np.int64)
 
 
 def _check(tokens, parents, *rows) -> tuple[np.ndarray, list[list[int]]]:
@@ -62,7 +52,7 @@ def _check(tokens, parents, *rows) -> tuple[np.ndarray, list[list[int]]]:
 
 def children(parents) -> list[list[int]]:
     """kids[i] = the children of node i, in index order (the order they are tried)."""
-    parents = _check_parents(parents)
+    parents = check_parents(parents)
     kids: list[list[int]] = [[] for _ in parents]
     for i in range(1, len(parents)):
         kids[parents[i]].append(i)

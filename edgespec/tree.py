@@ -12,6 +12,18 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def check_parents(parents) -> np.ndarray:
+    """parents as int64 [n+1]; ValueError unless parents[0] = -1 and 0 <= parents[i] < i."""
+    parents = np.asarray(parents)
+    if parents.ndim != 1 or len(parents) == 0 or not np.issubdtype(parents.dtype, np.integer):
+        raise ValueError(f"parents must be a non-empty 1-D int array, got {parents!r}")
+    if parents[0] != -1 or np.any(parents[1:] < 0) \
+            or np.any(parents[1:] >= np.arange(1, len(parents))):
+        raise ValueError("parents must satisfy parents[0] = -1 and 0 <= parents[i] < i "
+                         f"(topological order), got {parents.tolist()}")
+    return parents.astype(np.int64)
+
+
 @dataclass(frozen=True)
 class DraftTree:
     tokens: np.ndarray  # [n+1] int64, tokens[0] = root (pending token)
@@ -19,11 +31,9 @@ class DraftTree:
     draft_probs: np.ndarray | None = None  # [n+1, V]: row i = distribution node i was drawn from
 
     def __post_init__(self):
-        p = self.parents
-        if p.shape != self.tokens.shape or p[0] != -1 or np.any(p[1:] >= np.arange(1, len(p))) \
-                or np.any(p[1:] < 0):
-            raise ValueError("draft tree parents must satisfy parents[0] = -1 and "
-                             "0 <= parents[i] < i (topological order)")
+        check_parents(self.parents)
+        if self.parents.shape != self.tokens.shape:
+            raise ValueError("a draft tree needs one parent per token")
 
     @property
     def size(self) -> int:

@@ -17,7 +17,7 @@ from edgespec.manifest import GraphSpec, TensorSpec
 from edgespec.models.args import ModelArgs, rope_cos_sin
 
 from .onnx_builder import Builder
-from .target_graph import KV, emit_lm_head, graph_spec
+from .target_graph import KV, emit_outputs, graph_spec, matmul_weight
 
 MS = "com.microsoft"
 FUSED_KV = dataclasses.replace(KV, update="in_graph")
@@ -69,6 +69,10 @@ def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
         y = b.op("MatMul", x, b.weight(f"{name}.weight_t", weight_t))
         return y if bias is None else b.op("Add", y, b.weight(f"{name}.bias", bias))
 
+    def project(x, lin, name):  # one torch nn.Linear
+        bias = None if lin.bias is None else _np(lin.bias)
+        return linear(x, matmul_weight(lin.weight), bias, name)
+
     resid = b.op("Gather", b.weight("embed_tokens.weight", _np(model.embed_tokens.weight)),
                  "input_ids")
     delta = None
@@ -104,30 +108,19 @@ def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
                  "attention_bias",
                  domain=MS, n_out=3, names=(None, KV.present_key.format(i=i),
                                             KV.present_value.format(i=i)), **attrs)[0]
-        o = linear(y, _np(at.o_proj.weight).T.copy(),
-                   None if at.o_proj.bias is None else _np(at.o_proj.bias), f"{p}.o_proj")
+        o = project(y, at.o_proj, f"{p}.o_proj")
         x, resid = skip_norm(resid, o, layer.post_attention_layernorm.weight,
                              f"{p}.post_attention_layernorm.weight")
-        gate = linear(x, _np(mlp.gate_proj.weight).T.copy(), None if mlp.gate_proj.bias is None
-                      else _np(mlp.gate_proj.bias), f"{p}.gate_proj")
-        up = linear(x, _np(mlp.up_proj.weight).T.copy(), None if mlp.up_proj.bias is None
-                    else _np(mlp.up_proj.bias), f"{p}.up_proj")
+        gate = project(x, mlp.gate_proj, f"{p}.gate_proj")
+        up = project(x, mlp.up_proj, f"{p}.up_proj")
         act = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)
-        delta = linear(act, _np(mlp.down_proj.weight).T.copy(),
-                       None if mlp.down_proj.bias is None else _np(mlp.down_proj.bias),
-                       f"{p}.down_proj")
+        delta = project(act, mlp.down_proj, f"{p}.down_proj")
     hidden, resid = skip_norm(resid, delta, model.norm.weight, "norm.weight")
     if a.n_layers - 1 in feature_layers:
         feats.append(resid)
-    b.output(hidden, "hidden", "float32", [1, "S", a.dim])
-    if feats:
-        b.output(b.op("Concat", *feats, axis=-1) if len(feats) > 1 else feats[0], "features",
-                 "float32", [1, "S", len(feats) * a.dim])
     for i in range(a.n_layers):
         for name in (KV.present_key.format(i=i), KV.present_value.format(i=i)):
             b.declare_output(name, "float32", [1, hkv, "L", hd])
-    emit_lm_head(b, model, hidden, head_as_matmul)
-    order = {t.name: j for j, t in enumerate(spec.outputs)}
-    b.outputs.sort(key=lambda vi: order[vi.name])
+    emit_outputs(b, model, spec, hidden, feats, head_as_matmul)
     # opset 23 for the standard RMSNormalization (onnxruntime >= 1.22)
     return b.model("edgespec_target_fused", "edgespec", opset=23, extra_domains={MS: 1}), spec

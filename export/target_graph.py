@@ -49,7 +49,7 @@ def graph_spec(a: ModelArgs, file: str, feature_layers: tuple[int, ...], dtype: 
                      kv=KV, mask_value=mask_value, feature_layers=feature_layers)
 
 
-def _t(w) -> np.ndarray:
+def matmul_weight(w) -> np.ndarray:
     """torch Linear weight [out, in] -> MatMul right operand [in, out], fp32 numpy."""
     return w.detach().float().numpy().T.copy()
 
@@ -82,7 +82,7 @@ class _Emitter:
 
     def linear(self, x: str, lin, prefix: str) -> str:
         b = self.b
-        y = b.op("MatMul", x, b.weight(f"{prefix}.weight_t", _t(lin.weight)))
+        y = b.op("MatMul", x, b.weight(f"{prefix}.weight_t", matmul_weight(lin.weight)))
         if lin.bias is not None:
             y = b.op("Add", y, b.weight(f"{prefix}.bias", lin.bias.detach().float().numpy()))
         return y
@@ -135,13 +135,27 @@ def emit_lm_head(b: Builder, model, hidden: str, as_matmul: bool) -> None:
     a: ModelArgs = model.args
     rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, a.dim]))
     if as_matmul:  # a [d, V] MatMul, which int4 quantisation turns into MatMulNBits
-        logits = b.op("MatMul", rows, b.weight("lm_head.weight_t", _t(model.lm_head.weight)))
+        head_t = b.weight("lm_head.weight_t", matmul_weight(model.lm_head.weight))
+        logits = b.op("MatMul", rows, head_t)
     else:  # Gemm with transB reads the head as stored, [V, d]: a tied head shares the embedding
         head = "embed_tokens.weight" if a.tie_embeddings else b.weight(
             "lm_head.weight", model.lm_head.weight.detach().float().numpy())
         logits = b.op("Gemm", rows, head, transB=1)  # measured faster than MatMul at S = 1
     b.output(b.op("Reshape", logits, b.const([1, -1, a.vocab_size])), "logits", "float32",
              [1, "N", a.vocab_size])
+
+
+def emit_outputs(b: Builder, model, spec: GraphSpec, hidden: str, feats: list[str],
+                 head_as_matmul: bool) -> None:
+    """hidden, features (the listed layer outputs concatenated) and logits, in manifest order."""
+    a: ModelArgs = model.args
+    b.output(hidden, "hidden", "float32", [1, "S", a.dim])
+    if feats:
+        b.output(b.op("Concat", *feats, axis=-1) if len(feats) > 1 else feats[0], "features",
+                 "float32", [1, "S", len(feats) * a.dim])
+    emit_lm_head(b, model, hidden, head_as_matmul)
+    order = {t.name: j for j, t in enumerate(spec.outputs)}
+    b.outputs.sort(key=lambda vi: order[vi.name])
 
 
 def build_plain_graph(model, max_len: int, feature_layers: tuple[int, ...],
@@ -165,12 +179,5 @@ def build_plain_graph(model, max_len: int, feature_layers: tuple[int, ...],
         if i in feature_layers:
             feats.append(h)
     hidden = e.rms_norm(h, model.norm.weight, "norm")
-    b.output(hidden, "hidden", "float32", [1, "S", a.dim])
-    if feats:
-        b.output(b.op("Concat", *feats, axis=-1) if len(feats) > 1 else feats[0], "features",
-                 "float32", [1, "S", len(feats) * a.dim])
-    emit_lm_head(b, model, hidden, head_as_matmul)
-    # graph outputs must be declared in the manifest's order
-    order = {t.name: j for j, t in enumerate(spec.outputs)}
-    b.outputs.sort(key=lambda vi: order[vi.name])
+    emit_outputs(b, model, spec, hidden, feats, head_as_matmul)
     return b.model("edgespec_target", "edgespec"), spec
