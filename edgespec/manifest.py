@@ -54,7 +54,7 @@ class GraphSpec:
     kind: str  # "plain" (standard ONNX ops) or "fused" (com.microsoft contrib ops)
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    kv: KVSpec
+    kv: KVSpec | None  # None: a graph without a KV cache (Medusa heads)
     mask_value: float  # additive attention bias for masked pairs (finite, fp16-safe when fp16)
     feature_layers: tuple[int, ...] = ()  # decoder-layer outputs concatenated into `features`
     parity_max_abs: float | None = None  # max |logit diff| vs torch measured at export
@@ -84,7 +84,10 @@ class TokenizerInfo:
     bos_token_id: int | None = None
 
 
-DRAFTER_KINDS = ("draft_model", "ngram")
+DRAFTER_KINDS = ("draft_model", "ngram", "medusa", "mtp", "eagle3")
+# kinds that carry a graph, and which also a model (dims of their own KV cache)
+_NEEDS_GRAPH = ("draft_model", "medusa", "mtp", "eagle3")
+_NEEDS_MODEL = ("draft_model", "mtp", "eagle3")
 
 
 @dataclass(frozen=True)
@@ -157,13 +160,20 @@ def _tensor(d: dict, where: str) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(shape))
 
 
-def _graph(d: dict, where: str) -> GraphSpec:
+def _kv(d: dict, where: str, need_kv: bool) -> KVSpec | None:
+    if not need_kv and d.get("kv") is None:
+        return None
     kv = _need(d, "kv", dict, where)
     kv_spec = KVSpec(**{k: _need(kv, k, str, f"{where}.kv") for k in (
         "layout", "dtype", "past_key", "past_value", "present_key", "present_value", "update")})
     if kv_spec.layout != "BNSH" or kv_spec.update not in ("runtime", "in_graph"):
         raise BundleError(f"manifest.json: {where}.kv layout/update {kv_spec.layout}/"
                           f"{kv_spec.update} is not supported by this runtime; upgrade edgespec")
+    return kv_spec
+
+
+def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
+    kv_spec = _kv(d, where, need_kv)
     if d.get("kind") not in ("plain", "fused"):
         raise BundleError(f"manifest.json: {where}.kind {d.get('kind')!r} is not plain or "
                           "fused; upgrade edgespec")
@@ -210,14 +220,31 @@ def _drafter(d: Any, where: str, target: ModelInfo) -> DrafterSpec:
     options = d.get("options") or {}
     if not isinstance(options, dict):
         raise BundleError(f"manifest.json: {where}.options must be an object")
-    graph = _graph(d["graph"], f"{where}.graph") if d.get("graph") else None
+    graph = (_graph(d["graph"], f"{where}.graph", need_kv=kind in _NEEDS_MODEL)
+             if d.get("graph") else None)
     model = _model(d["model"], f"{where}.model") if d.get("model") else None
-    if kind == "draft_model" and (graph is None or model is None):
-        raise BundleError(f"manifest.json: {where} (draft_model) needs 'graph' and 'model'")
+    if (kind in _NEEDS_GRAPH and graph is None) or (kind in _NEEDS_MODEL and model is None):
+        need = "'graph' and 'model'" if kind in _NEEDS_MODEL else "'graph'"
+        raise BundleError(f"manifest.json: {where} ({kind}) needs {need}")
     if model is not None and model.vocab_size != target.vocab_size:
         raise BundleError(f"manifest.json: {where} has vocab {model.vocab_size}, the target "
                           f"{target.vocab_size}; a drafter must share the target's vocabulary")
     return DrafterSpec(kind=kind, graph=graph, model=model, options=options)
+
+
+def _check_fits_target(spec: DrafterSpec, where: str, model: ModelInfo,
+                       target: GraphSpec) -> None:
+    """A trained drafter must have been fit to this very target and read what its graph gives."""
+    fp = spec.options.get("target_fingerprint")
+    if fp and model.fingerprint and fp != model.fingerprint:
+        raise BundleError(f"manifest.json: {where} was trained for another target (weights "
+                          "fingerprint differs); re-export with a drafter trained for this one")
+    if spec.kind == "eagle3":
+        layers = tuple(spec.options.get("feature_layers", ()))
+        if layers != target.feature_layers:
+            raise BundleError(f"manifest.json: {where} reads target layers {list(layers)} but the "
+                              f"target graph exposes {list(target.feature_layers)}; re-export "
+                              f"with --feature-layers {','.join(map(str, layers))}")
 
 
 def manifest_from_dict(d: Any) -> Manifest:
@@ -241,8 +268,10 @@ def manifest_from_dict(d: Any) -> Manifest:
     if not isinstance(raw, dict):
         raise BundleError("manifest.json: 'drafters' must be an object (name -> entry)")
     drafters = {name: _drafter(entry, f"drafters.{name}", model) for name, entry in raw.items()}
-    return Manifest(model=model, tokenizer=tok, target=_graph(_need(d, "target", dict, "manifest"),
-                                                              "target"),
+    target = _graph(_need(d, "target", dict, "manifest"), "target")
+    for name, spec in drafters.items():
+        _check_fits_target(spec, f"drafters.{name}", model, target)
+    return Manifest(model=model, tokenizer=tok, target=target,
                     drafters=drafters, format_version=version,
                     created_by=str(d.get("created_by", "")))
 

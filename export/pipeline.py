@@ -14,15 +14,18 @@ from edgespec import __version__
 from edgespec.manifest import (MANIFEST_FILE, DrafterSpec, GraphSpec, Manifest, ModelInfo,
                                TokenizerInfo, load_manifest)
 from edgespec.models.args import ModelArgs
+from edgespec.models.drafters import DrafterConfig, load_drafter
 from edgespec.models.weights import load_transformer, weights_fingerprint
 
 from .bundle import atomic_bundle, save_onnx
+from .drafter_graphs import build_layer_graph, build_medusa_graph
 from .fused_graph import build_fused_graph
 from .quantize import WEIGHT_DTYPES, quantize_int4
 from .target_graph import build_plain_graph, default_feature_layers
 
+from .validate import check_layer_parity, check_medusa_parity, check_parity
+
 GRAPH_BUILDERS = {"fused": build_fused_graph, "plain": build_plain_graph}
-from .validate import check_parity
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"  # outside the wheel: a clone has it
 
@@ -35,8 +38,16 @@ class ExportOptions:
     draft_model: str | Path | None = None  # HF folder of a small draft model, same tokenizer
     weights: str = "fp32"  # "fp32" or "int4" (MatMulNBits, onnxruntime.quantization)
     block_size: int = 32  # int4 quantisation block along the input dim
+    drafters: tuple[tuple[str, str | Path], ...] = ()  # (name, trained drafter folder)
     overwrite: bool = False
     progress: bool = True
+
+
+def demo_drafters() -> tuple[tuple[str, Path], ...]:
+    """The drafters trained here for the demo target, shipped beside it (name = kind)."""
+    root = DEMO_DIR / "drafters"
+    return tuple((d.name, d) for d in sorted(root.iterdir()) if (d / "drafter.json").is_file()) \
+        if root.is_dir() else ()
 
 
 def demo_checkpoint(name: str = "pyref-target") -> Path:
@@ -82,6 +93,41 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
     return dataclasses.replace(spec, parity_max_abs=diff), info
 
 
+MEDUSA_TOP_K = 10  # top tokens per head the graph returns: the deepest rank a tree may use
+
+
+def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str,
+                           target: ModelInfo) -> DrafterSpec:
+    """A trained drafter folder -> tmp/{name}.onnx, parity-checked; its manifest entry."""
+    model = load_transformer(hf_dir, max_len=target.max_len)
+    m = load_drafter(folder, model, target.fingerprint)
+    cfg = m.cfg
+    file = f"{name}.onnx"
+    options = {k: v for k, v in cfg.options.items() if k != "training"}
+    options["target_fingerprint"] = target.fingerprint
+    tau = cfg.options.get("training", {}).get("heldout_chain_tau")
+    if tau is not None:
+        options["heldout_chain_tau"] = tau
+    if cfg.kind == "medusa":
+        proto, spec = build_medusa_graph(m, file, MEDUSA_TOP_K)
+        save_onnx(proto, tmp / file)
+        spec = dataclasses.replace(spec, parity_max_abs=check_medusa_parity(tmp, spec, m))
+        # the tree training grew (best paths first), or the top-1 chain when there is none
+        tree = [p for p in options.get("tree", []) if max(p) < MEDUSA_TOP_K] or [
+            [0] * (i + 1) for i in range(cfg.num_heads)]
+        options.update(top_k=MEDUSA_TOP_K, tree=tree, tree_size=min(len(tree), 16))
+        return DrafterSpec(kind="medusa", graph=spec, options=options)
+    proto, spec = build_layer_graph(m, target.max_len, file)
+    save_onnx(proto, tmp / file)
+    info = dataclasses.replace(target, num_layers=1)
+    spec = dataclasses.replace(spec, parity_max_abs=check_layer_parity(tmp, spec, info, m))
+    options.setdefault("gamma", 4)
+    options["input"] = "features" if cfg.kind == "eagle3" else "hidden"
+    if cfg.kind == "eagle3":
+        options.update(feature_layers=list(cfg.feature_layers), tree_width=4, tree_size=16)
+    return DrafterSpec(kind=cfg.kind, graph=spec, model=info, options=options)
+
+
 def _check_same_tokenizer(target_dir: Path, draft_dir: Path) -> None:
     from tokenizers import Tokenizer
 
@@ -116,6 +162,15 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
               else tuple(opts.feature_layers))
     if any(not 0 <= i < args.n_layers for i in layers):
         raise ValueError(f"feature layers {layers} must be in [0, {args.n_layers})")
+    trained = [(name, Path(folder), DrafterConfig.load(folder)) for name, folder in opts.drafters]
+    for name, folder, cfg in trained:
+        if name in ("ngram", "draft_model", "none") or not name.isidentifier():
+            raise ValueError(f"drafter name {name!r} is reserved or not a plain name; use e.g. "
+                             f"--drafter {cfg.kind}={folder}")
+        if cfg.kind == "eagle3" and cfg.feature_layers != layers:
+            raise ValueError(f"eagle3 drafter {folder} reads target layers "
+                             f"{list(cfg.feature_layers)} but the export exposes {list(layers)}; "
+                             f"pass --feature-layers {','.join(map(str, cfg.feature_layers))}")
     draft_dir = Path(opts.draft_model) if opts.draft_model else None
     if draft_dir is not None:
         draft_args = ModelArgs.from_hf_dir(draft_dir)
@@ -124,7 +179,7 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                              f"{args.vocab_size}; a draft model must share the target's vocab")
         _check_same_tokenizer(hf_dir, draft_dir)
 
-    steps = tqdm(total=3 + bool(draft_dir), desc="export", unit="graph",
+    steps = tqdm(total=3 + bool(draft_dir) + len(trained), desc="export", unit="graph",
                  disable=not opts.progress)
     tok = TokenizerInfo(file="tokenizer.json", eos_token_ids=_eos_ids(hf_dir, args),
                         bos_token_id=args.bos_token_id)
@@ -138,6 +193,10 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
             dspec, dinfo = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len, (), opts)
             drafters["draft_model"] = DrafterSpec(kind="draft_model", graph=dspec, model=dinfo,
                                                   options={"gamma": 4})
+            steps.update()
+        for name, folder, _ in trained:
+            steps.set_postfix_str(f"{name}: build, onnx checker, parity vs torch")
+            drafters[name] = export_trained_drafter(hf_dir, folder, tmp, name, info)
             steps.update()
         shutil.copyfile(tokenizer, tmp / "tokenizer.json")
         manifest = Manifest(model=info, tokenizer=tok, target=spec, drafters=drafters,

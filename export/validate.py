@@ -68,3 +68,56 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed
         raise ParityError(f"exported {spec.file} differs from the torch model by {diff:.3g} in "
                           f"logits (tolerance {FP32_TOLERANCE:g}); the export was not written")
     return diff
+
+
+def check_medusa_parity(bundle_dir: Path, spec: GraphSpec, m, seed: int = 0) -> float:
+    """Max |top-k logit difference| of the Medusa graph vs torch on random hidden states; the
+    top-1 ids must agree."""
+    hidden = np.random.default_rng(seed).standard_normal((3, m.cfg.dim)).astype(np.float32)
+    session = create_session(str(Path(bundle_dir) / spec.file), SessionConfig())
+    vals, ids = session.run(["topk_logits", "topk_ids"], {"hidden": hidden})
+    with torch.no_grad():
+        ref = m(torch.from_numpy(hidden)).transpose(0, 1).numpy()  # [K, N, V]
+    ref_vals = np.take_along_axis(ref, ids, -1)
+    diff = float(max(np.abs(vals - ref_vals).max(), np.abs(vals[..., 0] - ref.max(-1)).max()))
+    if not diff <= FP32_TOLERANCE or not (ids[..., 0] == ref.argmax(-1)).all():
+        raise ParityError(f"exported {spec.file} differs from the torch Medusa heads by "
+                          f"{diff:.3g} (tolerance {FP32_TOLERANCE:g}); the export was not written")
+    return diff
+
+
+def check_layer_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, m,
+                       seed: int = 0) -> float:
+    """Max |logit diff| of a layer drafter's graph vs torch: a prefill of rows reading target
+    features, then rows reading the drafter's own hidden under a tree mask."""
+    rng = np.random.default_rng(seed)
+    cfg, a = m.cfg, m.args
+    session = create_session(str(Path(bundle_dir) / spec.file), SessionConfig())
+    runner = TargetRunner(session, spec, info, KVCache(1, a.n_kv_heads, a.head_dim, info.max_len))
+    n0, n1 = 6, 3
+    ids = rng.integers(0, cfg.vocab_size, n0 + n1)
+    feats = rng.standard_normal((1, n0, cfg.feature_dim)).astype(np.float32)
+    own = rng.standard_normal((1, n1, cfg.dim)).astype(np.float32)
+    pos = np.array([*range(1, n0 + 1), n0 + 1, n0 + 1, n0 + 2])
+    bias0 = causal_bias(0, n0, spec.mask_value)
+    bias1 = causal_bias(n0, n1, spec.mask_value)
+    bias1[0, 0, 1, n0] = spec.mask_value  # row 1 is row 0's sibling, row 2 its child
+    out = [runner.forward(ids[:n0], pos[:n0], bias0, np.arange(n0),
+                          {"features": feats, "hidden_in": np.zeros((1, n0, cfg.dim))})
+           .logits.copy()]
+    out.append(runner.forward(ids[n0:], pos[n0:], bias1, np.arange(n1),
+                              {"features": np.zeros((1, n1, cfg.feature_dim)), "hidden_in": own})
+               .logits.copy())
+    t = torch.from_numpy
+    with torch.no_grad():
+        zero = torch.zeros(1, a.n_kv_heads, 0, a.head_dim)
+        r0, _, kv = m(t(ids[:n0])[None], t(feats), torch.zeros(1, n0, cfg.dim), t(pos[:n0])[None],
+                      t(bias0), (zero, zero))
+        r1, _, _ = m(t(ids[n0:])[None], torch.zeros(1, n1, cfg.feature_dim), t(own),
+                     t(pos[n0:])[None], t(bias1), kv)
+    diff = float(np.abs(np.concatenate(out) - np.concatenate([r0[0], r1[0]])).max())
+    if not diff <= FP32_TOLERANCE:
+        raise ParityError(f"exported {spec.file} differs from the torch {cfg.kind} drafter by "
+                          f"{diff:.3g} in logits (tolerance {FP32_TOLERANCE:g}); the export was "
+                          "not written")
+    return diff

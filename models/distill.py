@@ -9,6 +9,7 @@ Deterministic for a given bundle, prompt list and seed.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from tqdm import tqdm
 
 from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
@@ -34,6 +36,26 @@ class DistillData:
 
     def sequence(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+
+def source_files(roots: Sequence[str | Path], pattern: str = "*.py",
+                 exclude: Sequence[str] = ()) -> list[Path]:
+    """Files matching `pattern` under each root (or the roots themselves when they are files),
+    minus those whose path relative to their root matches an `exclude` glob; sorted."""
+    out = []
+    for root in map(Path, roots):
+        if root.is_file():
+            out.append(root)
+            continue
+        if not root.is_dir():
+            raise FileNotFoundError(f"source {root} is neither a file nor a folder")
+        for f in root.rglob(pattern):
+            rel = f.relative_to(root).as_posix()
+            if f.is_file() and not any(fnmatch.fnmatch(rel, x) for x in exclude):
+                out.append(f)
+    if not out:
+        raise ValueError(f"no {pattern} files under {', '.join(map(str, roots))}")
+    return sorted(out)
 
 
 def prompts_from_sources(paths: Sequence[Path], n: int, prompt_tokens: int, tokenizer,
@@ -55,12 +77,13 @@ def prompts_from_sources(paths: Sequence[Path], n: int, prompt_tokens: int, toke
 
 
 def generate_data(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                  seed: int = 0, temperature: float = 0.0) -> DistillData:
+                  seed: int = 0, temperature: float = 0.0,
+                  progress: bool = False) -> DistillData:
     """The target's continuation of every prompt (greedy, or sampled with one rng per prompt
     seeded from `seed`, so the data does not depend on batching or order)."""
     seqs, plens = [], []
     sampling = SamplingParams(temperature=temperature)
-    for i, ids in enumerate(prompts):
+    for i, ids in enumerate(tqdm(prompts, desc="distill", unit="seq", disable=not progress)):
         gen = Generator(model, GenerationParams(max_new_tokens=max_new_tokens, sampling=sampling,
                                                 seed=seed * 1_000_003 + i))
         gen.append_tokens(list(ids))

@@ -17,6 +17,7 @@ from edgespec.masks import causal_bias
 from edgespec.sampling import SamplingParams, probabilities
 from edgespec.tree import DraftTree
 
+from .draft_tree import grow_tree
 from .kv import KVCache
 from .providers import SessionConfig, create_session
 from .target import TargetRunner
@@ -86,10 +87,10 @@ class DraftModelDrafter:
     """A separate small LM with the target's tokenizer.
 
     width 1: a chain of gamma autoregressive draft tokens (greedy, or sampled from q). width k > 1
-    with greedy decoding: a tree of depth gamma that keeps, per depth, the k nodes of highest
-    cumulative draft log-probability (EAGLE-2 style), each depth one draft forward under a tree
-    mask. Sampling always drafts a chain: top-k children are not i.i.d. draws, which lossless
-    tree acceptance needs.
+    with greedy decoding: a tree of depth gamma and gamma * k nodes grown best-first (EAGLE-2
+    style, runtime/draft_tree.py), each depth one draft forward under a tree mask. Sampling
+    always drafts a chain: top-k children are not i.i.d. draws, which lossless tree acceptance
+    needs.
     """
 
     name = "draft_model"
@@ -156,50 +157,32 @@ class DraftModelDrafter:
 
     def _grow_tree(self, st: DraftModelState, root: int, logits: np.ndarray,
                    depth: int) -> DraftTree:
-        """Best-first tree of `depth` levels, `width` nodes each; the draft KV is left as it
-        was (the sequence up to the root), the tree's rows are dropped afterwards."""
-        base, k = st.runner.kv.length, self.width
-        mask = self.spec.graph.mask_value
-        tokens, parents, score, ancestors = [root], [-1], [0.0], [[]]
-        frontier, logits = [0], logits[None]  # logits: [len(frontier), V]
-        for d in range(1, depth + 1):
-            cands = []  # (cumulative log-prob, parent node, token)
-            for j, node in enumerate(frontier):
-                row = logits[j].astype(np.float64)
-                lp = row - (np.log(np.exp(row - row.max()).sum()) + row.max())
-                for t in np.argpartition(-lp, k)[:k]:
-                    cands.append((score[node] + lp[t], node, int(t)))
-            cands.sort(key=lambda c: -c[0])
-            frontier = []
-            for s_, parent, t in cands[:k]:
-                frontier.append(len(tokens))
-                tokens.append(t)
-                parents.append(parent)
-                score.append(s_)
-                ancestors.append(ancestors[parent] + ([parent] if parent else []))
-            if d == depth:
-                break
-            # feed this depth: each node sees the sequence, its fed ancestors and itself; nodes
-            # are fed in index order, so node n's K/V sit at draft KV row base + n - 1
-            past, s = st.runner.kv.length, len(frontier)
-            bias = np.full((1, 1, s, past + s), mask, np.float32)
-            bias[..., :base] = 0
-            for j, node in enumerate(frontier):
-                bias[0, 0, j, [base + a - 1 for a in ancestors[node]]] = 0
-                bias[0, 0, j, past + j] = 0
-            out = st.runner.forward(np.array([tokens[n] for n in frontier], np.int64),
-                                    np.full(s, base + d - 1, np.int64), bias,
-                                    np.arange(s, dtype=np.int64))
-            logits = out.logits
+        """Best-first tree of `depth` levels, `width` nodes fed per level (draft_tree); the
+        draft KV is left as it was (the sequence up to the root)."""
+        base = st.runner.kv.length
+
+        def feed(d, ids, bias, _payloads):
+            # a depth-d node sits at position base + d - 1 (the root is at base - 1)
+            out = st.runner.forward(ids, np.full(len(ids), base + d - 1, np.int64), bias,
+                                    np.arange(len(ids), dtype=np.int64))
+            return out.logits, [None] * len(ids)
+
+        tree = grow_tree(root, logits, None, depth, self.width, depth * self.width, base,
+                         self.spec.graph.mask_value, feed)
         st.runner.kv.truncate(base)
-        return DraftTree(np.array(tokens, np.int64), np.array(parents, np.int64))
+        return tree
 
     def accepted(self, st: DraftModelState, tokens: list[int]) -> None:
         pass  # the next propose() rewinds to the common prefix
 
 
 def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
-                 config: SessionConfig, gamma: int | None = None, width: int = 1):
+                 config: SessionConfig, max_len: int, gamma: int | None = None,
+                 width: int | None = None, tree_size: int | None = None):
+    """gamma: draft depth; width: nodes expanded per depth (draft_model, eagle3, mtp; 1 = a
+    chain); tree_size: nodes kept (medusa's static tree, the dynamic trees)."""
+    from .head_drafters import LayerDrafter, MedusaDrafter
+
     if name not in drafters:
         raise ValueError(f"unknown drafter {name!r}; this bundle has: "
                          f"{', '.join(['none', *drafters])}")
@@ -207,4 +190,8 @@ def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
     g = gamma or int(spec.options.get("gamma", 4))
     if spec.kind == "ngram":
         return NgramDrafter(gamma=g, max_n=int(spec.options.get("max_n", 4)))
-    return DraftModelDrafter(bundle_dir, spec, config, gamma=g, width=width)
+    if spec.kind == "medusa":
+        return MedusaDrafter(bundle_dir, spec, config, max_len, gamma, tree_size)
+    if spec.kind in ("mtp", "eagle3"):
+        return LayerDrafter(bundle_dir, spec, config, gamma, width, tree_size)
+    return DraftModelDrafter(bundle_dir, spec, config, gamma=g, width=width or 1)

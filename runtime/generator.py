@@ -63,6 +63,8 @@ class Generator:
         self.model, self.params = model, params
         self.drafter = drafter
         self.draft_state = drafter.new_state() if drafter is not None else None
+        # drafters that read the target's hidden states see every row the cache keeps
+        self._observe = getattr(drafter, "observe", None)
         self.runner = model.new_runner()
         self.kv = self.runner.kv
         self.rng = np.random.default_rng(params.seed)
@@ -125,8 +127,11 @@ class Generator:
         bias = causal_bias(past, s, self.model.manifest.target.mask_value,
                            self.model.manifest.model.sliding_window)
         rows = np.array([s - 1] if last_only else range(s), dtype=np.int64)
-        return self.runner.forward(np.asarray(ids, np.int64), np.arange(past, past + s),
-                                   bias, rows)
+        out = self.runner.forward(np.asarray(ids, np.int64), np.arange(past, past + s),
+                                  bias, rows)
+        if self._observe is not None:
+            self._observe(self.draft_state, past, out.hidden, out.features)
+        return out
 
     def next_token(self) -> int:
         """One autoregressive step: feed the pending token, pick the next one, check stops."""
@@ -218,7 +223,11 @@ class Generator:
                     q = np.zeros_like(p)
                     q[np.arange(n), tree.tokens] = 1.0
                 verdict = accept_sample(tree.tokens, tree.parents, p, q, self.rng)
-        self.kv.compact(past, np.array([0, *verdict.accepted], np.int64))
+        kept = np.array([0, *verdict.accepted], np.int64)
+        self.kv.compact(past, kept)
+        if self._observe is not None:
+            self._observe(self.draft_state, past, out.hidden[kept],
+                          None if out.features is None else out.features[kept])
         return verdict.emitted(tree.tokens)
 
 

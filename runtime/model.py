@@ -49,16 +49,19 @@ class Model:
     def eos_token_ids(self) -> tuple[int, ...]:
         return self.manifest.tokenizer.eos_token_ids
 
-    def drafter(self, name: str | None, gamma: int | None = None, width: int = 1):
+    def drafter(self, name: str | None, gamma: int | None = None, width: int | None = None,
+                tree_size: int | None = None):
         """The bundle's drafter `name` (None or 'none': autoregressive), loaded once.
 
-        gamma: draft length (tree depth); width: draft-model tree width (1 = a chain)."""
+        gamma: draft length (tree depth); width: nodes expanded per depth (1 = a chain);
+        tree_size: nodes kept in a tree (medusa, eagle3). None = the bundle's default."""
         if name in (None, "none"):
             return None
-        key = (name, gamma, width)
+        key = (name, gamma, width, tree_size)
         if key not in self._drafters:
             self._drafters[key] = make_drafter(name, self.dir, self.manifest.drafters,
-                                               self.config, gamma, width)
+                                               self.config, self.max_len, gamma, width,
+                                               tree_size)
         return self._drafters[key]
 
     def new_runner(self) -> TargetRunner:

@@ -82,10 +82,11 @@ class TargetRunner:
         return io, bufs
 
     def forward(self, ids: np.ndarray, positions: np.ndarray, bias: np.ndarray,
-                logits_rows: np.ndarray) -> ForwardOut:
+                logits_rows: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> ForwardOut:
         """Run S new tokens against the cache, then append their K/V to it.
 
-        ids, positions: [S] int64; bias: [1, 1, S, length+S] float32; logits_rows: [N] int64.
+        ids, positions: [S] int64; bias: [1, 1, S, length+S] float32; logits_rows: [N] int64;
+        extra: further float32 inputs of a drafter graph (features, hidden_in: [1, S, ...]).
         """
         s, n = ids.shape[0], logits_rows.shape[0]
         self.kv.check_room(s)
@@ -96,6 +97,10 @@ class TargetRunner:
         # the bias changes shape every step (P+S grows): bind its memory without a copy
         bias = np.ascontiguousarray(bias, np.float32)
         io.bind_input("attention_bias", "cpu", 0, np.float32, bias.shape, bias.ctypes.data)
+        keep = []  # the bound arrays must outlive the run
+        for name, arr in (extra or {}).items():
+            keep.append(np.ascontiguousarray(arr, np.float32))
+            io.bind_input(name, "cpu", 0, np.float32, keep[-1].shape, keep[-1].ctypes.data)
         self.session.run_with_iobinding(io)
         if self.in_place:
             self.kv.advance(s)

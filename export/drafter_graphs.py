@@ -1,0 +1,102 @@
+"""ONNX graphs of trained drafters (models/drafters.py), each checked against torch.
+
+medusa   hidden [N, d] (the target's final-normed hidden) -> topk_ids / topk_logits [K, N, k]:
+         head k's k best tokens; the top-k runs in the graph so only K*k values leave it.
+mtp,     the target graph's contract (input_ids, position_ids, attention_bias, logits_index,
+eagle3   one layer of past/present K/V; logits [1, N, V] and hidden [1, S, d]) plus
+         features [1, S, F] and hidden_in [1, S, d]: each row reads fc(features) + hidden_in,
+         so the runtime passes zeros in whichever of the two a row does not use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgespec.manifest import GraphSpec, TensorSpec
+from edgespec.models.args import ModelArgs
+
+from .onnx_builder import Builder
+from .target_graph import KV, _Emitter, matmul_weight
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().float().numpy()
+
+
+def medusa_spec(cfg, file: str, top_k: int) -> GraphSpec:
+    out = (cfg.num_heads, "N", top_k)
+    return GraphSpec(file=file, kind="plain",
+                     inputs=(TensorSpec("hidden", "float32", ("N", cfg.dim)),),
+                     outputs=(TensorSpec("topk_logits", "float32", out),
+                              TensorSpec("topk_ids", "int64", out)),
+                     kv=None, mask_value=-1e9)
+
+
+def build_medusa_graph(m, file: str, top_k: int):
+    cfg = m.cfg
+    k_heads, d = cfg.num_heads, cfg.dim
+    spec = medusa_spec(cfg, file, top_k)
+    b = Builder()
+    b.input("hidden", "float32", ["N", d])
+    # every head's residual blocks at once: x [K, N, d] times per-head weights [K, d, d]
+    x = b.op("Expand", b.op("Unsqueeze", "hidden", b.const([0])), b.const([k_heads, 1, d]))
+    for j in range(cfg.num_blocks):
+        w = np.stack([_np(h[j].linear.weight).T for h in m.heads])  # [K, d, d]
+        bias = np.stack([_np(h[j].linear.bias) for h in m.heads])[:, None]  # [K, 1, d]
+        y = b.op("Add", b.op("MatMul", x, b.weight(f"block{j}.weight_t", w)),
+                 b.weight(f"block{j}.bias", bias))
+        x = b.op("Add", x, b.op("Mul", y, b.op("Sigmoid", y)))
+    logits = b.op("MatMul", x, b.weight("lm_head.weight_t", matmul_weight(m.lm_head.weight)))
+    vals, ids = b.op("TopK", logits, b.const([top_k]), axis=-1, n_out=2)
+    b.output(vals, "topk_logits", "float32", list(spec.outputs[0].shape))
+    b.output(ids, "topk_ids", "int64", list(spec.outputs[1].shape))
+    return b.model("edgespec_medusa", "edgespec"), spec
+
+
+def layer_spec(cfg, a: ModelArgs, file: str) -> GraphSpec:
+    hkv, hd = a.n_kv_heads, a.head_dim
+    inputs = (TensorSpec("input_ids", "int64", (1, "S")),
+              TensorSpec("features", "float32", (1, "S", cfg.feature_dim)),
+              TensorSpec("hidden_in", "float32", (1, "S", cfg.dim)),
+              TensorSpec("position_ids", "int64", (1, "S")),
+              TensorSpec("attention_bias", "float32", (1, 1, "S", "P+S")),
+              TensorSpec("logits_index", "int64", ("N",)),
+              TensorSpec(KV.past_key.format(i=0), "float32", (1, hkv, "L", hd)),
+              TensorSpec(KV.past_value.format(i=0), "float32", (1, hkv, "L", hd)))
+    outputs = (TensorSpec("logits", "float32", (1, "N", cfg.vocab_size)),
+               TensorSpec("hidden", "float32", (1, "S", cfg.dim)),
+               TensorSpec(KV.present_key.format(i=0), "float32", (1, hkv, "S", hd)),
+               TensorSpec(KV.present_value.format(i=0), "float32", (1, hkv, "S", hd)))
+    return GraphSpec(file=file, kind="plain", inputs=inputs, outputs=outputs, kv=KV,
+                     mask_value=-1e9)
+
+
+def build_layer_graph(m, max_len: int, file: str):
+    cfg, a = m.cfg, m.args
+    spec = layer_spec(cfg, a, file)
+    b = Builder()
+    for t in spec.inputs:
+        b.input(t.name, t.dtype, list(t.shape))
+    e = _Emitter(b, a, max_len)
+    h = "features"
+    if m.fc is not None:
+        h = b.op("MatMul", h, b.weight("fc.weight_t", matmul_weight(m.fc.weight)))
+    h = b.op("Add", h, "hidden_in")
+    emb = b.op("Gather", b.weight("embed_tokens.weight", _np(m.embed_tokens.weight)), "input_ids")
+    x = b.op("Concat", e.rms_norm(h, m.hnorm.weight, "hnorm"),
+             e.rms_norm(emb, m.enorm.weight, "enorm"), axis=-1)
+    x = b.op("MatMul", x, b.weight("in_proj.weight_t", matmul_weight(m.in_proj.weight)))
+    layer = m.layer
+    y = e.rms_norm(x, layer.input_layernorm.weight, "layer.input_layernorm")
+    x = b.op("Add", x, e.attention(y, layer.self_attn, 0, "layer.self_attn"))
+    y = e.rms_norm(x, layer.post_attention_layernorm.weight, "layer.post_attention_layernorm")
+    x = b.op("Add", x, e.mlp(y, layer.mlp, "layer.mlp"))
+    hidden = e.rms_norm(x, m.norm.weight, "norm")
+    b.output(hidden, "hidden", "float32", [1, "S", cfg.dim])
+    rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, cfg.dim]))
+    logits = b.op("Gemm", rows, b.weight("lm_head.weight", _np(m.lm_head.weight)), transB=1)
+    b.output(b.op("Reshape", logits, b.const([1, -1, cfg.vocab_size])), "logits", "float32",
+             [1, "N", cfg.vocab_size])
+    order = {t.name: j for j, t in enumerate(spec.outputs)}
+    b.outputs.sort(key=lambda vi: order[vi.name])
+    return b.model("edgespec_layer_drafter", "edgespec"), spec

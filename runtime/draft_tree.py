@@ -1,0 +1,73 @@
+"""Dynamic draft trees (EAGLE-2 style), shared by the draft-model and layer drafters.
+
+Depth by depth, each frontier node proposes its `width` most likely children; the `width`
+children of highest cumulative log-probability become the next frontier and are fed to the
+drafter in one forward under a tree mask. Every proposed child joins a pool; the tree returned
+is the `budget` pool nodes of highest cumulative log-probability, which is ancestor-closed
+since a child never scores above its parent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from edgespec.tree import DraftTree
+
+
+def log_softmax(row: np.ndarray) -> np.ndarray:
+    row = row.astype(np.float64)
+    top = row.max()
+    return row - (np.log(np.exp(row - top).sum()) + top)
+
+
+def grow_tree(root: int, root_logits: np.ndarray, root_payload, depth: int, width: int,
+              budget: int, base: int, mask_value: float,
+              feed: Callable[[int, np.ndarray, np.ndarray, list], tuple[np.ndarray, list]]
+              ) -> DraftTree:
+    """feed(d, tokens [k], bias [1, 1, k, base + fed + k], parent payloads) feeds the depth-d
+    frontier after `base` cached rows (the drafter then holds their K/V after those fed before)
+    and returns their logits [k, V] and per-node payloads (e.g. hidden states). The caller
+    truncates its cache back to `base` afterwards."""
+    tokens, parents, score, depth_of = [root], [-1], [0.0], [0]
+    slot: dict[int, int] = {}  # fed node -> its K/V row in the drafter's cache
+    ancestors: list[list[int]] = [[]]  # fed ancestors of each node (the root is in the prefix)
+    payload = {0: root_payload}
+    frontier, logits = [0], root_logits[None]  # logits: [len(frontier), V]
+    for d in range(1, depth + 1):
+        cands = []  # (cumulative log-prob, parent, token)
+        for j, node in enumerate(frontier):
+            lp = log_softmax(logits[j])
+            for t in np.argpartition(-lp, width)[:width]:
+                cands.append((score[node] + lp[t], node, int(t)))
+        cands.sort(key=lambda c: -c[0])
+        frontier = []
+        for rank, (s, parent, t) in enumerate(cands):
+            node = len(tokens)
+            tokens.append(t)
+            parents.append(parent)
+            score.append(s)
+            depth_of.append(d)
+            ancestors.append(ancestors[parent] + ([parent] if parent else []))
+            if rank < width:
+                frontier.append(node)
+        if d == depth:
+            break
+        fed = len(slot)
+        k = len(frontier)
+        bias = np.full((1, 1, k, base + fed + k), mask_value, np.float32)
+        bias[..., :base] = 0
+        for j, node in enumerate(frontier):
+            bias[0, 0, j, [slot[a] for a in ancestors[node]]] = 0
+            bias[0, 0, j, base + fed + j] = 0
+            slot[node] = base + fed + j
+        logits, payloads = feed(d, np.array([tokens[n] for n in frontier], np.int64), bias,
+                                [payload[parents[n]] for n in frontier])
+        payload.update(zip(frontier, payloads))
+    # the budget best nodes, ties broken towards shallower ones (a parent before its child)
+    keep = sorted(range(1, len(tokens)), key=lambda n: (-score[n], depth_of[n]))[:budget]
+    keep = sorted(keep, key=lambda n: (depth_of[n], n))  # topological order
+    index = {0: 0, **{n: i + 1 for i, n in enumerate(keep)}}
+    return DraftTree(np.array([root] + [tokens[n] for n in keep], np.int64),
+                     np.array([-1] + [index[parents[n]] for n in keep], np.int64))

@@ -1,0 +1,186 @@
+"""Drafters that read the target's own hidden states: Medusa heads and layer drafters (MTP,
+EAGLE-3). The Generator tells them every row it writes to the target's KV cache (`observe`),
+so a state holds the target output of each cached position; `propose` reads the last ones.
+
+Row contract (models/drafters.py): the tokens are x_0..x_{m-1}, x_{m-1} pending, the target's
+outputs are known for positions 0..m-2. Medusa's head k reads h_{m-2} and proposes x_{m+k}.
+A layer drafter's row j reads (h_{j-1}, x_j) and predicts x_{j+1}; rows 1..m-1 use target
+outputs and stay cached, deeper rows read the drafter's own hidden and are dropped after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgespec.manifest import DrafterSpec, safe_path
+from edgespec.masks import causal_bias
+from edgespec.sampling import SamplingParams, probabilities
+from edgespec.tree import DraftTree, static_tree
+
+from .draft_tree import grow_tree
+from .kv import KVCache
+from .providers import SessionConfig, create_session
+from .target import TargetRunner
+
+
+def _quiet(config: SessionConfig, threads: int | None = None) -> SessionConfig:
+    """A drafter session that sleeps between runs, so that it does not fight the target's
+    thread pool for the cores (measured on 2 cores: spinning pools slow both)."""
+    return dataclasses.replace(config, threads=config.threads if threads is None else threads,
+                               extra_options={**config.extra_options,
+                                              "session.intra_op.allow_spinning": "0"})
+
+
+@dataclass
+class TargetRows:
+    """The target output a drafter reads, by position ([max_len, F]); rows < the target's KV
+    length are current (the Generator observes every row it caches)."""
+
+    rows: np.ndarray
+
+
+class MedusaDrafter:
+    name = "medusa"
+    reads = "hidden"
+
+    def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, max_len: int,
+                 gamma: int | None = None, tree_size: int | None = None):
+        opts = spec.options
+        size = tree_size or int(opts.get("tree_size", 16))
+        paths = [tuple(p) for p in opts["tree"][:size]]
+        if gamma is not None:
+            paths = [p for p in paths if len(p) <= gamma]
+        if size < 1 or not paths:
+            raise ValueError(f"medusa needs tree_size >= 1 and gamma >= 1, got {size}, {gamma}")
+        self.parents, ranks = static_tree(paths)
+        depth = np.zeros(len(self.parents), np.int64)
+        for i in range(1, len(depth)):
+            depth[i] = depth[self.parents[i]] + 1
+        self.head, self.rank = depth[1:] - 1, ranks[1:]  # node i > 0: head depth-1, its rank
+        self.dim, self.max_len = spec.graph.inputs[0].shape[1], max_len
+        self.session = create_session(str(safe_path(bundle_dir, spec.graph.file)), _quiet(config))
+
+    def new_state(self) -> TargetRows:
+        return TargetRows(np.zeros((self.max_len, self.dim), np.float32))
+
+    def observe(self, st: TargetRows, start: int, hidden: np.ndarray, features) -> None:
+        st.rows[start:start + len(hidden)] = hidden
+
+    def propose(self, st: TargetRows, tokens: list[int], sampling: SamplingParams,
+                rng: np.random.Generator) -> DraftTree:
+        if len(tokens) < 2:  # no cached position yet: nothing to read
+            return DraftTree.chain(tokens[-1], [])
+        ids = self.session.run(["topk_ids"], {"hidden": st.rows[len(tokens) - 2][None]})[0]
+        # ids: [K, 1, top_k]; deterministic proposals (lossless under accept_sample's one-hot q)
+        return DraftTree(np.concatenate([[tokens[-1]], ids[self.head, 0, self.rank]]),
+                         self.parents)
+
+    def accepted(self, st, tokens: list[int]) -> None:
+        pass
+
+
+@dataclass
+class LayerState:
+    runner: TargetRunner  # the drafter's own one-layer KV cache
+    target: TargetRows
+    cached: list[int]  # x_0..x_c: rows 1..c (read from target outputs) are in runner.kv
+
+
+class LayerDrafter:
+    """MTP (reads the target's final hidden) or EAGLE-3 (reads low/mid/high features): a chain
+    of gamma tokens, or with width > 1 and greedy decoding an EAGLE-2 dynamic tree of depth
+    gamma, `width` nodes expanded per depth and the `tree_size` best nodes kept."""
+
+    def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig,
+                 gamma: int | None = None, width: int | None = None,
+                 tree_size: int | None = None):
+        opts = spec.options
+        self.name = spec.kind
+        self.spec = spec
+        self.reads = opts.get("input", "hidden")
+        self.gamma = gamma or int(opts.get("gamma", 4))
+        self.width = width or int(opts.get("tree_width", 1))
+        self.tree_size = tree_size or int(opts.get("tree_size", self.gamma * self.width))
+        if min(self.gamma, self.width, self.tree_size) < 1:
+            raise ValueError(f"{self.name} needs gamma, width and tree_size >= 1")
+        shapes = {t.name: t.shape for t in spec.graph.inputs}
+        self.feature_dim, self.dim = shapes["features"][2], shapes["hidden_in"][2]
+        self.session = create_session(str(safe_path(bundle_dir, spec.graph.file)),
+                                      _quiet(config, threads=1))
+
+    def new_state(self) -> LayerState:
+        m = self.spec.model
+        kv = KVCache(1, m.num_kv_heads, m.head_dim, m.max_len)
+        rows = TargetRows(np.zeros((m.max_len, self.feature_dim), np.float32))
+        return LayerState(TargetRunner(self.session, self.spec.graph, m, kv), rows, [])
+
+    def observe(self, st: LayerState, start: int, hidden: np.ndarray, features) -> None:
+        src = features if self.reads == "features" else hidden
+        st.target.rows[start:start + len(src)] = src
+
+    def _run(self, st: LayerState, ids, positions, bias, feats, own):
+        s = len(ids)
+        feats = np.zeros((1, s, self.feature_dim), np.float32) if feats is None else feats[None]
+        own = np.zeros((1, s, self.dim), np.float32) if own is None else own[None]
+        out = st.runner.forward(np.asarray(ids, np.int64), np.asarray(positions, np.int64), bias,
+                                np.arange(s, dtype=np.int64), {"features": feats,
+                                                               "hidden_in": own})
+        return out.logits, out.hidden.copy()
+
+    def propose(self, st: LayerState, tokens: list[int], sampling: SamplingParams,
+                rng: np.random.Generator) -> DraftTree:
+        m = len(tokens)
+        kv = st.runner.kv
+        if m < 2:
+            return DraftTree.chain(tokens[-1], [])
+        # row j depends on x_0..x_j: keep the rows whose tokens are unchanged, feed the rest
+        common = 0
+        for a, b in zip(st.cached, tokens):
+            if a != b:
+                break
+            common += 1
+        c = max(0, min(common - 1, m - 2))
+        kv.truncate(c)
+        mask = self.spec.graph.mask_value
+        s = m - 1 - c  # rows c+1..m-1, each reading the target output of the row before
+        logits, hidden = self._run(st, tokens[c + 1:m], np.arange(c + 1, m),
+                                   causal_bias(c, s, mask), st.target.rows[c:m - 1], None)
+        st.cached = list(tokens)
+        base = kv.length  # = m - 1; deeper rows are speculative and dropped below
+        depth = min(self.gamma, kv.free)
+        if depth < 1:
+            return DraftTree.chain(tokens[-1], [])
+        if self.width > 1 and sampling.greedy and depth * self.width <= kv.free:
+
+            def feed(d, ids, bias, parent_hidden):
+                # a depth-d node is fed at position m - 1 + d, reading its parent's hidden
+                lg, hd = self._run(st, ids, np.full(len(ids), m - 1 + d), bias, None,
+                                   np.stack(parent_hidden))
+                return lg, list(hd)
+
+            tree = grow_tree(tokens[-1], logits[-1], hidden[-1], depth, self.width,
+                             self.tree_size, base, mask, feed)
+            kv.truncate(base)
+            return tree
+        draft, probs = [], []
+        row, h = logits[-1], hidden[-1:]
+        for step in range(depth):
+            if sampling.greedy:
+                draft.append(int(np.argmax(row)))
+            else:
+                q = probabilities(row, sampling)  # q: [V], what the token is drawn from
+                draft.append(int(rng.choice(len(q), p=q)))
+                probs.append(q)
+            if step + 1 < depth:
+                pos = m + step
+                lg, h = self._run(st, [draft[-1]], [pos], causal_bias(kv.length, 1, mask), None, h)
+                row = lg[-1]
+        kv.truncate(base)
+        q = np.stack([np.zeros_like(probs[0]), *probs]) if probs else None
+        return DraftTree.chain(tokens[-1], draft, q)
+
+    def accepted(self, st, tokens: list[int]) -> None:
+        pass  # the next propose() keeps the rows whose tokens still match

@@ -1,0 +1,133 @@
+"""Trained drafters (issue 5): training smoke per kind on a tiny config, export parity, and
+greedy speculative output equal to greedy autoregressive output for each drafter."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgespec.export.pipeline import ExportOptions, export_bundle
+from edgespec.manifest import BundleError
+from edgespec.models.distill import generate_data
+from edgespec.models.drafters import DrafterConfig, load_drafter
+from edgespec.models.train import TrainConfig, greedy_tree, train_drafter, unroll_bias
+from edgespec.models.weights import load_transformer, weights_fingerprint
+from edgespec.runtime.generator import GenerationParams, Generator
+from edgespec.runtime.model import Model
+
+KINDS = ("medusa", "mtp", "eagle3")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dirs, tiny_bundles, tmp_path_factory):
+    """kind -> (report, folder): each drafter trained briefly on the tiny llama's own outputs."""
+    hf = tiny_dirs["llama"]
+    model = Model(tiny_bundles["llama"][1])
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, 300, 8).tolist() for _ in range(24)]
+    data = generate_data(model, prompts, max_new_tokens=24)
+    target = load_transformer(hf)
+    a, fp = target.args, weights_fingerprint(hf)
+    root = tmp_path_factory.mktemp("drafters")
+    out = {}
+    for kind in KINDS:
+        layers = tuple(model.manifest.target.feature_layers) if kind == "eagle3" else ()
+        cfg = DrafterConfig(kind=kind, dim=a.dim, vocab_size=a.vocab_size,
+                            feature_dim=a.dim * max(len(layers), 1), feature_layers=layers,
+                            target_fingerprint=fp)
+        report = train_drafter(cfg, target, data, root / kind,
+                               TrainConfig(steps=40, batch=4, lr=5e-3, progress=False))
+        out[kind] = (report, root / kind)
+    return out
+
+
+@pytest.fixture(scope="module")
+def drafter_bundle(tiny_dirs, trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dbundle") / "b"
+    export_bundle(tiny_dirs["llama"], out, ExportOptions(
+        max_len=64, progress=False, drafters=tuple((k, trained[k][1]) for k in KINDS)))
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_lowers_the_loss_and_reloads(kind, trained, tiny_dirs):
+    report, folder = trained[kind]
+    assert report["loss_last"] < report["loss_first"]
+    assert 1.0 <= report["heldout_chain_tau"]
+    m = load_drafter(folder, load_transformer(tiny_dirs["llama"]))
+    assert m.cfg.kind == kind and m.cfg.options["training"]["steps"] == 40
+
+
+def test_export_lists_each_drafter_with_parity(drafter_bundle):
+    m = Model(drafter_bundle)
+    for kind in KINDS:
+        spec = m.manifest.drafters[kind]
+        assert spec.kind == kind and spec.graph.parity_max_abs <= 1e-3
+    assert len(m.manifest.drafters["medusa"].options["tree"]) > 4
+
+
+@pytest.mark.parametrize("name,width", [("medusa", None), ("mtp", 1), ("eagle3", 1),
+                                        ("eagle3", 3), ("mtp", 2)])
+def test_greedy_speculative_equals_autoregressive(drafter_bundle, name, width):
+    model = Model(drafter_bundle)
+    drafter = model.drafter(name, width=width)
+    params = GenerationParams(max_new_tokens=30, stop_on_eos=False)
+    rng = np.random.default_rng(1)
+    forwards = 0
+    for _ in range(4):
+        prompt = rng.integers(3, 300, int(rng.integers(1, 9))).tolist()
+        ref = Generator(model, params)
+        ref.append_tokens(prompt)
+        while not ref.is_done():
+            ref.step()
+        gen = Generator(model, params, drafter)
+        gen.append_tokens(prompt)
+        while not gen.is_done():
+            gen.step()
+        assert gen.tokens == ref.tokens
+        # a rewind mid-way must leave the drafter's cached rows consistent
+        gen.rewind(7)
+        while not gen.is_done():
+            gen.step()
+        assert gen.tokens == ref.tokens
+        forwards += gen.stats.target_forwards
+    assert forwards > 0
+
+
+def test_a_drafter_for_another_target_is_refused(tiny_dirs, trained, tmp_path):
+    with pytest.raises(ValueError, match="another target"):
+        export_bundle(tiny_dirs["llama3_rope_tied"], tmp_path / "x", ExportOptions(
+            max_len=64, progress=False, drafters=(("mtp", trained["mtp"][1]),)))
+    with pytest.raises(ValueError, match="feature-layers"):
+        export_bundle(tiny_dirs["llama"], tmp_path / "y", ExportOptions(
+            max_len=64, progress=False, feature_layers=(1,),
+            drafters=(("eagle3", trained["eagle3"][1]),)))
+
+
+def test_manifest_refuses_a_drafter_fit_to_another_target(drafter_bundle, tmp_path):
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(drafter_bundle, bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    man["drafters"]["mtp"]["options"]["target_fingerprint"] = "0" * 64
+    (bad / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="another target"):
+        Model(bad)
+
+
+def test_unroll_bias_is_what_a_draft_at_that_depth_sees():
+    b = unroll_bias(5, 2)[0, 0] == 0  # [5, 15]: step-0, step-1, step-2 keys
+    r = 4  # chain rooted at row 2: step-0 keys 0..2, step-1 key 3, step-2 key 4 (itself)
+    assert b[r, :5].tolist() == [True, True, True, False, False]
+    assert b[r, 5:10].tolist() == [False, False, False, True, False]
+    assert b[r, 10:].tolist() == [False, False, False, False, True]
+    assert torch.equal(unroll_bias(4, 0)[0, 0] == 0, torch.ones(4, 4).tril().bool())
+
+
+def test_greedy_tree_grows_best_paths_first():
+    acc = np.array([[0.6, 0.2, 0.1], [0.5, 0.1, 0.05]])
+    tree = greedy_tree(acc, 4)
+    assert tree == [[0], [0, 0], [1], [0, 1]] or tree[:2] == [[0], [0, 0]]
+    for i, p in enumerate(tree):  # every prefix is a tree: parents come first
+        assert len(p) == 1 or p[:-1] in tree[:i]
