@@ -1,7 +1,8 @@
 """Greedy output of our runtime vs transformers' generate(do_sample=False), token for token.
 
 python benchmarks/greedy_parity.py BUNDLE HF_DIR [--prompts FILE] [--max-new-tokens 128]
-    [--drafters none,ngram,ngram_tree,draft_model,draft_tree]
+    [--drafters none,ngram,ngram_tree,draft_model,draft_tree,medusa,mtp,eagle3,eagle3:6:4:24]
+A drafter is NAME[:gamma[:width[:tree_size]]] (empty = the bundle's default).
 The bundle must be exported from HF_DIR (same weights). Prints, per drafter, how many prompts
 came out identical to transformers' greedy generate.
 """
@@ -42,9 +43,12 @@ def main() -> None:
         refs.append(y[0, len(ids):].tolist())
     hf_seconds = time.perf_counter() - t
     for name in ns.drafters.split(","):
+        # NAME[:gamma[:width[:tree_size]]], e.g. eagle3:6:4:24
+        base, *nums = name.split(":")
+        g, w, t = ([int(x) if x else None for x in nums] + [None] * 3)[:3]
         drafter = (NgramDrafter(gamma=6, branches=3) if name == "ngram_tree"
                    else model.drafter("draft_model", 4, width=3) if name == "draft_tree"
-                   else model.drafter(name))
+                   else model.drafter(base, g, w, t))
         matches, tokens, forwards, first_diff = 0, 0, 0, []
         for row, ids, ref in zip(rows, prompts, refs):
             gen = Generator(model, GenerationParams(max_new_tokens=ns.max_new_tokens), drafter)

@@ -4,7 +4,8 @@ baseline, side by side in one run (greedy, CPU).
     python benchmarks/speculative.py --bundle BUNDLE [--hf-dir HF --hf-draft HF_DRAFT]
         [--n-prompts 16] [--max-new-tokens 128] [--runs 5] [--threads 2]
 
-The bundle must carry a draft_model (export with --draft-model, or --demo). Every engine decodes
+Engines: autoregressive, n-gram chains and trees, and each drafter the bundle carries (draft_model,
+medusa, mtp, eagle3) at a few draft lengths / tree sizes; --only REGEX picks. Every engine decodes
 the same prompts in each run (engines alternate, so noise hits all alike); tokens/s counts new
 tokens over the whole generate call (prefill included); decode tok/s (ours only) counts the
 tokens after the first one over the time after it; tau = new tokens per target forward.
@@ -15,6 +16,7 @@ too, as a peer reference; their outputs are checked against ours.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -79,6 +81,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default=None, help="regex: run only the engines it matches "
+                                                  "(and the autoregressive baseline)")
     ns = ap.parse_args()
 
     model = Model(ns.bundle, SessionConfig(threads=ns.threads))
@@ -96,6 +100,20 @@ def main() -> None:
         for g in (1, 2, 3, 4):
             engines[f"edgespec draft g{g}"] = (lambda d: lambda: ours(model, prompts, n, d))(
                 model.drafter("draft_model", g))
+    # trained drafters: (gamma, width, tree_size) settings; None = the bundle's default
+    settings = {"medusa": [(None, None, t) for t in (4, 8, 16, 32, 64)],
+                "mtp": [(g, 1, None) for g in (2, 3, 4)] + [(3, 2, 6)],
+                "eagle3": [(g, 1, None) for g in (3, 4, 5)] + [
+                    (4, 2, 8), (5, 3, 12), (6, 4, 16), (6, 4, 24), (8, 4, 32)]}
+    for name, spec in model.manifest.drafters.items():
+        for g, w, t in settings.get(spec.kind, []):
+            label = f"edgespec {name}" + (f" g{g}" if g else "") + (
+                f"x{w}" if w and w > 1 else "") + (f" n{t}" if t else "")
+            engines[label] = (lambda d: lambda: ours(model, prompts, n, d))(
+                model.drafter(name, g, w, t))
+    if ns.only:
+        engines = {k: v for k, v in engines.items()
+                   if k == "edgespec none" or re.search(ns.only, k)}
     if ns.hf_dir:
         import torch
         import transformers

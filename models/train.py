@@ -294,10 +294,15 @@ def train_drafter(cfg: DrafterConfig, target, data: DistillData, out_dir: str | 
     ckpt = out_dir / CHECKPOINT
     start = _load_checkpoint(ckpt, m, opt) if resume and ckpt.is_file() else 0
 
-    def lr_at(step):  # linear warmup, cosine decay to 10%
+    t_loop = time.perf_counter()
+
+    def lr_at(step):  # linear warmup, cosine decay to 10% by the step or the time limit
         if step < tc.warmup:
             return tc.lr * (step + 1) / tc.warmup
         x = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
+        if tc.max_minutes:  # the loop's share of the limit (the target pass came first)
+            budget = 60 * tc.max_minutes - (t_loop - t0)
+            x = max(x, (time.perf_counter() - t_loop) / max(budget, 1.0))
         return tc.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(x, 1.0))))
 
     gen = torch.Generator().manual_seed(tc.seed * 1000 + rank + start)

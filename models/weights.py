@@ -64,3 +64,27 @@ def load_transformer(hf_dir: str | Path, max_len: int | None = None,
         raise ValueError(f"checkpoint {hf_dir} does not match its config.json: missing "
                          f"{missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(dtype).eval()
+
+
+HF_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json")
+
+
+def save_checkpoint(model: Transformer, src_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write `model`'s weights as a HF folder beside a copy of src_dir's config and tokenizer
+    (for a target whose weights were trained here, e.g. Medusa-2's backbone)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in HF_SIDE_FILES:
+        if (Path(src_dir) / name).is_file():
+            shutil.copyfile(Path(src_dir) / name, out / name)
+    sd = {("" if k == "lm_head.weight" else "model.") + k: v.detach().contiguous()
+          for k, v in model.state_dict().items() if not k.startswith("rope_")}
+    if model.args.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out

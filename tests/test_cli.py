@@ -52,3 +52,23 @@ def test_unknown_drafter_named(tmp_path, capsys, tiny_bundles):
     rc = main(["eval", str(tiny_bundles["llama"][1]), "--prompts", str(pfile), "--drafter",
                "medusa", "--out", str(tmp_path / "r.jsonl")])
     assert rc == 2 and "unknown drafter 'medusa'" in capsys.readouterr().err
+
+
+def test_train_without_data_distills_then_exports_and_runs(tiny_dirs, tmp_path, capsys):
+    hf = tiny_dirs["llama"]
+    pfile = tmp_path / "p.jsonl"
+    pfile.write_text("".join(json.dumps({"prompt": f"t{i} t{i + 7} t{i + 3}"}) + "\n"
+                             for i in range(3, 15)))
+    drafter = tmp_path / "mtp"
+    assert main(["train", "mtp", str(hf), "-o", str(drafter), "--prompts", str(pfile),
+                 "--max-new-tokens", "12", "--steps", "6", "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "distill.safetensors: 12 sequences" in out and "greedy chain tau" in out
+    bundle = tmp_path / "b"
+    assert main(["export", str(hf), "-o", str(bundle), "--max-len", "64",
+                 "--drafter", f"fast={drafter}"]) == 0
+    assert main(["info", str(bundle)]) == 0
+    assert "  fast        mtp" in capsys.readouterr().out
+    assert main(["run", str(bundle), "t5 t9", "--max-new-tokens", "8", "--drafter", "fast"]) == 0
+    assert main(["run", str(bundle), "t5", "--drafter", "nope"]) == 2
+    assert "unknown drafter 'nope'" in capsys.readouterr().err
