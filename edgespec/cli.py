@@ -198,7 +198,8 @@ def cmd_train(ns) -> int:
 
         layers = (default_feature_layers(args.n_layers) if ns.feature_layers is None else
                   tuple(int(x) for x in ns.feature_layers.split(",")))
-    cfg = DrafterConfig(kind="medusa" if ns.kind == "medusa2" else ns.kind, dim=args.dim, vocab_size=args.vocab_size,
+    cfg = DrafterConfig(kind="medusa" if ns.kind == "medusa2" else ns.kind, dim=args.dim,
+                        vocab_size=args.vocab_size,
                         feature_dim=args.dim * max(len(layers), 1), num_heads=ns.heads,
                         num_blocks=ns.blocks, feature_layers=layers, own_head=ns.own_head,
                         target_fingerprint=fingerprint)
