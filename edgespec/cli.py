@@ -48,6 +48,8 @@ def cmd_export(ns) -> int:
                                                     weights=ns.weights,
                                                     block_size=ns.block_size,
                                                     drafters=tuple(trained),
+                                                    trim_vocab=ns.trim_vocab,
+                                                    calibration=ns.calibration,
                                                     overwrite=ns.overwrite))
     print(f"wrote {ns.out}: {m.model.architecture}, {m.target.kind} graph, "
           f"{m.model.num_layers} layers, vocab "
@@ -237,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--drafter", action="append", metavar="NAME=DIR",
                    help="add a drafter trained by `edgespec train` (repeatable; NAME defaults "
                         "to its kind)")
+    e.add_argument("--trim-vocab", type=int, default=0, metavar="K",
+                   help="VocabTrim: trained drafters' heads keep the K tokens the target "
+                        "generates most often (0 = full vocabulary)")
+    e.add_argument("--calibration", default=None,
+                   help="distill data to count tokens in for --trim-vocab (default: the counts "
+                        "saved beside each drafter by `edgespec train`)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     e.set_defaults(fn=cmd_export)
 

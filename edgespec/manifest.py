@@ -98,6 +98,8 @@ class DrafterSpec:
     graph: GraphSpec | None = None
     model: ModelInfo | None = None
     options: dict = field(default_factory=dict)  # defaults, e.g. {"gamma": 4}
+    # VocabTrim: .npy of int64 [K] target ids, one per row of the graph's trimmed logits
+    d2t: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,8 @@ class Manifest:
         """Every file the bundle must hold, relative to its folder."""
         graphs = [self.target, *(d.graph for d in self.drafters.values() if d.graph)]
         return [MANIFEST_FILE, self.tokenizer.file, *(g.file for g in graphs),
-                *(g.external_data for g in graphs if g.external_data)]
+                *(g.external_data for g in graphs if g.external_data),
+                *(d.d2t for d in self.drafters.values() if d.d2t)]
 
 
 # ---------------------------------------------------------------- reading and validation
@@ -229,7 +232,10 @@ def _drafter(d: Any, where: str, target: ModelInfo) -> DrafterSpec:
     if model is not None and model.vocab_size != target.vocab_size:
         raise BundleError(f"manifest.json: {where} has vocab {model.vocab_size}, the target "
                           f"{target.vocab_size}; a drafter must share the target's vocabulary")
-    return DrafterSpec(kind=kind, graph=graph, model=model, options=options)
+    d2t = d.get("d2t")
+    if d2t is not None and not isinstance(d2t, str):
+        raise BundleError(f"manifest.json: {where}.d2t must be a file name")
+    return DrafterSpec(kind=kind, graph=graph, model=model, options=options, d2t=d2t)
 
 
 def _check_fits_target(spec: DrafterSpec, where: str, model: ModelInfo,

@@ -2,10 +2,12 @@
 
 medusa   hidden [N, d] (the target's final-normed hidden) -> topk_ids / topk_logits [K, N, k]:
          head k's k best tokens; the top-k runs in the graph so only K*k values leave it.
+         With VocabTrim the head has only the kept rows and the ids are mapped back in-graph.
 mtp,     the target graph's contract (input_ids, position_ids, attention_bias, logits_index,
 eagle3   one layer of past/present K/V; logits [1, N, V] and hidden [1, S, d]) plus
          features [1, S, F] and hidden_in [1, S, d]: each row reads fc(features) + hidden_in,
-         so the runtime passes zeros in whichever of the two a row does not use.
+         so the runtime passes zeros in whichever of the two a row does not use. With VocabTrim
+         logits cover the kept tokens only; the bundle's d2t map turns them into target ids.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ def _np(t) -> np.ndarray:
     return t.detach().float().numpy()
 
 
+def _head_rows(m, d2t: np.ndarray | None) -> np.ndarray:
+    """The LM head [V or K, d]: VocabTrim keeps only the rows of the d2t target ids."""
+    w = _np(m.lm_head.weight)
+    return w if d2t is None else w[d2t]
+
+
 def medusa_spec(cfg, file: str, top_k: int) -> GraphSpec:
     out = (cfg.num_heads, "N", top_k)
     return GraphSpec(file=file, kind="plain",
@@ -32,7 +40,7 @@ def medusa_spec(cfg, file: str, top_k: int) -> GraphSpec:
                      kv=None, mask_value=-1e9)
 
 
-def build_medusa_graph(m, file: str, top_k: int):
+def build_medusa_graph(m, file: str, top_k: int, d2t: np.ndarray | None = None):
     cfg = m.cfg
     k_heads, d = cfg.num_heads, cfg.dim
     spec = medusa_spec(cfg, file, top_k)
@@ -46,14 +54,16 @@ def build_medusa_graph(m, file: str, top_k: int):
         y = b.op("Add", b.op("MatMul", x, b.weight(f"block{j}.weight_t", w)),
                  b.weight(f"block{j}.bias", bias))
         x = b.op("Add", x, b.op("Mul", y, b.op("Sigmoid", y)))
-    logits = b.op("MatMul", x, b.weight("lm_head.weight_t", matmul_weight(m.lm_head.weight)))
+    logits = b.op("MatMul", x, b.weight("lm_head.weight_t", _head_rows(m, d2t).T.copy()))
     vals, ids = b.op("TopK", logits, b.const([top_k]), axis=-1, n_out=2)
+    if d2t is not None:  # trimmed rows -> target ids, in the graph
+        ids = b.op("Gather", b.weight("d2t", d2t.astype(np.int64)), ids)
     b.output(vals, "topk_logits", "float32", list(spec.outputs[0].shape))
     b.output(ids, "topk_ids", "int64", list(spec.outputs[1].shape))
     return b.model("edgespec_medusa", "edgespec"), spec
 
 
-def layer_spec(cfg, a: ModelArgs, file: str) -> GraphSpec:
+def layer_spec(cfg, a: ModelArgs, file: str, vocab: int) -> GraphSpec:
     hkv, hd = a.n_kv_heads, a.head_dim
     inputs = (TensorSpec("input_ids", "int64", (1, "S")),
               TensorSpec("features", "float32", (1, "S", cfg.feature_dim)),
@@ -63,7 +73,7 @@ def layer_spec(cfg, a: ModelArgs, file: str) -> GraphSpec:
               TensorSpec("logits_index", "int64", ("N",)),
               TensorSpec(KV.past_key.format(i=0), "float32", (1, hkv, "L", hd)),
               TensorSpec(KV.past_value.format(i=0), "float32", (1, hkv, "L", hd)))
-    outputs = (TensorSpec("logits", "float32", (1, "N", cfg.vocab_size)),
+    outputs = (TensorSpec("logits", "float32", (1, "N", vocab)),
                TensorSpec("hidden", "float32", (1, "S", cfg.dim)),
                TensorSpec(KV.present_key.format(i=0), "float32", (1, hkv, "S", hd)),
                TensorSpec(KV.present_value.format(i=0), "float32", (1, hkv, "S", hd)))
@@ -71,9 +81,12 @@ def layer_spec(cfg, a: ModelArgs, file: str) -> GraphSpec:
                      mask_value=-1e9)
 
 
-def build_layer_graph(m, max_len: int, file: str):
+def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None):
+    """d2t: VocabTrim's kept target ids; logits then cover only those (the runtime maps)."""
     cfg, a = m.cfg, m.args
-    spec = layer_spec(cfg, a, file)
+    head = _head_rows(m, d2t)
+    vocab = head.shape[0]
+    spec = layer_spec(cfg, a, file, vocab)
     b = Builder()
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
@@ -94,9 +107,9 @@ def build_layer_graph(m, max_len: int, file: str):
     hidden = e.rms_norm(x, m.norm.weight, "norm")
     b.output(hidden, "hidden", "float32", [1, "S", cfg.dim])
     rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, cfg.dim]))
-    logits = b.op("Gemm", rows, b.weight("lm_head.weight", _np(m.lm_head.weight)), transB=1)
-    b.output(b.op("Reshape", logits, b.const([1, -1, cfg.vocab_size])), "logits", "float32",
-             [1, "N", cfg.vocab_size])
+    logits = b.op("Gemm", rows, b.weight("lm_head.weight", head), transB=1)
+    b.output(b.op("Reshape", logits, b.const([1, -1, vocab])), "logits", "float32",
+             [1, "N", vocab])
     order = {t.name: j for j, t in enumerate(spec.outputs)}
     b.outputs.sort(key=lambda vi: order[vi.name])
     return b.model("edgespec_layer_drafter", "edgespec"), spec

@@ -14,16 +14,16 @@ from edgespec import __version__
 from edgespec.manifest import (MANIFEST_FILE, DrafterSpec, GraphSpec, Manifest, ModelInfo,
                                TokenizerInfo, load_manifest)
 from edgespec.models.args import ModelArgs
-from edgespec.models.drafters import DrafterConfig, load_drafter
+from edgespec.models.drafters import DrafterConfig
 from edgespec.models.weights import load_transformer, weights_fingerprint
 
 from .bundle import atomic_bundle, save_onnx
-from .drafter_graphs import build_layer_graph, build_medusa_graph
+from .drafter_export import export_trained_drafter
 from .fused_graph import build_fused_graph
 from .quantize import WEIGHT_DTYPES, quantize_int4
 from .target_graph import build_plain_graph, default_feature_layers
 
-from .validate import check_layer_parity, check_medusa_parity, check_parity
+from .validate import check_parity
 
 GRAPH_BUILDERS = {"fused": build_fused_graph, "plain": build_plain_graph}
 
@@ -39,6 +39,8 @@ class ExportOptions:
     weights: str = "fp32"  # "fp32" or "int4" (MatMulNBits, onnxruntime.quantization)
     block_size: int = 32  # int4 quantisation block along the input dim
     drafters: tuple[tuple[str, str | Path], ...] = ()  # (name, trained drafter folder)
+    trim_vocab: int = 0  # VocabTrim every trained drafter's head to this many tokens (0 = off)
+    calibration: str | Path | None = None  # distill data to count tokens in, for trim_vocab
     overwrite: bool = False
     progress: bool = True
 
@@ -91,41 +93,6 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
     info = _model_info(hf_dir, model.args, max_len)
     diff = check_parity(tmp, spec, info, model, int4=int4)
     return dataclasses.replace(spec, parity_max_abs=diff), info
-
-
-MEDUSA_TOP_K = 10  # top tokens per head the graph returns: the deepest rank a tree may use
-
-
-def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str,
-                           target: ModelInfo) -> DrafterSpec:
-    """A trained drafter folder -> tmp/{name}.onnx, parity-checked; its manifest entry."""
-    model = load_transformer(hf_dir, max_len=target.max_len)
-    m = load_drafter(folder, model, target.fingerprint)
-    cfg = m.cfg
-    file = f"{name}.onnx"
-    options = {k: v for k, v in cfg.options.items() if k != "training"}
-    options["target_fingerprint"] = target.fingerprint
-    tau = cfg.options.get("training", {}).get("heldout_chain_tau")
-    if tau is not None:
-        options["heldout_chain_tau"] = tau
-    if cfg.kind == "medusa":
-        proto, spec = build_medusa_graph(m, file, MEDUSA_TOP_K)
-        save_onnx(proto, tmp / file)
-        spec = dataclasses.replace(spec, parity_max_abs=check_medusa_parity(tmp, spec, m))
-        # the tree training grew (best paths first), or the top-1 chain when there is none
-        tree = [p for p in options.get("tree", []) if max(p) < MEDUSA_TOP_K] or [
-            [0] * (i + 1) for i in range(cfg.num_heads)]
-        options.update(top_k=MEDUSA_TOP_K, tree=tree, tree_size=min(len(tree), 16))
-        return DrafterSpec(kind="medusa", graph=spec, options=options)
-    proto, spec = build_layer_graph(m, target.max_len, file)
-    save_onnx(proto, tmp / file)
-    info = dataclasses.replace(target, num_layers=1)
-    spec = dataclasses.replace(spec, parity_max_abs=check_layer_parity(tmp, spec, info, m))
-    options.setdefault("gamma", 4)
-    options["input"] = "features" if cfg.kind == "eagle3" else "hidden"
-    if cfg.kind == "eagle3":
-        options.update(feature_layers=list(cfg.feature_layers), tree_width=4, tree_size=16)
-    return DrafterSpec(kind=cfg.kind, graph=spec, model=info, options=options)
 
 
 def _check_same_tokenizer(target_dir: Path, draft_dir: Path) -> None:
@@ -196,7 +163,8 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
             steps.update()
         for name, folder, _ in trained:
             steps.set_postfix_str(f"{name}: build, onnx checker, parity vs torch")
-            drafters[name] = export_trained_drafter(hf_dir, folder, tmp, name, info)
+            drafters[name] = export_trained_drafter(hf_dir, folder, tmp, name, info,
+                                                    opts.trim_vocab, opts.calibration)
             steps.update()
         shutil.copyfile(tokenizer, tmp / "tokenizer.json")
         manifest = Manifest(model=info, tokenizer=tok, target=spec, drafters=drafters,

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .distill import DistillData
 from .drafters import DrafterConfig, LayerDrafter, build_drafter, save_drafter, trained_state
 from .llama import causal_bias, empty_past
+from .vocab_trim import save_counts, token_counts
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -275,7 +276,8 @@ def train_drafter(cfg: DrafterConfig, target, data: DistillData, out_dir: str | 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _distributed()
-    device = torch.device("cuda", rank % max(torch.cuda.device_count(), 1)) \
+    local = int(os.environ.get("LOCAL_RANK", rank))  # torchrun: this process's GPU
+    device = torch.device("cuda", local % torch.cuda.device_count()) \
         if torch.cuda.is_available() else torch.device("cpu")
     torch.manual_seed(tc.seed)
     target = target.to(device).eval()
@@ -343,6 +345,7 @@ def train_drafter(cfg: DrafterConfig, target, data: DistillData, out_dir: str | 
             report["rank_accuracy"] = acc.round(4).tolist()
         m.cfg = replace(cfg, options={**options, "training": report})
         save_drafter(m, out_dir)
+        save_counts(out_dir, token_counts(data, cfg.vocab_size))  # for VocabTrim at export
         ckpt.unlink(missing_ok=True)
     return report
 

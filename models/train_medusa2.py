@@ -23,6 +23,7 @@ from .drafters import DrafterConfig, MedusaHeads, save_drafter
 from .llama import causal_bias
 from .train import (TrainConfig, TargetTable, greedy_tree, medusa_losses, medusa_rank_accuracy,
                     soft_ce, target_table)
+from .vocab_trim import save_counts, token_counts
 from .weights import save_checkpoint, weights_fingerprint
 
 TARGET_DIR = "target"
@@ -127,4 +128,5 @@ def train_medusa2(cfg: DrafterConfig, target, src_dir: str | Path, data: Distill
     heads.cfg = replace(cfg, target_fingerprint=weights_fingerprint(new_target),
                         options={**cfg.options, "tree": greedy_tree(acc, 64), "training": report})
     save_drafter(heads, out_dir)
+    save_counts(out_dir, token_counts(data, cfg.vocab_size))
     return report

@@ -24,8 +24,8 @@ def log_softmax(row: np.ndarray) -> np.ndarray:
 
 def grow_tree(root: int, root_logits: np.ndarray, root_payload, depth: int, width: int,
               budget: int, base: int, mask_value: float,
-              feed: Callable[[int, np.ndarray, np.ndarray, list], tuple[np.ndarray, list]]
-              ) -> DraftTree:
+              feed: Callable[[int, np.ndarray, np.ndarray, list], tuple[np.ndarray, list]],
+              d2t: np.ndarray | None = None) -> DraftTree:
     """feed(d, tokens [k], bias [1, 1, k, base + fed + k], parent payloads) feeds the depth-d
     frontier after `base` cached rows (the drafter then holds their K/V after those fed before)
     and returns their logits [k, V] and per-node payloads (e.g. hidden states). The caller
@@ -40,7 +40,7 @@ def grow_tree(root: int, root_logits: np.ndarray, root_payload, depth: int, widt
         for j, node in enumerate(frontier):
             lp = log_softmax(logits[j])
             for t in np.argpartition(-lp, width)[:width]:
-                cands.append((score[node] + lp[t], node, int(t)))
+                cands.append((score[node] + lp[t], node, int(t if d2t is None else d2t[t])))
         cands.sort(key=lambda c: -c[0])
         frontier = []
         for rank, (s, parent, t) in enumerate(cands):

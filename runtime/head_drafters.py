@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgespec.manifest import DrafterSpec, safe_path
+from edgespec.manifest import BundleError, DrafterSpec, safe_path
 from edgespec.masks import causal_bias
 from edgespec.sampling import SamplingParams, probabilities
 from edgespec.tree import DraftTree, static_tree
@@ -32,6 +32,20 @@ def _quiet(config: SessionConfig, threads: int | None = None) -> SessionConfig:
     return dataclasses.replace(config, threads=config.threads if threads is None else threads,
                                extra_options={**config.extra_options,
                                               "session.intra_op.allow_spinning": "0"})
+
+
+def load_d2t(bundle_dir, spec: DrafterSpec, vocab: int, width: int) -> np.ndarray | None:
+    """A VocabTrim map: int64 [K] target ids, one per logit column (no pickle, checked)."""
+    if spec.d2t is None:
+        return None
+    try:
+        d2t = np.load(safe_path(bundle_dir, spec.d2t), allow_pickle=False)
+    except ValueError as e:
+        raise BundleError(f"{spec.d2t} is not a plain .npy array ({e}); re-export") from e
+    if d2t.dtype != np.int64 or d2t.shape != (width,) or d2t.min() < 0 or d2t.max() >= vocab:
+        raise BundleError(f"{spec.d2t} must hold {width} int64 target ids in [0, {vocab}) (got "
+                          f"{d2t.dtype} {d2t.shape}); re-export the bundle")
+    return d2t
 
 
 @dataclass
@@ -108,6 +122,9 @@ class LayerDrafter:
             raise ValueError(f"{self.name} needs gamma, width and tree_size >= 1")
         shapes = {t.name: t.shape for t in spec.graph.inputs}
         self.feature_dim, self.dim = shapes["features"][2], shapes["hidden_in"][2]
+        self.vocab = spec.model.vocab_size
+        width = next(t.shape[-1] for t in spec.graph.outputs if t.name == "logits")
+        self.d2t = load_d2t(bundle_dir, spec, self.vocab, width)  # None: columns = target ids
         self.session = create_session(str(safe_path(bundle_dir, spec.graph.file)),
                                       _quiet(config, threads=1))
 
@@ -162,18 +179,21 @@ class LayerDrafter:
                 return lg, list(hd)
 
             tree = grow_tree(tokens[-1], logits[-1], hidden[-1], depth, self.width,
-                             self.tree_size, base, mask, feed)
+                             self.tree_size, base, mask, feed, self.d2t)
             kv.truncate(base)
             return tree
         draft, probs = [], []
         row, h = logits[-1], hidden[-1:]
+        ids = np.arange(self.vocab) if self.d2t is None else self.d2t  # column -> target id
         for step in range(depth):
             if sampling.greedy:
-                draft.append(int(np.argmax(row)))
+                draft.append(int(ids[np.argmax(row)]))
             else:
-                q = probabilities(row, sampling)  # q: [V], what the token is drawn from
-                draft.append(int(rng.choice(len(q), p=q)))
-                probs.append(q)
+                q = probabilities(row, sampling)  # q over the columns: what the token is drawn from
+                draft.append(int(ids[rng.choice(len(q), p=q)]))
+                full = np.zeros(self.vocab, np.float64)
+                full[ids] = q  # zero outside a trimmed vocabulary: accept_sample stays lossless
+                probs.append(full)
             if step + 1 < depth:
                 pos = m + step
                 lg, h = self._run(st, [draft[-1]], [pos], causal_bias(kv.length, 1, mask), None, h)

@@ -35,6 +35,9 @@ class TargetRunner:
         self.session, self.spec, self.model, self.kv = session, spec, model, kv
         self.out_names = [t.name for t in spec.outputs]
         self.has_features = "features" in self.out_names
+        # the vocabulary, or the kept tokens of a VocabTrim-ed drafter head
+        width = next(t.shape[-1] for t in spec.outputs if t.name == "logits")
+        self.logits_width = width if isinstance(width, int) else model.vocab_size
         # "in_graph": the graph writes new K/V into the bound buffers itself (fused GQA)
         self.in_place = spec.kv.update == "in_graph"
         self._bindings: OrderedDict[tuple[int, int], tuple] = OrderedDict()
@@ -53,7 +56,7 @@ class TargetRunner:
             self._bindings.move_to_end(key)  # least recently used shapes go first
             return self._bindings[key]
         m = self.model
-        shapes = {"logits": (1, n, m.vocab_size), "hidden": (1, s, m.hidden_size)}
+        shapes = {"logits": (1, n, self.logits_width), "hidden": (1, s, m.hidden_size)}
         if self.has_features:
             shapes["features"] = (1, s, len(self.spec.feature_layers) * m.hidden_size)
         kv_shape = (1, m.num_kv_heads, s, m.head_dim)

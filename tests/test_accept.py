@@ -301,3 +301,26 @@ def test_bad_shapes_and_tokens_raise():
 def test_children():
     assert children(TREE) == [[1, 2, 3], [4, 5], [], [], [6], [], []]
     assert children(np.array([-1])) == [[]]
+
+
+@pytest.mark.parametrize("shape", ["chain", "tree"])
+def test_sample_with_a_trimmed_draft_vocabulary_is_lossless(shape, monkeypatch):
+    """VocabTrim: the draft distribution is zero outside the kept tokens (3 of V = 4 here);
+    the target's output distribution must be untouched, the dropped token included."""
+    import sys
+
+    mod = sys.modules[__name__]
+    full = drafter.__wrapped__
+
+    def trimmed(prefix):
+        q = full(prefix).copy()
+        q[V - 1] = 0.0
+        return q / q.sum()
+
+    monkeypatch.setattr(mod, "drafter", lru_cache(maxsize=None)(trimmed))
+    monkeypatch.setattr(mod, "drafter_cdf",
+                        lru_cache(maxsize=None)(lambda p: np.cumsum(mod.drafter(p))))
+    parents = {"chain": CHAIN, "tree": TREE}[shape]
+    got, want = simulate(accept_sample, parents, seed=11), exact_pairs()
+    assert got[V - 1].sum() > 0.05  # the token the draft can never propose still comes out
+    assert tv(got.sum(1), want.sum(1)) < TV_BOUND and tv(got, want) < TV_BOUND

@@ -207,3 +207,47 @@ def test_checkpoint_round_trip_resumes_weights_and_optimizer(tiny_dirs, tmp_path
     p1 = [p for p in m.parameters() if p.requires_grad][0]
     p2 = [p for p in m2.parameters() if p.requires_grad][0]
     assert torch.equal(opt.state[p1]["exp_avg"], opt2.state[p2]["exp_avg"])
+
+
+@pytest.fixture(scope="module")
+def trimmed_bundle(tiny_dirs, trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trim") / "b"
+    export_bundle(tiny_dirs["llama"], out, ExportOptions(
+        max_len=64, progress=False, trim_vocab=40,
+        drafters=tuple((k, trained[k][1]) for k in KINDS)))
+    return out
+
+
+def test_vocab_trim_shrinks_heads_and_stays_lossless(trimmed_bundle):
+    model = Model(trimmed_bundle)
+    specs = model.manifest.drafters
+    assert all(specs[k].options["trim_vocab"] == 40 for k in KINDS)
+    assert specs["mtp"].d2t == "mtp.d2t.npy" and specs["eagle3"].graph.outputs[0].shape[-1] == 40
+    d2t = np.load(trimmed_bundle / "eagle3.d2t.npy", allow_pickle=False)
+    params = GenerationParams(max_new_tokens=24, stop_on_eos=False)
+    for name, width in (("medusa", None), ("mtp", 1), ("eagle3", 3)):
+        drafter = model.drafter(name, width=width)
+        for prompt in ([5, 9, 11], [7]):
+            ref, gen = Generator(model, params), Generator(model, params, drafter)
+            for g in (ref, gen):
+                g.append_tokens(prompt)
+                while not g.is_done():
+                    g.step()
+            assert gen.tokens == ref.tokens
+            tree = drafter.propose(gen.draft_state, gen.tokens, params.sampling, gen.rng)
+            assert set(tree.tokens[1:].tolist()) <= set(d2t.tolist())  # drafts: kept ids only
+
+
+def test_a_d2t_map_out_of_range_is_refused(trimmed_bundle, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trimmed_bundle, bad)
+    d2t = np.load(bad / "mtp.d2t.npy")
+    d2t[3] = 10_000
+    np.save(bad / "mtp.d2t.npy", d2t)
+    with pytest.raises(BundleError, match="int64 target ids"):
+        Model(bad).drafter("mtp")
+    np.save(bad / "mtp.d2t.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(BundleError, match="plain .npy"):
+        Model(bad).drafter("mtp")

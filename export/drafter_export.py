@@ -1,0 +1,75 @@
+"""A trained drafter folder -> its ONNX graph in the bundle (parity-checked) and manifest entry,
+with VocabTrim applied to its head when asked."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from edgespec.manifest import DrafterSpec, ModelInfo
+from edgespec.models.drafters import load_drafter
+from edgespec.models.weights import load_transformer
+
+from .bundle import save_onnx
+from .drafter_graphs import build_layer_graph, build_medusa_graph
+from .validate import check_layer_parity, check_medusa_parity
+
+MEDUSA_TOP_K = 10  # top tokens per head the graph returns: the deepest rank a tree may use
+
+
+def trim_map(folder: Path, k: int, calibration, vocab: int) -> tuple[np.ndarray, float]:
+    """d2t for VocabTrim from the token counts saved beside the drafter or from `calibration`
+    (self-distillation data); returns it and the share of generated tokens it covers."""
+    from edgespec.models.distill import load_data
+    from edgespec.models.vocab_trim import coverage, load_counts, token_counts, trim_ids
+
+    counts = token_counts(load_data(calibration), vocab) if calibration else load_counts(folder)
+    if counts is None:
+        raise ValueError(f"--trim-vocab needs token counts: {folder} has none; pass "
+                         "--calibration DATA.safetensors (from `edgespec distill`)")
+    d2t = trim_ids(counts, k)
+    return d2t, coverage(counts, d2t)
+
+
+def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, target: ModelInfo,
+                           trim_vocab: int = 0, calibration=None) -> DrafterSpec:
+    """tmp/{name}.onnx (and tmp/{name}.d2t.npy when trimmed) -> the drafter's manifest entry."""
+    model = load_transformer(hf_dir, max_len=target.max_len)
+    m = load_drafter(folder, model, target.fingerprint)
+    cfg = m.cfg
+    file = f"{name}.onnx"
+    options = {k: v for k, v in cfg.options.items() if k != "training"}
+    options["target_fingerprint"] = target.fingerprint
+    tau = cfg.options.get("training", {}).get("heldout_chain_tau")
+    if tau is not None:
+        options["heldout_chain_tau"] = tau
+    d2t = None
+    if trim_vocab and trim_vocab < target.vocab_size:
+        d2t, cover = trim_map(folder, trim_vocab, calibration, target.vocab_size)
+        options.update(trim_vocab=trim_vocab, trim_coverage=round(cover, 4))
+    if cfg.kind == "medusa":
+        proto, spec = build_medusa_graph(m, file, MEDUSA_TOP_K, d2t)
+        save_onnx(proto, tmp / file)
+        spec = dataclasses.replace(spec, parity_max_abs=check_medusa_parity(tmp, spec, m,
+                                                                            d2t=d2t))
+        # the tree training grew (best paths first), or the top-1 chain when there is none
+        tree = [p for p in options.get("tree", []) if max(p) < MEDUSA_TOP_K] or [
+            [0] * (i + 1) for i in range(cfg.num_heads)]
+        options.update(top_k=MEDUSA_TOP_K, tree=tree, tree_size=min(len(tree), 16))
+        return DrafterSpec(kind="medusa", graph=spec, options=options)  # d2t is in the graph
+    proto, spec = build_layer_graph(m, target.max_len, file, d2t)
+    save_onnx(proto, tmp / file)
+    info = dataclasses.replace(target, num_layers=1)
+    spec = dataclasses.replace(spec, parity_max_abs=check_layer_parity(tmp, spec, info, m,
+                                                                       d2t=d2t))
+    d2t_file = None
+    if d2t is not None:
+        d2t_file = f"{name}.d2t.npy"
+        np.save(tmp / d2t_file, d2t.astype(np.int64), allow_pickle=False)
+    options.setdefault("gamma", 4)
+    options["input"] = "features" if cfg.kind == "eagle3" else "hidden"
+    if cfg.kind == "eagle3":
+        options.update(feature_layers=list(cfg.feature_layers), tree_width=4, tree_size=16)
+    return DrafterSpec(kind=cfg.kind, graph=spec, model=info, options=options, d2t=d2t_file)
