@@ -50,6 +50,7 @@ def cmd_export(ns) -> int:
                                                     drafters=tuple(trained),
                                                     trim_vocab=ns.trim_vocab,
                                                     calibration=ns.calibration,
+                                                    head_rank=ns.head_rank,
                                                     overwrite=ns.overwrite))
     print(f"wrote {ns.out}: {m.model.architecture}, {m.target.kind} graph, "
           f"{m.model.num_layers} layers, vocab "
@@ -242,9 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--trim-vocab", type=int, default=0, metavar="K",
                    help="VocabTrim: trained drafters' heads keep the K tokens the target "
                         "generates most often (0 = full vocabulary)")
+    e.add_argument("--head-rank", type=int, default=0, metavar="R",
+                   help="SlimSpec: trained drafters' LM heads become d -> R -> V (or K), SVD "
+                        "initialised and distilled on --calibration data (0 = full rank)")
     e.add_argument("--calibration", default=None,
-                   help="distill data to count tokens in for --trim-vocab (default: the counts "
-                        "saved beside each drafter by `edgespec train`)")
+                   help="distill data: token counts for --trim-vocab (default: the counts saved "
+                        "beside each drafter by `edgespec train`), head inputs for --head-rank")
     e.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     e.set_defaults(fn=cmd_export)
 

@@ -33,9 +33,28 @@ def trim_map(folder: Path, k: int, calibration, vocab: int) -> tuple[np.ndarray,
     return d2t, coverage(counts, d2t)
 
 
+def low_rank(m, target_model, k: int, calibration, d2t: np.ndarray | None) -> dict:
+    """SlimSpec: swap m's head for a distilled rank-k one (in place); returns its KL report."""
+    import torch
+
+    from edgespec.models.distill import load_data
+    from edgespec.models.low_rank import drafter_head_inputs, fit_low_rank_head
+
+    if calibration is None:
+        raise ValueError("--head-rank distils the low-rank head on the drafter's own inputs: "
+                         "pass --calibration DATA.safetensors (from `edgespec distill`)")
+    inputs = drafter_head_inputs(m, target_model, load_data(calibration))
+    head, report = fit_low_rank_head(m.lm_head.weight.detach(), inputs, k,
+                                     None if d2t is None else torch.from_numpy(d2t))
+    m.lm_head = head
+    return report
+
+
 def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, target: ModelInfo,
-                           trim_vocab: int = 0, calibration=None) -> DrafterSpec:
-    """tmp/{name}.onnx (and tmp/{name}.d2t.npy when trimmed) -> the drafter's manifest entry."""
+                           trim_vocab: int = 0, calibration=None,
+                           head_rank: int = 0) -> DrafterSpec:
+    """tmp/{name}.onnx (and tmp/{name}.d2t.npy when trimmed) -> the drafter's manifest entry;
+    trim_vocab: VocabTrim to that many tokens; head_rank: SlimSpec low-rank head."""
     model = load_transformer(hf_dir, max_len=target.max_len)
     m = load_drafter(folder, model, target.fingerprint)
     cfg = m.cfg
@@ -49,6 +68,8 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
     if trim_vocab and trim_vocab < target.vocab_size:
         d2t, cover = trim_map(folder, trim_vocab, calibration, target.vocab_size)
         options.update(trim_vocab=trim_vocab, trim_coverage=round(cover, 4))
+    if head_rank:
+        options.update(low_rank(m, model, head_rank, calibration, d2t))
     if cfg.kind == "medusa":
         proto, spec = build_medusa_graph(m, file, MEDUSA_TOP_K, d2t)
         save_onnx(proto, tmp / file)

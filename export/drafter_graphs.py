@@ -16,6 +16,7 @@ import numpy as np
 
 from edgespec.manifest import GraphSpec, TensorSpec
 from edgespec.models.args import ModelArgs
+from edgespec.models.low_rank import LowRankHead
 
 from .onnx_builder import Builder
 from .target_graph import KV, _Emitter, matmul_weight
@@ -25,10 +26,23 @@ def _np(t) -> np.ndarray:
     return t.detach().float().numpy()
 
 
-def _head_rows(m, d2t: np.ndarray | None) -> np.ndarray:
-    """The LM head [V or K, d]: VocabTrim keeps only the rows of the d2t target ids."""
-    w = _np(m.lm_head.weight)
-    return w if d2t is None else w[d2t]
+def _emit_head(b: Builder, x: str, m, d2t: np.ndarray | None, gemm: bool = False
+               ) -> tuple[str, int]:
+    """logits of x over the head's columns (V, or the K kept by VocabTrim): one product, or
+    SlimSpec's two (d -> r -> V|K). gemm: x is [N, d] and Gemm with transB reads the weights
+    as stored (measured faster than MatMul at one row). Returns the value and its width."""
+    head = m.lm_head
+    if isinstance(head, LowRankHead):  # b rows were fit on the kept columns already
+        mats = [_np(head.a.weight), _np(head.b.weight)]  # [r, d], [V or K, r]
+        names = ["lm_head.a", "lm_head.b"]
+    else:
+        w = _np(head.weight)
+        mats = [w if d2t is None else w[d2t]]  # VocabTrim keeps the rows of the d2t ids
+        names = ["lm_head.weight"]
+    for w, name in zip(mats, names):
+        x = (b.op("Gemm", x, b.weight(name, w), transB=1) if gemm else
+             b.op("MatMul", x, b.weight(f"{name}_t", w.T.copy())))
+    return x, mats[-1].shape[0]
 
 
 def medusa_spec(cfg, file: str, top_k: int) -> GraphSpec:
@@ -54,7 +68,7 @@ def build_medusa_graph(m, file: str, top_k: int, d2t: np.ndarray | None = None):
         y = b.op("Add", b.op("MatMul", x, b.weight(f"block{j}.weight_t", w)),
                  b.weight(f"block{j}.bias", bias))
         x = b.op("Add", x, b.op("Mul", y, b.op("Sigmoid", y)))
-    logits = b.op("MatMul", x, b.weight("lm_head.weight_t", _head_rows(m, d2t).T.copy()))
+    logits, _ = _emit_head(b, x, m, d2t)
     vals, ids = b.op("TopK", logits, b.const([top_k]), axis=-1, n_out=2)
     if d2t is not None:  # trimmed rows -> target ids, in the graph
         ids = b.op("Gather", b.weight("d2t", d2t.astype(np.int64)), ids)
@@ -84,8 +98,7 @@ def layer_spec(cfg, a: ModelArgs, file: str, vocab: int) -> GraphSpec:
 def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None):
     """d2t: VocabTrim's kept target ids; logits then cover only those (the runtime maps)."""
     cfg, a = m.cfg, m.args
-    head = _head_rows(m, d2t)
-    vocab = head.shape[0]
+    vocab = len(d2t) if d2t is not None else cfg.vocab_size
     spec = layer_spec(cfg, a, file, vocab)
     b = Builder()
     for t in spec.inputs:
@@ -107,7 +120,7 @@ def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None)
     hidden = e.rms_norm(x, m.norm.weight, "norm")
     b.output(hidden, "hidden", "float32", [1, "S", cfg.dim])
     rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, cfg.dim]))
-    logits = b.op("Gemm", rows, b.weight("lm_head.weight", head), transB=1)
+    logits, _ = _emit_head(b, rows, m, d2t, gemm=True)
     b.output(b.op("Reshape", logits, b.const([1, -1, vocab])), "logits", "float32",
              [1, "N", vocab])
     order = {t.name: j for j, t in enumerate(spec.outputs)}

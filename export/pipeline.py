@@ -40,7 +40,8 @@ class ExportOptions:
     block_size: int = 32  # int4 quantisation block along the input dim
     drafters: tuple[tuple[str, str | Path], ...] = ()  # (name, trained drafter folder)
     trim_vocab: int = 0  # VocabTrim every trained drafter's head to this many tokens (0 = off)
-    calibration: str | Path | None = None  # distill data to count tokens in, for trim_vocab
+    calibration: str | Path | None = None  # distill data for trim_vocab / head_rank
+    head_rank: int = 0  # SlimSpec: trained drafters' heads factored d -> r -> V|K (0 = off)
     overwrite: bool = False
     progress: bool = True
 
@@ -164,7 +165,8 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
         for name, folder, _ in trained:
             steps.set_postfix_str(f"{name}: build, onnx checker, parity vs torch")
             drafters[name] = export_trained_drafter(hf_dir, folder, tmp, name, info,
-                                                    opts.trim_vocab, opts.calibration)
+                                                    opts.trim_vocab, opts.calibration,
+                                                    opts.head_rank)
             steps.update()
         shutil.copyfile(tokenizer, tmp / "tokenizer.json")
         manifest = Manifest(model=info, tokenizer=tok, target=spec, drafters=drafters,

@@ -251,3 +251,48 @@ def test_a_d2t_map_out_of_range_is_refused(trimmed_bundle, tmp_path):
     np.save(bad / "mtp.d2t.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(BundleError, match="plain .npy"):
         Model(bad).drafter("mtp")
+
+
+def test_low_rank_heads_fold_into_onnx_and_stay_lossless(tiny_dirs, trained, tmp_path):
+    from edgespec.models.distill import save_data
+
+    hf = tiny_dirs["llama"]
+    rng = np.random.default_rng(5)
+    from edgespec.export.pipeline import ExportOptions as Opts
+
+    base = tmp_path / "base"
+    export_bundle(hf, base, Opts(max_len=64, progress=False))
+    data = generate_data(Model(base), [rng.integers(3, 300, 6).tolist() for _ in range(8)], 16)
+    save_data(data, tmp_path / "cal.safetensors")
+    for trim in (0, 40):
+        out = tmp_path / f"lr{trim}"
+        export_bundle(hf, out, Opts(max_len=64, progress=False, head_rank=8, trim_vocab=trim,
+                                    calibration=tmp_path / "cal.safetensors",
+                                    drafters=tuple((k, trained[k][1]) for k in KINDS)))
+        m = Model(out)
+        for k in KINDS:
+            o = m.manifest.drafters[k].options
+            assert o["head_rank"] == 8 and o["kl_distilled"] <= o["kl_svd"]
+        params = GenerationParams(max_new_tokens=16, stop_on_eos=False)
+        for name in KINDS:
+            ref, gen = Generator(m, params), Generator(m, params, m.drafter(name))
+            for g in (ref, gen):
+                g.append_tokens([8, 3, 21])
+                while not g.is_done():
+                    g.step()
+            assert gen.tokens == ref.tokens
+
+
+def test_svd_init_is_the_best_low_rank_factorisation():
+    from edgespec.models.low_rank import LowRankHead, svd_init
+
+    torch.manual_seed(0)
+    w = torch.randn(50, 4) @ torch.randn(4, 16)  # rank 4
+    a, b = svd_init(w, 4)
+    assert torch.allclose(b @ a, w, atol=1e-4)
+    a2, b2 = svd_init(w, 2)
+    assert (b2 @ a2 - w).norm() < w.norm()
+    d2t = torch.tensor([3, 7, 9])
+    head = LowRankHead(*svd_init(w[d2t], 2), vocab=50, d2t=d2t)
+    y = head(torch.randn(2, 16))
+    assert y.shape == (2, 50) and torch.isinf(y[:, 0]).all() and torch.isfinite(y[:, d2t]).all()

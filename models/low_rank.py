@@ -1,0 +1,105 @@
+"""SlimSpec: a drafter's LM head W [V, d] replaced by d -> r -> V (or -> K with VocabTrim),
+initialised by truncated SVD of W, then distilled on the drafter's own head inputs (KL to the
+full head's distribution over the same columns)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LowRankHead(nn.Module):
+    """x -> B(A(x)): A [r, d], B [K, r] over the kept columns `d2t` (all V when None). Its
+    output spans all V columns, -inf outside the kept ones, so it drops in for the full head."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, vocab: int,
+                 d2t: torch.Tensor | None = None):
+        super().__init__()
+        self.a = nn.Linear(a.shape[1], a.shape[0], bias=False)
+        self.b = nn.Linear(b.shape[1], b.shape[0], bias=False)
+        with torch.no_grad():
+            self.a.weight.copy_(a)
+            self.b.weight.copy_(b)
+        self.vocab = vocab
+        self.register_buffer("d2t", d2t, persistent=False)
+
+    @property
+    def rank(self) -> int:
+        return self.a.weight.shape[0]
+
+    def forward(self, x):
+        y = self.b(self.a(x))
+        if self.d2t is None:
+            return y
+        full = y.new_full((*y.shape[:-1], self.vocab), float("-inf"))
+        full[..., self.d2t] = y
+        return full
+
+
+def svd_init(w: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-r factors of w [V, d]: A [r, d], B [V, r] with B @ A ~ w (sqrt(S) on each)."""
+    u, s, vt = torch.linalg.svd(w.float(), full_matrices=False)
+    root = s[:r].sqrt()
+    return root[:, None] * vt[:r], u[:, :r] * root[None]
+
+
+def fit_low_rank_head(w: torch.Tensor, inputs: torch.Tensor, r: int,
+                      d2t: torch.Tensor | None = None, steps: int = 300, lr: float = 2e-3,
+                      batch: int = 512, seed: int = 0) -> tuple[LowRankHead, dict]:
+    """w [V, d] the full head; inputs [N, d] what the drafter feeds it. Returns the head and
+    the mean KL(full || low rank) on the inputs before and after distillation."""
+    if not 0 < r < min(w.shape):
+        raise ValueError(f"--head-rank must be in 1..{min(w.shape) - 1}, got {r}")
+    rows = w if d2t is None else w[d2t]  # the columns the drafter may propose
+    a, b = svd_init(rows, r)
+    head = LowRankHead(a, b, w.shape[0], d2t)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+
+    def kl(x):
+        with torch.no_grad():
+            p = torch.log_softmax(x @ rows.T, -1)
+        q = torch.log_softmax(head.b(head.a(x)), -1)
+        return (p.exp() * (p - q)).sum(-1).mean()
+
+    probe = inputs[torch.randperm(len(inputs), generator=gen)[:2048]]
+    with torch.no_grad():
+        before = float(kl(probe))
+    for _ in range(steps):
+        loss = kl(inputs[torch.randint(len(inputs), (batch,), generator=gen)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(kl(probe))
+    return head.eval(), {"head_rank": r, "kl_svd": round(before, 4),
+                         "kl_distilled": round(after, 4)}
+
+
+@torch.no_grad()
+def drafter_head_inputs(m, target, data, max_sequences: int = 128) -> torch.Tensor:
+    """[N, d]: what the drafter's LM head reads on (the first) self-distillation sequences:
+    each Medusa head's block output, or a layer drafter's hidden reading target features."""
+    from .distill import DistillData
+    from .drafters import LayerDrafter
+    from .llama import causal_bias
+    from .train import target_table
+
+    n = min(len(data), max_sequences)
+    data = DistillData(data.tokens[: data.offsets[n]], data.offsets[: n + 1],
+                       data.prompt_lengths[:n], data.meta)
+    table = target_table(target, data, m.cfg.kind, m.cfg.feature_layers, 1)
+    out = []
+    for i in range(n):
+        t = int(table.lengths[i])
+        x = table.inputs[i, :t].float()
+        if isinstance(m, LayerDrafter):  # rows 1..t-1 read the target output of the row before
+            a = m.args
+            zero = torch.zeros(1, a.n_kv_heads, 0, a.head_dim)
+            _, hidden, _ = m(table.tokens[i, 1:t][None], x[None, :-1],
+                             torch.zeros(1, t - 1, m.cfg.dim), torch.arange(1, t)[None],
+                             causal_bias(0, t - 1), (zero, zero))
+            out.append(hidden[0])
+        else:
+            out.extend(h(x) for h in m.heads)
+    return torch.cat(out)
