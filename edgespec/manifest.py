@@ -60,6 +60,7 @@ class GraphSpec:
     parity_max_abs: float | None = None  # max |logit diff| vs torch measured at export
     external_data: str | None = None  # weights file beside the graph (graphs over 2 GB)
     weights: str = "fp32"  # "fp32" or "int4" (MatMulNBits); activations are always float32
+    bytes_read: int | None = None  # weight bytes one forward reads (embedding rows excluded)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,12 @@ def _kv(d: dict, where: str, need_kv: bool) -> KVSpec | None:
     return kv_spec
 
 
+def _optional_int(v: Any, where: str) -> int | None:
+    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+        raise BundleError(f"manifest.json: {where} must be a non-negative integer")
+    return v
+
+
 def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
     kv_spec = _kv(d, where, need_kv)
     if d.get("kind") not in ("plain", "fused"):
@@ -192,6 +199,7 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
         parity_max_abs=None if parity is None else float(parity),
         external_data=d.get("external_data"),
         weights=str(d.get("weights", "fp32")),
+        bytes_read=_optional_int(d.get("bytes_read"), f"{where}.bytes_read"),
     )
 
 

@@ -40,6 +40,18 @@ def atomic_bundle(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bytes_read(model: onnx.ModelProto) -> int:
+    """Weight bytes one forward reads: every initializer, except tables only ever indexed by a
+    Gather (embeddings, rope tables), of which a forward reads a few rows."""
+    uses: dict[str, set] = {}
+    for node in model.graph.node:
+        for j, name in enumerate(node.input):
+            uses.setdefault(name, set()).add("gather" if node.op_type == "Gather" and j == 0
+                                              else "other")
+    return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer
+               if uses.get(t.name, {"other"}) != {"gather"})
+
+
 def save_onnx(model: onnx.ModelProto, path: Path) -> str | None:
     """Save and run the onnx checker; above 2 GB the weights go to one file beside the graph,
     whose name is returned."""

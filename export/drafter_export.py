@@ -12,7 +12,7 @@ from edgespec.manifest import DrafterSpec, ModelInfo
 from edgespec.models.drafters import load_drafter
 from edgespec.models.weights import load_transformer
 
-from .bundle import save_onnx
+from .bundle import bytes_read, save_onnx
 from .drafter_graphs import build_layer_graph, build_medusa_graph
 from .validate import check_layer_parity, check_medusa_parity
 
@@ -74,7 +74,8 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
         proto, spec = build_medusa_graph(m, file, MEDUSA_TOP_K, d2t)
         save_onnx(proto, tmp / file)
         spec = dataclasses.replace(spec, parity_max_abs=check_medusa_parity(tmp, spec, m,
-                                                                            d2t=d2t))
+                                                                            d2t=d2t),
+                                   bytes_read=bytes_read(proto))
         # the tree training grew (best paths first), or the top-1 chain when there is none
         tree = [p for p in options.get("tree", []) if max(p) < MEDUSA_TOP_K] or [
             [0] * (i + 1) for i in range(cfg.num_heads)]
@@ -84,7 +85,8 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
     save_onnx(proto, tmp / file)
     info = dataclasses.replace(target, num_layers=1)
     spec = dataclasses.replace(spec, parity_max_abs=check_layer_parity(tmp, spec, info, m,
-                                                                       d2t=d2t))
+                                                                       d2t=d2t),
+                               bytes_read=bytes_read(proto))
     d2t_file = None
     if d2t is not None:
         d2t_file = f"{name}.d2t.npy"

@@ -17,7 +17,7 @@ from edgespec.models.args import ModelArgs
 from edgespec.models.drafters import DrafterConfig
 from edgespec.models.weights import load_transformer, weights_fingerprint
 
-from .bundle import atomic_bundle, save_onnx
+from .bundle import atomic_bundle, bytes_read, save_onnx
 from .drafter_export import export_trained_drafter
 from .fused_graph import build_fused_graph
 from .quantize import WEIGHT_DTYPES, quantize_int4
@@ -88,7 +88,7 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
     proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4)
     if int4:
         proto = quantize_int4(proto, opts.block_size)
-    spec = dataclasses.replace(spec, weights=opts.weights,
+    spec = dataclasses.replace(spec, weights=opts.weights, bytes_read=bytes_read(proto),
                                external_data=save_onnx(proto, tmp / file))
     del proto
     info = _model_info(hf_dir, model.args, max_len)

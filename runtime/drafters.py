@@ -28,6 +28,7 @@ class NgramDrafter:
     propose what followed it. Up to `branches` different continuations become a tree (a trie)."""
 
     name = "ngram"
+    forwards_per_step = 0  # no network: MBSU counts no draft bytes
 
     def __init__(self, gamma: int = 4, max_n: int = 4, min_n: int = 1, branches: int = 1):
         if gamma < 1 or not 1 <= min_n <= max_n or branches < 1:
@@ -94,6 +95,10 @@ class DraftModelDrafter:
     """
 
     name = "draft_model"
+
+    @property
+    def forwards_per_step(self) -> int:  # the catch-up feed, then one per further depth
+        return self.gamma
 
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, gamma: int = 4,
                  width: int = 1):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .generator import GenerationParams, Generator
+from .mbsu import draft_cost
 from .model import Model
 
 
@@ -18,6 +19,8 @@ class EvalSummary:
     new_tokens: int
     target_forwards: int
     seconds: float
+    mbsu: float | None = None  # token-weighted mean over the rows
+
 
     @property
     def tokens_per_second(self) -> float:
@@ -30,7 +33,8 @@ class EvalSummary:
     def line(self) -> str:
         return (f"eval: {self.prompts} prompts, {self.new_tokens} new tokens in "
                 f"{self.seconds:.2f} s: {self.tokens_per_second:.1f} tokens/s, "
-                f"{self.tokens_per_forward:.2f} tokens per target forward")
+                f"{self.tokens_per_forward:.2f} tokens per target forward"
+                + (f", MBSU {self.mbsu:.2f}" if self.mbsu is not None else ""))
 
 
 def read_prompts(path: str | Path) -> list[dict]:
@@ -65,6 +69,9 @@ def run_eval(model: Model, rows: list[dict], params: GenerationParams,
         seconds = time.perf_counter() - t
         out = gen.new_tokens
         st = gen.stats
+        tau = len(out) / max(st.target_forwards, 1)
+        # the context the forwards read on average: the prompt and half the new tokens
+        cost = draft_cost(model.manifest, drafter, draft, st.prompt_tokens + len(out) / 2)
         yield {"id": row["id"], "output_ids": out, "text": model.tokenizer.decode(out),
                "new_tokens": len(out), "prompt_tokens": st.prompt_tokens,
                "target_forwards": st.target_forwards, "seconds": round(seconds, 6),
@@ -72,11 +79,18 @@ def run_eval(model: Model, rows: list[dict], params: GenerationParams,
                "ttft_seconds": round(st.first_token_seconds or 0.0, 6),
                "drafter": drafter or "none",
                "accepted_lengths": st.accepted_lengths,
-               "mean_accepted": round(len(out) / max(st.target_forwards, 1), 4),
+               "mean_accepted": round(tau, 4),
+               "draft_cost": None if cost is None else round(cost, 5),
+               "mbsu": None if cost is None else round(tau / (1 + cost), 4),
                "stop_reason": gen.stop_reason}
 
 
 def summarize(results: list[dict]) -> EvalSummary:
-    return EvalSummary(prompts=len(results), new_tokens=sum(r["new_tokens"] for r in results),
-                       target_forwards=sum(r["target_forwards"] for r in results),
-                       seconds=sum(r["seconds"] for r in results))
+    new = sum(r["new_tokens"] for r in results)
+    forwards = sum(r["target_forwards"] for r in results)
+    mbsu = None
+    if forwards and all(r.get("draft_cost") is not None for r in results):
+        cost = sum(r["draft_cost"] * r["target_forwards"] for r in results) / forwards
+        mbsu = new / forwards / (1 + cost)  # overall tau over the forward-weighted draft cost
+    return EvalSummary(prompts=len(results), new_tokens=new, target_forwards=forwards,
+                       seconds=sum(r["seconds"] for r in results), mbsu=mbsu)

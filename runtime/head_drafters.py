@@ -59,6 +59,7 @@ class TargetRows:
 class MedusaDrafter:
     name = "medusa"
     reads = "hidden"
+    forwards_per_step = 1  # all heads in one run
 
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, max_len: int,
                  gamma: int | None = None, tree_size: int | None = None):
@@ -127,6 +128,10 @@ class LayerDrafter:
         self.d2t = load_d2t(bundle_dir, spec, self.vocab, width)  # None: columns = target ids
         self.session = create_session(str(safe_path(bundle_dir, spec.graph.file)),
                                       _quiet(config, threads=1))
+
+    @property
+    def forwards_per_step(self) -> int:  # the catch-up rows, then one per further depth
+        return self.gamma
 
     def new_state(self) -> LayerState:
         m = self.spec.model
