@@ -218,6 +218,41 @@ def cmd_train(ns) -> int:
     return 0
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()] if text else []
+
+
+def cmd_sweep(ns) -> int:
+    from edgespec.export.pipeline import demo_checkpoint, demo_drafters
+    from edgespec.export.sweep import plot, rows_as_dicts, sweep, table
+    from edgespec.runtime.evaluate import read_prompts
+
+    if ns.demo == bool(ns.hf_dir):
+        raise SystemExit("edgespec sweep: give a local HF folder (with --drafter) or --demo")
+    hf_dir = demo_checkpoint() if ns.demo else Path(ns.hf_dir)
+    drafters = list(demo_drafters()) if ns.demo else []
+    for item in ns.drafter or ():
+        name, _, folder = item.rpartition("=")
+        drafters.append((name or Path(folder).name, folder))
+    if ns.only:
+        drafters = [d for d in drafters if d[0] in ns.only.split(",")]
+    if not drafters:
+        raise ValueError("sweep needs trained drafters: --drafter NAME=DIR (or --demo)")
+    ks, rs = [0] + _ints(ns.trim_vocab), [0] + _ints(ns.head_rank)
+    settings = [(k, r) for k in ks for r in rs]
+    prompts = read_prompts(ns.prompts)[: ns.limit or None]
+    rows = sweep(hf_dir, tuple(drafters), settings, prompts, ns.calibration, ns.max_new_tokens)
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = table(rows)
+    (out / "sweep.md").write_text(md + "\n")
+    (out / "sweep.json").write_text(json.dumps(rows_as_dicts(rows), indent=1) + "\n")
+    plot(rows, out / "sweep.png")
+    print(md)
+    print(f"wrote {out}/sweep.md, sweep.json, sweep.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgespec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -296,6 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="medusa2: backbone learning rate / heads learning rate")
     t.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
     t.set_defaults(fn=cmd_train)
+
+    w = sub.add_parser("sweep", help="VocabTrim x SlimSpec settings for trained drafters: tau, "
+                                     "drafter latency, MBSU (table + PNG)")
+    w.add_argument("hf_dir", nargs="?", help="local HF folder of the target")
+    w.add_argument("--demo", action="store_true", help="the demo target and its drafters")
+    w.add_argument("--drafter", action="append", metavar="NAME=DIR", help="trained drafter")
+    w.add_argument("--only", help="comma-separated drafter names to sweep")
+    w.add_argument("--trim-vocab", default="1024,2048,4096", help="K values (comma-separated)")
+    w.add_argument("--head-rank", default="32,64,128", help="r values (comma-separated)")
+    w.add_argument("--calibration", required=True, help="distill data (.safetensors)")
+    w.add_argument("--prompts", required=True, help="jsonl of prompts for tau and MBSU")
+    w.add_argument("--limit", type=int, default=20)
+    w.add_argument("--max-new-tokens", type=int, default=64)
+    w.add_argument("-o", "--out", required=True, help="folder for sweep.md / .json / .png")
+    w.set_defaults(fn=cmd_sweep)
 
     i = sub.add_parser("info", help="describe a bundle")
     i.add_argument("bundle")

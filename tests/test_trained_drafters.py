@@ -296,3 +296,27 @@ def test_svd_init_is_the_best_low_rank_factorisation():
     head = LowRankHead(*svd_init(w[d2t], 2), vocab=50, d2t=d2t)
     y = head(torch.randn(2, 16))
     assert y.shape == (2, 50) and torch.isinf(y[:, 0]).all() and torch.isfinite(y[:, d2t]).all()
+
+
+def test_sweep_cli_writes_table_json_and_plot(tiny_dirs, trained, tmp_path, capsys):
+    import json
+
+    from edgespec.cli import main
+    from edgespec.models.distill import save_data
+
+    hf = tiny_dirs["llama"]
+    base = tmp_path / "base"
+    export_bundle(hf, base, ExportOptions(max_len=64, progress=False))
+    rng = np.random.default_rng(6)
+    save_data(generate_data(Model(base), [rng.integers(3, 300, 5).tolist() for _ in range(6)],
+                            12), tmp_path / "cal.safetensors")
+    pfile = tmp_path / "p.jsonl"
+    pfile.write_text("".join(json.dumps({"prompt": f"t{i} t{i + 4}"}) + "\n" for i in range(3, 6)))
+    assert main(["sweep", str(hf), "--drafter", f"mtp={trained['mtp'][1]}", "--trim-vocab", "40",
+                 "--head-rank", "8", "--calibration", str(tmp_path / "cal.safetensors"),
+                 "--prompts", str(pfile), "--max-new-tokens", "8", "-o", str(tmp_path / "sw")]) == 0
+    rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [(r["trim_vocab"], r["head_rank"]) for r in rows] == [(0, 0), (0, 8), (40, 0), (40, 8)]
+    assert rows[0]["head_bytes"] > rows[3]["head_bytes"] and all(r["tau"] >= 1 for r in rows)
+    assert (tmp_path / "sw" / "sweep.png").stat().st_size > 10_000
+    assert "| mtp | 40 | 8 |" in capsys.readouterr().out
