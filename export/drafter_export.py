@@ -19,16 +19,18 @@ from .validate import check_layer_parity, check_medusa_parity
 MEDUSA_TOP_K = 10  # top tokens per head the graph returns: the deepest rank a tree may use
 
 
-def trim_map(folder: Path, k: int, calibration, vocab: int) -> tuple[np.ndarray, float]:
-    """d2t for VocabTrim from the token counts saved beside the drafter or from `calibration`
-    (self-distillation data); returns it and the share of generated tokens it covers."""
+def trim_map(folders: list[Path], k: int, calibration, vocab: int) -> tuple[np.ndarray, float]:
+    """d2t for VocabTrim from `calibration` (self-distillation data) or else the token counts
+    `edgespec train` saved beside the first of `folders` that has them (the target's own
+    generated tokens either way); returns it and the share of generated tokens it covers."""
     from edgespec.models.distill import load_data
     from edgespec.models.vocab_trim import coverage, load_counts, token_counts, trim_ids
 
-    counts = token_counts(load_data(calibration), vocab) if calibration else load_counts(folder)
+    counts = token_counts(load_data(calibration), vocab) if calibration else next(
+        (c for c in map(load_counts, folders) if c is not None), None)
     if counts is None:
-        raise ValueError(f"--trim-vocab needs token counts: {folder} has none; pass "
-                         "--calibration DATA.safetensors (from `edgespec distill`)")
+        raise ValueError("--trim-vocab needs token counts: pass --calibration DATA.safetensors "
+                         "(from `edgespec distill`)")
     d2t = trim_ids(counts, k)
     return d2t, coverage(counts, d2t)
 
@@ -66,7 +68,7 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
         options["heldout_chain_tau"] = tau
     d2t = None
     if trim_vocab and trim_vocab < target.vocab_size:
-        d2t, cover = trim_map(folder, trim_vocab, calibration, target.vocab_size)
+        d2t, cover = trim_map([folder], trim_vocab, calibration, target.vocab_size)
         options.update(trim_vocab=trim_vocab, trim_coverage=round(cover, 4))
     if head_rank:
         options.update(low_rank(m, model, head_rank, calibration, d2t))

@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from edgespec import __version__
@@ -18,7 +19,7 @@ from edgespec.models.drafters import DrafterConfig
 from edgespec.models.weights import load_transformer, weights_fingerprint
 
 from .bundle import atomic_bundle, bytes_read, save_onnx
-from .drafter_export import export_trained_drafter
+from .drafter_export import export_trained_drafter, trim_map
 from .fused_graph import build_fused_graph
 from .quantize import WEIGHT_DTYPES, quantize_int4
 from .target_graph import build_plain_graph, default_feature_layers
@@ -81,9 +82,18 @@ def _model_info(hf_dir: Path, args: ModelArgs, max_len: int) -> ModelInfo:
 
 
 def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tuple[int, ...],
-                  opts: ExportOptions) -> tuple[GraphSpec, ModelInfo]:
-    """One language model -> tmp/file, checked against torch; returns its spec and dims."""
+                  opts: ExportOptions, d2t=None) -> tuple[GraphSpec, ModelInfo]:
+    """One language model -> tmp/file, checked against torch; returns its spec and dims.
+    d2t: VocabTrim (a draft model): the head keeps those rows and the graph emits K logits."""
     model = load_transformer(hf_dir, max_len=max_len)
+    full_args = model.args
+    if d2t is not None:
+        import torch
+
+        head = torch.nn.Linear(full_args.dim, len(d2t), bias=False)
+        head.weight = torch.nn.Parameter(model.lm_head.weight.detach()[torch.from_numpy(d2t)])
+        model.lm_head = head
+        model.args = dataclasses.replace(full_args, vocab_size=len(d2t), tie_embeddings=False)
     int4 = opts.weights == "int4"
     proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4)
     if int4:
@@ -91,7 +101,7 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
     spec = dataclasses.replace(spec, weights=opts.weights, bytes_read=bytes_read(proto),
                                external_data=save_onnx(proto, tmp / file))
     del proto
-    info = _model_info(hf_dir, model.args, max_len)
+    info = _model_info(hf_dir, full_args, max_len)
     diff = check_parity(tmp, spec, info, model, int4=int4)
     return dataclasses.replace(spec, parity_max_abs=diff), info
 
@@ -158,9 +168,17 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
         drafters = {"ngram": DrafterSpec(kind="ngram", options={"gamma": 4, "max_n": 4})}
         if draft_dir is not None:
             steps.set_postfix_str("draft model: build, onnx checker, parity vs torch")
-            dspec, dinfo = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len, (), opts)
-            drafters["draft_model"] = DrafterSpec(kind="draft_model", graph=dspec, model=dinfo,
-                                                  options={"gamma": 4})
+            d2t, options = None, {"gamma": 4}
+            if opts.trim_vocab and opts.trim_vocab < args.vocab_size:
+                d2t, cover = trim_map([f for _, f, _ in trained], opts.trim_vocab,
+                                      opts.calibration, args.vocab_size)
+                np.save(tmp / "draft_model.d2t.npy", d2t, allow_pickle=False)
+                options.update(trim_vocab=opts.trim_vocab, trim_coverage=round(cover, 4))
+            dspec, dinfo = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len, (), opts,
+                                         d2t)
+            drafters["draft_model"] = DrafterSpec(
+                kind="draft_model", graph=dspec, model=dinfo, options=options,
+                d2t=None if d2t is None else "draft_model.d2t.npy")
             steps.update()
         for name, folder, _ in trained:
             steps.set_postfix_str(f"{name}: build, onnx checker, parity vs torch")

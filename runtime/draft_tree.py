@@ -13,7 +13,21 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edgespec.sampling import SamplingParams, probabilities
 from edgespec.tree import DraftTree
+
+
+def pick(row: np.ndarray, sampling: SamplingParams, rng: np.random.Generator, ids: np.ndarray,
+         vocab: int) -> tuple[int, np.ndarray | None]:
+    """One chain draft token from a row of draft logits whose column j is target id ids[j]
+    (all of them, or VocabTrim's kept ones). Returns the token and, when sampled, the full [V]
+    distribution it was drawn from: zero outside the kept ids, which keeps acceptance lossless."""
+    if sampling.greedy:
+        return int(ids[np.argmax(row)]), None
+    q = probabilities(row, sampling)
+    full = np.zeros(vocab, np.float64)
+    full[ids] = q
+    return int(ids[rng.choice(len(q), p=q)]), full
 
 
 def log_softmax(row: np.ndarray) -> np.ndarray:

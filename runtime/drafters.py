@@ -14,10 +14,10 @@ import numpy as np
 
 from edgespec.manifest import DrafterSpec
 from edgespec.masks import causal_bias
-from edgespec.sampling import SamplingParams, probabilities
+from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree
 
-from .draft_tree import grow_tree
+from .draft_tree import grow_tree, pick
 from .kv import KVCache
 from .providers import SessionConfig, create_session
 from .target import TargetRunner
@@ -113,6 +113,11 @@ class DraftModelDrafter:
         own = dataclasses.replace(config, threads=1, extra_options={
             **config.extra_options, "session.intra_op.allow_spinning": "0"})
         self.session = create_session(str(safe_path(bundle_dir, spec.graph.file)), own)
+        from .head_drafters import load_d2t
+
+        self.vocab = spec.model.vocab_size
+        width = next(t.shape[-1] for t in spec.graph.outputs if t.name == "logits")
+        self.d2t = load_d2t(bundle_dir, spec, self.vocab, width)  # None: columns = target ids
 
     def new_state(self) -> DraftModelState:
         m = self.spec.model
@@ -146,12 +151,11 @@ class DraftModelDrafter:
         logits = self._feed(st, tokens[common:])
         if self.width > 1 and sampling.greedy and room * self.width <= st.runner.kv.free:
             return self._grow_tree(st, tokens[-1], logits, room)
+        ids = np.arange(self.vocab) if self.d2t is None else self.d2t  # column -> target id
         for step in range(max(room, 0)):
-            if sampling.greedy:
-                draft.append(int(np.argmax(logits)))
-            else:
-                q = probabilities(logits, sampling)  # q: [V], what the token is drawn from
-                draft.append(int(rng.choice(len(q), p=q)))
+            token, q = pick(logits, sampling, rng, ids, self.vocab)
+            draft.append(token)
+            if q is not None:
                 probs.append(q)
             if step + 1 < room:
                 logits = self._feed(st, [draft[-1]])
@@ -173,7 +177,7 @@ class DraftModelDrafter:
             return out.logits, [None] * len(ids)
 
         tree = grow_tree(root, logits, None, depth, self.width, depth * self.width, base,
-                         self.spec.graph.mask_value, feed)
+                         self.spec.graph.mask_value, feed, self.d2t)
         st.runner.kv.truncate(base)
         return tree
 

@@ -17,10 +17,10 @@ import numpy as np
 
 from edgespec.manifest import BundleError, DrafterSpec, safe_path
 from edgespec.masks import causal_bias
-from edgespec.sampling import SamplingParams, probabilities
+from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree, static_tree
 
-from .draft_tree import grow_tree
+from .draft_tree import grow_tree, pick
 from .kv import KVCache
 from .providers import SessionConfig, create_session
 from .target import TargetRunner
@@ -191,14 +191,10 @@ class LayerDrafter:
         row, h = logits[-1], hidden[-1:]
         ids = np.arange(self.vocab) if self.d2t is None else self.d2t  # column -> target id
         for step in range(depth):
-            if sampling.greedy:
-                draft.append(int(ids[np.argmax(row)]))
-            else:
-                q = probabilities(row, sampling)  # q over the columns: what the token is drawn from
-                draft.append(int(ids[rng.choice(len(q), p=q)]))
-                full = np.zeros(self.vocab, np.float64)
-                full[ids] = q  # zero outside a trimmed vocabulary: accept_sample stays lossless
-                probs.append(full)
+            token, q = pick(row, sampling, rng, ids, self.vocab)
+            draft.append(token)
+            if q is not None:
+                probs.append(q)
             if step + 1 < depth:
                 pos = m + step
                 lg, h = self._run(st, [draft[-1]], [pos], causal_bias(kv.length, 1, mask), None, h)

@@ -213,7 +213,7 @@ def test_checkpoint_round_trip_resumes_weights_and_optimizer(tiny_dirs, tmp_path
 def trimmed_bundle(tiny_dirs, trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("trim") / "b"
     export_bundle(tiny_dirs["llama"], out, ExportOptions(
-        max_len=64, progress=False, trim_vocab=40,
+        max_len=64, progress=False, trim_vocab=40, draft_model=tiny_dirs["qwen2"],
         drafters=tuple((k, trained[k][1]) for k in KINDS)))
     return out
 
@@ -225,7 +225,9 @@ def test_vocab_trim_shrinks_heads_and_stays_lossless(trimmed_bundle):
     assert specs["mtp"].d2t == "mtp.d2t.npy" and specs["eagle3"].graph.outputs[0].shape[-1] == 40
     d2t = np.load(trimmed_bundle / "eagle3.d2t.npy", allow_pickle=False)
     params = GenerationParams(max_new_tokens=24, stop_on_eos=False)
-    for name, width in (("medusa", None), ("mtp", 1), ("eagle3", 3)):
+    assert specs["draft_model"].d2t == "draft_model.d2t.npy"
+    for name, width in (("medusa", None), ("mtp", 1), ("eagle3", 3), ("draft_model", 1),
+                        ("draft_model", 2)):
         drafter = model.drafter(name, width=width)
         for prompt in ([5, 9, 11], [7]):
             ref, gen = Generator(model, params), Generator(model, params, drafter)
