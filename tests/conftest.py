@@ -72,3 +72,14 @@ def prompts():
     return [{"id": i, "prompt": p} for i, p in enumerate(
         ["def add(a, b):\n", "class Stack:\n    def push(self, item):\n",
          "import os\n\ndef list_files(path):\n", "def main():\n"])]
+
+
+def run_to_end(model, params, ids, drafter=None):
+    """A Generator fed `ids` and stepped until it stops (returned for its tokens and stats)."""
+    from edgespec.runtime.generator import Generator
+
+    gen = Generator(model, params, drafter)
+    gen.append_tokens(ids)
+    while not gen.is_done():
+        gen.step()
+    return gen

@@ -2,9 +2,10 @@
 they reproduce greedy decoding exactly and they are trained (tau well above 1)."""
 
 import pytest
+from conftest import run_to_end
 
 from edgespec.export.pipeline import ExportOptions, demo_checkpoint, demo_drafters, export_bundle
-from edgespec.runtime.generator import GenerationParams, Generator
+from edgespec.runtime.generator import GenerationParams
 from edgespec.runtime.model import Model
 
 SHIPPED = ("medusa", "mtp", "eagle3")
@@ -27,15 +28,8 @@ def test_shipped_drafter_is_lossless_and_trained(demo_bundle, prompts, name):
     tokens = forwards = 0
     for row in prompts[:4]:
         ids = model.tokenizer.encode(row["prompt"])
-        ref = Generator(model, params)
-        ref.append_tokens(ids)
-        while not ref.is_done():
-            ref.step()
-        gen = Generator(model, params, drafter)
-        gen.append_tokens(ids)
-        while not gen.is_done():
-            gen.step()
-        assert gen.tokens == ref.tokens
+        gen = run_to_end(model, params, ids, drafter)
+        assert gen.tokens == run_to_end(model, params, ids).tokens
         tokens += len(gen.new_tokens)
         forwards += gen.stats.target_forwards
     assert tokens / forwards > 1.5  # an untrained drafter stays near 1.0

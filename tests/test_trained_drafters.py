@@ -4,6 +4,7 @@ greedy speculative output equal to greedy autoregressive output for each drafter
 import numpy as np
 import pytest
 import torch
+from conftest import run_to_end
 
 from edgespec.export.pipeline import ExportOptions, export_bundle
 from edgespec.manifest import BundleError
@@ -75,14 +76,8 @@ def test_greedy_speculative_equals_autoregressive(drafter_bundle, name, width):
     forwards = 0
     for _ in range(4):
         prompt = rng.integers(3, 300, int(rng.integers(1, 9))).tolist()
-        ref = Generator(model, params)
-        ref.append_tokens(prompt)
-        while not ref.is_done():
-            ref.step()
-        gen = Generator(model, params, drafter)
-        gen.append_tokens(prompt)
-        while not gen.is_done():
-            gen.step()
+        ref = run_to_end(model, params, prompt)
+        gen = run_to_end(model, params, prompt, drafter)
         assert gen.tokens == ref.tokens
         # a rewind mid-way must leave the drafter's cached rows consistent
         gen.rewind(7)
