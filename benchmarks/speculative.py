@@ -1,7 +1,7 @@
 """Speculative decoding speed: tokens/s and tau per drafter, as ratios to our own autoregressive
 baseline, side by side in one run (greedy, CPU).
 
-    python benchmarks/speculative.py --bundle BUNDLE [--hf-dir HF --hf-draft HF_DRAFT]
+    python benchmarks/speculative.py --bundle BUNDLE [BUNDLE2 ...] [--hf-dir HF --hf-draft DRAFT]
         [--n-prompts 16] [--max-new-tokens 128] [--runs 5] [--threads 2]
 
 Engines: autoregressive, n-gram chains and trees, and each drafter the bundle carries (draft_model,
@@ -70,10 +70,39 @@ def hf(model, prompts, n: int, **kw) -> Result:
     return Result(tokens / (time.perf_counter() - t), float("nan"), float("nan"), outs)
 
 
+def bundle_engines(model: Model, prompts, n: int, tag: str, first: bool) -> dict:
+    """Engines of one bundle: n-gram (first bundle only) and each drafter it carries."""
+    def run(d):
+        return lambda: ours(model, prompts, n, d)
+
+    engines = {}
+    if first:
+        for g in (2, 3, 4, 6, 8):
+            engines[f"edgespec ngram g{g}"] = run(NgramDrafter(gamma=g))
+        for g, b in ((4, 2), (6, 3)):
+            engines[f"edgespec ngram tree g{g}x{b}"] = run(NgramDrafter(gamma=g, branches=b))
+    if "draft_model" in model.manifest.drafters:
+        for g in (1, 2, 3, 4):
+            engines[f"{tag}edgespec draft g{g}"] = run(model.drafter("draft_model", g))
+    # trained drafters: (gamma, width, tree_size) settings; None = the bundle's default
+    settings = {"medusa": [(None, None, t) for t in (4, 8, 16, 32, 64)],
+                "mtp": [(g, 1, None) for g in (2, 3, 4)] + [(3, 2, 6)],
+                "eagle3": [(g, 1, None) for g in (3, 4, 5)] + [
+                    (4, 2, 8), (5, 3, 12), (6, 4, 16), (6, 4, 24), (8, 4, 32)]}
+    for name, spec in model.manifest.drafters.items():
+        for g, w, t in settings.get(spec.kind, []):
+            label = f"{tag}edgespec {name}" + (f" g{g}" if g else "") + (
+                f"x{w}" if w and w > 1 else "") + (f" n{t}" if t else "")
+            engines[label] = run(model.drafter(name, g, w, t))
+    return engines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--bundle", required=True, nargs="+",
+                    help="bundle(s); engines of later ones (e.g. compressed drafters) are "
+                         "tagged [folder name] and compared with the first's baseline")
     ap.add_argument("--hf-dir", default=None)
     ap.add_argument("--hf-draft", default=None)
     ap.add_argument("--prompts", default=str(HERE.parents[1] / "shared/data/prompts.jsonl"))
@@ -85,32 +114,15 @@ def main() -> None:
                                                   "(and the autoregressive baseline)")
     ns = ap.parse_args()
 
-    model = Model(ns.bundle, SessionConfig(threads=ns.threads))
+    models = [Model(b, SessionConfig(threads=ns.threads)) for b in ns.bundle]
+    model = models[0]
     prompts = [model.tokenizer.encode(r["prompt"])
                for r in read_prompts(ns.prompts)[: ns.n_prompts]]
     n = ns.max_new_tokens
     engines = {"edgespec none": lambda: ours(model, prompts, n, None)}
-    for g in (2, 3, 4, 6, 8):
-        engines[f"edgespec ngram g{g}"] = (lambda d: lambda: ours(model, prompts, n, d))(
-            NgramDrafter(gamma=g))
-    for g, b in ((4, 2), (6, 3)):
-        engines[f"edgespec ngram tree g{g}x{b}"] = (lambda d: lambda: ours(model, prompts, n, d))(
-            NgramDrafter(gamma=g, branches=b))
-    if "draft_model" in model.manifest.drafters:
-        for g in (1, 2, 3, 4):
-            engines[f"edgespec draft g{g}"] = (lambda d: lambda: ours(model, prompts, n, d))(
-                model.drafter("draft_model", g))
-    # trained drafters: (gamma, width, tree_size) settings; None = the bundle's default
-    settings = {"medusa": [(None, None, t) for t in (4, 8, 16, 32, 64)],
-                "mtp": [(g, 1, None) for g in (2, 3, 4)] + [(3, 2, 6)],
-                "eagle3": [(g, 1, None) for g in (3, 4, 5)] + [
-                    (4, 2, 8), (5, 3, 12), (6, 4, 16), (6, 4, 24), (8, 4, 32)]}
-    for name, spec in model.manifest.drafters.items():
-        for g, w, t in settings.get(spec.kind, []):
-            label = f"edgespec {name}" + (f" g{g}" if g else "") + (
-                f"x{w}" if w and w > 1 else "") + (f" n{t}" if t else "")
-            engines[label] = (lambda d: lambda: ours(model, prompts, n, d))(
-                model.drafter(name, g, w, t))
+    for j, m in enumerate(models):  # further bundles (e.g. compressed drafters): tagged labels
+        tag = "" if j == 0 else f"[{Path(ns.bundle[j]).name}] "
+        engines.update(bundle_engines(m, prompts, n, tag, first=j == 0))
     if ns.only:
         engines = {k: v for k, v in engines.items()
                    if k == "edgespec none" or re.search(ns.only, k)}
@@ -144,12 +156,12 @@ def main() -> None:
     print(f"{len(prompts)} prompts x {n} new tokens, greedy, {ns.threads} threads, median of "
           f"{ns.runs} runs (tokens/s includes prefill)")
     dbase = statistics.median(decode["edgespec none"])
-    print(f"{'engine':<30}{'tokens/s':>10}{'min':>9}{'max':>9}{'tau':>7}{'vs none':>9}"
+    print(f"{'engine':<40}{'tokens/s':>10}{'min':>9}{'max':>9}{'tau':>7}{'vs none':>9}"
           f"{'decode tok/s':>14}{'vs none':>9}{'same output':>13}")
     for name in engines:
         med, dmed = statistics.median(rate[name]), statistics.median(decode[name])
         same = sum(a == b for a, b in zip(ref, outs[name]))
-        print(f"{name:<30}{med:>10.1f}{min(rate[name]):>9.1f}{max(rate[name]):>9.1f}"
+        print(f"{name:<40}{med:>10.1f}{min(rate[name]):>9.1f}{max(rate[name]):>9.1f}"
               f"{tau[name]:>7.2f}{med / base:>9.2f}{dmed:>14.1f}{dmed / dbase:>9.2f}"
               f"{same:>9}/{len(ref)}")
 

@@ -18,6 +18,7 @@ from edgespec.manifest import GraphSpec, TensorSpec
 from edgespec.models.args import ModelArgs
 from edgespec.models.low_rank import LowRankHead
 
+from .fused_graph import FUSED_KV, MS, FusedEmitter
 from .onnx_builder import Builder
 from .target_graph import KV, _Emitter, matmul_weight
 
@@ -77,8 +78,9 @@ def build_medusa_graph(m, file: str, top_k: int, d2t: np.ndarray | None = None):
     return b.model("edgespec_medusa", "edgespec"), spec
 
 
-def layer_spec(cfg, a: ModelArgs, file: str, vocab: int) -> GraphSpec:
+def layer_spec(cfg, a: ModelArgs, file: str, vocab: int, fused: bool) -> GraphSpec:
     hkv, hd = a.n_kv_heads, a.head_dim
+    present = "L" if fused else "S"  # fused: present K/V = the whole buffer, written in place
     inputs = (TensorSpec("input_ids", "int64", (1, "S")),
               TensorSpec("features", "float32", (1, "S", cfg.feature_dim)),
               TensorSpec("hidden_in", "float32", (1, "S", cfg.dim)),
@@ -89,35 +91,55 @@ def layer_spec(cfg, a: ModelArgs, file: str, vocab: int) -> GraphSpec:
               TensorSpec(KV.past_value.format(i=0), "float32", (1, hkv, "L", hd)))
     outputs = (TensorSpec("logits", "float32", (1, "N", vocab)),
                TensorSpec("hidden", "float32", (1, "S", cfg.dim)),
-               TensorSpec(KV.present_key.format(i=0), "float32", (1, hkv, "S", hd)),
-               TensorSpec(KV.present_value.format(i=0), "float32", (1, hkv, "S", hd)))
-    return GraphSpec(file=file, kind="plain", inputs=inputs, outputs=outputs, kv=KV,
-                     mask_value=-1e9)
+               TensorSpec(KV.present_key.format(i=0), "float32", (1, hkv, present, hd)),
+               TensorSpec(KV.present_value.format(i=0), "float32", (1, hkv, present, hd)))
+    return GraphSpec(file=file, kind="fused" if fused else "plain", inputs=inputs,
+                     outputs=outputs, kv=FUSED_KV if fused else KV, mask_value=-1e9)
 
 
-def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None):
-    """d2t: VocabTrim's kept target ids; logits then cover only those (the runtime maps)."""
+def _plain_block(b: Builder, e: _Emitter, layer, x: str, norm) -> str:
+    y = e.rms_norm(x, layer.input_layernorm.weight, "layer.input_layernorm")
+    x = b.op("Add", x, e.attention(y, layer.self_attn, 0, "layer.self_attn"))
+    y = e.rms_norm(x, layer.post_attention_layernorm.weight, "layer.post_attention_layernorm")
+    x = b.op("Add", x, e.mlp(y, layer.mlp, "layer.mlp"))
+    return e.rms_norm(x, norm, "norm")
+
+
+def _fused_block(e: FusedEmitter, layer, x: str, norm) -> str:
+    y = e.norm(x, layer.input_layernorm.weight, "layer.input_layernorm.weight")
+    o = e.attention(y, layer.self_attn, 0, "layer")
+    y, x = e.skip_norm(x, o, layer.post_attention_layernorm.weight,
+                       "layer.post_attention_layernorm.weight")
+    hidden, _ = e.skip_norm(x, e.mlp(y, layer.mlp, "layer"), norm, "norm.weight")
+    return hidden
+
+
+def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None,
+                      fused: bool = True):
+    """d2t: VocabTrim's kept target ids; logits then cover only those (the runtime maps).
+    fused: the block with onnxruntime's contrib ops and in-place K/V (as the fused target);
+    else standard ops only."""
     cfg, a = m.cfg, m.args
     vocab = len(d2t) if d2t is not None else cfg.vocab_size
-    spec = layer_spec(cfg, a, file, vocab)
+    spec = layer_spec(cfg, a, file, vocab, fused)
     b = Builder()
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
-    e = _Emitter(b, a, max_len)
+    e = FusedEmitter(b, a, max_len) if fused else _Emitter(b, a, max_len)
+    norm = (lambda x, w, p: e.norm(x, w, f"{p}.weight")) if fused else e.rms_norm
     h = "features"
     if m.fc is not None:
         h = b.op("MatMul", h, b.weight("fc.weight_t", matmul_weight(m.fc.weight)))
     h = b.op("Add", h, "hidden_in")
     emb = b.op("Gather", b.weight("embed_tokens.weight", _np(m.embed_tokens.weight)), "input_ids")
-    x = b.op("Concat", e.rms_norm(h, m.hnorm.weight, "hnorm"),
-             e.rms_norm(emb, m.enorm.weight, "enorm"), axis=-1)
+    x = b.op("Concat", norm(h, m.hnorm.weight, "hnorm"), norm(emb, m.enorm.weight, "enorm"),
+             axis=-1)
     x = b.op("MatMul", x, b.weight("in_proj.weight_t", matmul_weight(m.in_proj.weight)))
-    layer = m.layer
-    y = e.rms_norm(x, layer.input_layernorm.weight, "layer.input_layernorm")
-    x = b.op("Add", x, e.attention(y, layer.self_attn, 0, "layer.self_attn"))
-    y = e.rms_norm(x, layer.post_attention_layernorm.weight, "layer.post_attention_layernorm")
-    x = b.op("Add", x, e.mlp(y, layer.mlp, "layer.mlp"))
-    hidden = e.rms_norm(x, m.norm.weight, "norm")
+    if fused:
+        hidden = _fused_block(e, m.layer, x, m.norm.weight)
+        e.declare_present(1)
+    else:
+        hidden = _plain_block(b, e, m.layer, x, m.norm.weight)
     b.output(hidden, "hidden", "float32", [1, "S", cfg.dim])
     rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, cfg.dim]))
     logits, _ = _emit_head(b, rows, m, d2t, gemm=True)
@@ -125,4 +147,7 @@ def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None)
              [1, "N", vocab])
     order = {t.name: j for j, t in enumerate(spec.outputs)}
     b.outputs.sort(key=lambda vi: order[vi.name])
+    if fused:  # opset 23 for the standard RMSNormalization (onnxruntime >= 1.22)
+        return b.model("edgespec_layer_drafter", "edgespec", opset=23,
+                       extra_domains={MS: 1}), spec
     return b.model("edgespec_layer_drafter", "edgespec"), spec

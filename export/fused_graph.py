@@ -36,6 +36,84 @@ def _np(t) -> np.ndarray:
     return t.detach().float().numpy()
 
 
+class FusedEmitter:
+    """Emits fused decoder-layer pieces into a Builder whose graph has the target contract's
+    position_ids and attention_bias inputs; layer i reads and writes past/present K/V i."""
+
+    def __init__(self, b: Builder, a: ModelArgs, max_len: int):
+        self.b, self.a, self.eps = b, a, float(a.norm_eps)
+        hd = a.head_dim
+        cos, sin = rope_cos_sin(a, max_len)
+        self.cos = b.weight("rope_cos_half", cos[:, : hd // 2])  # GQA's rotary takes [L, D/2]
+        self.sin = b.weight("rope_sin_half", sin[:, : hd // 2])
+        # GQA's lengths come from the bias shape: total = P+S, seqlens_k = total - 1
+        total64 = b.op("Gather", b.op("Shape", "attention_bias"), b.const([3]))
+        self.seqlens_k = b.op("Cast", b.op("Sub", total64, b.const([1])), to=6)  # int32 [1]
+        self.total = b.op("Cast", b.op("Squeeze", total64, b.const([0])), to=6)  # int32 scalar
+
+    def norm(self, x: str, weight, name: str) -> str:
+        return self.b.op("RMSNormalization", x, self.b.weight(name, _np(weight)), axis=-1,
+                         epsilon=self.eps)
+
+    def skip_norm(self, resid: str, delta: str, weight, name: str) -> tuple[str, str]:
+        """(norm(resid + delta), resid + delta) in one op."""
+        out = self.b.op("SkipSimplifiedLayerNormalization", resid, delta,
+                        self.b.weight(name, _np(weight)), domain=MS, epsilon=self.eps, n_out=4)
+        return out[0], out[3]
+
+    def _head_norm(self, x: str, weight, name: str, heads: int) -> str:
+        # RMSNorm over head_dim of x [1, S, heads*D] (Qwen3 q/k norm)
+        b, hd = self.b, self.a.head_dim
+        x4 = b.op("Reshape", x, b.const([0, 0, heads, hd]))
+        y = b.op("RMSNormalization", x4, b.weight(name, _np(weight)), axis=-1, epsilon=self.eps)
+        return b.op("Reshape", y, b.const([0, 0, heads * hd]))
+
+    def _linear(self, x: str, weight_t, bias, name: str) -> str:
+        y = self.b.op("MatMul", x, self.b.weight(f"{name}.weight_t", weight_t))
+        return y if bias is None else self.b.op("Add", y, self.b.weight(f"{name}.bias", bias))
+
+    def project(self, x: str, lin, name: str) -> str:  # one torch nn.Linear
+        bias = None if lin.bias is None else _np(lin.bias)
+        return self._linear(x, matmul_weight(lin.weight), bias, name)
+
+    def attention(self, x: str, at, i: int, p: str) -> str:
+        """o_proj(GQA(x)) of layer i; its K/V go into the bound buffer in place."""
+        b, a = self.b, self.a
+        hd, hkv, h = a.head_dim, a.n_kv_heads, a.n_heads
+        w_qkv = np.concatenate([_np(at.q_proj.weight), _np(at.k_proj.weight),
+                                _np(at.v_proj.weight)]).T.copy()
+        b_qkv = None if at.q_proj.bias is None else np.concatenate(
+            [_np(at.q_proj.bias), _np(at.k_proj.bias), _np(at.v_proj.bias)])
+        qkv = self._linear(x, w_qkv, b_qkv, f"{p}.qkv_proj")  # [1, S, (H + 2 Hkv) * D]
+        q, k, v = qkv, "", ""  # GQA takes packed QKV as is: no Split copy
+        if a.qk_norm:
+            q, k, v = b.op("Split", qkv, b.const([h * hd, hkv * hd, hkv * hd]), axis=-1, n_out=3)
+            q = self._head_norm(q, at.q_norm.weight, f"{p}.q_norm.weight", h)
+            k = self._head_norm(k, at.k_norm.weight, f"{p}.k_norm.weight", hkv)
+        # GQA applies RoPE itself (do_rotary) at the given position_ids, which may repeat in a
+        # tree. A sliding window (Mistral) lives in attention_bias, built by the runtime; GQA's
+        # local_window_size is left unset so that exactly one definition of the window applies.
+        # present K/V (outputs 1, 2) are the same memory as past once the runtime binds them so
+        y = b.op("GroupQueryAttention", q, k, v, KV.past_key.format(i=i),
+                 KV.past_value.format(i=i), self.seqlens_k, self.total, self.cos, self.sin,
+                 "position_ids", "attention_bias", domain=MS, n_out=3,
+                 names=(None, KV.present_key.format(i=i), KV.present_value.format(i=i)),
+                 num_heads=h, kv_num_heads=hkv, do_rotary=1)[0]
+        return self.project(y, at.o_proj, f"{p}.o_proj")
+
+    def mlp(self, x: str, mlp, p: str) -> str:
+        gate = self.project(x, mlp.gate_proj, f"{p}.gate_proj")
+        up = self.project(x, mlp.up_proj, f"{p}.up_proj")
+        act = self.b.op("Mul", self.b.op("Mul", gate, self.b.op("Sigmoid", gate)), up)
+        return self.project(act, mlp.down_proj, f"{p}.down_proj")
+
+    def declare_present(self, layers: int) -> None:
+        a = self.a
+        for i in range(layers):
+            for name in (KV.present_key.format(i=i), KV.present_value.format(i=i)):
+                self.b.declare_output(name, "float32", [1, a.n_kv_heads, "L", a.head_dim])
+
+
 def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
                       file: str = "target.onnx", head_as_matmul: bool = False):
     a: ModelArgs = model.args
@@ -43,84 +121,28 @@ def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
     b = Builder()
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
-    hd, hkv, h = a.head_dim, a.n_kv_heads, a.n_heads
-    eps = float(a.norm_eps)
-    cos, sin = rope_cos_sin(a, max_len)
-    cos_c = b.weight("rope_cos_half", cos[:, : hd // 2])  # GQA's rotary takes [L, D/2]
-    sin_c = b.weight("rope_sin_half", sin[:, : hd // 2])
-    # GQA's lengths come from the bias shape: total = P+S, seqlens_k = total - 1
-    total64 = b.op("Gather", b.op("Shape", "attention_bias"), b.const([3]))
-    seqlens_k = b.op("Cast", b.op("Sub", total64, b.const([1])), to=6)  # int32 [1]
-    total = b.op("Cast", b.op("Squeeze", total64, b.const([0])), to=6)  # int32 scalar
-
-    def skip_norm(resid, delta, weight, name):
-        # returns (normed, resid + delta)
-        out = b.op("SkipSimplifiedLayerNormalization", resid, delta, b.weight(name, _np(weight)),
-                   domain=MS, epsilon=eps, n_out=4)
-        return out[0], out[3]
-
-    def head_norm(x, weight, name, heads):
-        # RMSNorm over head_dim of x [1, S, heads*D] (Qwen3 q/k norm)
-        x4 = b.op("Reshape", x, b.const([0, 0, heads, hd]))
-        y = b.op("RMSNormalization", x4, b.weight(name, _np(weight)), axis=-1, epsilon=eps)
-        return b.op("Reshape", y, b.const([0, 0, heads * hd]))
-
-    def linear(x, weight_t, bias, name):
-        y = b.op("MatMul", x, b.weight(f"{name}.weight_t", weight_t))
-        return y if bias is None else b.op("Add", y, b.weight(f"{name}.bias", bias))
-
-    def project(x, lin, name):  # one torch nn.Linear
-        bias = None if lin.bias is None else _np(lin.bias)
-        return linear(x, matmul_weight(lin.weight), bias, name)
-
+    e = FusedEmitter(b, a, max_len)
     resid = b.op("Gather", b.weight("embed_tokens.weight", _np(model.embed_tokens.weight)),
                  "input_ids")
     delta = None
     feats = []
     for i, layer in enumerate(model.layers):
-        p, at, mlp = f"layers.{i}", layer.self_attn, layer.mlp
+        p = f"layers.{i}"
         if delta is None:
-            x = b.op("RMSNormalization", resid,
-                     b.weight(f"{p}.input_layernorm.weight", _np(layer.input_layernorm.weight)),
-                     axis=-1, epsilon=eps)
+            x = e.norm(resid, layer.input_layernorm.weight, f"{p}.input_layernorm.weight")
         else:
-            x, resid = skip_norm(resid, delta, layer.input_layernorm.weight,
-                                 f"{p}.input_layernorm.weight")
+            x, resid = e.skip_norm(resid, delta, layer.input_layernorm.weight,
+                                   f"{p}.input_layernorm.weight")
             if i - 1 in feature_layers:
                 feats.append(resid)
-        w_qkv = np.concatenate([_np(at.q_proj.weight), _np(at.k_proj.weight),
-                                _np(at.v_proj.weight)]).T.copy()
-        b_qkv = None if at.q_proj.bias is None else np.concatenate(
-            [_np(at.q_proj.bias), _np(at.k_proj.bias), _np(at.v_proj.bias)])
-        qkv = linear(x, w_qkv, b_qkv, f"{p}.qkv_proj")  # [1, S, (H + 2 Hkv) * D]
-        q, k, v = qkv, "", ""  # GQA takes packed QKV as is: no Split copy
-        if a.qk_norm:
-            q, k, v = b.op("Split", qkv, b.const([h * hd, hkv * hd, hkv * hd]), axis=-1, n_out=3)
-            q = head_norm(q, at.q_norm.weight, f"{p}.q_norm.weight", h)
-            k = head_norm(k, at.k_norm.weight, f"{p}.k_norm.weight", hkv)
-        # GQA applies RoPE itself (do_rotary) at the given position_ids, which may repeat in a
-        # tree. A sliding window (Mistral) lives in attention_bias, built by the runtime; GQA's
-        # local_window_size is left unset so that exactly one definition of the window applies.
-        attrs = dict(num_heads=h, kv_num_heads=hkv, do_rotary=1)
-        # present K/V (outputs 1, 2) are the same memory as past once the runtime binds them so
-        y = b.op("GroupQueryAttention", q, k, v, KV.past_key.format(i=i),
-                 KV.past_value.format(i=i), seqlens_k, total, cos_c, sin_c, "position_ids",
-                 "attention_bias",
-                 domain=MS, n_out=3, names=(None, KV.present_key.format(i=i),
-                                            KV.present_value.format(i=i)), **attrs)[0]
-        o = project(y, at.o_proj, f"{p}.o_proj")
-        x, resid = skip_norm(resid, o, layer.post_attention_layernorm.weight,
-                             f"{p}.post_attention_layernorm.weight")
-        gate = project(x, mlp.gate_proj, f"{p}.gate_proj")
-        up = project(x, mlp.up_proj, f"{p}.up_proj")
-        act = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)
-        delta = project(act, mlp.down_proj, f"{p}.down_proj")
-    hidden, resid = skip_norm(resid, delta, model.norm.weight, "norm.weight")
+        o = e.attention(x, layer.self_attn, i, p)
+        x, resid = e.skip_norm(resid, o, layer.post_attention_layernorm.weight,
+                               f"{p}.post_attention_layernorm.weight")
+        delta = e.mlp(x, layer.mlp, p)
+    hidden, resid = e.skip_norm(resid, delta, model.norm.weight, "norm.weight")
     if a.n_layers - 1 in feature_layers:
         feats.append(resid)
-    for i in range(a.n_layers):
-        for name in (KV.present_key.format(i=i), KV.present_value.format(i=i)):
-            b.declare_output(name, "float32", [1, hkv, "L", hd])
+    e.declare_present(a.n_layers)
     emit_outputs(b, model, spec, hidden, feats, head_as_matmul)
     # opset 23 for the standard RMSNormalization (onnxruntime >= 1.22)
     return b.model("edgespec_target_fused", "edgespec", opset=23, extra_domains={MS: 1}), spec

@@ -184,7 +184,7 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
             steps.set_postfix_str(f"{name}: build, onnx checker, parity vs torch")
             drafters[name] = export_trained_drafter(hf_dir, folder, tmp, name, info,
                                                     opts.trim_vocab, opts.calibration,
-                                                    opts.head_rank)
+                                                    opts.head_rank, fused=opts.graph == "fused")
             steps.update()
         shutil.copyfile(tokenizer, tmp / "tokenizer.json")
         manifest = Manifest(model=info, tokenizer=tok, target=spec, drafters=drafters,

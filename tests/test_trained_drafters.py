@@ -315,5 +315,52 @@ def test_sweep_cli_writes_table_json_and_plot(tiny_dirs, trained, tmp_path, caps
     rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert [(r["trim_vocab"], r["head_rank"]) for r in rows] == [(0, 0), (0, 8), (40, 0), (40, 8)]
     assert rows[0]["head_bytes"] > rows[3]["head_bytes"] and all(r["tau"] >= 1 for r in rows)
+    assert all(r["head_ms"] > 0 for r in rows)
     assert (tmp_path / "sw" / "sweep.png").stat().st_size > 10_000
     assert "| mtp | 40 | 8 |" in capsys.readouterr().out
+
+
+def test_head_graph_lifts_the_drafter_head_out_of_its_graph(tiny_dirs, drafter_bundle, tmp_path):
+    """The sweep times heads lifted out of the exported graphs: each must compute the head."""
+    import onnxruntime as ort
+
+    from edgespec.export.sweep import head_graph, time_heads
+
+    w = load_transformer(tiny_dirs["llama"]).lm_head.weight.detach().numpy()  # [V, d]
+    x = np.random.default_rng(7).standard_normal((3, w.shape[1]), dtype=np.float32)
+    graphs = [head_graph(drafter_bundle / f"{k}.onnx") for k in KINDS]
+    kinds = {k: d.graph.kind for k, d in Model(drafter_bundle).manifest.drafters.items()
+             if k in KINDS}
+    assert kinds == {"medusa": "plain", "mtp": "fused", "eagle3": "fused"}  # as the target
+    for g in graphs:  # medusa (MatMul) and the layer drafters (Gemm) share the target's head
+        sess = ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ w.T, rtol=1e-4, atol=1e-4)
+    assert all(ms > 0 for ms in time_heads(graphs, [4, 1, 1], rounds=2, calls=3))
+    import onnx
+
+    from edgespec.export.onnx_builder import Builder
+
+    b = Builder()
+    b.output(b.input("x", "float32", [1]), "y", "float32", [1])
+    onnx.save_model(b.model("none", "test"), str(tmp_path / "none.onnx"))
+    with pytest.raises(ValueError, match="no head weights"):
+        head_graph(tmp_path / "none.onnx")
+
+
+def test_layer_drafters_follow_the_target_graph_kind(tiny_dirs, trained, tmp_path):
+    """A plain target (standard ops only) gets plain layer drafters; both stay lossless."""
+    out = tmp_path / "plain"
+    export_bundle(tiny_dirs["llama"], out, ExportOptions(
+        max_len=64, progress=False, graph="plain",
+        drafters=tuple((k, trained[k][1]) for k in ("mtp", "eagle3"))))
+    m = Model(out)
+    params = GenerationParams(max_new_tokens=12, stop_on_eos=False)
+    for name in ("mtp", "eagle3"):
+        spec = m.manifest.drafters[name].graph
+        assert spec.kind == "plain" and spec.kv.update != "in_graph"
+        ref, gen = Generator(m, params), Generator(m, params, m.drafter(name, 3, 2, 6))
+        for g in (ref, gen):
+            g.append_tokens([5, 9, 2])
+            while not g.is_done():
+                g.step()
+        assert gen.tokens == ref.tokens and gen.stats.target_forwards < ref.stats.target_forwards
