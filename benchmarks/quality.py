@@ -48,7 +48,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ref", required=True)
     ap.add_argument("--test", required=True)
-    ap.add_argument("--corpus", default=str(HERE.parents[1] / "demo/pyref-target/corpus.json"))
+    ap.add_argument("--corpus", default=str(HERE.parent / "demo/pyref-target/corpus.json"))
     ap.add_argument("--prompts", default=str(HERE.parents[1] / "shared/data/prompts.jsonl"))
     ap.add_argument("--n-files", type=int, default=20)
     ap.add_argument("--window", type=int, default=512)

@@ -25,6 +25,23 @@ def _params(ns):
                             seed=ns.seed, stop_strings=tuple(ns.stop or ()), accept=ns.accept)
 
 
+def per_drafter(items: list[str] | None, flag: str) -> int | tuple[tuple[str, int], ...]:
+    """--trim-vocab / --head-rank values: "K" for every drafter, "NAME=K" for one."""
+    pairs = []
+    for item in items or ():
+        name, _, value = item.rpartition("=")
+        try:
+            pairs.append((name or "*", int(value)))
+        except ValueError:
+            raise ValueError(f"{flag} {item!r}: give an integer, or NAME=integer for one "
+                             "drafter (e.g. mtp=1024)") from None
+        if pairs[-1][1] < 0:
+            raise ValueError(f"{flag} {item!r}: the value must be >= 0")
+    if all(name == "*" for name, _ in pairs):
+        return pairs[-1][1] if pairs else 0
+    return tuple(pairs)
+
+
 def cmd_export(ns) -> int:
     from edgespec.export.pipeline import (ExportOptions, demo_checkpoint, demo_drafters,
                                           export_bundle)
@@ -48,9 +65,11 @@ def cmd_export(ns) -> int:
                                                     weights=ns.weights,
                                                     block_size=ns.block_size,
                                                     drafters=tuple(trained),
-                                                    trim_vocab=ns.trim_vocab,
+                                                    trim_vocab=per_drafter(ns.trim_vocab,
+                                                                           "--trim-vocab"),
                                                     calibration=ns.calibration,
-                                                    head_rank=ns.head_rank,
+                                                    head_rank=per_drafter(ns.head_rank,
+                                                                          "--head-rank"),
                                                     overwrite=ns.overwrite))
     print(f"wrote {ns.out}: {m.model.architecture}, {m.target.kind} graph, "
           f"{m.model.num_layers} layers, vocab "
@@ -138,12 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--drafter", action="append", metavar="NAME=DIR",
                    help="add a drafter trained by `edgespec train` (repeatable; NAME defaults "
                         "to its kind)")
-    e.add_argument("--trim-vocab", type=int, default=0, metavar="K",
-                   help="VocabTrim: trained drafters' heads keep the K tokens the target "
-                        "generates most often (0 = full vocabulary)")
-    e.add_argument("--head-rank", type=int, default=0, metavar="R",
-                   help="SlimSpec: trained drafters' LM heads become d -> R -> V (or K), SVD "
-                        "initialised and distilled on --calibration data (0 = full rank)")
+    e.add_argument("--trim-vocab", action="append", metavar="[NAME=]K",
+                   help="VocabTrim: a drafter's head (trained drafters, the draft model) keeps "
+                        "the K tokens the target generates most often; K alone for every "
+                        "drafter, NAME=K for one (repeatable; 0 = full vocabulary)")
+    e.add_argument("--head-rank", action="append", metavar="[NAME=]R",
+                   help="SlimSpec: a drafter's LM head becomes d -> R -> V (or K), SVD "
+                        "initialised and distilled on --calibration data; R alone for every "
+                        "drafter, NAME=R for one (repeatable; 0 = full rank)")
     e.add_argument("--calibration", default=None,
                    help="distill data: token counts for --trim-vocab (default: the counts saved "
                         "beside each drafter by `edgespec train`), head inputs for --head-rank")
@@ -153,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_train import add_commands
 
     add_commands(sub)  # distill, train, sweep
+
+    from .cli_devices import add_commands as add_device_commands
+
+    add_device_commands(sub)  # devices
 
     i = sub.add_parser("info", help="describe a bundle")
     i.add_argument("bundle")

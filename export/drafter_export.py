@@ -36,16 +36,21 @@ def trim_map(folders: list[Path], k: int, calibration, vocab: int) -> tuple[np.n
 
 
 def low_rank(m, target_model, k: int, calibration, d2t: np.ndarray | None) -> dict:
-    """SlimSpec: swap m's head for a distilled rank-k one (in place); returns its KL report."""
+    """SlimSpec: swap m's head for a distilled rank-k one (in place); returns its KL report.
+    m: a trained drafter reading `target_model`, or (target_model None) a separate draft
+    model, whose head reads its own final hidden states."""
     import torch
 
     from edgespec.models.distill import load_data
-    from edgespec.models.low_rank import drafter_head_inputs, fit_low_rank_head
+    from edgespec.models.low_rank import (drafter_head_inputs, fit_low_rank_head,
+                                          model_head_inputs)
 
     if calibration is None:
         raise ValueError("--head-rank distils the low-rank head on the drafter's own inputs: "
                          "pass --calibration DATA.safetensors (from `edgespec distill`)")
-    inputs = drafter_head_inputs(m, target_model, load_data(calibration))
+    data = load_data(calibration)
+    inputs = (model_head_inputs(m, data) if target_model is None else
+              drafter_head_inputs(m, target_model, data))
     head, report = fit_low_rank_head(m.lm_head.weight.detach(), inputs, k,
                                      None if d2t is None else torch.from_numpy(d2t))
     m.lm_head = head

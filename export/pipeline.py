@@ -19,7 +19,7 @@ from edgespec.models.drafters import DrafterConfig
 from edgespec.models.weights import load_transformer, weights_fingerprint
 
 from .bundle import atomic_bundle, bytes_read, save_onnx
-from .drafter_export import export_trained_drafter, trim_map
+from .drafter_export import export_trained_drafter, low_rank, trim_map
 from .fused_graph import build_fused_graph
 from .quantize import WEIGHT_DTYPES, quantize_int4
 from .target_graph import build_plain_graph, default_feature_layers
@@ -40,11 +40,21 @@ class ExportOptions:
     weights: str = "fp32"  # "fp32" or "int4" (MatMulNBits, onnxruntime.quantization)
     block_size: int = 32  # int4 quantisation block along the input dim
     drafters: tuple[tuple[str, str | Path], ...] = ()  # (name, trained drafter folder)
-    trim_vocab: int = 0  # VocabTrim every trained drafter's head to this many tokens (0 = off)
+    # VocabTrim to K tokens / SlimSpec rank r (0 = off): one int for every drafter head (the
+    # draft model's too), or ((name, value), ...) per drafter, "*" for the rest
+    trim_vocab: int | tuple[tuple[str, int], ...] = 0
     calibration: str | Path | None = None  # distill data for trim_vocab / head_rank
-    head_rank: int = 0  # SlimSpec: trained drafters' heads factored d -> r -> V|K (0 = off)
+    head_rank: int | tuple[tuple[str, int], ...] = 0
     overwrite: bool = False
     progress: bool = True
+
+
+def for_drafter(setting: int | tuple[tuple[str, int], ...], name: str) -> int:
+    """A trim_vocab / head_rank setting's value for drafter `name`."""
+    if isinstance(setting, int):
+        return setting
+    table = dict(setting)
+    return table.get(name, table.get("*", 0))
 
 
 def demo_drafters() -> tuple[tuple[str, Path], ...]:
@@ -82,18 +92,27 @@ def _model_info(hf_dir: Path, args: ModelArgs, max_len: int) -> ModelInfo:
 
 
 def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tuple[int, ...],
-                  opts: ExportOptions, d2t=None) -> tuple[GraphSpec, ModelInfo]:
-    """One language model -> tmp/file, checked against torch; returns its spec and dims.
-    d2t: VocabTrim (a draft model): the head keeps those rows and the graph emits K logits."""
+                  opts: ExportOptions, d2t=None, head_rank: int = 0
+                  ) -> tuple[GraphSpec, ModelInfo, dict]:
+    """One language model -> tmp/file, checked against torch; returns its spec, dims and the
+    head's SlimSpec report. For a draft model: d2t (VocabTrim) keeps those head rows and the
+    graph emits K logits; head_rank factors the head (distilled on opts.calibration)."""
     model = load_transformer(hf_dir, max_len=max_len)
     full_args = model.args
-    if d2t is not None:
+    report = {}
+    if head_rank:
+        report = low_rank(model, None, head_rank, opts.calibration, d2t)
+        model.lm_head.d2t = None  # the graph emits the kept columns only; d2t.npy maps them
+    elif d2t is not None:
         import torch
 
         head = torch.nn.Linear(full_args.dim, len(d2t), bias=False)
         head.weight = torch.nn.Parameter(model.lm_head.weight.detach()[torch.from_numpy(d2t)])
         model.lm_head = head
-        model.args = dataclasses.replace(full_args, vocab_size=len(d2t), tie_embeddings=False)
+    if head_rank or d2t is not None:
+        model.args = dataclasses.replace(full_args, tie_embeddings=False,
+                                         vocab_size=full_args.vocab_size if d2t is None
+                                         else len(d2t))
     int4 = opts.weights == "int4"
     proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4)
     if int4:
@@ -103,7 +122,7 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
     del proto
     info = _model_info(hf_dir, full_args, max_len)
     diff = check_parity(tmp, spec, info, model, int4=int4)
-    return dataclasses.replace(spec, parity_max_abs=diff), info
+    return dataclasses.replace(spec, parity_max_abs=diff), info, report
 
 
 def _check_same_tokenizer(target_dir: Path, draft_dir: Path) -> None:
@@ -150,6 +169,12 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                              f"{list(cfg.feature_layers)} but the export exposes {list(layers)}; "
                              f"pass --feature-layers {','.join(map(str, cfg.feature_layers))}")
     draft_dir = Path(opts.draft_model) if opts.draft_model else None
+    names = {n for n, _, _ in trained} | ({"draft_model"} if draft_dir else set()) | {"*"}
+    for flag, setting in (("--trim-vocab", opts.trim_vocab), ("--head-rank", opts.head_rank)):
+        unknown = [] if isinstance(setting, int) else sorted({n for n, _ in setting} - names)
+        if unknown:
+            raise ValueError(f"{flag} names {', '.join(unknown)}, which this export has no "
+                             f"drafter called; its drafters: {', '.join(sorted(names - {'*'}))}")
     if draft_dir is not None:
         draft_args = ModelArgs.from_hf_dir(draft_dir)
         if draft_args.vocab_size != args.vocab_size:
@@ -163,19 +188,22 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                         bos_token_id=args.bos_token_id)
     with atomic_bundle(out_dir, overwrite=opts.overwrite) as tmp:
         steps.set_postfix_str("target: build, onnx checker, parity vs torch")
-        spec, info = _export_graph(hf_dir, tmp, "target.onnx", max_len, layers, opts)
+        spec, info, _ = _export_graph(hf_dir, tmp, "target.onnx", max_len, layers, opts)
         steps.update()
         drafters = {"ngram": DrafterSpec(kind="ngram", options={"gamma": 4, "max_n": 4})}
         if draft_dir is not None:
             steps.set_postfix_str("draft model: build, onnx checker, parity vs torch")
             d2t, options = None, {"gamma": 4}
-            if opts.trim_vocab and opts.trim_vocab < args.vocab_size:
-                d2t, cover = trim_map([f for _, f, _ in trained], opts.trim_vocab,
+            k = for_drafter(opts.trim_vocab, "draft_model")
+            if k and k < args.vocab_size:
+                d2t, cover = trim_map([f for _, f, _ in trained], k,
                                       opts.calibration, args.vocab_size)
                 np.save(tmp / "draft_model.d2t.npy", d2t, allow_pickle=False)
-                options.update(trim_vocab=opts.trim_vocab, trim_coverage=round(cover, 4))
-            dspec, dinfo = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len, (), opts,
-                                         d2t)
+                options.update(trim_vocab=k, trim_coverage=round(cover, 4))
+            dspec, dinfo, report = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len,
+                                                 (), opts, d2t,
+                                                 for_drafter(opts.head_rank, "draft_model"))
+            options.update(report)
             drafters["draft_model"] = DrafterSpec(
                 kind="draft_model", graph=dspec, model=dinfo, options=options,
                 d2t=None if d2t is None else "draft_model.d2t.npy")
@@ -183,8 +211,10 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
         for name, folder, _ in trained:
             steps.set_postfix_str(f"{name}: build, onnx checker, parity vs torch")
             drafters[name] = export_trained_drafter(hf_dir, folder, tmp, name, info,
-                                                    opts.trim_vocab, opts.calibration,
-                                                    opts.head_rank, fused=opts.graph == "fused")
+                                                    for_drafter(opts.trim_vocab, name),
+                                                    opts.calibration,
+                                                    for_drafter(opts.head_rank, name),
+                                                    fused=opts.graph == "fused")
             steps.update()
         shutil.copyfile(tokenizer, tmp / "tokenizer.json")
         manifest = Manifest(model=info, tokenizer=tok, target=spec, drafters=drafters,

@@ -63,7 +63,8 @@ def _propose_ms(model: Model, drafter, prompts: list[list[int]], repeats: int) -
 def head_graph(path: Path) -> onnx.ModelProto:
     """The drafter head of an exported graph as a graph of its own: x [N, d] -> logits [N, V|K]."""
     model = onnx.load(str(path))
-    names = {n for w in HEAD_WEIGHTS for n in (w, f"{w}_t")}
+    # a tied head (a draft model's) is the embedding read by a Gemm
+    names = {n for w in HEAD_WEIGHTS for n in (w, f"{w}_t")} | {"embed_tokens.weight"}
     inits = {t.name: t for t in model.graph.initializer if t.name in names}
     nodes = [n for n in model.graph.node if len(n.input) > 1 and n.input[1] in inits]
     if not nodes:
@@ -103,7 +104,9 @@ def time_heads(graphs: list[onnx.ModelProto], rows: list[int], rounds: int = 7,
 
 def sweep(hf_dir: Path, drafters: tuple, settings: list[tuple[int, int]], prompts: list[dict],
           calibration, max_new_tokens: int = 64, max_len: int = 1024,
-          repeats: int = 20) -> list[SweepRow]:
+          repeats: int = 20, draft_model: Path | None = None) -> list[SweepRow]:
+    """drafters: (name, trained folder) pairs; draft_model: a separate draft model's HF folder,
+    swept alongside (its head trimmed / factored the same way)."""
     rows, heads = [], []
     settings = [(0, 0)] + [s for s in settings if s != (0, 0)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,10 +114,11 @@ def sweep(hf_dir: Path, drafters: tuple, settings: list[tuple[int, int]], prompt
             out = Path(tmp) / f"k{k}-r{r}"
             export_bundle(hf_dir, out, ExportOptions(
                 max_len=max_len, drafters=drafters, trim_vocab=k, head_rank=r,
-                calibration=calibration, progress=False))
+                calibration=calibration, draft_model=draft_model, progress=False))
             model = Model(out)
             ids = [model.tokenizer.encode(p["prompt"]) for p in prompts[:8]]
-            for name, _ in drafters:
+            names = [n for n, _ in drafters] + (["draft_model"] if draft_model else [])
+            for name in names:
                 spec = model.manifest.drafters[name]
                 s = summarize(list(run_eval(model, prompts, GenerationParams(
                     max_new_tokens=max_new_tokens), name)))

@@ -134,7 +134,12 @@ def emit_lm_head(b: Builder, model, hidden: str, as_matmul: bool) -> None:
     """logits [1, N, V] of the rows `logits_index` picks from hidden [1, S, d]."""
     a: ModelArgs = model.args
     rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, a.dim]))
-    if as_matmul:  # a [d, V] MatMul, which int4 quantisation turns into MatMulNBits
+    if hasattr(model.lm_head, "rank"):  # SlimSpec (a draft model): d -> r -> V|K, two MatMuls
+        for name in ("a", "b"):
+            w = getattr(model.lm_head, name).weight
+            rows = b.op("MatMul", rows, b.weight(f"lm_head.{name}_t", matmul_weight(w)))
+        logits = rows
+    elif as_matmul:  # a [d, V] MatMul, which int4 quantisation turns into MatMulNBits
         head_t = b.weight("lm_head.weight_t", matmul_weight(model.lm_head.weight))
         logits = b.op("MatMul", rows, head_t)
     else:  # Gemm with transB reads the head as stored, [V, d]: a tied head shares the embedding

@@ -76,18 +76,35 @@ def fit_low_rank_head(w: torch.Tensor, inputs: torch.Tensor, r: int,
                          "kl_distilled": round(after, 4)}
 
 
+def _first(data, max_sequences: int):
+    from .distill import DistillData
+
+    n = min(len(data), max_sequences)
+    return DistillData(data.tokens[: data.offsets[n]], data.offsets[: n + 1],
+                       data.prompt_lengths[:n], data.meta)
+
+
+@torch.no_grad()
+def model_head_inputs(model, data, max_sequences: int = 128) -> torch.Tensor:
+    """[N, d]: the final normed hidden states a language model (the separate draft model) feeds
+    its own LM head on (the first) self-distillation sequences."""
+    from .train import target_table
+
+    data = _first(data, max_sequences)
+    table = target_table(model, data, "mtp", (), 1)  # "mtp": the final hidden, no features
+    return torch.cat([table.inputs[i, : int(t)].float() for i, t in enumerate(table.lengths)])
+
+
 @torch.no_grad()
 def drafter_head_inputs(m, target, data, max_sequences: int = 128) -> torch.Tensor:
     """[N, d]: what the drafter's LM head reads on (the first) self-distillation sequences:
     each Medusa head's block output, or a layer drafter's hidden reading target features."""
-    from .distill import DistillData
     from .drafters import LayerDrafter
     from .llama import causal_bias
     from .train import target_table
 
-    n = min(len(data), max_sequences)
-    data = DistillData(data.tokens[: data.offsets[n]], data.offsets[: n + 1],
-                       data.prompt_lengths[:n], data.meta)
+    data = _first(data, max_sequences)
+    n = len(data)
     table = target_table(target, data, m.cfg.kind, m.cfg.feature_layers, 1)
     out = []
     for i in range(n):

@@ -1,8 +1,10 @@
 """Medusa-2: Medusa heads trained together with the target backbone.
 
-The backbone's loss is a soft cross-entropy to the original target's own top-k distribution
-(self-distillation: it keeps the model's predictions while the heads pull its hidden states
-towards what they need), at a lower learning rate than the heads (Medusa-2's recipe). Heads
+The backbone's loss is the KL divergence from the original target's full next-token
+distribution, computed on the fly by the frozen original (self-distillation: it keeps the
+model's predictions while the heads pull its hidden states towards what they need), at a lower
+learning rate than the heads (Medusa-2's recipe). A soft CE to the original's top-k alone
+would sharpen the backbone: measured +5.7 % held-out loss on real text after 235 steps. Heads
 usually start from a Medusa-1 folder. Output: out_dir/target (a HF checkpoint of the new
 backbone) and the heads in out_dir, recorded against the new target's fingerprint.
 """
@@ -22,7 +24,7 @@ from .distill import DistillData
 from .drafters import DrafterConfig, MedusaHeads, save_drafter
 from .llama import causal_bias
 from .train import (TrainConfig, TargetTable, greedy_tree, medusa_losses, medusa_rank_accuracy,
-                    soft_ce, target_table)
+                    target_table)
 from .vocab_trim import save_counts, token_counts
 from .weights import save_checkpoint, weights_fingerprint
 
@@ -38,6 +40,14 @@ def _backbone(student, tokens):
     return logits, hidden  # padded rows sit after the valid ones: causal masking ignores them
 
 
+def kl_to(logits: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid rows of KL(softmax(ref) || softmax(logits)); [B, T, V], valid [B, T]."""
+    logp = torch.log_softmax(ref.float(), -1)
+    logq = torch.log_softmax(logits.float(), -1)
+    per_row = (logp.exp() * (logp - logq)).sum(-1)
+    return (per_row * valid).sum() / valid.sum().clamp(min=1)
+
+
 def _batch(table: TargetTable, idx):
     lens = table.lengths[idx]
     t = int(lens.max())
@@ -46,18 +56,19 @@ def _batch(table: TargetTable, idx):
 
 
 @torch.no_grad()
-def _heldout(student, table: TargetTable, idx) -> dict:
-    """Next-token loss on held-out sequences, and the soft CE to the original's distribution."""
-    nll, soft, rows = 0.0, 0.0, 0.0
+def _heldout(student, original, table: TargetTable, idx) -> dict:
+    """Next-token loss on held-out sequences, and the KL from the original's distribution."""
+    nll, kl, rows = 0.0, 0.0, 0.0
     for chunk in idx.split(8):
-        tokens, top_ids, top_p, valid = _batch(table, chunk)
+        tokens, _, _, valid = _batch(table, chunk)
         logits, _ = _backbone(student, tokens)
         ok = (valid[:, :-1] & valid[:, 1:]).float()
         logq = torch.log_softmax(logits[:, :-1].float(), -1)
         nll += float(-(logq.gather(-1, tokens[:, 1:, None])[..., 0] * ok).sum())
-        soft += float(soft_ce(logits[:, :-1], top_ids[:, :-1], top_p[:, :-1], ok) * ok.sum())
+        ref, _ = _backbone(original, tokens)
+        kl += float(kl_to(logits[:, :-1], ref[:, :-1], ok) * ok.sum())
         rows += float(ok.sum())
-    return {"nll": round(nll / rows, 5), "soft_ce_to_original": round(soft / rows, 5)}
+    return {"nll": round(nll / rows, 5), "kl_to_original": round(kl / rows, 6)}
 
 
 def _subset(data: DistillData, idx) -> DistillData:
@@ -69,7 +80,7 @@ def _subset(data: DistillData, idx) -> DistillData:
 
 def train_medusa2(cfg: DrafterConfig, target, src_dir: str | Path, data: DistillData,
                   out_dir: str | Path, tc: TrainConfig = TrainConfig(),
-                  init_heads: MedusaHeads | None = None, backbone_lr_ratio: float = 0.1,
+                  init_heads: MedusaHeads | None = None, backbone_lr_ratio: float = 0.01,
                   backbone_weight: float = 1.0) -> dict:
     out_dir = Path(out_dir)
     torch.manual_seed(tc.seed)
@@ -84,7 +95,7 @@ def train_medusa2(cfg: DrafterConfig, target, src_dir: str | Path, data: Distill
     order = torch.from_numpy(np.random.default_rng(tc.seed).permutation(n))
     n_held = max(1, int(n * tc.heldout))
     held, train = order[:n_held], order[n_held:]
-    before = _heldout(student, table, held)
+    before = _heldout(student, target, table, held)
     head_params = [p for name, p in heads.named_parameters() if not name.startswith("lm_head")]
     for p in student.parameters():
         p.requires_grad_(True)
@@ -99,7 +110,9 @@ def train_medusa2(cfg: DrafterConfig, target, src_dir: str | Path, data: Distill
         tokens, top_ids, top_p, valid = _batch(table, train[torch.randint(len(train), (tc.batch,),
                                                                           generator=gen)])
         logits, hidden = _backbone(student, tokens)
-        keep = soft_ce(logits, top_ids, top_p, valid.float())  # stay the original model
+        with torch.no_grad():
+            ref, _ = _backbone(target, tokens)
+        keep = kl_to(logits, ref, valid.float())  # stay the original model
         losses, _ = medusa_losses(heads, hidden, top_ids, top_p, valid)
         loss = backbone_weight * keep + sum(tc.decay ** k * x for k, x in enumerate(losses))
         warm = min(1.0, (step + 1) / tc.warmup)
@@ -114,7 +127,7 @@ def train_medusa2(cfg: DrafterConfig, target, src_dir: str | Path, data: Distill
             break
     student.eval()
     heads.eval()
-    after = _heldout(student, table, held)
+    after = _heldout(student, target, table, held)
     new_target = save_checkpoint(student, src_dir, out_dir / TARGET_DIR)
     # the tree is grown on what the new target says: its hidden states, its greedy tokens
     new_table = target_table(student, _subset(data, held), "medusa", (), 1)

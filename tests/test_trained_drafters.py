@@ -205,6 +205,20 @@ def test_checkpoint_round_trip_resumes_weights_and_optimizer(tiny_dirs, tmp_path
 
 
 @pytest.fixture(scope="module")
+def calibration(tiny_dirs, tmp_path_factory):
+    """Self-distillation data of the tiny llama: calibration for trimmed / low-rank heads."""
+    from edgespec.models.distill import save_data
+
+    root = tmp_path_factory.mktemp("cal")
+    export_bundle(tiny_dirs["llama"], root / "base", ExportOptions(max_len=64, progress=False))
+    rng = np.random.default_rng(5)
+    data = generate_data(Model(root / "base"), [rng.integers(3, 300, 6).tolist()
+                                                for _ in range(8)], 16)
+    save_data(data, root / "cal.safetensors")
+    return root / "cal.safetensors"
+
+
+@pytest.fixture(scope="module")
 def trimmed_bundle(tiny_dirs, trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("trim") / "b"
     export_bundle(tiny_dirs["llama"], out, ExportOptions(
@@ -250,28 +264,24 @@ def test_a_d2t_map_out_of_range_is_refused(trimmed_bundle, tmp_path):
         Model(bad).drafter("mtp")
 
 
-def test_low_rank_heads_fold_into_onnx_and_stay_lossless(tiny_dirs, trained, tmp_path):
-    from edgespec.models.distill import save_data
-
-    hf = tiny_dirs["llama"]
-    rng = np.random.default_rng(5)
+def test_low_rank_heads_fold_into_onnx_and_stay_lossless(tiny_dirs, trained, tmp_path,
+                                                         calibration):
     from edgespec.export.pipeline import ExportOptions as Opts
 
-    base = tmp_path / "base"
-    export_bundle(hf, base, Opts(max_len=64, progress=False))
-    data = generate_data(Model(base), [rng.integers(3, 300, 6).tolist() for _ in range(8)], 16)
-    save_data(data, tmp_path / "cal.safetensors")
+    hf = tiny_dirs["llama"]
     for trim in (0, 40):
         out = tmp_path / f"lr{trim}"
         export_bundle(hf, out, Opts(max_len=64, progress=False, head_rank=8, trim_vocab=trim,
-                                    calibration=tmp_path / "cal.safetensors",
+                                    calibration=calibration, draft_model=tiny_dirs["qwen2"],
                                     drafters=tuple((k, trained[k][1]) for k in KINDS)))
         m = Model(out)
-        for k in KINDS:
+        for k in (*KINDS, "draft_model"):
             o = m.manifest.drafters[k].options
             assert o["head_rank"] == 8 and o["kl_distilled"] <= o["kl_svd"]
+        draft = m.manifest.drafters["draft_model"].graph
+        assert draft.outputs[0].shape[-1] == (trim or m.manifest.model.vocab_size)
         params = GenerationParams(max_new_tokens=16, stop_on_eos=False)
-        for name in KINDS:
+        for name in (*KINDS, "draft_model"):
             ref, gen = Generator(m, params), Generator(m, params, m.drafter(name))
             for g in (ref, gen):
                 g.append_tokens([8, 3, 21])
@@ -295,27 +305,26 @@ def test_svd_init_is_the_best_low_rank_factorisation():
     assert y.shape == (2, 50) and torch.isinf(y[:, 0]).all() and torch.isfinite(y[:, d2t]).all()
 
 
-def test_sweep_cli_writes_table_json_and_plot(tiny_dirs, trained, tmp_path, capsys):
+def test_sweep_cli_writes_table_json_and_plot(tiny_dirs, trained, tmp_path, capsys,
+                                              calibration):
     import json
 
     from edgespec.cli import main
-    from edgespec.models.distill import save_data
 
     hf = tiny_dirs["llama"]
-    base = tmp_path / "base"
-    export_bundle(hf, base, ExportOptions(max_len=64, progress=False))
-    rng = np.random.default_rng(6)
-    save_data(generate_data(Model(base), [rng.integers(3, 300, 5).tolist() for _ in range(6)],
-                            12), tmp_path / "cal.safetensors")
     pfile = tmp_path / "p.jsonl"
     pfile.write_text("".join(json.dumps({"prompt": f"t{i} t{i + 4}"}) + "\n" for i in range(3, 6)))
     assert main(["sweep", str(hf), "--drafter", f"mtp={trained['mtp'][1]}", "--trim-vocab", "40",
-                 "--head-rank", "8", "--calibration", str(tmp_path / "cal.safetensors"),
+                 "--head-rank", "8", "--calibration", str(calibration),
+                 "--draft-model", str(tiny_dirs["qwen2"]),
                  "--prompts", str(pfile), "--max-new-tokens", "8", "-o", str(tmp_path / "sw")]) == 0
-    rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())
-    assert [(r["trim_vocab"], r["head_rank"]) for r in rows] == [(0, 0), (0, 8), (40, 0), (40, 8)]
-    assert rows[0]["head_bytes"] > rows[3]["head_bytes"] and all(r["tau"] >= 1 for r in rows)
-    assert all(r["head_ms"] > 0 for r in rows)
+    every = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert all(r["head_ms"] > 0 and r["tau"] >= 1 for r in every)
+    for name in ("mtp", "draft_model"):
+        rows = [r for r in every if r["drafter"] == name]
+        assert [(r["trim_vocab"], r["head_rank"]) for r in rows] == [(0, 0), (0, 8), (40, 0),
+                                                                     (40, 8)]
+        assert rows[0]["head_bytes"] > rows[3]["head_bytes"]
     assert (tmp_path / "sw" / "sweep.png").stat().st_size > 10_000
     assert "| mtp | 40 | 8 |" in capsys.readouterr().out
 
@@ -364,3 +373,26 @@ def test_layer_drafters_follow_the_target_graph_kind(tiny_dirs, trained, tmp_pat
             while not g.is_done():
                 g.step()
         assert gen.tokens == ref.tokens and gen.stats.target_forwards < ref.stats.target_forwards
+
+
+def test_export_cli_compresses_per_drafter(tiny_dirs, trained, tmp_path, calibration):
+    """--trim-vocab K for all, NAME=K for one; --head-rank NAME=R for one drafter only."""
+    from edgespec.cli import main, per_drafter
+
+    hf = tiny_dirs["llama"]
+    out = tmp_path / "b"
+    assert main(["export", str(hf), "-o", str(out), "--max-len", "64",
+                 "--drafter", f"mtp={trained['mtp'][1]}",
+                 "--drafter", f"medusa={trained['medusa'][1]}",
+                 "--trim-vocab", "40", "--trim-vocab", "medusa=0", "--head-rank", "mtp=8",
+                 "--calibration", str(calibration)]) == 0
+    specs = Model(out).manifest.drafters
+    assert specs["mtp"].options["trim_vocab"] == 40 and specs["mtp"].options["head_rank"] == 8
+    assert "trim_vocab" not in specs["medusa"].options
+    assert "head_rank" not in specs["medusa"].options
+    assert main(["export", str(hf), "-o", str(tmp_path / "c"), "--drafter",
+                 f"mtp={trained['mtp'][1]}", "--trim-vocab", "mtpp=40"]) == 2  # a typo: refused
+    assert not (tmp_path / "c").exists()
+    assert per_drafter(["64"], "--head-rank") == 64
+    with pytest.raises(ValueError, match="NAME=integer"):
+        per_drafter(["mtp=lots"], "--trim-vocab")

@@ -1,0 +1,109 @@
+"""`edgespec devices`: list device profiles, show one with its sources, and project a bundle's
+decoding speed and chain-drafting speedup on each from the cost model (devices/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _show(p) -> None:
+    print(f"{p.name}: {p.description}")
+    for key in ("kind", "memory_bandwidth_gbs", "peak_fp16_tflops", "memory_gb",
+                "unified_memory", "provider", "kv_dtype"):
+        print(f"  {key}: {getattr(p, key)}")
+    for key, src in p.sources.items():
+        print(f"  source of {key}: {src}")
+
+
+def _lengths(path: str) -> list[int]:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    lengths = [n for r in rows for n in r.get("accepted_lengths", [])]
+    if not lengths:
+        raise ValueError(f"{path} has no accepted_lengths: write it with `edgespec eval BUNDLE "
+                         "--drafter NAME --gamma G --out FILE`")
+    return lengths
+
+
+def project(bundle: str, profiles, drafter: str | None, eval_file: str | None,
+            context: int, overhead_ms: float) -> list[dict]:
+    """Projected per-token time of plain decoding and, given an eval of a chain drafter, the
+    best draft length and speedup, per profile. Assumes fp16 weights and K/V on GPU profiles
+    (the bundle's fp32 byte counts halved) and `overhead_ms` per forward."""
+    from edgespec.manifest import load_manifest
+    from edgespec.runtime.mbsu import kv_bytes
+
+    from .devices.cost_model import acceptance_per_depth, best_gamma, project_curve
+
+    m = load_manifest(bundle)
+    if m.target.bytes_read is None:
+        raise ValueError(f"{bundle} predates byte counts; re-export it")
+    accept, spec = None, None
+    if eval_file:
+        if drafter is None:
+            raise ValueError("--eval needs --drafter NAME (the drafter the eval ran)")
+        spec = m.drafters.get(drafter)
+        if spec is None or spec.kind not in ("mtp", "eagle3", "draft_model", "ngram"):
+            raise ValueError(f"--drafter {drafter!r}: projection covers the bundle's chain "
+                             "drafters (mtp, eagle3, draft_model, ngram)")
+        lengths = _lengths(eval_file)
+        accept = acceptance_per_depth(lengths, max(lengths) - 1)
+    rows = []
+    for p in profiles:
+        scale = 0.5 if p.kind == "gpu" else 1.0  # fp16 on GPUs
+        curve = project_curve(p, m.target.bytes_read * scale,
+                              kv_bytes(m.model, context) * scale, overhead_ms / 1e3)
+        row = {"device": p.name, "ar_ms_per_token": 1e3 * float(curve.time(1)),
+               "verify_8_vs_1": curve.ratio(8)}
+        if accept is not None:
+            draft_s = 0.0
+            if spec.graph is not None:
+                draft = project_curve(p, (spec.graph.bytes_read or 0) * scale,
+                                      kv_bytes(spec.model, context) * scale, overhead_ms / 1e3)
+                draft_s = float(draft.time(1))
+            gamma, rate = best_gamma(curve, draft_s, accept)
+            row.update(best_gamma=gamma, speedup=rate * float(curve.time(1)))
+        rows.append(row)
+    return rows
+
+
+def cmd_devices(ns) -> int:
+    from .devices.profiles import list_profiles, load_profile
+
+    if ns.name and not ns.bundle:
+        _show(load_profile(ns.name))
+        return 0
+    names = [ns.name] if ns.name else list_profiles()
+    profiles = [load_profile(n) for n in names]
+    if not ns.bundle:
+        print(f"{'profile':<22}{'kind':>5}{'GB/s':>9}{'fp16 TFLOPS':>13}{'memory GB':>11}"
+              f"{'provider':>10}")
+        for p in profiles:
+            print(f"{p.name:<22}{p.kind:>5}{p.memory_bandwidth_gbs:>9.1f}"
+                  f"{p.peak_fp16_tflops:>13.2f}{p.memory_gb:>11.1f}{p.provider:>10}")
+        return 0
+    rows = project(ns.bundle, profiles, ns.drafter, ns.eval, ns.context, ns.overhead_ms)
+    print(f"projected for {ns.bundle} at a {ns.context}-token context, {ns.overhead_ms} ms per "
+          "forward of overhead, fp16 weights and K/V on GPUs (peak bandwidth and throughput: "
+          "an upper bound on speed)")
+    head = f"{'profile':<22}{'AR ms/token':>12}{'T(8)/T(1)':>11}"
+    print(head + (f"{'best gamma':>12}{'speedup':>9}" if ns.eval else ""))
+    for r in rows:
+        line = f"{r['device']:<22}{r['ar_ms_per_token']:>12.3f}{r['verify_8_vs_1']:>11.2f}"
+        if "best_gamma" in r:
+            line += f"{r['best_gamma']:>12}{r['speedup']:>9.2f}"
+        print(line)
+    return 0
+
+
+def add_commands(sub) -> None:
+    d = sub.add_parser("devices", help="device profiles; with --bundle, projected speed on each")
+    d.add_argument("name", nargs="?", help="one profile (default: all); `cpu` probes this host")
+    d.add_argument("--bundle", help="project this bundle's decoding on the profile(s)")
+    d.add_argument("--drafter", help="with --eval: the chain drafter the eval ran")
+    d.add_argument("--eval", help="`edgespec eval` results of that drafter (per-depth "
+                                  "acceptance comes from its accepted_lengths)")
+    d.add_argument("--context", type=int, default=512, help="tokens in the KV cache")
+    d.add_argument("--overhead-ms", type=float, default=0.1,
+                   help="assumed fixed cost per forward (launches; CUDA graphs shrink it)")
+    d.set_defaults(fn=cmd_devices)

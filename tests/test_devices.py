@@ -1,0 +1,97 @@
+"""Device profiles (shipped JSON, validation, the probed `cpu`) and the cost model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgespec.devices.cost_model import (CostCurve, acceptance_per_depth, best_gamma,
+                                         chain_tokens_per_step, fit_curve, project_curve)
+from edgespec.devices.profiles import list_profiles, load_profile, profile_from_dict
+
+SHIPPED = ("jetson-orin-nano-8gb", "jetson-orin-nx-16gb", "jetson-agx-orin-64gb",
+           "jetson-agx-thor", "rtx-3060", "rtx-4060-laptop", "rtx-4060", "rtx-4090")
+
+
+@pytest.fixture
+def cpu_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path))
+    return tmp_path / "cpu-profile.json"
+
+
+def test_every_shipped_profile_loads_with_sources():
+    assert set(SHIPPED) | {"cpu"} <= set(list_profiles())
+    for name in SHIPPED:
+        p = load_profile(name)
+        assert p.name == name and p.kind == "gpu" and p.provider in ("cuda", "tensorrt")
+        assert 10 < p.memory_bandwidth_gbs < 2000 and 1 < p.peak_fp16_tflops < 2000
+        assert {"memory_bandwidth_gbs", "peak_fp16_tflops", "memory_gb"} <= set(p.sources)
+    # the ordering every published figure agrees on
+    assert load_profile("rtx-4090").bandwidth > load_profile("jetson-agx-orin-64gb").bandwidth \
+        > load_profile("jetson-orin-nano-8gb").bandwidth
+
+
+def test_bad_profiles_and_unknown_names_are_refused():
+    good = json.loads(json.dumps(load_profile("rtx-4090").__dict__))
+    with pytest.raises(ValueError, match="unknown device profile 'rtx-9999'.*rtx-4090"):
+        load_profile("rtx-9999")
+    for change, message in ((("memory_bandwidth_gbs", -1), "positive number"),
+                            (("memory_gb", "8"), "positive number"),
+                            (("provider", "metal"), "provider 'metal' is not one of"),
+                            (("unified_memory", "no"), "true or false")):
+        with pytest.raises(ValueError, match=message):
+            profile_from_dict({**good, change[0]: change[1]}, "x.json")
+    with pytest.raises(ValueError, match=r"missing keys \['kind'\]"):
+        profile_from_dict({k: v for k, v in good.items() if k != "kind"}, "x.json")
+
+
+def test_cpu_profile_is_probed_once_and_cached(cpu_cache):
+    with pytest.raises(ValueError, match="not been probed"):
+        load_profile("cpu", probe=False)
+    p = load_profile("cpu")
+    assert p.kind == "cpu" and p.memory_bandwidth_gbs > 0.5 and p.peak_fp16_tflops > 0
+    assert cpu_cache.is_file()
+    stamp = cpu_cache.stat().st_mtime_ns
+    assert load_profile("cpu", probe=False) == p and cpu_cache.stat().st_mtime_ns == stamp
+    cpu_cache.write_text("{broken")  # a broken cache is measured again, not trusted
+    assert load_profile("cpu").kind == "cpu"
+
+
+def test_fit_curve_recovers_a_roofline():
+    true = CostCurve(overhead=2e-4, memory=1e-3, compute=1.25e-4)  # knee at S = 8
+    sizes = [1, 2, 4, 8, 16, 32, 64]
+    rng = np.random.default_rng(0)
+    times = true.time(np.array(sizes)) * (1 + 0.01 * rng.standard_normal(len(sizes)))
+    fit = fit_curve(sizes, times)
+    for s in sizes:
+        assert fit.time(s) == pytest.approx(true.time(s), rel=0.05)
+    assert fit.ratio(64) == pytest.approx(true.ratio(64), rel=0.05)
+    with pytest.raises(ValueError, match=">= 3 points"):
+        fit_curve([1, 2], [1.0, 1.0])
+
+
+def test_chain_objective_and_best_gamma():
+    lengths = [1] * 20 + [2] * 30 + [3] * 25 + [4] * 25  # drafts accepted: 0..3
+    a = acceptance_per_depth(lengths, 3)
+    np.testing.assert_allclose(a, [80 / 100, 50 / 80, 25 / 50])
+    assert chain_tokens_per_step(a, 3) == pytest.approx(np.mean(lengths))
+    flat = CostCurve(overhead=0.0, memory=1e-3, compute=1e-6)  # memory-bound: verify ~ free
+    assert best_gamma(flat, 1e-5, a)[0] == 3  # cheap drafts: draft as deep as measured
+    assert best_gamma(flat, 2e-3, a)[0] == 0  # a draft costs 2 target forwards: don't
+    steep = CostCurve(overhead=0.0, memory=1e-4, compute=1e-3)  # compute-bound
+    assert best_gamma(steep, 1e-5, a)[0] == 0
+
+
+def test_projection_scales_with_the_profile(tiny_bundles, tmp_path, capsys, cpu_cache):
+    from edgespec.cli import main
+
+    bundle = tiny_bundles["llama"][1]
+    rows = [{"accepted_lengths": [1, 2, 3, 2, 4, 1, 3]}]
+    (tmp_path / "ev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["devices", "--bundle", str(bundle), "--drafter", "ngram", "--eval",
+                 str(tmp_path / "ev.jsonl"), "jetson-orin-nano-8gb"]) == 0
+    out = capsys.readouterr().out
+    assert "jetson-orin-nano-8gb" in out and "best gamma" in out
+    nano, big = load_profile("jetson-orin-nano-8gb"), load_profile("rtx-4090")
+    assert project_curve(nano, 1e8, 0, 1e-4).time(1) > project_curve(big, 1e8, 0, 1e-4).time(1)
+    assert main(["devices"]) == 0 and "rtx-4090" in capsys.readouterr().out
