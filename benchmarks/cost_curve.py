@@ -11,15 +11,12 @@ forwards. This curve decides how large a draft tree pays on the machine.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 
 from edgespec.export.pipeline import ExportOptions, export_bundle
-from edgespec.masks import causal_bias
+from edgespec.devices.tune import measure_target_curve
 from edgespec.runtime.model import Model
 from edgespec.runtime.providers import SessionConfig
 
@@ -43,24 +40,7 @@ def random_real_dims(out: Path) -> Path:
 
 
 def measure(model: Model, past: int, runs: int, reps: int) -> dict[int, float]:
-    runner = model.new_runner()
-    rng = np.random.default_rng(0)
-    vocab, mask = model.manifest.model.vocab_size, model.manifest.target.mask_value
-    ids = rng.integers(0, vocab, past)
-    runner.forward(ids, np.arange(past), causal_bias(0, past, mask), np.array([past - 1]))
-    times = {s: [] for s in SIZES}
-    for _ in range(runs):
-        for s in SIZES:
-            new, pos = rng.integers(0, vocab, s), np.arange(past, past + s)
-            bias, rows = causal_bias(past, s, mask), np.arange(s)
-            runner.forward(new, pos, bias, rows)  # warm this shape's binding
-            runner.kv.truncate(past)
-            t = time.perf_counter()
-            for _ in range(reps):
-                runner.forward(new, pos, bias, rows)
-                runner.kv.truncate(past)
-            times[s].append((time.perf_counter() - t) / reps)
-    return {s: statistics.median(v) for s, v in times.items()}
+    return measure_target_curve(model, SIZES, past, runs, reps)
 
 
 def main() -> None:

@@ -86,8 +86,8 @@ def bundle_engines(model: Model, prompts, n: int, tag: str, first: bool) -> dict
             engines[f"{tag}edgespec draft g{g}"] = run(model.drafter("draft_model", g))
     # trained drafters: (gamma, width, tree_size) settings; None = the bundle's default
     settings = {"medusa": [(None, None, t) for t in (4, 8, 16, 32, 64)],
-                "mtp": [(g, 1, None) for g in (2, 3, 4)] + [(3, 2, 6)],
-                "eagle3": [(g, 1, None) for g in (3, 4, 5)] + [
+                "mtp": [(g, 1, None) for g in (1, 2, 3, 4, 5, 6)] + [(3, 2, 6)],
+                "eagle3": [(g, 1, None) for g in (1, 2, 3, 4, 5, 6)] + [
                     (4, 2, 8), (5, 3, 12), (6, 4, 16), (6, 4, 24), (8, 4, 32)]}
     for name, spec in model.manifest.drafters.items():
         for g, w, t in settings.get(spec.kind, []):

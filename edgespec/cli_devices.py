@@ -96,6 +96,40 @@ def cmd_devices(ns) -> int:
     return 0
 
 
+def cmd_tune(ns) -> int:
+    from edgespec.runtime.evaluate import read_prompts
+    from edgespec.runtime.model import Model
+    from edgespec.runtime.providers import SessionConfig
+    from edgespec.runtime.tuning import save_tuning
+
+    from .devices.profiles import load_profile
+    from .devices.tune import tune_chain
+
+    profile = load_profile(ns.device)
+    if ns.device != "cpu" and profile.provider != ns.provider:
+        raise ValueError(f"--device {ns.device} runs on its {profile.provider} provider; pass "
+                         f"--provider {profile.provider} (tune measures on the device it runs on)")
+    model = Model(ns.bundle, SessionConfig(provider=ns.provider, threads=ns.threads))
+    prompts = [model.tokenizer.encode(r["prompt"])
+               for r in read_prompts(ns.prompts)[: ns.limit or None]]
+    t = tune_chain(model, ns.drafter, prompts, ns.max_gamma, ns.max_new_tokens)
+    print(f"{ns.drafter} on {ns.device}: per-depth acceptance "
+          f"{', '.join(f'{a:.2f}' for a in t.acceptance)}")
+    print(f"{'gamma':>6}{'propose ms':>12}{'verify ms':>11}{'expected tok/s':>16}")
+    for g, rate in t.rates.items():
+        print(f"{g:>6}{1e3 * t.propose_seconds[g]:>12.3f}{1e3 * t.target_curve[g + 1]:>11.3f}"
+              f"{rate:>16.1f}")
+    print(f"plain decoding: {t.plain_tok_s:.1f} tok/s expected")
+    path = save_tuning(Path(ns.bundle), ns.device, ns.provider, ns.drafter,
+                       {"gamma": t.gamma, "expected_tok_s": round(t.expected_tok_s, 1),
+                        "plain_tok_s": round(t.plain_tok_s, 1), "acceptance": t.acceptance})
+    verdict = "" if t.expected_tok_s > t.plain_tok_s else (
+        "; plain decoding is expected to be faster on this device")
+    print(f"chose gamma {t.gamma} ({t.expected_tok_s:.1f} tok/s expected){verdict}; wrote "
+          f"{path} (run/eval use it for --drafter {ns.drafter} when no --gamma is given)")
+    return 0
+
+
 def add_commands(sub) -> None:
     d = sub.add_parser("devices", help="device profiles; with --bundle, projected speed on each")
     d.add_argument("name", nargs="?", help="one profile (default: all); `cpu` probes this host")
@@ -107,3 +141,16 @@ def add_commands(sub) -> None:
     d.add_argument("--overhead-ms", type=float, default=0.1,
                    help="assumed fixed cost per forward (launches; CUDA graphs shrink it)")
     d.set_defaults(fn=cmd_devices)
+
+    t = sub.add_parser("tune", help="measure and store the best chain length of a drafter")
+    t.add_argument("bundle")
+    t.add_argument("--drafter", required=True, help="a chain drafter: ngram, draft_model, mtp, "
+                                                    "eagle3")
+    t.add_argument("--device", default="cpu", help="profile name the setting is stored under")
+    t.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
+    t.add_argument("--prompts", required=True, help="jsonl with a 'prompt' field")
+    t.add_argument("--limit", type=int, default=16, help="first N prompts (0 = all)")
+    t.add_argument("--max-gamma", type=int, default=8)
+    t.add_argument("--max-new-tokens", type=int, default=64)
+    t.add_argument("--threads", type=int, default=0)
+    t.set_defaults(fn=cmd_tune)

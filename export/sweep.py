@@ -22,8 +22,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from edgespec.devices.tune import measure_propose
 from edgespec.runtime.evaluate import run_eval, summarize
-from edgespec.runtime.generator import GenerationParams, Generator
+from edgespec.runtime.generator import GenerationParams
 from edgespec.runtime.model import Model
 
 from .onnx_builder import Builder
@@ -48,16 +49,7 @@ class SweepRow:
 
 def _propose_ms(model: Model, drafter, prompts: list[list[int]], repeats: int) -> float:
     """Median time of drafter.propose() after each prompt (state caught up first)."""
-    times = []
-    for ids in prompts:
-        gen = Generator(model, GenerationParams(max_new_tokens=8), drafter)
-        gen.append_tokens(ids)
-        gen.next_token()
-        for _ in range(repeats):
-            t = time.perf_counter()
-            drafter.propose(gen.draft_state, gen.tokens, gen.params.sampling, gen.rng)
-            times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    return 1000 * measure_propose(model, drafter, prompts, repeats)
 
 
 def head_graph(path: Path) -> onnx.ModelProto:

@@ -11,6 +11,7 @@ from .kv import KVCache
 from .providers import SessionConfig, create_session
 from .target import TargetRunner
 from .text import Tokenizer
+from .tuning import load_tuning, tuned_gamma
 
 
 class Model:
@@ -28,6 +29,7 @@ class Model:
         self.config = config
         self.session = create_session(str(safe_path(self.dir, m.target.file)), config)
         self._check_io()
+        self.tuning = load_tuning(self.dir)  # per-device settings from `edgespec tune`
         self._drafters: dict[tuple, object] = {}  # (name, gamma, width) -> drafter
 
     def _check_io(self) -> None:
@@ -54,9 +56,14 @@ class Model:
         """The bundle's drafter `name` (None or 'none': autoregressive), loaded once.
 
         gamma: draft length (tree depth); width: nodes expanded per depth (1 = a chain);
-        tree_size: nodes kept in a tree (medusa, eagle3). None = the bundle's default."""
+        tree_size: nodes kept in a tree (medusa, eagle3). None = the chain `edgespec tune`
+        chose for this provider, if any, else the bundle's default."""
         if name in (None, "none"):
             return None
+        if gamma is None and width is None and tree_size is None:
+            tuned = tuned_gamma(self.tuning, self.config.provider, name)
+            if tuned is not None:
+                gamma, width = tuned, 1
         key = (name, gamma, width, tree_size)
         if key not in self._drafters:
             self._drafters[key] = make_drafter(name, self.dir, self.manifest.drafters,

@@ -95,3 +95,32 @@ def test_projection_scales_with_the_profile(tiny_bundles, tmp_path, capsys, cpu_
     nano, big = load_profile("jetson-orin-nano-8gb"), load_profile("rtx-4090")
     assert project_curve(nano, 1e8, 0, 1e-4).time(1) > project_curve(big, 1e8, 0, 1e-4).time(1)
     assert main(["devices"]) == 0 and "rtx-4090" in capsys.readouterr().out
+
+
+def test_tune_measures_stores_and_is_used_by_default(tiny_bundles, tmp_path, capsys, cpu_cache):
+    import shutil
+
+    from edgespec.cli import main
+    from edgespec.manifest import BundleError
+    from edgespec.runtime.model import Model
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundles["llama"][1], bundle)
+    pfile = tmp_path / "p.jsonl"
+    pfile.write_text("".join(json.dumps({"prompt": f"t{i} t{i + 1} t{i} t{i + 1}"}) + "\n"
+                             for i in range(3, 7)))
+    assert main(["tune", str(bundle), "--drafter", "ngram", "--prompts", str(pfile),
+                 "--max-gamma", "3", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    tuning = json.loads((bundle / "tuning.json").read_text())
+    gamma = tuning["devices"]["cpu"]["drafters"]["ngram"]["gamma"]
+    assert 1 <= gamma <= 3 and f"chose gamma {gamma}" in out
+    model = Model(bundle)
+    assert model.drafter("ngram").gamma == gamma  # the tuned default
+    assert model.drafter("ngram", gamma=5).gamma == 5  # an explicit gamma wins
+    assert main(["tune", str(bundle), "--drafter", "medusa", "--prompts", str(pfile)]) == 2
+    (bundle / "tuning.json").write_text(json.dumps(
+        {"format": 1, "devices": {"cpu": {"provider": "cpu",
+                                          "drafters": {"ngram": {"gamma": 0}}}}}))
+    with pytest.raises(BundleError, match="integer gamma in 1..64"):
+        Model(bundle)

@@ -1,0 +1,105 @@
+"""`edgespec tune`: the chain length of a drafter that maximises tokens/s on this device, from
+measurements made here: the target's cost curve T(S), the drafter's proposal time per draft
+length, and its per-depth acceptance on the prompts (devices/cost_model.py's objective)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgespec.masks import causal_bias
+
+from .cost_model import acceptance_per_depth, chain_tokens_per_step
+
+CHAIN_KINDS = ("ngram", "draft_model", "mtp", "eagle3")
+
+
+def measure_target_curve(model, sizes, past: int = 256, runs: int = 3, reps: int = 10
+                         ) -> dict[int, float]:
+    """Median seconds of one target forward verifying S tokens after `past` cached ones."""
+    runner = model.new_runner()
+    rng = np.random.default_rng(0)
+    vocab, mask = model.manifest.model.vocab_size, model.manifest.target.mask_value
+    past = min(past, model.max_len - max(sizes) - 1)
+    ids = rng.integers(0, vocab, past)
+    runner.forward(ids, np.arange(past), causal_bias(0, past, mask), np.array([past - 1]))
+    times: dict[int, list[float]] = {s: [] for s in sizes}
+    for _ in range(runs):
+        for s in sizes:
+            new, pos = rng.integers(0, vocab, s), np.arange(past, past + s)
+            bias, rows = causal_bias(past, s, mask), np.arange(s)
+            runner.forward(new, pos, bias, rows)  # warm this shape's binding
+            runner.kv.truncate(past)
+            t = time.perf_counter()
+            for _ in range(reps):
+                runner.forward(new, pos, bias, rows)
+                runner.kv.truncate(past)
+            times[s].append((time.perf_counter() - t) / reps)
+    return {s: statistics.median(v) for s, v in times.items()}
+
+
+def measure_propose(model, drafter, prompts: list[list[int]], repeats: int = 5) -> float:
+    """Median seconds of one proposal, with the drafter caught up on each prompt."""
+    from edgespec.runtime.generator import GenerationParams, Generator
+
+    times = []
+    for ids in prompts:
+        gen = Generator(model, GenerationParams(max_new_tokens=8), drafter)
+        gen.append_tokens(ids)
+        gen.next_token()
+        for _ in range(repeats):
+            t = time.perf_counter()
+            drafter.propose(gen.draft_state, gen.tokens, gen.params.sampling, gen.rng)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure_acceptance(model, drafter, prompts: list[list[int]], max_new_tokens: int
+                       ) -> list[int]:
+    """Tokens per verify step (accepted drafts + 1) of greedy decoding with `drafter`."""
+    from edgespec.runtime.generator import GenerationParams, Generator
+
+    lengths = []
+    for ids in prompts:
+        gen = Generator(model, GenerationParams(max_new_tokens=max_new_tokens), drafter)
+        gen.append_tokens(ids)
+        gen.next_token()  # the prompt's forward is not a verify step
+        while not gen.is_done():
+            gen.step()
+        lengths += gen.stats.accepted_lengths[1:]
+    return lengths
+
+
+@dataclass(frozen=True)
+class ChainTuning:
+    gamma: int  # the best chain length (>= 1)
+    expected_tok_s: float  # of that gamma, from the measurements
+    plain_tok_s: float  # plain decoding: 1 / T(1)
+    rates: dict  # gamma -> expected tokens/s
+    acceptance: list  # a[d] = P(depth d+1 accepted | depth d accepted)
+    target_curve: dict  # S -> seconds
+    propose_seconds: dict  # gamma -> seconds
+
+
+def tune_chain(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
+               max_new_tokens: int = 64) -> ChainTuning:
+    spec = model.manifest.drafters.get(name)
+    if spec is None or spec.kind not in CHAIN_KINDS:
+        raise ValueError(f"tune picks chain lengths of {', '.join(CHAIN_KINDS)} drafters; "
+                         f"{name!r} is {'not in this bundle' if spec is None else spec.kind}")
+    if not 1 <= max_gamma <= 32:
+        raise ValueError(f"--max-gamma must be in 1..32, got {max_gamma}")
+    deep = model.drafter(name, max_gamma, 1)
+    accept = acceptance_per_depth(measure_acceptance(model, deep, prompts, max_new_tokens),
+                                  max_gamma)
+    curve = measure_target_curve(model, list(range(1, max_gamma + 2)))
+    propose = {g: measure_propose(model, model.drafter(name, g, 1), prompts[:4])
+               for g in range(1, max_gamma + 1)}
+    rates = {g: chain_tokens_per_step(accept, g) / (propose[g] + curve[g + 1])
+             for g in propose}
+    best = max(rates, key=rates.get)
+    return ChainTuning(best, rates[best], 1 / curve[1], rates, accept.round(4).tolist(), curve,
+                       propose)
