@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from edgespec.manifest import BundleError
+from edgespec.manifest import BundleError, safe_path
 
 TUNING_FILE = "tuning.json"
 FORMAT = 1
@@ -16,9 +16,9 @@ FORMAT = 1
 
 def load_tuning(bundle_dir: Path) -> dict:
     """{device: {"provider": str, "drafters": {name: {"gamma": int, ...}}}} or {}."""
-    path = Path(bundle_dir) / TUNING_FILE
-    if not path.is_file():
+    if not (Path(bundle_dir) / TUNING_FILE).is_file():
         return {}
+    path = safe_path(bundle_dir, TUNING_FILE)  # a symlink out of the bundle is refused
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -124,3 +124,18 @@ def test_tune_measures_stores_and_is_used_by_default(tiny_bundles, tmp_path, cap
                                           "drafters": {"ngram": {"gamma": 0}}}}}))
     with pytest.raises(BundleError, match="integer gamma in 1..64"):
         Model(bundle)
+
+
+def test_tuning_json_that_leaves_the_bundle_is_refused(tiny_bundles, tmp_path):
+    import shutil
+
+    from edgespec.manifest import BundleError
+    from edgespec.runtime.tuning import load_tuning
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundles["llama"][1], bundle)
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"format": 1, "devices": {}}))
+    (bundle / "tuning.json").symlink_to(outside)
+    with pytest.raises(BundleError, match="leaves the bundle"):
+        load_tuning(bundle)
