@@ -57,20 +57,24 @@ def measure_propose(model, drafter, prompts: list[list[int]], repeats: int = 5) 
     return statistics.median(times)
 
 
-def measure_acceptance(model, drafter, prompts: list[list[int]], max_new_tokens: int
-                       ) -> list[int]:
-    """Tokens per verify step (accepted drafts + 1) of greedy decoding with `drafter`."""
+def decode(model, drafter, prompts: list[list[int]], max_new_tokens: int
+           ) -> tuple[list[int], float]:
+    """Greedy decoding of the prompts: tokens per verify step (accepted drafts + 1) and the
+    decode rate in tokens/s (after each prompt's first token)."""
     from edgespec.runtime.generator import GenerationParams, Generator
 
-    lengths = []
+    lengths, tokens, seconds = [], 0, 0.0
     for ids in prompts:
         gen = Generator(model, GenerationParams(max_new_tokens=max_new_tokens), drafter)
         gen.append_tokens(ids)
         gen.next_token()  # the prompt's forward is not a verify step
+        t = time.perf_counter()
         while not gen.is_done():
             gen.step()
+        seconds += time.perf_counter() - t
+        tokens += len(gen.new_tokens) - 1
         lengths += gen.stats.accepted_lengths[1:]
-    return lengths
+    return lengths, tokens / max(seconds, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class ChainTuning:
     expected_tok_s: float  # of that gamma, from the measurements
     plain_tok_s: float  # plain decoding: 1 / T(1)
     rates: dict  # gamma -> expected tokens/s
+    measured_tok_s: float  # the chosen gamma, decoding the prompts in the loop
+    measured_plain_tok_s: float  # plain decoding, the same way
     acceptance: list  # a[d] = P(depth d+1 accepted | depth d accepted)
     target_curve: dict  # S -> seconds
     propose_seconds: dict  # gamma -> seconds
@@ -93,13 +99,15 @@ def tune_chain(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
     if not 1 <= max_gamma <= 32:
         raise ValueError(f"--max-gamma must be in 1..32, got {max_gamma}")
     deep = model.drafter(name, max_gamma, 1)
-    accept = acceptance_per_depth(measure_acceptance(model, deep, prompts, max_new_tokens),
-                                  max_gamma)
+    accept = acceptance_per_depth(decode(model, deep, prompts, max_new_tokens)[0], max_gamma)
     curve = measure_target_curve(model, list(range(1, max_gamma + 2)))
     propose = {g: measure_propose(model, model.drafter(name, g, 1), prompts[:4])
                for g in range(1, max_gamma + 1)}
     rates = {g: chain_tokens_per_step(accept, g) / (propose[g] + curve[g + 1])
              for g in propose}
     best = max(rates, key=rates.get)
-    return ChainTuning(best, rates[best], 1 / curve[1], rates, accept.round(4).tolist(), curve,
-                       propose)
+    # the model times forwards alone; the loop adds bookkeeping and cache effects: measure both
+    _, measured = decode(model, model.drafter(name, best, 1), prompts, max_new_tokens)
+    _, plain = decode(model, None, prompts, max_new_tokens)
+    return ChainTuning(best, rates[best], 1 / curve[1], rates, measured, plain,
+                       accept.round(4).tolist(), curve, propose)
