@@ -134,6 +134,31 @@ def cmd_tune(ns) -> int:
     return 0
 
 
+def cmd_bench(ns) -> int:
+    from importlib import resources
+
+    from edgespec.runtime.evaluate import read_prompts
+    from edgespec.runtime.model import Model
+    from edgespec.runtime.providers import SessionConfig
+
+    from .devices.bench import bench, markdown, write
+    from .devices.profiles import load_profile
+
+    provider = load_profile(ns.device).provider if ns.device else ns.provider
+    model = Model(ns.bundle, SessionConfig(provider=provider, threads=ns.threads))
+    source = ns.prompts or resources.files("edgespec.devices") / "prompts.jsonl"
+    prompts = [model.tokenizer.encode(r["prompt"])
+               for r in read_prompts(source)[: ns.limit or None]]
+    gammas = [int(g) for g in ns.gammas.split(",") if g.strip()]
+    if ns.drafter and (not gammas or min(gammas) < 1):
+        raise ValueError(f"--gammas {ns.gammas!r}: give draft lengths >= 1, e.g. 1,2,3,4")
+    r = bench(model, ns.drafter, prompts, gammas, ns.runs, ns.max_new_tokens)
+    files = write(r, Path(ns.out))
+    print(markdown(r))
+    print("wrote " + ", ".join(map(str, files)))
+    return 0
+
+
 def add_commands(sub) -> None:
     d = sub.add_parser("devices", help="device profiles; with --bundle, projected speed on each")
     d.add_argument("name", nargs="?", help="one profile (default: all); `cpu` probes this host")
@@ -158,3 +183,18 @@ def add_commands(sub) -> None:
     t.add_argument("--max-new-tokens", type=int, default=64)
     t.add_argument("--threads", type=int, default=0)
     t.set_defaults(fn=cmd_tune)
+
+    b = sub.add_parser("bench", help="cost curve, decode rates per draft length, tau, TTFT, "
+                                     "memory on this device (json, markdown, PNG)")
+    b.add_argument("bundle")
+    b.add_argument("--drafter", help="a chain drafter to bench at --gammas (default: plain only)")
+    b.add_argument("--gammas", default="1,2,3,4", help="draft lengths (comma-separated)")
+    b.add_argument("--prompts", help="jsonl with a 'prompt' field (default: shipped prompts)")
+    b.add_argument("--limit", type=int, default=8, help="first N prompts (0 = all)")
+    b.add_argument("--runs", type=int, default=3, help="runs; medians with min and max")
+    b.add_argument("--max-new-tokens", type=int, default=64)
+    b.add_argument("--device", help="a device profile: its provider is used")
+    b.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
+    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("-o", "--out", default="bench", help="folder for bench.json / .md / .png")
+    b.set_defaults(fn=cmd_bench)

@@ -139,3 +139,25 @@ def test_tuning_json_that_leaves_the_bundle_is_refused(tiny_bundles, tmp_path):
     (bundle / "tuning.json").symlink_to(outside)
     with pytest.raises(BundleError, match="leaves the bundle"):
         load_tuning(bundle)
+
+
+def test_bench_writes_json_markdown_and_plot(tiny_bundles, tmp_path, capsys):
+    from edgespec.cli import main
+
+    pfile = tmp_path / "p.jsonl"
+    pfile.write_text("".join(json.dumps({"prompt": f"t{i} t{i + 1} t{i} t{i + 1}"}) + "\n"
+                             for i in range(3, 6)))
+    out = tmp_path / "bench"
+    assert main(["bench", str(tiny_bundles["llama"][1]), "--drafter", "ngram", "--gammas",
+                 "1,3", "--prompts", str(pfile), "--runs", "2", "--max-new-tokens", "8",
+                 "-o", str(out)]) == 0
+    r = json.loads((out / "bench.json").read_text())
+    assert [e["engine"] for e in r["engines"]] == ["plain", "ngram g1", "ngram g3"]
+    assert all(e["min"] <= e["tok_s"] <= e["max"] and e["tau"] >= 1 for e in r["engines"])
+    assert len(r["acceptance_per_depth"]) == 3 and r["ttft_s"] > 0
+    assert r["engines"][0]["mbsu"] == pytest.approx(1.0)  # plain: one token per forward
+    assert "| ngram g3 |" in (out / "bench.md").read_text()
+    assert (out / "bench.png").stat().st_size > 10_000
+    assert main(["bench", str(tiny_bundles["llama"][1]), "--drafter", "ngram", "--gammas", "0",
+                 "--prompts", str(pfile), "-o", str(out)]) == 2
+    capsys.readouterr()
