@@ -14,14 +14,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-
 from edgespec.export.pipeline import ExportOptions, export_bundle
+from edgespec.devices.bench import SIZES
 from edgespec.devices.tune import measure_target_curve
 from edgespec.runtime.model import Model
 from edgespec.runtime.providers import SessionConfig
-
-SIZES = (1, 2, 4, 8, 16, 32, 64)
-
 
 def random_real_dims(out: Path) -> Path:
     """A random-weight Qwen2-style checkpoint with real small-LLM dims (about 0.5B params)."""

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgespec.runtime.mbsu import draft_cost
+
 from .cost_model import acceptance_per_depth, fit_curve
 from .tune import decode, measure_target_curve
 
@@ -61,8 +63,6 @@ def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: in
             rates[name].append(rate)
             lengths[name] = steps
     plain = statistics.median(rates["plain"])
-    from edgespec.runtime.mbsu import draft_cost
-
     rows = []
     for name, r in rates.items():
         tau = sum(lengths[name]) / max(len(lengths[name]), 1)

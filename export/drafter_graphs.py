@@ -147,7 +147,6 @@ def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None,
              [1, "N", vocab])
     order = {t.name: j for j, t in enumerate(spec.outputs)}
     b.outputs.sort(key=lambda vi: order[vi.name])
-    if fused:  # opset 23 for the standard RMSNormalization (onnxruntime >= 1.22)
-        return b.model("edgespec_layer_drafter", "edgespec", opset=23,
-                       extra_domains={MS: 1}), spec
-    return b.model("edgespec_layer_drafter", "edgespec"), spec
+    # fused: opset 23 for the standard RMSNormalization (onnxruntime >= 1.22) and contrib ops
+    opsets = dict(opset=23, extra_domains={MS: 1}) if fused else {}
+    return b.model("edgespec_layer_drafter", "edgespec", **opsets), spec

@@ -47,11 +47,6 @@ class SweepRow:
     head_ms: float = 0.0  # median time of the head alone on one proposal's rows
 
 
-def _propose_ms(model: Model, drafter, prompts: list[list[int]], repeats: int) -> float:
-    """Median time of drafter.propose() after each prompt (state caught up first)."""
-    return 1000 * measure_propose(model, drafter, prompts, repeats)
-
-
 def head_graph(path: Path) -> onnx.ModelProto:
     """The drafter head of an exported graph as a graph of its own: x [N, d] -> logits [N, V|K]."""
     model = onnx.load(str(path))
@@ -114,7 +109,7 @@ def sweep(hf_dir: Path, drafters: tuple, settings: list[tuple[int, int]], prompt
                 spec = model.manifest.drafters[name]
                 s = summarize(list(run_eval(model, prompts, GenerationParams(
                     max_new_tokens=max_new_tokens), name)))
-                ms = _propose_ms(model, model.drafter(name), ids, repeats)
+                ms = 1000 * measure_propose(model, model.drafter(name), ids, repeats)
                 rows.append(SweepRow(name, k, r, round(s.tokens_per_forward, 3),
                                      None if s.mbsu is None else round(s.mbsu, 3), round(ms, 3),
                                      spec.graph.bytes_read, spec.options.get("trim_coverage")))
