@@ -8,19 +8,22 @@ that leaves the bundle folder, before any ONNX session is created.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .drafter_options import check_options
+from .errors import BundleError
+from .graph_contract import check_graph
+
 
 FORMAT_NAME = "edgespec-bundle"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used; the message names the problem and the fix."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,8 @@ def _tensor(d: dict, where: str) -> TensorSpec:
         raise BundleError(f"manifest.json: {where} '{name}' has unknown dtype {dtype!r}")
     shape = _need(d, "shape", list, where)
     for s in shape:
-        if not isinstance(s, (int, str)) or isinstance(s, bool):
+        if isinstance(s, bool) or not (isinstance(s, str) and len(s) < 32
+                                       or isinstance(s, int) and 0 <= s <= _MAX_DIM):
             raise BundleError(f"manifest.json: {where} '{name}' has a bad dim {s!r}")
     return TensorSpec(name, dtype, tuple(shape))
 
@@ -176,10 +180,23 @@ def _kv(d: dict, where: str, need_kv: bool) -> KVSpec | None:
     return kv_spec
 
 
-def _optional_int(v: Any, where: str) -> int | None:
-    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-        raise BundleError(f"manifest.json: {where} must be a non-negative integer")
+def _optional_int(v: Any, where: str, low: int = 0) -> int | None:
+    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+        raise BundleError(f"manifest.json: {where} must be an integer >= {low}")
     return v
+
+
+def _optional(d: dict, key: str, typ: type | tuple, where: str) -> Any:
+    """d[key] if present and not null, checked like _need; else None."""
+    return None if d.get(key) is None else _need(d, key, typ, where)
+
+
+def _layers(v: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                          and 0 <= i <= _MAX_LAYER for i in v):
+        raise BundleError(f"manifest.json: {where}.feature_layers must be a list of layer "
+                          "indices; re-export the bundle")
+    return tuple(v)
 
 
 def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
@@ -187,23 +204,34 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
     if d.get("kind") not in ("plain", "fused"):
         raise BundleError(f"manifest.json: {where}.kind {d.get('kind')!r} is not plain or "
                           "fused; upgrade edgespec")
-    parity = d.get("parity_max_abs")
+    parity = _optional(d, "parity_max_abs", (int, float), where)
+    mask = float(_need(d, "mask_value", (int, float), where))
+    if not (math.isfinite(mask) and mask < 0):
+        raise BundleError(f"manifest.json: {where}.mask_value {mask} must be a finite negative "
+                          "number (the additive bias of masked pairs); re-export the bundle")
+    weights = d.get("weights", "fp32")
+    if weights not in ("fp32", "fp16", "int4"):
+        raise BundleError(f"manifest.json: {where}.weights {str(weights)[:40]!r} is not fp32, "
+                          "fp16 or int4; upgrade edgespec or re-export the bundle")
     return GraphSpec(
         file=_need(d, "file", str, where),
         kind=_need(d, "kind", str, where),
         inputs=tuple(_tensor(t, f"{where}.inputs") for t in _need(d, "inputs", list, where)),
         outputs=tuple(_tensor(t, f"{where}.outputs") for t in _need(d, "outputs", list, where)),
         kv=kv_spec,
-        mask_value=float(_need(d, "mask_value", (int, float), where)),
-        feature_layers=tuple(int(i) for i in d.get("feature_layers", [])),
+        mask_value=mask,
+        feature_layers=_layers(d.get("feature_layers", []), where),
         parity_max_abs=None if parity is None else float(parity),
-        external_data=d.get("external_data"),
-        weights=str(d.get("weights", "fp32")),
+        external_data=_optional(d, "external_data", str, where),
+        weights=weights,
         bytes_read=_optional_int(d.get("bytes_read"), f"{where}.bytes_read"),
     )
 
 
 _MAX_DIM = 1 << 24  # refuses absurd dims before anything is allocated
+_MAX_LAYER = 4096
+_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few kB; refuse to parse a huge one
 _INTS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
          "max_len")
 
@@ -213,13 +241,17 @@ def _model(m: dict, where: str) -> ModelInfo:
         architecture=_need(m, "architecture", str, where),
         **{k: _need(m, k, int, where) for k in _INTS},
         dtype=_need(m, "dtype", str, where),
-        sliding_window=m.get("sliding_window"),
-        fingerprint=str(m.get("fingerprint", "")),
+        sliding_window=_optional_int(m.get("sliding_window"), f"{where}.sliding_window", 1),
+        fingerprint=_optional(m, "fingerprint", str, where) or "",
     )
     for k in _INTS:
         v = getattr(model, k)
         if not 0 < v <= _MAX_DIM:
             raise BundleError(f"manifest.json: {where}.{k} = {v} is out of range (1..{_MAX_DIM})")
+    if model.num_layers > _MAX_LAYER or model.num_heads % model.num_kv_heads:
+        raise BundleError(f"manifest.json: {where} has {model.num_layers} layers, "
+                          f"{model.num_heads} heads and {model.num_kv_heads} K/V heads (layers "
+                          f"<= {_MAX_LAYER}, heads a multiple of K/V heads); re-export the bundle")
     return model
 
 
@@ -231,9 +263,13 @@ def _drafter(d: Any, where: str, target: ModelInfo) -> DrafterSpec:
     options = d.get("options") or {}
     if not isinstance(options, dict):
         raise BundleError(f"manifest.json: {where}.options must be an object")
-    graph = (_graph(d["graph"], f"{where}.graph", need_kv=kind in _NEEDS_MODEL)
-             if d.get("graph") else None)
-    model = _model(d["model"], f"{where}.model") if d.get("model") else None
+    check_options(options, where, target.num_layers)
+    graph = _optional(d, "graph", dict, where)
+    if graph is not None:
+        graph = _graph(graph, f"{where}.graph", need_kv=kind in _NEEDS_MODEL)
+    model = _optional(d, "model", dict, where)
+    if model is not None:
+        model = _model(model, f"{where}.model")
     if (kind in _NEEDS_GRAPH and graph is None) or (kind in _NEEDS_MODEL and model is None):
         need = "'graph' and 'model'" if kind in _NEEDS_MODEL else "'graph'"
         raise BundleError(f"manifest.json: {where} ({kind}) needs {need}")
@@ -261,6 +297,15 @@ def _check_fits_target(spec: DrafterSpec, where: str, model: ModelInfo,
                               f"with --feature-layers {','.join(map(str, layers))}")
 
 
+def _check_medusa_tree(spec: DrafterSpec, where: str) -> None:
+    """Node (depth d, rank r) reads topk_ids[d - 1, :, r]: the tree must fit the graph."""
+    heads, _, top_k = next(t.shape for t in spec.graph.outputs if t.name == "topk_ids")
+    tree = spec.options.get("tree")
+    if not tree or max(map(len, tree)) > heads or max(max(p) for p in tree) >= top_k:
+        raise BundleError(f"manifest.json: {where}.options.tree must be given and fit the "
+                          f"graph's {heads} heads x top-{top_k}; re-export the bundle")
+
+
 def manifest_from_dict(d: Any) -> Manifest:
     if not isinstance(d, dict):
         raise BundleError("manifest.json must hold a JSON object; re-export the bundle")
@@ -276,15 +321,28 @@ def manifest_from_dict(d: Any) -> Manifest:
     eos = _need(t, "eos_token_ids", list, "tokenizer")
     if not all(isinstance(i, int) and 0 <= i < model.vocab_size for i in eos):
         raise BundleError(f"manifest.json: tokenizer.eos_token_ids {eos} must be ids < vocab_size")
+    bos = _optional_int(t.get("bos_token_id"), "tokenizer.bos_token_id")
+    if bos is not None and bos >= model.vocab_size:
+        raise BundleError(f"manifest.json: tokenizer.bos_token_id {bos} must be < vocab_size")
     tok = TokenizerInfo(file=_need(t, "file", str, "tokenizer"), eos_token_ids=tuple(eos),
-                        bos_token_id=t.get("bos_token_id"))
+                        bos_token_id=bos)
     raw = d.get("drafters", {})
     if not isinstance(raw, dict):
         raise BundleError("manifest.json: 'drafters' must be an object (name -> entry)")
+    for name in raw:
+        if not _NAME.fullmatch(name) or name == "none":
+            raise BundleError(f"manifest.json: drafter name {name[:40]!r} must be 1-64 letters, "
+                              "digits, '_' or '-' (and not 'none'); re-export the bundle")
     drafters = {name: _drafter(entry, f"drafters.{name}", model) for name, entry in raw.items()}
     target = _graph(_need(d, "target", dict, "manifest"), "target")
+    check_graph("target", target, model, "target")
     for name, spec in drafters.items():
         _check_fits_target(spec, f"drafters.{name}", model, target)
+        if spec.graph is not None:
+            check_graph(spec.kind, spec.graph, spec.model or model, f"drafters.{name}.graph",
+                        model, target)
+        if spec.kind == "medusa":
+            _check_medusa_tree(spec, f"drafters.{name}")
     return Manifest(model=model, tokenizer=tok, target=target,
                     drafters=drafters, format_version=version,
                     created_by=str(d.get("created_by", "")))
@@ -300,9 +358,12 @@ def load_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{bundle} has no {MANIFEST_FILE}; it is not an edgespec bundle "
                           "(create one with `edgespec export`)")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path} is {path.stat().st_size} bytes, more than a manifest can "
+                          "be; re-export the bundle")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise BundleError(f"{path} is not valid JSON ({e}); re-export the bundle") from e
     manifest = manifest_from_dict(raw)
     root = bundle.resolve()

@@ -3,15 +3,97 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import glob
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 
+from edgespec.errors import BundleError
+from edgespec.manifest import load_manifest
+
 TWO_GB = 2 * 1024**3 - 1024**2  # protobuf's limit, less headroom for the graph itself
+
+log = logging.getLogger(__name__)
+
+
+def _load_renameat2():
+    """libc's renameat2 (Linux >= 3.15, glibc >= 2.28), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn
+
+
+_renameat2 = _load_renameat2()
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step, so `b` never stands empty; False where the platform
+    or filesystem cannot (the caller then falls back to two renames)."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # e.g. a filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _pid_dead(pid: int) -> bool:
+    """Whether no process has this PID (here: the export that named a sibling has died)."""
+    if os.name != "posix":  # Windows' os.kill(pid, 0) would terminate the process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: alive, another user's
+        return False
+    return False
+
+
+def _loads(bundle: Path) -> bool:
+    """Whether a parked folder is a whole bundle (every file its manifest names is there)."""
+    try:
+        load_manifest(bundle)
+        return True
+    except (BundleError, OSError, ValueError):
+        return False
+
+
+def _sweep(out: Path) -> None:
+    """Clean up after exports to `out` that were killed: remove the `.tmp-`/`.old-` siblings of
+    dead processes (their PID is in the name; a live export's are left alone), and where one died
+    between its two renames (out missing, the previous bundle parked in `.old-`), put it back."""
+    for kind in ("old", "tmp"):
+        prefix = f".{out.name}.{kind}-"
+        for stale in sorted(out.parent.glob(glob.escape(prefix) + "*")):
+            pid, dash, _ = stale.name[len(prefix):].partition("-")
+            if not (dash and pid.isdigit()) or not _pid_dead(int(pid)):
+                continue  # a live export's, or not ours
+            parked = stale / out.name
+            if kind == "old" and parked.exists() and not out.exists():
+                if not _loads(parked):  # not whole (or not ours to judge): keep it, say where
+                    log.warning("%s is missing; an interrupted export left the previous "
+                                "bundle, which does not load, at %s", out, parked)
+                    continue
+                os.replace(parked, out)
+                log.warning("restored %s, which an interrupted export had moved aside", out)
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -20,21 +102,28 @@ def atomic_bundle(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path
 
     The temporary folder is a sibling of out_dir (same filesystem), so the final rename is
     atomic: a reader sees the old complete bundle or the new one, never a half-written one.
+    A killed export leaves its siblings behind; the next export to out_dir clears them.
     """
     out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(out)  # first: it may put a previous bundle back, which the check below then sees
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    pid = os.getpid()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{pid}-", dir=out.parent))
     try:
         yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)  # move aside, then swap in the new one
+        if not out.exists():
             os.replace(tmp, out)
+        elif not _exchange(tmp, out):  # (on success tmp holds the previous bundle: removed below)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{pid}-", dir=out.parent))
+            os.replace(out, old / out.name)  # killed from here to the next line: _sweep undoes it
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / out.name, out)
+                raise
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -17,9 +17,10 @@ from edgespec.masks import causal_bias
 from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree
 
+from .bundle_checks import load_d2t, open_graph
 from .draft_tree import grow_tree, pick
 from .kv import KVCache
-from .providers import SessionConfig, create_session
+from .providers import SessionConfig
 from .target import TargetRunner
 
 
@@ -44,7 +45,7 @@ class NgramDrafter:
         starts = np.flatnonzero(tokens[:-1] == tokens[-1])  # j: tokens[j] == last token
         match = np.ones(len(starts), np.int64)  # how many tokens end-aligned at j match
         alive = np.ones(len(starts), bool)
-        for k in range(1, self.max_n):
+        for k in range(1, min(self.max_n, last + 1)):  # tokens[last - k] must exist
             ok = alive & (starts >= k)
             ok[ok] = tokens[starts[ok] - k] == tokens[last - k]
             match += ok
@@ -102,8 +103,6 @@ class DraftModelDrafter:
 
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, gamma: int = 4,
                  width: int = 1):
-        from edgespec.manifest import safe_path
-
         if gamma < 1 or width < 1:
             raise ValueError(f"gamma and width must be >= 1, got {gamma}, {width}")
         self.spec, self.gamma, self.width = spec, gamma, width
@@ -112,12 +111,9 @@ class DraftModelDrafter:
         # spinning pools made draft-model decoding ~1.5x slower).
         own = dataclasses.replace(config, threads=1, extra_options={
             **config.extra_options, "session.intra_op.allow_spinning": "0"})
-        self.session = create_session(str(safe_path(bundle_dir, spec.graph.file)), own)
-        from .head_drafters import load_d2t
-
         self.vocab = spec.model.vocab_size
-        width = next(t.shape[-1] for t in spec.graph.outputs if t.name == "logits")
-        self.d2t = load_d2t(bundle_dir, spec, self.vocab, width)  # None: columns = target ids
+        self.d2t = load_d2t(bundle_dir, spec, self.vocab)  # None: columns = target ids
+        self.session = open_graph(bundle_dir, spec.graph, own)
 
     def new_state(self) -> DraftModelState:
         m = self.spec.model

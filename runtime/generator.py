@@ -8,6 +8,7 @@ pending, so autoregressive and speculative decoding share this state.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,8 +42,15 @@ class GenerationParams:
                              "typical with a temperature")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
-        if self.prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
+        if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be an integer >= 1, got {self.prefill_chunk}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
+        stops = self.stop_strings
+        if isinstance(stops, str) or not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"stop_strings must be a tuple of non-empty strings, got {stops!r} "
+                             "(one stop string: stop_strings=('text',))")
+        object.__setattr__(self, "stop_strings", tuple(stops))  # a list is fine too
 
 
 @dataclass
@@ -58,9 +66,11 @@ class Stats:
 
 class Generator:
     def __init__(self, model: Model, params: GenerationParams = GenerationParams(),
-                 drafter=None):
-        """drafter: None (autoregressive) or a drafter from model.drafter(name)."""
+                 drafter=None, cancel: threading.Event | None = None):
+        """drafter: None (autoregressive) or a drafter from model.drafter(name); cancel: an
+        event another thread may set to stop this generator (or call `cancel()`)."""
         self.model, self.params = model, params
+        self._cancelled = cancel if cancel is not None else threading.Event()
         self.drafter = drafter
         self.draft_state = drafter.new_state() if drafter is not None else None
         # drafters that read the target's hidden states see every row the cache keeps
@@ -80,6 +90,11 @@ class Generator:
 
     def append_tokens(self, ids) -> None:
         """Add prompt (or user-turn) tokens; all but the last are prefilled into the cache now."""
+        if isinstance(ids, (str, bytes)) or not all(
+                isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+            raise ValueError("append_tokens takes token ids (integers); encode text with "
+                             "model.tokenizer.encode(text) first")
+        self._check_open()
         ids = [int(i) for i in ids]
         vocab = self.model.manifest.model.vocab_size
         if not ids:
@@ -105,15 +120,46 @@ class Generator:
 
     def rewind(self, n: int) -> None:
         """Drop the last n tokens (O(1) on the cache)."""
+        self._check_open()
         if not 0 <= n <= len(self.tokens):
             raise ValueError(f"cannot rewind {n} of {len(self.tokens)} tokens")
         del self.tokens[len(self.tokens) - n:]
+        if not self.tokens:  # a new conversation on the same buffers: fresh statistics, so a
+            self.stats = Stats()  # long-lived generator's per-step list does not grow forever
+            self._t0 = None
         self.kv.truncate(max(len(self.tokens) - 1, 0))
         self.prompt_len = min(self.prompt_len, len(self.tokens))
         self.stop_reason = None
 
     def is_done(self) -> bool:
+        # a cancel is seen by the next step(), which ends with stop_reason 'cancelled': the
+        # owner's loop ends there and the buffers are released by the thread that uses them
         return self.stop_reason is not None
+
+    # ---------------------------------------------------------------- lifetime
+
+    def cancel(self) -> None:
+        """Stop from any thread: a step in flight finishes, the next one returns no tokens,
+        sets stop_reason 'cancelled' and releases the buffers."""
+        self._cancelled.set()
+
+    def close(self) -> None:
+        """Release the KV buffers, IO bindings and drafter state now (from the thread that
+        steps); the generator cannot be used afterwards."""
+        if self.runner is not None:
+            self.runner = self.kv = self.draft_state = None
+            self.stop_reason = "cancelled" if self._cancelled.is_set() else "closed"
+
+    def __enter__(self) -> Generator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self.runner is None:
+            raise RuntimeError(f"this generator is {self.stop_reason} and has released its "
+                               "buffers; create a new Generator")
 
     @property
     def new_tokens(self) -> list[int]:
@@ -135,11 +181,7 @@ class Generator:
 
     def next_token(self) -> int:
         """One autoregressive step: feed the pending token, pick the next one, check stops."""
-        if self.stop_reason is not None:
-            raise RuntimeError(f"generation has stopped ({self.stop_reason}); rewind or append "
-                               "tokens to continue")
-        if not self.tokens:
-            raise RuntimeError("append_tokens (the prompt) before next_token")
+        self._check_can_step()
         t = time.perf_counter()
         out = self._forward(self.tokens[self.kv.length:], last_only=True)
         token = sample(out.logits[-1], self.params.sampling, self.rng)
@@ -148,6 +190,16 @@ class Generator:
         self._commit([token])
         self.stats.decode_seconds += time.perf_counter() - t
         return token
+
+    def _check_can_step(self) -> None:
+        if self._cancelled.is_set():
+            self.close()
+        self._check_open()
+        if self.stop_reason is not None:
+            raise RuntimeError(f"generation has stopped ({self.stop_reason}); rewind or append "
+                               "tokens to continue")
+        if not self.tokens:
+            raise RuntimeError("append_tokens (the prompt) before stepping")
 
     def _commit(self, new: list[int]) -> list[int]:
         """Append generated tokens up to the first stop; returns those kept."""
@@ -176,11 +228,12 @@ class Generator:
     def step(self) -> list[int]:
         """One decoding step; returns the tokens it added (one autoregressively, 1..n+1 when
         a drafter's proposal of n tokens is verified)."""
+        if self._cancelled.is_set():  # asked to stop between steps: a normal end, no error
+            self.close()
+            return []
         if self.drafter is None:
             return [self.next_token()]
-        if self.stop_reason is not None:
-            raise RuntimeError(f"generation has stopped ({self.stop_reason}); rewind or append "
-                               "tokens to continue")
+        self._check_can_step()
         t = time.perf_counter()
         tree = self.drafter.propose(self.draft_state, self.tokens, self.params.sampling,
                                     self.rng)
@@ -239,29 +292,32 @@ def _clip(text: str, stops: tuple[str, ...]) -> str:
     return text if cut < 0 else text[:cut]
 
 
-def stream(model: Model, prompt: str, params: GenerationParams = GenerationParams(),
-           drafter=None) -> Iterator[str]:
-    """Yield text pieces as they are generated; a stop string is not included."""
-    gen = Generator(model, params, drafter)
-    gen.append_tokens(model.tokenizer.encode(prompt))
-    out = TextStream(model.tokenizer)
-    shown = 0
-    while not gen.is_done():
-        for token in gen.step():
-            out.push(token)
-        text = _clip(out.text, params.stop_strings)
-        # hold back a tail that could still become a stop string
-        hold = max((len(s) - 1 for s in params.stop_strings), default=0)
-        safe = len(text) if gen.is_done() else max(shown, len(text) - hold)
-        if safe > shown:
-            yield text[shown:safe]
-            shown = safe
+def stream(model: Model, prompt: str | bytes, params: GenerationParams = GenerationParams(),
+           drafter=None, cancel: threading.Event | None = None) -> Iterator[str]:
+    """Yield text pieces as they are generated; a stop string is not included.
+
+    cancel: set it from another thread to stop within one step; the buffers are released
+    when the stream ends, is cancelled or is dropped unfinished."""
+    with Generator(model, params, drafter, cancel) as gen:
+        gen.append_tokens(model.tokenizer.encode(prompt))
+        out = TextStream(model.tokenizer)
+        shown = 0
+        while not gen.is_done():
+            for token in gen.step():
+                out.push(token)
+            text = _clip(out.text, params.stop_strings)
+            # hold back a tail that could still become a stop string
+            hold = max((len(s) - 1 for s in params.stop_strings), default=0)
+            safe = len(text) if gen.is_done() else max(shown, len(text) - hold)
+            if safe > shown:
+                yield text[shown:safe]
+                shown = safe
     out.flush()
     tail = _clip(out.text, params.stop_strings)[shown:]
     if tail:
         yield tail
 
 
-def generate(model: Model, prompt: str, params: GenerationParams = GenerationParams(),
-             drafter=None) -> str:
-    return "".join(stream(model, prompt, params, drafter))
+def generate(model: Model, prompt: str | bytes, params: GenerationParams = GenerationParams(),
+             drafter=None, cancel: threading.Event | None = None) -> str:
+    return "".join(stream(model, prompt, params, drafter, cancel))

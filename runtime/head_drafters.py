@@ -15,14 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgespec.manifest import BundleError, DrafterSpec, safe_path
+from edgespec.manifest import DrafterSpec
 from edgespec.masks import causal_bias
 from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree, static_tree
 
+from .bundle_checks import load_d2t, open_graph
 from .draft_tree import grow_tree, pick
 from .kv import KVCache
-from .providers import SessionConfig, create_session
+from .providers import SessionConfig
 from .target import TargetRunner
 
 
@@ -32,20 +33,6 @@ def _quiet(config: SessionConfig, threads: int | None = None) -> SessionConfig:
     return dataclasses.replace(config, threads=config.threads if threads is None else threads,
                                extra_options={**config.extra_options,
                                               "session.intra_op.allow_spinning": "0"})
-
-
-def load_d2t(bundle_dir, spec: DrafterSpec, vocab: int, width: int) -> np.ndarray | None:
-    """A VocabTrim map: int64 [K] target ids, one per logit column (no pickle, checked)."""
-    if spec.d2t is None:
-        return None
-    try:
-        d2t = np.load(safe_path(bundle_dir, spec.d2t), allow_pickle=False)
-    except ValueError as e:
-        raise BundleError(f"{spec.d2t} is not a plain .npy array ({e}); re-export") from e
-    if d2t.dtype != np.int64 or d2t.shape != (width,) or d2t.min() < 0 or d2t.max() >= vocab:
-        raise BundleError(f"{spec.d2t} must hold {width} int64 target ids in [0, {vocab}) (got "
-                          f"{d2t.dtype} {d2t.shape}); re-export the bundle")
-    return d2t
 
 
 @dataclass
@@ -76,7 +63,7 @@ class MedusaDrafter:
             depth[i] = depth[self.parents[i]] + 1
         self.head, self.rank = depth[1:] - 1, ranks[1:]  # node i > 0: head depth-1, its rank
         self.dim, self.max_len = spec.graph.inputs[0].shape[1], max_len
-        self.session = create_session(str(safe_path(bundle_dir, spec.graph.file)), _quiet(config))
+        self.session = open_graph(bundle_dir, spec.graph, _quiet(config))
 
     def new_state(self) -> TargetRows:
         return TargetRows(np.zeros((self.max_len, self.dim), np.float32))
@@ -115,7 +102,7 @@ class LayerDrafter:
         opts = spec.options
         self.name = spec.kind
         self.spec = spec
-        self.reads = opts.get("input", "hidden")
+        self.reads = "features" if spec.kind == "eagle3" else "hidden"  # what it was fit on
         self.gamma = gamma or int(opts.get("gamma", 4))
         self.width = width or int(opts.get("tree_width", 1))
         self.tree_size = tree_size or int(opts.get("tree_size", self.gamma * self.width))
@@ -124,10 +111,8 @@ class LayerDrafter:
         shapes = {t.name: t.shape for t in spec.graph.inputs}
         self.feature_dim, self.dim = shapes["features"][2], shapes["hidden_in"][2]
         self.vocab = spec.model.vocab_size
-        width = next(t.shape[-1] for t in spec.graph.outputs if t.name == "logits")
-        self.d2t = load_d2t(bundle_dir, spec, self.vocab, width)  # None: columns = target ids
-        self.session = create_session(str(safe_path(bundle_dir, spec.graph.file)),
-                                      _quiet(config, threads=1))
+        self.d2t = load_d2t(bundle_dir, spec, self.vocab)  # None: columns = target ids
+        self.session = open_graph(bundle_dir, spec.graph, _quiet(config, threads=1))
 
     @property
     def forwards_per_step(self) -> int:  # the catch-up rows, then one per further depth
@@ -143,14 +128,15 @@ class LayerDrafter:
         src = features if self.reads == "features" else hidden
         st.target.rows[start:start + len(src)] = src
 
-    def _run(self, st: LayerState, ids, positions, bias, feats, own):
+    def _run(self, st: LayerState, ids, positions, bias, feats, own, last_only=False):
+        """Logits [N, V] and hidden [N, d] of every fed row, or of the last one (N = 1)."""
         s = len(ids)
         feats = np.zeros((1, s, self.feature_dim), np.float32) if feats is None else feats[None]
         own = np.zeros((1, s, self.dim), np.float32) if own is None else own[None]
+        rows = np.arange(s - 1 if last_only else 0, s, dtype=np.int64)
         out = st.runner.forward(np.asarray(ids, np.int64), np.asarray(positions, np.int64), bias,
-                                np.arange(s, dtype=np.int64), {"features": feats,
-                                                               "hidden_in": own})
-        return out.logits, out.hidden.copy()
+                                rows, {"features": feats, "hidden_in": own})
+        return out.logits, out.hidden[rows].copy()
 
     def propose(self, st: LayerState, tokens: list[int], sampling: SamplingParams,
                 rng: np.random.Generator) -> DraftTree:
@@ -168,8 +154,11 @@ class LayerDrafter:
         kv.truncate(c)
         mask = self.spec.graph.mask_value
         s = m - 1 - c  # rows c+1..m-1, each reading the target output of the row before
+        # only the last row drafts: a catch-up over a whole prompt must not bind (and compute)
+        # [s, V] logits, which the runner would keep per shape (~10 MB at s = 300, V = 8192)
         logits, hidden = self._run(st, tokens[c + 1:m], np.arange(c + 1, m),
-                                   causal_bias(c, s, mask), st.target.rows[c:m - 1], None)
+                                   causal_bias(c, s, mask), st.target.rows[c:m - 1], None,
+                                   last_only=True)
         st.cached = list(tokens)
         base = kv.length  # = m - 1; deeper rows are speculative and dropped below
         depth = min(self.gamma, kv.free)

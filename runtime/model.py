@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
-from edgespec.manifest import BundleError, Manifest, load_manifest, safe_path
+from edgespec.drafter_options import INT_OPTIONS
+from edgespec.manifest import Manifest, load_manifest
 
+from .bundle_checks import check_bundle, load_tokenizer, open_graph
 from .drafters import make_drafter
 from .kv import KVCache
-from .providers import SessionConfig, create_session
+from .providers import SessionConfig
 from .target import TargetRunner
-from .text import Tokenizer
 from .tuning import load_tuning, tuned_gamma
 
 
@@ -19,29 +21,16 @@ class Model:
 
     def __init__(self, bundle_dir: str | Path, config: SessionConfig = SessionConfig()):
         self.dir = Path(bundle_dir)
-        self.manifest: Manifest = load_manifest(self.dir)  # validates before any session exists
+        # every check that reads the bundle runs before onnxruntime opens any of its graphs
+        self.manifest: Manifest = load_manifest(self.dir)
         m = self.manifest
-        self.tokenizer = Tokenizer(safe_path(self.dir, m.tokenizer.file))
-        if self.tokenizer.vocab_size > m.model.vocab_size:
-            raise BundleError(f"tokenizer has {self.tokenizer.vocab_size} tokens but the model "
-                              f"only {m.model.vocab_size}; the bundle's tokenizer.json does not "
-                              "belong to its model: re-export the bundle")
+        self.tokenizer = load_tokenizer(self.dir, m)
+        check_bundle(self.dir, m)
         self.config = config
-        self.session = create_session(str(safe_path(self.dir, m.target.file)), config)
-        self._check_io()
+        self.session = open_graph(self.dir, m.target, config)
         self.tuning = load_tuning(self.dir)  # per-device settings from `edgespec tune`
-        self._drafters: dict[tuple, object] = {}  # (name, gamma, width) -> drafter
-
-    def _check_io(self) -> None:
-        spec = self.manifest.target
-        have_in = {i.name for i in self.session.get_inputs()}
-        have_out = {o.name for o in self.session.get_outputs()}
-        want_in = {t.name for t in spec.inputs}
-        want_out = {t.name for t in spec.outputs}
-        if have_in != want_in or have_out != want_out:
-            raise BundleError(f"{spec.file} does not match manifest.json (inputs differ by "
-                              f"{sorted(have_in ^ want_in)[:4]}, outputs by "
-                              f"{sorted(have_out ^ want_out)[:4]}); re-export the bundle")
+        self._drafters: dict[tuple, object] = {}  # (name, gamma, width, tree_size) -> drafter
+        self._lock = threading.Lock()  # generators in several threads may ask at once
 
     @property
     def max_len(self) -> int:
@@ -60,16 +49,22 @@ class Model:
         chose for this provider, if any, else the bundle's default."""
         if name in (None, "none"):
             return None
+        for what, value, (low, high) in (("gamma", gamma, INT_OPTIONS["gamma"]),
+                                         ("width", width, INT_OPTIONS["tree_width"]),
+                                         ("tree_size", tree_size, INT_OPTIONS["tree_size"])):
+            if value is not None and not (isinstance(value, int) and low <= value <= high):
+                raise ValueError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
         if gamma is None and width is None and tree_size is None:
             tuned = tuned_gamma(self.tuning, self.config.provider, name)
             if tuned is not None:
                 gamma, width = tuned, 1
         key = (name, gamma, width, tree_size)
-        if key not in self._drafters:
-            self._drafters[key] = make_drafter(name, self.dir, self.manifest.drafters,
-                                               self.config, self.max_len, gamma, width,
-                                               tree_size)
-        return self._drafters[key]
+        with self._lock:
+            if key not in self._drafters:
+                self._drafters[key] = make_drafter(name, self.dir, self.manifest.drafters,
+                                                   self.config, self.max_len, gamma, width,
+                                                   tree_size)
+            return self._drafters[key]
 
     def new_runner(self) -> TargetRunner:
         """Fresh KV buffers and IO bindings for one Generator."""

@@ -42,6 +42,11 @@ class SessionConfig:
     cache_dir: str | None = None  # where TensorRT may cache engines
     extra_options: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"threads must be an integer >= 0 (0 = onnxruntime's default), "
+                             f"got {self.threads!r}")
+
 
 def resolve_providers(cfg: SessionConfig) -> tuple[list, str]:
     """Provider list and buffer device for `cfg`; a missing provider is a clear error."""

@@ -15,10 +15,21 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size()
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str | bytes) -> list[int]:
+        """Token ids of `text` (str, or bytes that must be UTF-8)."""
+        if isinstance(text, (bytes, bytearray)):
+            try:
+                text = bytes(text).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"prompt bytes are not UTF-8 (bad byte at offset {e.start}); "
+                                 "decode them with errors='replace' first") from None
         if not isinstance(text, str):
-            raise TypeError(f"prompt must be str, got {type(text).__name__}; decode bytes with "
-                            "bytes.decode('utf-8', errors='replace') first")
+            raise ValueError(f"prompt must be str or UTF-8 bytes, got {type(text).__name__}")
+        try:  # lone surrogates: undecodable bytes that reached us through argv or a file
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"prompt holds bytes that are not UTF-8 (at character {e.start}); "
+                             "pass UTF-8 text, or decode with errors='replace'") from None
         # the tokenizer.json post-processor adds BOS where the model expects it, as HF does
         return self._tok.encode(text).ids
 

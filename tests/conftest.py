@@ -83,3 +83,64 @@ def run_to_end(model, params, ids, drafter=None):
     while not gen.is_done():
         gen.step()
     return gen
+
+
+DRAFTER_KINDS = ("medusa", "mtp", "eagle3")  # the trained kinds
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_dirs, tiny_bundles, tmp_path_factory):
+    """kind -> (report, folder): each drafter trained briefly on the tiny llama's own outputs."""
+    import numpy as np
+
+    from edgespec.models.distill import generate_data
+    from edgespec.models.drafters import DrafterConfig
+    from edgespec.models.train import TrainConfig, train_drafter
+    from edgespec.models.weights import load_transformer, weights_fingerprint
+    from edgespec.runtime.model import Model
+
+    hf = tiny_dirs["llama"]
+    model = Model(tiny_bundles["llama"][1])
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, 300, 8).tolist() for _ in range(24)]
+    data = generate_data(model, prompts, max_new_tokens=24)
+    target = load_transformer(hf)
+    a, fp = target.args, weights_fingerprint(hf)
+    root = tmp_path_factory.mktemp("drafters")
+    out = {}
+    for kind in DRAFTER_KINDS:
+        layers = tuple(model.manifest.target.feature_layers) if kind == "eagle3" else ()
+        cfg = DrafterConfig(kind=kind, dim=a.dim, vocab_size=a.vocab_size,
+                            feature_dim=a.dim * max(len(layers), 1), feature_layers=layers,
+                            target_fingerprint=fp)
+        report = train_drafter(cfg, target, data, root / kind,
+                               TrainConfig(steps=40, batch=4, lr=5e-3, progress=False))
+        out[kind] = (report, root / kind)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trimmed_bundle(tiny_dirs, trained, tmp_path_factory):
+    """The tiny llama with every drafter kind (medusa, mtp, eagle3, draft_model, ngram),
+    VocabTrim-ed to 40 tokens (d2t maps)."""
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("trim") / "b"
+    export_bundle(tiny_dirs["llama"], out, ExportOptions(
+        max_len=64, progress=False, trim_vocab=40, draft_model=tiny_dirs["qwen2"],
+        drafters=tuple((k, trained[k][1]) for k in DRAFTER_KINDS)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory):
+    """The demo target with every drafter `export --demo` gives it: the shipped trained ones
+    (demo/drafters/), the reference draft model and n-gram; exported once per test run."""
+    from edgespec.export.pipeline import (ExportOptions, demo_checkpoint, demo_drafters,
+                                          export_bundle)
+
+    out = tmp_path_factory.mktemp("demo") / "bundle"
+    export_bundle(demo_checkpoint(), out, ExportOptions(
+        max_len=512, progress=False, drafters=demo_drafters(),
+        draft_model=demo_checkpoint("pyref-draft")))
+    return out

@@ -10,7 +10,8 @@ from conftest import REPO
 RUNTIME_MODULES = ["edgespec.runtime", "edgespec.runtime.generator", "edgespec.runtime.model",
                    "edgespec.runtime.evaluate", "edgespec.runtime.drafters", "edgespec.manifest",
                    "edgespec.sampling", "edgespec.accept", "edgespec.tree", "edgespec.masks",
-                   "edgespec.cli"]
+                   "edgespec.cli", "edgespec.graph_contract", "edgespec.drafter_options",
+                   "edgespec.runtime.bundle_checks", "edgespec.devices.soak"]
 
 
 def _py(code: str) -> subprocess.CompletedProcess:

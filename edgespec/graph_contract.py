@@ -1,0 +1,110 @@
+"""What the runtime reads from a graph's declared inputs and outputs. Stdlib only.
+
+The runtime sizes buffers and indexes arrays with the dims manifest.json declares, so they are
+checked twice: against the manifest's own model numbers before any session exists
+(`check_graph`), then against the graph onnxruntime actually loaded (`check_session_io`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import BundleError
+
+# the inputs / outputs each kind of graph must declare (K/V names come from its KVSpec)
+_STEP_IN = ("input_ids", "position_ids", "attention_bias", "logits_index")
+REQUIRED = {
+    "target": (_STEP_IN, ("logits", "hidden")),
+    "draft_model": (_STEP_IN, ("logits", "hidden")),
+    "mtp": ((*_STEP_IN, "features", "hidden_in"), ("logits", "hidden")),
+    "eagle3": ((*_STEP_IN, "features", "hidden_in"), ("logits", "hidden")),
+    "medusa": (("hidden",), ("topk_ids",)),
+}
+# a K/V name pattern: plain characters around one "{i}" (no other format fields)
+_KV_PATTERN = re.compile(r"[A-Za-z0-9_.\-/]*\{i\}[A-Za-z0-9_.\-/]*")
+
+
+def kv_names(kv, num_layers: int) -> tuple[list[str], list[str]]:
+    """(past names, present names) of every layer."""
+    for pattern in (kv.past_key, kv.past_value, kv.present_key, kv.present_value):
+        if not _KV_PATTERN.fullmatch(pattern):
+            raise BundleError(f"manifest.json: K/V name pattern {pattern[:60]!r} must hold one "
+                              "'{i}' and plain characters; re-export the bundle")
+    layers = range(num_layers)
+    return ([n.format(i=i) for i in layers for n in (kv.past_key, kv.past_value)],
+            [n.format(i=i) for i in layers for n in (kv.present_key, kv.present_value)])
+
+
+def _dims(spec, name: str) -> tuple:
+    return next(t.shape for t in (*spec.inputs, *spec.outputs) if t.name == name)
+
+
+def _want(where: str, name: str, shape: tuple, want: tuple) -> None:
+    """Each int of `want` must be that very int in `shape` (None: any symbolic or int dim)."""
+    ok = len(shape) == len(want) and all(w is None or s == w for s, w in zip(shape, want))
+    if not ok:
+        shown = ["*" if w is None else w for w in want]
+        raise BundleError(f"manifest.json: {where} '{name}' has shape {list(shape)}, expected "
+                          f"{shown}; the graph does not fit the model: re-export the bundle")
+
+
+def check_graph(kind: str, spec, model, where: str, target=None, target_spec=None) -> None:
+    """The declared IO of a graph of `kind` fits `model` (its own dims) and, for drafters, the
+    target they read (`target`: ModelInfo, `target_spec`: the target's GraphSpec)."""
+    names_in, names_out = REQUIRED[kind]
+    have_in = {t.name for t in spec.inputs}
+    have_out = {t.name for t in spec.outputs}
+    if len(have_in) != len(spec.inputs) or len(have_out) != len(spec.outputs):
+        raise BundleError(f"manifest.json: {where} lists an input or output twice")
+    need_in, need_out = set(names_in), set(names_out)
+    past: list[str] = []
+    if spec.kv is not None and model is not None:
+        past, present = kv_names(spec.kv, model.num_layers)
+        need_in |= set(past)
+        need_out |= set(present)
+    missing = sorted((need_in - have_in) | (need_out - have_out))
+    if missing:
+        raise BundleError(f"manifest.json: {where} lacks {missing[:4]}; re-export the bundle")
+    for name in past:
+        _want(where, name, _dims(spec, name), (1, model.num_kv_heads, None, model.head_dim))
+    if kind == "medusa":
+        _want(where, "hidden", _dims(spec, "hidden"), (None, target.hidden_size))
+        shape = _dims(spec, "topk_ids")
+        _want(where, "topk_ids", shape, (None, None, None))
+        if not all(isinstance(s, int) and 0 < s <= 1024 for s in (shape[0], shape[2])):
+            raise BundleError(f"manifest.json: {where} 'topk_ids' needs fixed [heads, N, top_k] "
+                              "dims; re-export the bundle")
+        return
+    vocab = (target or model).vocab_size
+    width = _dims(spec, "logits")
+    _want(where, "logits", width, (1, None, None))
+    if not (isinstance(width[2], int) and 0 < width[2] <= vocab):
+        raise BundleError(f"manifest.json: {where} 'logits' width {width[2]!r} must be a fixed "
+                          f"size in [1, {vocab}]; re-export the bundle")
+    _want(where, "hidden", _dims(spec, "hidden"), (1, None, model.hidden_size))
+    if "features" in have_out:
+        _want(where, "features", _dims(spec, "features"),
+              (1, None, len(spec.feature_layers) * model.hidden_size))
+    if kind in ("mtp", "eagle3"):
+        read = (target_spec.outputs if kind == "eagle3" else ())
+        feats = next((t.shape[2] for t in read if t.name == "features"), target.hidden_size)
+        _want(where, "features", _dims(spec, "features"), (1, None, feats))
+        _want(where, "hidden_in", _dims(spec, "hidden_in"), (1, None, model.hidden_size))
+
+
+def check_session_io(session, spec, file: str) -> None:
+    """The loaded graph has exactly the declared inputs / outputs, with the declared fixed dims."""
+    for kind, have, want in (("inputs", session.get_inputs(), spec.inputs),
+                             ("outputs", session.get_outputs(), spec.outputs)):
+        got = {a.name: tuple(a.shape) for a in have}
+        declared = {t.name: t.shape for t in want}
+        if got.keys() != declared.keys():
+            diff = sorted(got.keys() ^ declared.keys())[:4]
+            raise BundleError(f"{file} does not match manifest.json ({kind} differ by {diff}); "
+                              "re-export the bundle")
+        for name, shape in declared.items():
+            real = got[name]
+            if len(real) != len(shape) or any(isinstance(s, int) and isinstance(r, int) and s != r
+                                              for s, r in zip(shape, real)):
+                raise BundleError(f"{file}: {kind[:-1]} '{name}' has shape {list(real)}, "
+                                  f"manifest.json says {list(shape)}; re-export the bundle")

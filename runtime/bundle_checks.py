@@ -1,0 +1,85 @@
+"""Checks of a bundle's side files and of the memory it asks for, run before any session.
+
+load_manifest (edgespec/manifest.py) already refused bad paths, types and shapes; these read the
+few small files the manifest names besides the graphs (the tokenizer, VocabTrim maps), so that a
+crafted bundle is refused with one clear error before onnxruntime opens anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgespec.graph_contract import check_session_io
+from edgespec.manifest import BundleError, DrafterSpec, GraphSpec, Manifest, ModelInfo, safe_path
+
+from .providers import SessionConfig, create_session
+from .text import Tokenizer
+
+
+def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
+    """The bundle's tokenizer; it must fit the model's vocabulary and know its special ids."""
+    path = safe_path(bundle_dir, m.tokenizer.file)
+    try:
+        tok = Tokenizer(path)
+    except Exception as e:  # tokenizers raises a plain Exception for any unreadable file
+        raise BundleError(f"{m.tokenizer.file} is not a tokenizer.json the tokenizers library "
+                          f"reads ({str(e)[:200]}); re-export the bundle") from e
+    special = [*m.tokenizer.eos_token_ids, *filter(None, [m.tokenizer.bos_token_id])]
+    if tok.vocab_size > m.model.vocab_size or any(i >= tok.vocab_size for i in special):
+        raise BundleError(f"{m.tokenizer.file} has {tok.vocab_size} tokens for a model of "
+                          f"{m.model.vocab_size} with special ids {special}; the tokenizer does "
+                          "not belong to this model: re-export the bundle")
+    return tok
+
+
+def load_d2t(bundle_dir, spec: DrafterSpec, vocab: int) -> np.ndarray | None:
+    """A VocabTrim map: int64 [K] target ids, one per logit column of the drafter's graph."""
+    if spec.d2t is None:
+        return None
+    width = next(t.shape[-1] for t in spec.graph.outputs if t.name == "logits")
+    try:  # no pickle: an object array is refused, never unpickled
+        d2t = np.load(safe_path(bundle_dir, spec.d2t), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BundleError(f"{spec.d2t} is not a plain .npy array ({str(e)[:120]}); re-export "
+                          "the bundle") from e
+    if (d2t.dtype != np.int64 or d2t.shape != (width,) or d2t.min() < 0
+            or d2t.max() >= vocab or len(np.unique(d2t)) != width):
+        raise BundleError(f"{spec.d2t} must hold {width} distinct int64 target ids in [0, "
+                          f"{vocab}) (got {d2t.dtype} {d2t.shape}); re-export the bundle")
+    return d2t
+
+
+def open_graph(bundle_dir, spec: GraphSpec, config: SessionConfig):
+    """A session over one graph of the bundle, refused unless its IO is what the manifest says
+    (the runtime sizes buffers from the manifest's dims)."""
+    session = create_session(str(safe_path(bundle_dir, spec.file)), config)
+    check_session_io(session, spec, spec.file)
+    return session
+
+
+def kv_bytes(model: ModelInfo) -> int:
+    """Bytes of one Generator's preallocated K and V buffers (float32)."""
+    return 2 * 4 * model.num_layers * model.num_kv_heads * model.max_len * model.head_dim
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no cheap answer, no check
+        return None
+
+
+def check_bundle(bundle_dir: Path, m: Manifest) -> dict[str, np.ndarray]:
+    """Everything but the graphs: VocabTrim maps (returned by drafter name) and memory."""
+    maps = {name: load_d2t(bundle_dir, spec, m.model.vocab_size)
+            for name, spec in m.drafters.items() if spec.d2t is not None}
+    need = kv_bytes(m.model) + sum(kv_bytes(d.model) for d in m.drafters.values() if d.model)
+    have = physical_memory()
+    if have is not None and need > have:
+        raise BundleError(f"one generator of this bundle needs {need / 2**30:.1f} GiB of K/V "
+                          f"buffers, more than this machine's {have / 2**30:.1f} GiB; export "
+                          "with a smaller --max-len")
+    return maps
