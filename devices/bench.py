@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from edgespec.runtime.mbsu import draft_cost
+from edgespec.runtime.tuning import tuned_setting
 
 from .cost_model import acceptance_per_depth, fit_curve
 from .tune import decode, measure_target_curve
@@ -42,7 +43,9 @@ def _peak_rss_mb() -> float | None:
 
 
 def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: int,
-          max_new_tokens: int, progress: bool = True) -> dict:
+          max_new_tokens: int, progress: bool = True, tree_sizes=()) -> dict:
+    """gammas: chain lengths of `drafter`; tree_sizes: its tree sizes (Medusa's tree cut to n
+    nodes, EAGLE's node budget); plus the setting `edgespec tune` stored, if any."""
     try:
         from tqdm import tqdm
     except ImportError:  # a runtime-only install
@@ -55,6 +58,11 @@ def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: in
     engines = {"plain": None}
     for g in gammas if drafter else ():
         engines[f"{drafter} g{g}"] = model.drafter(drafter, g, 1)
+    for n in tree_sizes if drafter else ():
+        engines[f"{drafter} n{n}"] = model.drafter(drafter, tree_size=n)
+    tuned = tuned_setting(model.tuning, model.config.provider, drafter) if drafter else {}
+    if tuned:
+        engines[f"{drafter} tuned"] = model.drafter(drafter, **tuned)
     rates = {k: [] for k in engines}
     lengths = {k: [] for k in engines}
     for _ in tqdm(range(runs), desc="bench", unit="run", disable=not progress):
@@ -70,7 +78,7 @@ def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: in
         rows.append({"engine": name, "tok_s": statistics.median(r), "min": min(r), "max": max(r),
                      "vs_plain": statistics.median(r) / plain, "tau": tau,
                      "mbsu": None if cost is None else tau / (1 + cost)})
-    deep = f"{drafter} g{max(gammas)}" if drafter else None
+    deep = f"{drafter} g{max(gammas)}" if drafter and gammas else None
     accept = acceptance_per_depth(lengths[deep], max(gammas)).tolist() if deep else []
     return {"target_curve_s": {str(s): t for s, t in curve.items()},
             "fit": {"overhead_s": fit.overhead, "memory_s": fit.memory,
@@ -128,7 +136,7 @@ def plots(r: dict, out: Path) -> list[Path]:
                 yerr=[[e["tok_s"] - e["min"] for e in eng], [e["max"] - e["tok_s"] for e in eng]],
                 capsize=3)  # min..max over runs
     axes[1].set_xticks(range(len(eng)), [e["engine"] for e in eng], rotation=30, fontsize=7)
-    axes[1].set(ylabel="decode tokens/s", title="decode rate by draft length")
+    axes[1].set(ylabel="decode tokens/s", title="decode rate by draft length (g) / tree (n)")
     acc = r["acceptance_per_depth"]
     axes[2].bar(range(1, len(acc) + 1), acc)
     axes[2].set_xticks(range(1, len(acc) + 1))

@@ -88,6 +88,7 @@ class ChainTuning:
     acceptance: list  # a[d] = P(depth d+1 accepted | depth d accepted)
     target_curve: dict  # S -> seconds
     propose_seconds: dict  # gamma -> seconds
+    overhead_s: float = 0.0  # per verify step in the loop, beyond proposal + verify forward
 
 
 def tune_chain(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
@@ -99,15 +100,20 @@ def tune_chain(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
     if not 1 <= max_gamma <= 32:
         raise ValueError(f"--max-gamma must be in 1..32, got {max_gamma}")
     deep = model.drafter(name, max_gamma, 1)
-    accept = acceptance_per_depth(decode(model, deep, prompts, max_new_tokens)[0], max_gamma)
+    lengths, deep_rate = decode(model, deep, prompts, max_new_tokens)
+    accept = acceptance_per_depth(lengths, max_gamma)
     curve = measure_target_curve(model, list(range(1, max_gamma + 2)))
     propose = {g: measure_propose(model, model.drafter(name, g, 1), prompts[:4])
                for g in range(1, max_gamma + 1)}
-    rates = {g: chain_tokens_per_step(accept, g) / (propose[g] + curve[g + 1])
+    # what a step costs in the loop beyond its forwards (bookkeeping, acceptance, caches
+    # evicted by the other session), from the deep chain's own decode: one constant per step
+    step_s = sum(lengths) / deep_rate / max(len(lengths), 1)
+    overhead = max(step_s - propose[max_gamma] - curve[max_gamma + 1], 0.0)
+    rates = {g: chain_tokens_per_step(accept, g) / (propose[g] + curve[g + 1] + overhead)
              for g in propose}
     best = max(rates, key=rates.get)
     # the model times forwards alone; the loop adds bookkeeping and cache effects: measure both
     _, measured = decode(model, model.drafter(name, best, 1), prompts, max_new_tokens)
     _, plain = decode(model, None, prompts, max_new_tokens)
     return ChainTuning(best, rates[best], 1 / curve[1], rates, measured, plain,
-                       accept.round(4).tolist(), curve, propose)
+                       accept.round(4).tolist(), curve, propose, overhead)

@@ -112,9 +112,13 @@ def cmd_tune(ns) -> int:
     model = Model(ns.bundle, SessionConfig(provider=ns.provider, threads=ns.threads))
     prompts = [model.tokenizer.encode(r["prompt"])
                for r in read_prompts(ns.prompts)[: ns.limit or None]]
+    spec = model.manifest.drafters.get(ns.drafter)
+    if spec is not None and (spec.kind == "medusa" or spec.kind == "eagle3" and not ns.chain):
+        return _tune_tree(ns, model, prompts, spec.kind)
     t = tune_chain(model, ns.drafter, prompts, ns.max_gamma, ns.max_new_tokens)
     print(f"{ns.drafter} on {ns.device}: per-depth acceptance "
-          f"{', '.join(f'{a:.2f}' for a in t.acceptance)}")
+          f"{', '.join(f'{a:.2f}' for a in t.acceptance)}; loop overhead "
+          f"{1e3 * t.overhead_s:.3f} ms per step")
     print(f"{'gamma':>6}{'propose ms':>12}{'verify ms':>11}{'expected tok/s':>16}")
     for g, rate in t.rates.items():
         print(f"{g:>6}{1e3 * t.propose_seconds[g]:>12.3f}{1e3 * t.target_curve[g + 1]:>11.3f}"
@@ -134,6 +138,38 @@ def cmd_tune(ns) -> int:
     return 0
 
 
+def _tune_tree(ns, model, prompts, kind: str) -> int:
+    """Medusa: the tree grown by per-node acceptance; EAGLE-3: the node budget."""
+    from edgespec.runtime.tuning import save_tuning
+
+    from .devices.tune_tree import tune_eagle, tune_medusa
+
+    t = (tune_medusa(model, ns.drafter, prompts, ns.max_nodes, ns.max_new_tokens)
+         if kind == "medusa" else tune_eagle(model, ns.drafter, prompts,
+                                             max_new_tokens=ns.max_new_tokens))
+    shown = [n for n in t.expected if kind == "eagle3" or n in (1, 2, 4, 8, 16, 24, 32, 48, 64)
+             or n in (t.nodes, max(t.expected))]
+    print(f"{ns.drafter} on {ns.device}: loop overhead {1e3 * t.overhead_s:.3f} ms per step")
+    print(f"{'nodes':>6}{'tokens/step':>13}{'verify ms':>11}{'expected tok/s':>16}"
+          f"{'measured tok/s':>16}")
+    for n in shown:
+        measured = f"{t.measured[n]:.1f}" if n in t.measured else "-"
+        print(f"{n:>6}{t.tokens_per_step[n]:>13.2f}{1e3 * t.target_curve[n + 1]:>11.3f}"
+              f"{t.expected[n]:>16.1f}{measured:>16}")
+    path = save_tuning(Path(ns.bundle), ns.device, ns.provider, ns.drafter, {
+        **t.setting, "expected_tok_s": round(t.expected_tok_s, 1),
+        "measured_tok_s": round(t.measured[t.nodes], 1),
+        "measured_plain_tok_s": round(t.measured_plain_tok_s, 1)})
+    ratio = t.measured[t.nodes] / t.measured_plain_tok_s
+    verdict = "" if ratio > 1 else "; plain decoding is faster on this device"
+    print(f"chose {t.nodes} nodes: {t.expected_tok_s:.1f} tok/s expected, "
+          f"{t.measured[t.nodes]:.1f} measured in the decode loop against "
+          f"{t.measured_plain_tok_s:.1f} for plain decoding ({ratio:.2f}x){verdict}; wrote "
+          f"{path} (run/eval use it for --drafter {ns.drafter} when no --gamma/--tree-size "
+          "is given)")
+    return 0
+
+
 def cmd_bench(ns) -> int:
     from importlib import resources
 
@@ -150,9 +186,12 @@ def cmd_bench(ns) -> int:
     prompts = [model.tokenizer.encode(r["prompt"])
                for r in read_prompts(source)[: ns.limit or None]]
     gammas = [int(g) for g in ns.gammas.split(",") if g.strip()]
-    if ns.drafter and (not gammas or min(gammas) < 1):
-        raise ValueError(f"--gammas {ns.gammas!r}: give draft lengths >= 1, e.g. 1,2,3,4")
-    r = bench(model, ns.drafter, prompts, gammas, ns.runs, ns.max_new_tokens)
+    trees = [int(n) for n in ns.tree_sizes.split(",") if n.strip()]
+    if ns.drafter and (not gammas and not trees or min(gammas + trees) < 1):
+        raise ValueError(f"--gammas {ns.gammas!r} --tree-sizes {ns.tree_sizes!r}: give draft "
+                         "lengths or tree sizes >= 1, e.g. --gammas 1,2,3,4")
+    r = bench(model, ns.drafter, prompts, gammas, ns.runs, ns.max_new_tokens,
+              tree_sizes=trees)
     files = write(r, Path(ns.out))
     print(markdown(r))
     print("wrote " + ", ".join(map(str, files)))
@@ -171,15 +210,17 @@ def add_commands(sub) -> None:
                    help="assumed fixed cost per forward (launches; CUDA graphs shrink it)")
     d.set_defaults(fn=cmd_devices)
 
-    t = sub.add_parser("tune", help="measure and store the best chain length of a drafter")
+    t = sub.add_parser("tune", help="measure and store a drafter's best chain length or tree")
     t.add_argument("bundle")
-    t.add_argument("--drafter", required=True, help="a chain drafter: ngram, draft_model, mtp, "
-                                                    "eagle3")
+    t.add_argument("--drafter", required=True, help="chains: ngram, draft_model, mtp (eagle3 "
+                                                    "with --chain); trees: medusa, eagle3")
     t.add_argument("--device", default="cpu", help="profile name the setting is stored under")
     t.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
     t.add_argument("--prompts", required=True, help="jsonl with a 'prompt' field")
     t.add_argument("--limit", type=int, default=16, help="first N prompts (0 = all)")
     t.add_argument("--max-gamma", type=int, default=8)
+    t.add_argument("--max-nodes", type=int, default=64, help="medusa: largest tree grown")
+    t.add_argument("--chain", action="store_true", help="eagle3: tune a chain, not the budget")
     t.add_argument("--max-new-tokens", type=int, default=64)
     t.add_argument("--threads", type=int, default=0)
     t.set_defaults(fn=cmd_tune)
@@ -188,7 +229,10 @@ def add_commands(sub) -> None:
                                      "memory on this device (json, markdown, PNG)")
     b.add_argument("bundle")
     b.add_argument("--drafter", help="a chain drafter to bench at --gammas (default: plain only)")
-    b.add_argument("--gammas", default="1,2,3,4", help="draft lengths (comma-separated)")
+    b.add_argument("--gammas", default="1,2,3,4", help="draft lengths (comma-separated; '' "
+                                                         "for none)")
+    b.add_argument("--tree-sizes", default="", help="tree sizes of a medusa / eagle3 drafter "
+                                                    "(comma-separated), e.g. 4,8,16,32")
     b.add_argument("--prompts", help="jsonl with a 'prompt' field (default: shipped prompts)")
     b.add_argument("--limit", type=int, default=8, help="first N prompts (0 = all)")
     b.add_argument("--runs", type=int, default=3, help="runs; medians with min and max")

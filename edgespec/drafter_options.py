@@ -48,10 +48,10 @@ def check_options(options: dict, where: str, num_layers: int) -> None:
         raise _fail(where, "feature_layers", layers,
                     f"a list of layer indices in [0, {num_layers}]")
     if "tree" in options:
-        _check_tree(options["tree"], where, options.get("top_k", INT_OPTIONS["top_k"][1]))
+        check_tree(options["tree"], where, options.get("top_k", INT_OPTIONS["top_k"][1]))
 
 
-def _check_tree(tree: Any, where: str, top_k: int) -> None:
+def check_tree(tree: Any, where: str, top_k: int) -> None:
     """Medusa paths of top-k ranks: each path's parent path listed, every rank < top_k."""
     want = (f"a list of at most {INT_OPTIONS['tree_size'][1]} paths of ranks in [0, {top_k}), "
             f"each path's parent listed")

@@ -183,9 +183,11 @@ class DraftModelDrafter:
 
 def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
                  config: SessionConfig, max_len: int, gamma: int | None = None,
-                 width: int | None = None, tree_size: int | None = None):
+                 width: int | None = None, tree_size: int | None = None,
+                 tree: list | None = None):
     """gamma: draft depth; width: nodes expanded per depth (draft_model, eagle3, mtp; 1 = a
-    chain); tree_size: nodes kept (medusa's static tree, the dynamic trees)."""
+    chain); tree_size: nodes kept (medusa's static tree, the dynamic trees); tree: medusa's
+    rank paths instead of the bundle's."""
     from .head_drafters import LayerDrafter, MedusaDrafter
 
     if name not in drafters:
@@ -196,7 +198,7 @@ def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
     if spec.kind == "ngram":
         return NgramDrafter(gamma=g, max_n=int(spec.options.get("max_n", 4)))
     if spec.kind == "medusa":
-        return MedusaDrafter(bundle_dir, spec, config, max_len, gamma, tree_size)
+        return MedusaDrafter(bundle_dir, spec, config, max_len, gamma, tree_size, tree)
     if spec.kind in ("mtp", "eagle3"):
         return LayerDrafter(bundle_dir, spec, config, gamma, width, tree_size)
     return DraftModelDrafter(bundle_dir, spec, config, gamma=g, width=width or 1)

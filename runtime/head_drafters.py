@@ -49,10 +49,14 @@ class MedusaDrafter:
     forwards_per_step = 1  # all heads in one run
 
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, max_len: int,
-                 gamma: int | None = None, tree_size: int | None = None):
+                 gamma: int | None = None, tree_size: int | None = None,
+                 tree: list | None = None):
         opts = spec.options
-        size = tree_size or int(opts.get("tree_size", 16))
-        paths = [tuple(p) for p in opts["tree"][:size]]
+        size = tree_size or (len(tree) if tree else int(opts.get("tree_size", 16)))
+        paths = [tuple(p) for p in (tree or opts["tree"])[:size]]
+        heads, _, top_k = next(t.shape for t in spec.graph.outputs if t.name == "topk_ids")
+        if paths and (max(map(len, paths)) > heads or max(max(p) for p in paths) >= top_k):
+            raise ValueError(f"a medusa tree must fit the graph's {heads} heads x top-{top_k}")
         if gamma is not None:
             paths = [p for p in paths if len(p) <= gamma]
         if size < 1 or not paths:

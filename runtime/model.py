@@ -13,7 +13,7 @@ from .drafters import make_drafter
 from .kv import KVCache
 from .providers import SessionConfig
 from .target import TargetRunner
-from .tuning import load_tuning, tuned_gamma
+from .tuning import load_tuning, tuned_setting
 
 
 class Model:
@@ -41,12 +41,12 @@ class Model:
         return self.manifest.tokenizer.eos_token_ids
 
     def drafter(self, name: str | None, gamma: int | None = None, width: int | None = None,
-                tree_size: int | None = None):
+                tree_size: int | None = None, tree: list | None = None):
         """The bundle's drafter `name` (None or 'none': autoregressive), loaded once.
 
         gamma: draft length (tree depth); width: nodes expanded per depth (1 = a chain);
-        tree_size: nodes kept in a tree (medusa, eagle3). None = the chain `edgespec tune`
-        chose for this provider, if any, else the bundle's default."""
+        tree_size: nodes kept in a tree (medusa, eagle3); tree: Medusa rank paths. All None =
+        the setting `edgespec tune` chose for this provider, if any, else the bundle's."""
         if name in (None, "none"):
             return None
         for what, value, (low, high) in (("gamma", gamma, INT_OPTIONS["gamma"]),
@@ -54,16 +54,16 @@ class Model:
                                          ("tree_size", tree_size, INT_OPTIONS["tree_size"])):
             if value is not None and not (isinstance(value, int) and low <= value <= high):
                 raise ValueError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
-        if gamma is None and width is None and tree_size is None:
-            tuned = tuned_gamma(self.tuning, self.config.provider, name)
-            if tuned is not None:
-                gamma, width = tuned, 1
-        key = (name, gamma, width, tree_size)
+        if gamma is None and width is None and tree_size is None and tree is None:
+            tuned = tuned_setting(self.tuning, self.config.provider, name)
+            gamma, width, tree_size, tree = (tuned.get(k) for k in (
+                "gamma", "width", "tree_size", "tree"))
+        key = (name, gamma, width, tree_size, tree and tuple(map(tuple, tree)))
         with self._lock:
             if key not in self._drafters:
                 self._drafters[key] = make_drafter(name, self.dir, self.manifest.drafters,
                                                    self.config, self.max_len, gamma, width,
-                                                   tree_size)
+                                                   tree_size, tree)
             return self._drafters[key]
 
     def new_runner(self) -> TargetRunner:

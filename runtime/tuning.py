@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from edgespec.drafter_options import INT_OPTIONS, check_tree
 from edgespec.manifest import BundleError, safe_path
 
 TUNING_FILE = "tuning.json"
@@ -33,22 +34,45 @@ def load_tuning(bundle_dir: Path) -> dict:
         ok = isinstance(entry, dict) and isinstance(entry.get("provider"), str) and \
             isinstance(entry.get("drafters"), dict)
         for setting in (entry.get("drafters") or {}).values() if ok else ():
-            gamma = setting.get("gamma") if isinstance(setting, dict) else None
-            ok = ok and isinstance(gamma, int) and not isinstance(gamma, bool) and \
-                1 <= gamma <= 64
+            ok = ok and isinstance(setting, dict) and _valid(setting)
         if not ok:
             raise BundleError(f"{TUNING_FILE}: device {device!r} needs a provider and drafters "
-                              "with an integer gamma in 1..64; run `edgespec tune` again")
+                              "with a gamma (1..64), a tree_size (1..1024) or a Medusa tree; "
+                              "run `edgespec tune` again")
     return devices
 
 
-def tuned_gamma(tuning: dict, provider: str, drafter: str) -> int | None:
-    """The tuned chain length of `drafter` for the device that runs on `provider`."""
+_KEYS = {"gamma": "gamma", "width": "tree_width", "tree_size": "tree_size"}
+
+
+def _valid(setting: dict) -> bool:
+    """One drafter's setting: ints in the manifest options' ranges, a tree of rank paths."""
+    if not any(k in setting for k in (*_KEYS, "tree")):
+        return False
+    for key, option in _KEYS.items():
+        v, (low, high) = setting.get(key), INT_OPTIONS[option]
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool)
+                                  and low <= v <= high):
+            return False
+    if "tree" in setting:
+        try:
+            check_tree(setting["tree"], TUNING_FILE, INT_OPTIONS["top_k"][1])
+        except BundleError:
+            return False
+    return True
+
+
+def tuned_setting(tuning: dict, provider: str, drafter: str) -> dict:
+    """Model.drafter keyword arguments `edgespec tune` stored for `drafter` on the device that
+    runs on `provider` ({} if none): a chain (gamma, width 1), a node budget or a tree."""
     for entry in tuning.values():
         setting = entry["drafters"].get(drafter)
         if entry["provider"] == provider and setting is not None:
-            return setting["gamma"]
-    return None
+            kwargs = {k: setting[k] for k in (*_KEYS, "tree") if k in setting}
+            if "gamma" in kwargs and not {"tree", "tree_size"} & kwargs.keys():
+                kwargs.setdefault("width", 1)  # a tuned chain
+            return kwargs
+    return {}
 
 
 def save_tuning(bundle_dir: Path, device: str, provider: str, drafter: str,
