@@ -15,6 +15,7 @@ from edgespec.runtime.mbsu import draft_cost
 from edgespec.runtime.tuning import tuned_setting
 
 from .cost_model import acceptance_per_depth, fit_curve
+from .device_memory import device_memory_mb
 from .tune import decode, measure_target_curve
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -84,13 +85,17 @@ def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: in
             "fit": {"overhead_s": fit.overhead, "memory_s": fit.memory,
                     "compute_s_per_token": fit.compute},
             "engines": rows, "acceptance_per_depth": accept, "ttft_s": _ttft(model, prompts),
-            "peak_host_mb": _peak_rss_mb(), "runs": runs, "prompts": len(prompts),
+            "peak_host_mb": _peak_rss_mb(), "device_mb": device_memory_mb(model.config.provider),
+            "runs": runs, "prompts": len(prompts),
             "max_new_tokens": max_new_tokens, "drafter": drafter}
 
 
 def markdown(r: dict) -> str:
     peak = r["peak_host_mb"]
     peak = "n/a" if peak is None else f"{peak:.0f} MB"
+    device = r.get("device_mb")
+    device = ("n/a (no NVIDIA GPU in use: host memory is the device's)" if device is None
+              else f"{device:.0f} MB")
     lines = [f"{r['prompts']} prompts x {r['max_new_tokens']} new tokens, greedy, median of "
              f"{r['runs']} runs (decode rate: tokens after the first / time after it)", "",
              "| engine | tok/s | min | max | vs plain | tau | MBSU |",
@@ -104,7 +109,8 @@ def markdown(r: dict) -> str:
               "| --- |" + " --- |" * len(r["target_curve_s"]),
               "| T(S) / T(1) | " + " | ".join(f"{t / t1:.2f}" for t in r["target_curve_s"].values())
               + " |", "", f"T(1) = {1e3 * t1:.3f} ms; time to first token "
-              f"{1e3 * r['ttft_s']:.1f} ms (median); peak host memory {peak}"]
+              f"{1e3 * r['ttft_s']:.1f} ms (median); peak host memory {peak}; device memory "
+              f"{device}"]
     if r["acceptance_per_depth"]:
         lines.append("acceptance per depth: " + ", ".join(f"{a:.2f}"
                                                           for a in r["acceptance_per_depth"]))
@@ -138,10 +144,15 @@ def plots(r: dict, out: Path) -> list[Path]:
     axes[1].set_xticks(range(len(eng)), [e["engine"] for e in eng], rotation=30, fontsize=7)
     axes[1].set(ylabel="decode tokens/s", title="decode rate by draft length (g) / tree (n)")
     acc = r["acceptance_per_depth"]
-    axes[2].bar(range(1, len(acc) + 1), acc)
-    axes[2].set_xticks(range(1, len(acc) + 1))
-    axes[2].set(xlabel="draft depth d", ylabel="P(d accepted | d-1 accepted)", ylim=(0, 1),
-                title="acceptance per depth")
+    if acc:  # a chain was benched: acceptance per depth of the longest
+        axes[2].bar(range(1, len(acc) + 1), acc)
+        axes[2].set_xticks(range(1, len(acc) + 1))
+        axes[2].set(xlabel="draft depth d", ylabel="P(d accepted | d-1 accepted)", ylim=(0, 1),
+                    title="acceptance per depth")
+    else:  # trees (or plain only): tokens per verify step of each engine
+        axes[2].bar(range(len(eng)), [e["tau"] for e in eng])
+        axes[2].set_xticks(range(len(eng)), [e["engine"] for e in eng], rotation=30, fontsize=7)
+        axes[2].set(ylabel="tokens per target forward (tau)", title="tau by engine")
     axes[0].legend()
     fig.tight_layout()
     path = out / "bench.png"

@@ -161,3 +161,12 @@ def test_bench_writes_json_markdown_and_plot(tiny_bundles, tmp_path, capsys):
     assert main(["bench", str(tiny_bundles["llama"][1]), "--drafter", "ngram", "--gammas", "0",
                  "--prompts", str(pfile), "-o", str(out)]) == 2
     capsys.readouterr()
+
+
+def test_device_memory_reads_this_process_from_nvidia_smi():
+    from edgespec.devices.device_memory import device_memory_mb, parse_compute_apps
+
+    text = "1234, 812\n999, 40\n1234, 100\nNo running processes found\n"
+    assert parse_compute_apps(text, 1234) == 912.0  # two GPUs
+    assert parse_compute_apps(text, 5) is None and parse_compute_apps("", 1234) is None
+    assert device_memory_mb("cpu") is None  # a CPU run: host memory is the device's
