@@ -90,8 +90,8 @@ class Generator:
 
     def append_tokens(self, ids) -> None:
         """Add prompt (or user-turn) tokens; all but the last are prefilled into the cache now."""
-        if isinstance(ids, (str, bytes)) or not all(
-                isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        ids = list(ids) if not isinstance(ids, (str, bytes)) else [ids]  # any iterable of ints
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
             raise ValueError("append_tokens takes token ids (integers); encode text with "
                              "model.tokenizer.encode(text) first")
         self._check_open()

@@ -136,3 +136,13 @@ def test_cli_bad_input_is_one_line(trimmed_bundle, tmp_path, capsys):
 def test_generate_accepts_utf8_bytes(model):
     params = GenerationParams(max_new_tokens=4, stop_on_eos=False)
     assert generate(model, "t5 t6".encode(), params) == generate(model, "t5 t6", params)
+
+
+def test_append_tokens_takes_any_iterable_of_ints(model):
+    import numpy as np
+
+    a, b, c = Generator(model), Generator(model), Generator(model)
+    a.append_tokens([5, 9, 11])
+    b.append_tokens(iter([5, 9, 11]))  # consumed once, not lost to the type check
+    c.append_tokens(np.array([5, 9, 11]))
+    assert a.tokens == b.tokens == c.tokens == [5, 9, 11]
