@@ -95,14 +95,19 @@ def _identity_with_external_weight(path, location):
 def test_external_data_escaping_the_bundle_is_refused(tmp_path, location):
     from edgespec.runtime.providers import SessionConfig, create_session
 
+    import os
+    import time
+
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"x" * 16)
+    os.utime(secret, (946684800, time.time()))  # a read would move atime (relatime)
     bundle = tmp_path / "b"
     bundle.mkdir()
     _identity_with_external_weight(bundle / "m.onnx",
                                    str(secret) if location == "ABSOLUTE" else location)
     with pytest.raises(BundleError, match="onnxruntime refused"):
         create_session(str(bundle / "m.onnx"), SessionConfig())
+    assert os.stat(secret).st_atime == 946684800  # refused before it read the data
 
 
 def test_symlinked_external_data_is_refused(bundle_copy, tmp_path):
