@@ -12,7 +12,8 @@ def _session_config(ns):
     from edgespec.runtime.providers import SessionConfig
 
     return SessionConfig(provider=ns.provider, threads=ns.threads,
-                         allow_fallback=ns.allow_cpu_fallback)
+                         allow_fallback=ns.allow_cpu_fallback,
+                         kv_device=getattr(ns, "kv_device", "auto"))  # not every command has it
 
 
 def _params(ns):
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--allow-cpu-fallback", action="store_true",
                        help="run on CPU (with a warning) if the provider is not installed")
         q.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = default)")
+        q.add_argument("--kv-device", default="auto", choices=("auto", "device", "host"),
+                       help="K/V buffers on the provider's device (auto: on GPUs) or the host")
         q.add_argument("--drafter", default="none",
                        help="drafter name from the bundle (edgespec info lists them), or none")
         q.add_argument("--gamma", type=int, default=None, help="draft length (tree depth)")

@@ -47,6 +47,9 @@ class KVSpec:
     # writes at offset P (O(S)). "in_graph": the graph writes the shared buffer in place
     # (GroupQueryAttention with past/present sharing one buffer; the fused graph of issue 3).
     update: str = "runtime"
+    # "in_graph" only: a graph that moves accepted tree rows within the buffers in place
+    # (export/kv_compact.py), so the runtime can keep K/V on a device; None in older bundles
+    compact: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class Manifest:
         graphs = [self.target, *(d.graph for d in self.drafters.values() if d.graph)]
         return [MANIFEST_FILE, self.tokenizer.file, *(g.file for g in graphs),
                 *(g.external_data for g in graphs if g.external_data),
+                *(g.kv.compact for g in graphs if g.kv and g.kv.compact),
                 *(d.d2t for d in self.drafters.values() if d.d2t)]
 
 
@@ -173,7 +177,8 @@ def _kv(d: dict, where: str, need_kv: bool) -> KVSpec | None:
         return None
     kv = _need(d, "kv", dict, where)
     kv_spec = KVSpec(**{k: _need(kv, k, str, f"{where}.kv") for k in (
-        "layout", "dtype", "past_key", "past_value", "present_key", "present_value", "update")})
+        "layout", "dtype", "past_key", "past_value", "present_key", "present_value", "update")},
+                      compact=_optional(kv, "compact", str, f"{where}.kv"))
     if kv_spec.layout != "BNSH" or kv_spec.update not in ("runtime", "in_graph"):
         raise BundleError(f"manifest.json: {where}.kv layout/update {kv_spec.layout}/"
                           f"{kv_spec.update} is not supported by this runtime; upgrade edgespec")

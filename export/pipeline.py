@@ -19,6 +19,7 @@ from edgespec.models.drafters import DrafterConfig
 from edgespec.models.weights import load_transformer, weights_fingerprint
 
 from .bundle import atomic_bundle, bytes_read, save_onnx
+from .kv_compact import with_compactor
 from .drafter_export import export_trained_drafter, low_rank, trim_map
 from .fused_graph import build_fused_graph
 from .quantize import WEIGHT_DTYPES, quantize_int4
@@ -216,6 +217,10 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                                                     for_drafter(opts.head_rank, name),
                                                     fused=opts.graph == "fused")
             steps.update()
+        # the K/V compaction graphs that let the runtime keep K/V on a device (fused graphs)
+        spec = with_compactor(tmp, spec, info)
+        drafters = {n: dataclasses.replace(d, graph=with_compactor(tmp, d.graph, d.model))
+                    for n, d in drafters.items()}
         shutil.copyfile(tokenizer, tmp / "tokenizer.json")
         manifest = Manifest(model=info, tokenizer=tok, target=spec, drafters=drafters,
                             created_by=f"edgespec {__version__}")

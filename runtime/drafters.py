@@ -19,7 +19,7 @@ from edgespec.tree import DraftTree
 
 from .bundle_checks import load_d2t, open_graph
 from .draft_tree import grow_tree, pick
-from .kv import KVCache
+from .device_kv import KVFactory
 from .providers import SessionConfig
 from .target import TargetRunner
 
@@ -114,11 +114,11 @@ class DraftModelDrafter:
         self.vocab = spec.model.vocab_size
         self.d2t = load_d2t(bundle_dir, spec, self.vocab)  # None: columns = target ids
         self.session = open_graph(bundle_dir, spec.graph, own)
+        self.new_kv = KVFactory(bundle_dir, spec.graph, spec.model, own)
 
     def new_state(self) -> DraftModelState:
-        m = self.spec.model
-        kv = KVCache(m.num_layers, m.num_kv_heads, m.head_dim, m.max_len)
-        return DraftModelState(TargetRunner(self.session, self.spec.graph, m, kv), [])
+        return DraftModelState(TargetRunner(self.session, self.spec.graph, self.spec.model,
+                                            self.new_kv()), [])
 
     def _feed(self, st: DraftModelState, ids: list[int]) -> np.ndarray:
         """Feed ids after the cached tokens; returns the logits of the last one ([V])."""

@@ -22,7 +22,7 @@ from edgespec.tree import DraftTree, static_tree
 
 from .bundle_checks import load_d2t, open_graph
 from .draft_tree import grow_tree, pick
-from .kv import KVCache
+from .device_kv import KVFactory
 from .providers import SessionConfig
 from .target import TargetRunner
 
@@ -117,6 +117,7 @@ class LayerDrafter:
         self.vocab = spec.model.vocab_size
         self.d2t = load_d2t(bundle_dir, spec, self.vocab)  # None: columns = target ids
         self.session = open_graph(bundle_dir, spec.graph, _quiet(config, threads=1))
+        self.new_kv = KVFactory(bundle_dir, spec.graph, spec.model, _quiet(config, threads=1))
 
     @property
     def forwards_per_step(self) -> int:  # the catch-up rows, then one per further depth
@@ -124,7 +125,7 @@ class LayerDrafter:
 
     def new_state(self) -> LayerState:
         m = self.spec.model
-        kv = KVCache(1, m.num_kv_heads, m.head_dim, m.max_len)
+        kv = self.new_kv()  # one layer (the drafter's own)
         rows = TargetRows(np.zeros((m.max_len, self.feature_dim), np.float32))
         return LayerState(TargetRunner(self.session, self.spec.graph, m, kv), rows, [])
 

@@ -9,20 +9,17 @@ class KVOverflowError(RuntimeError):
     pass
 
 
-class KVCache:
-    """One [1, Hkv, max_len, D] buffer per layer for K and for V, allocated once.
+class KVRows:
+    """The bookkeeping every K/V buffer shares: `length` positions hold valid K/V.
 
-    `length` is how many positions hold valid K/V. The graph reads the first `length` rows;
-    new K/V land at offset `length`. Rewinding only moves `length` back: the stale rows are
-    overwritten by the next append and never read, because the graph slices to `length`.
+    The graph reads the first `length` rows; new K/V land at offset `length`. Rewinding only
+    moves `length` back: the stale rows are overwritten by the next append and never read.
     """
 
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int,
-                 dtype=np.float32):
-        shape = (1, n_kv_heads, max_len, head_dim)
+    on_device = False
+
+    def __init__(self, max_len: int):
         self.max_len = max_len
-        self.keys = [np.zeros(shape, dtype) for _ in range(n_layers)]  # k: [1, Hkv, L, D]
-        self.values = [np.zeros(shape, dtype) for _ in range(n_layers)]
         self.length = 0
 
     @property
@@ -34,17 +31,6 @@ class KVCache:
             raise KVOverflowError(
                 f"{n} new tokens do not fit: the KV buffer holds {self.length} of {self.max_len} "
                 "positions; rewind, or export the bundle with a larger --max-len")
-
-    def append(self, new_keys: list[np.ndarray], new_values: list[np.ndarray]) -> None:
-        """Write each layer's new K/V ([1, Hkv, S, D]) at offset `length`; O(S) per layer."""
-        s = new_keys[0].shape[2]
-        self.check_room(s)
-        at = self.length
-        for buf, new in zip(self.keys, new_keys):
-            buf[:, :, at:at + s] = new
-        for buf, new in zip(self.values, new_values):
-            buf[:, :, at:at + s] = new
-        self.length += s
 
     def advance(self, n: int) -> None:
         """The graph wrote n new rows at offset `length` in place (fused GQA); count them."""
@@ -60,14 +46,40 @@ class KVCache:
     def truncate(self, length: int) -> None:
         self.rewind(self.length - min(length, self.length))
 
+    def _check_keep(self, start: int, keep: np.ndarray) -> np.ndarray:
+        keep = np.asarray(keep, dtype=np.int64)
+        if keep.size and (keep[-1] >= self.length - start or np.any(np.diff(keep) <= 0)):
+            raise ValueError("compact: keep must be ascending offsets of appended rows")
+        return keep
+
+
+class KVCache(KVRows):
+    """One host [1, Hkv, max_len, D] buffer per layer for K and for V, allocated once."""
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int,
+                 dtype=np.float32):
+        super().__init__(max_len)
+        shape = (1, n_kv_heads, max_len, head_dim)
+        self.keys = [np.zeros(shape, dtype) for _ in range(n_layers)]  # k: [1, Hkv, L, D]
+        self.values = [np.zeros(shape, dtype) for _ in range(n_layers)]
+
+    def append(self, new_keys: list[np.ndarray], new_values: list[np.ndarray]) -> None:
+        """Write each layer's new K/V ([1, Hkv, S, D]) at offset `length`; O(S) per layer."""
+        s = new_keys[0].shape[2]
+        self.check_room(s)
+        at = self.length
+        for buf, new in zip(self.keys, new_keys):
+            buf[:, :, at:at + s] = new
+        for buf, new in zip(self.values, new_values):
+            buf[:, :, at:at + s] = new
+        self.length += s
+
     def compact(self, start: int, keep: np.ndarray) -> None:
         """Keep rows start+keep[j] at start+j (accepted tree nodes), then length = start+len(keep).
 
         keep: [K] int, ascending offsets into the rows appended after `start`.
         """
-        keep = np.asarray(keep, dtype=np.int64)
-        if keep.size and (keep[-1] >= self.length - start or np.any(np.diff(keep) <= 0)):
-            raise ValueError("compact: keep must be ascending offsets of appended rows")
+        keep = self._check_keep(start, keep)
         if keep.size and keep[-1] != keep.size - 1:  # a chain's accepted prefix needs no copy
             src = start + keep
             for buf in (*self.keys, *self.values):

@@ -10,7 +10,7 @@ from edgespec.manifest import Manifest, load_manifest
 
 from .bundle_checks import check_bundle, load_tokenizer, open_graph
 from .drafters import make_drafter
-from .kv import KVCache
+from .device_kv import KVFactory
 from .providers import SessionConfig
 from .target import TargetRunner
 from .tuning import load_tuning, tuned_setting
@@ -28,6 +28,7 @@ class Model:
         check_bundle(self.dir, m)
         self.config = config
         self.session = open_graph(self.dir, m.target, config)
+        self.new_kv = KVFactory(self.dir, m.target, m.model, config)  # host or device buffers
         self.tuning = load_tuning(self.dir)  # per-device settings from `edgespec tune`
         self._drafters: dict[tuple, object] = {}  # (name, gamma, width, tree_size) -> drafter
         self._lock = threading.Lock()  # generators in several threads may ask at once
@@ -68,6 +69,5 @@ class Model:
 
     def new_runner(self) -> TargetRunner:
         """Fresh KV buffers and IO bindings for one Generator."""
-        mi = self.manifest.model
-        kv = KVCache(mi.num_layers, mi.num_kv_heads, mi.head_dim, mi.max_len)
-        return TargetRunner(self.session, self.manifest.target, mi, kv)
+        return TargetRunner(self.session, self.manifest.target, self.manifest.model,
+                            self.new_kv())

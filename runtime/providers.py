@@ -41,8 +41,14 @@ class SessionConfig:
     allow_fallback: bool = False  # fall back to CPU (with a warning) if the provider is missing
     cache_dir: str | None = None  # where TensorRT may cache engines
     extra_options: dict = field(default_factory=dict)
+    # where K/V buffers live: "auto" (on the GPU for the cuda / tensorrt presets, else on the
+    # host), "device" (allocated by onnxruntime on the provider's device; on CPU a test of that
+    # path) or "host" (numpy arrays)
+    kv_device: str = "auto"
 
     def __post_init__(self):
+        if self.kv_device not in ("auto", "device", "host"):
+            raise ValueError(f"kv_device must be auto, device or host, got {self.kv_device!r}")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"threads must be an integer >= 0 (0 = onnxruntime's default), "
                              f"got {self.threads!r}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgespec.manifest import GraphSpec, ModelInfo
 
-from .kv import KVCache
+from .kv import KVRows
 from .providers import import_ort
 
 
@@ -23,9 +23,10 @@ class ForwardOut:
 
 
 class TargetRunner:
-    """Binds a KVCache's buffers and per-shape output buffers to one session.
+    """Binds a K/V cache's buffers (host arrays or device OrtValues) and per-shape output
+    buffers to one session.
 
-    One runner per KVCache (per Generator): sessions are shared, bindings and buffers are not.
+    One runner per K/V cache (per Generator): sessions are shared, bindings and buffers are not.
     """
 
     MAX_SHAPES = 16  # IO bindings kept per (S, N); decode reuses one, verify a few
@@ -34,7 +35,7 @@ class TargetRunner:
     # (kept, they held ~12 MB per generator on the demo target, ~256 MB on a 1B model).
     MAX_KEPT_S = 64
 
-    def __init__(self, session, spec: GraphSpec, model: ModelInfo, kv: KVCache):
+    def __init__(self, session, spec: GraphSpec, model: ModelInfo, kv: KVRows):
         self.ort = import_ort()
         self.session, self.spec, self.model, self.kv = session, spec, model, kv
         self.out_names = [t.name for t in spec.outputs]
@@ -46,7 +47,12 @@ class TargetRunner:
         self.in_place = spec.kv.update == "in_graph"
         self._bindings: OrderedDict[tuple[int, int], tuple] = OrderedDict()
         # (past name, present name, OrtValue over the preallocated buffer: shares its memory)
-        value = self.ort.OrtValue.ortvalue_from_numpy
+        if kv.on_device and not self.in_place:
+            raise ValueError("K/V on the device needs a graph that updates it in place (fused)")
+
+        def value(buf):  # device buffers are OrtValues already; host arrays are wrapped
+            return buf if kv.on_device else self.ort.OrtValue.ortvalue_from_numpy(buf)
+
         self._kv_bound = []
         for i in range(model.num_layers):
             self._kv_bound.append((spec.kv.past_key.format(i=i), spec.kv.present_key.format(i=i),

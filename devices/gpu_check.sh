@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# GPU check (issue 3): on a machine with an NVIDIA GPU and onnxruntime-gpu, check that greedy
+# decoding on CUDA (K/V buffers on the device) gives the CPU's tokens with every drafter, then
+# bench plain and speculative decoding there (cost curve, tok/s, tau, device memory).
+#
+#   bash devices/gpu_check.sh                 # exports the demo bundle first (needs torch)
+#   BUNDLE=bundles/demo bash devices/gpu_check.sh   # a bundle exported elsewhere
+#
+# Env: PY (python, default .venv/bin/python), OUT (default gpu-check), LIMIT prompts (8),
+# TOKENS per prompt (64), RUNS (3). About 3-4 minutes on the demo bundle. CUDA graphs are not
+# implemented yet: the figures are without them.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-gpu-check}
+LIMIT=${LIMIT:-8}
+TOKENS=${TOKENS:-64}
+RUNS=${RUNS:-3}
+ES=("$PY" -m edgespec.cli)
+PROMPTS=$("$PY" -c "from importlib import resources; print(resources.files('edgespec.devices') / 'prompts.jsonl')")
+mkdir -p "$OUT"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+"$PY" - <<'PYEOF'
+import onnxruntime as ort
+have = ort.get_available_providers()
+print("onnxruntime", ort.__version__, have)
+if "CUDAExecutionProvider" not in have:
+    raise SystemExit("onnxruntime here has no CUDAExecutionProvider: pip install onnxruntime-gpu")
+PYEOF
+
+if [[ -z "${BUNDLE:-}" ]]; then
+    BUNDLE="$OUT/bundle"
+    "${ES[@]}" export --demo -o "$BUNDLE" --overwrite   # parity against torch, on the CPU
+fi
+
+# greedy parity, every drafter: CUDA with device K/V against the CPU with host K/V
+drafters=$("$PY" -c "from edgespec.manifest import load_manifest as m; print(' '.join(['none', *m('$BUNDLE').drafters]))")
+for d in $drafters; do
+    for p in cpu cuda; do
+        "${ES[@]}" eval "$BUNDLE" --prompts "$PROMPTS" --limit "$LIMIT" \
+            --max-new-tokens "$TOKENS" --drafter "$d" --provider "$p" --out "$OUT/eval-$p-$d.jsonl"
+    done
+done
+"$PY" - "$OUT" $drafters <<'PYEOF'
+import json, sys
+out, names = sys.argv[1], sys.argv[2:]
+def rows(p, d):
+    return [json.loads(l) for l in open(f"{out}/eval-{p}-{d}.jsonl")]
+bad = 0
+for d in names:
+    cpu, cuda = rows("cpu", d), rows("cuda", d)
+    same = sum(a["output_ids"] == b["output_ids"] for a, b in zip(cpu, cuda))
+    bad += same != len(cpu)
+    print(f"parity {d}: {same}/{len(cpu)} prompts token-identical on CUDA and CPU")
+sys.exit(1 if bad else 0)
+PYEOF
+
+"${ES[@]}" bench "$BUNDLE" --provider cuda --drafter mtp --gammas 1,2,3,4 --runs "$RUNS" \
+    --limit "$LIMIT" --max-new-tokens "$TOKENS" -o "$OUT/bench-mtp"
+"${ES[@]}" bench "$BUNDLE" --provider cuda --drafter eagle3 --gammas "" --tree-sizes 4,8,16,32 \
+    --runs "$RUNS" --limit "$LIMIT" --max-new-tokens "$TOKENS" -o "$OUT/bench-eagle3"
+echo "CUDA graphs: not implemented yet; the figures above are without them. Results in $OUT/"

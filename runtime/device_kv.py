@@ -1,0 +1,82 @@
+"""K/V buffers onnxruntime allocates on the execution device (a GPU; the CPU in tests).
+
+The fused graph writes them in place (GroupQueryAttention with past and present bound to one
+buffer) and the bundle's compaction graph (export/kv_compact.py) moves accepted tree rows in
+place, so K/V never travel through the host. Chains need no compaction (the accepted rows are
+a prefix), rewinding is a length, as on the host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgespec.manifest import BundleError, GraphSpec, ModelInfo, safe_path
+
+from .kv import KVCache, KVRows
+from .providers import PRESETS, SessionConfig, create_session, import_ort
+
+
+class DeviceKVCache(KVRows):
+    on_device = True
+
+    def __init__(self, model: ModelInfo, device: str, compactor):
+        super().__init__(model.max_len)
+        ort = import_ort()
+        shape = (1, model.num_kv_heads, model.max_len, model.head_dim)  # [1, Hkv, L, D]
+
+        def new():
+            return ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)
+
+        self.keys = [new() for _ in range(model.num_layers)]
+        self.values = [new() for _ in range(model.num_layers)]
+        self.heads = model.num_kv_heads
+        self.compactor = compactor
+
+    def compact(self, start: int, keep: np.ndarray) -> None:
+        keep = self._check_keep(start, keep)
+        if keep.size and keep[-1] != keep.size - 1:  # a chain's accepted prefix needs no copy
+            k = keep.size
+            idx = np.zeros((1, self.heads, k, 3), np.int64)  # (0, h, destination row)
+            idx[0, :, :, 1] = np.arange(self.heads)[:, None]
+            idx[0, :, :, 2] = start + np.arange(k)
+            io = self.compactor.io_binding()
+            for j, buf in enumerate((*self.keys, *self.values)):
+                io.bind_ortvalue_input(f"kv_{j}", buf)
+                io.bind_ortvalue_output(f"out_{j}", buf)  # the same memory: updated in place
+            io.bind_cpu_input("src", start + keep)
+            io.bind_cpu_input("idx", idx)
+            self.compactor.run_with_iobinding(io)
+        self.length = start + keep.size
+
+
+def wants_device_kv(config: SessionConfig) -> bool:
+    """auto: K/V on the device for the GPU presets (host buffers would be copied to the device
+    and back every forward), on the host for the CPU."""
+    if config.kv_device == "auto":
+        return PRESETS[config.provider][1] == "cuda"
+    return config.kv_device == "device"
+
+
+class KVFactory:
+    """New K/V buffers for one graph: host arrays, or device buffers with the graph's shared
+    compaction session (created once, like the graph's own session)."""
+
+    def __init__(self, bundle_dir: Path, spec: GraphSpec, model: ModelInfo,
+                 config: SessionConfig):
+        self.model, self.compactor = model, None
+        if not wants_device_kv(config):
+            return
+        if spec.kv.update != "in_graph" or spec.kv.compact is None:
+            raise BundleError(f"{spec.file}: K/V on the device needs the fused graph and its "
+                              "compaction graph; re-export the bundle with this edgespec "
+                              "(--graph fused), or pass kv_device='host'")
+        self.device = "cpu" if PRESETS[config.provider][1] == "cpu" else "cuda"
+        self.compactor = create_session(str(safe_path(bundle_dir, spec.kv.compact)), config)
+
+    def __call__(self) -> KVCache | DeviceKVCache:
+        m = self.model
+        if self.compactor is None:
+            return KVCache(m.num_layers, m.num_kv_heads, m.head_dim, m.max_len)
+        return DeviceKVCache(m, self.device, self.compactor)
