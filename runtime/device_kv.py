@@ -72,7 +72,7 @@ class KVFactory:
             raise BundleError(f"{spec.file}: K/V on the device needs the fused graph and its "
                               "compaction graph; re-export the bundle with this edgespec "
                               "(--graph fused), or pass kv_device='host'")
-        self.device = "cpu" if PRESETS[config.provider][1] == "cpu" else "cuda"
+        self.device = PRESETS[config.provider][1]  # "cpu" (tests), "cuda" or "dml"
         self.compactor = create_session(str(safe_path(bundle_dir, spec.kv.compact)), config)
 
     def __call__(self) -> KVCache | DeviceKVCache:
