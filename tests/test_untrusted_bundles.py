@@ -79,6 +79,8 @@ MANIFEST_CASES = [
      "leaves the bundle"),
     ("d2t-dotdot", _set(["drafters", "mtp", "d2t"], "../outside/mtp.d2t.npy"),
      "leaves the bundle"),
+    ("kv-compact-dotdot", _set(["target", "kv", "compact"], "../outside/target.kv_compact.onnx"),
+     "leaves the bundle"),
     ("external-data-absolute", _set(["target", "external_data"], OUT + "/target.onnx"),
      "absolute"),
     ("windows-drive", _set(["target", "file"], "C:\\outside\\target.onnx"), "absolute"),
