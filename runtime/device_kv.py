@@ -74,6 +74,13 @@ class KVFactory:
                               "(--graph fused), or pass kv_device='host'")
         self.device = PRESETS[config.provider][1]  # "cpu" (tests), "cuda" or "dml"
         self.compactor = create_session(str(safe_path(bundle_dir, spec.kv.compact)), config)
+        n = 2 * model.num_layers  # its IO must be what DeviceKVCache.compact binds
+        want_in = {*(f"kv_{j}" for j in range(n)), "src", "idx"}
+        want_out = {f"out_{j}" for j in range(n)}
+        if ({i.name for i in self.compactor.get_inputs()} != want_in
+                or {o.name for o in self.compactor.get_outputs()} != want_out):
+            raise BundleError(f"{spec.kv.compact} is not a K/V compaction graph for "
+                              f"{model.num_layers} layers; re-export the bundle")
 
     def __call__(self) -> KVCache | DeviceKVCache:
         m = self.model

@@ -70,3 +70,14 @@ def test_device_kv_needs_the_fused_graph(tiny_bundles):
     with pytest.raises(BundleError, match="needs the fused graph"):
         Model(plain, SessionConfig(kv_device="device"))
     assert not Model(plain).new_runner().kv.on_device  # auto on a CPU: host buffers
+
+
+def test_a_compaction_graph_for_other_dims_is_refused(trimmed_bundle, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(trimmed_bundle, bundle)
+    (bundle / "target.kv_compact.onnx").write_bytes(
+        build_compactor(2, 2, 4).SerializeToString())  # one layer's buffers, not two
+    with pytest.raises(BundleError, match="not a K/V compaction graph for 2 layers"):
+        Model(bundle, SessionConfig(kv_device="device"))
