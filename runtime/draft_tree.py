@@ -30,10 +30,11 @@ def pick(row: np.ndarray, sampling: SamplingParams, rng: np.random.Generator, id
     return int(ids[rng.choice(len(q), p=q)]), full
 
 
-def log_softmax(row: np.ndarray) -> np.ndarray:
-    row = row.astype(np.float64)
-    top = row.max()
-    return row - (np.log(np.exp(row - top).sum()) + top)
+def log_softmax(rows: np.ndarray) -> np.ndarray:
+    """log-probabilities of each row of logits ([..., V]), in float64."""
+    rows = rows.astype(np.float64)
+    top = rows.max(axis=-1, keepdims=True)
+    return rows - (np.log(np.exp(rows - top).sum(axis=-1, keepdims=True)) + top)
 
 
 def grow_tree(root: int, root_logits: np.ndarray, root_payload, depth: int, width: int,
@@ -50,12 +51,13 @@ def grow_tree(root: int, root_logits: np.ndarray, root_payload, depth: int, widt
     payload = {0: root_payload}
     frontier, logits = [0], root_logits[None]  # logits: [len(frontier), V]
     for d in range(1, depth + 1):
-        cands = []  # (cumulative log-prob, parent, token)
-        for j, node in enumerate(frontier):
-            lp = log_softmax(logits[j])
-            for t in np.argpartition(-lp, width)[:width]:
-                cands.append((score[node] + lp[t], node, int(t if d2t is None else d2t[t])))
-        cands.sort(key=lambda c: -c[0])
+        # every frontier node's `width` best children at once: lp, top: [k, V], [k, width]
+        lp = log_softmax(logits)
+        top = np.argpartition(-lp, width, axis=1)[:, :width]
+        cum = np.asarray([score[n] for n in frontier])[:, None] + np.take_along_axis(lp, top, 1)
+        ids = top if d2t is None else d2t[top]
+        order = np.argsort(-cum, axis=None, kind="stable")  # best first, ties as enumerated
+        cands = [(float(cum.flat[i]), frontier[i // width], int(ids.flat[i])) for i in order]
         frontier = []
         for rank, (s, parent, t) in enumerate(cands):
             node = len(tokens)
