@@ -77,6 +77,11 @@ def decode(model, drafter, prompts: list[list[int]], max_new_tokens: int
     return lengths, tokens / max(seconds, 1e-9)
 
 
+def step_seconds(lengths: list[int], rate: float) -> float:
+    """Seconds per verify step of a decode(): its tokens per step and tokens/s."""
+    return sum(lengths) / rate / max(len(lengths), 1)
+
+
 @dataclass(frozen=True)
 class ChainTuning:
     gamma: int  # the best chain length (>= 1)
@@ -107,8 +112,8 @@ def tune_chain(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
                for g in range(1, max_gamma + 1)}
     # what a step costs in the loop beyond its forwards (bookkeeping, acceptance, caches
     # evicted by the other session), from the deep chain's own decode: one constant per step
-    step_s = sum(lengths) / deep_rate / max(len(lengths), 1)
-    overhead = max(step_s - propose[max_gamma] - curve[max_gamma + 1], 0.0)
+    overhead = max(step_seconds(lengths, deep_rate) - propose[max_gamma]
+                   - curve[max_gamma + 1], 0.0)
     rates = {g: chain_tokens_per_step(accept, g) / (propose[g] + curve[g + 1] + overhead)
              for g in propose}
     best = max(rates, key=rates.get)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tune import decode, measure_propose, measure_target_curve
+from .tune import decode, measure_propose, measure_target_curve, step_seconds
 
 EAGLE_BUDGETS = (4, 8, 12, 16, 24, 32, 48, 64)
 
@@ -97,8 +97,7 @@ def _curve(model, sizes) -> dict[int, float]:
 
 def _overhead(model, drafter, prompts, max_new_tokens, propose_s, curve, nodes) -> float:
     """Per-step seconds the loop spends beyond proposal and verify forward (>= 0)."""
-    lengths, rate = decode(model, drafter, prompts, max_new_tokens)
-    step_s = sum(lengths) / rate / max(len(lengths), 1)
+    step_s = step_seconds(*decode(model, drafter, prompts, max_new_tokens))
     return max(step_s - propose_s - curve[nodes + 1], 0.0)
 
 
@@ -128,16 +127,17 @@ def tune_eagle(model, name: str, prompts: list[list[int]], budgets=EAGLE_BUDGETS
     """The node budget (tree_size) of a dynamic tree at the bundle's depth and width."""
     budgets = [b for b in budgets if 2 * b + 6 <= model.max_len] or [1]
     curve = _curve(model, [b + 1 for b in budgets] + [1])
-    per_step, propose, measured = {}, {}, {}
+    per_step, propose, measured, step_s = {}, {}, {}, {}
     for b in budgets:
         drafter = model.drafter(name, tree_size=b)
         lengths, measured[b] = decode(model, drafter, prompts, max_new_tokens)
         per_step[b] = sum(lengths) / max(len(lengths), 1)
+        step_s[b] = step_seconds(lengths, measured[b])
         propose[b] = measure_propose(model, drafter, prompts[:4])
     # the loop's cost beyond proposal + verify grows with the tree (bias, acceptance, K/V
     # compaction of more nodes): a line fitted over every budget's measured step time
     # smooths the noise of single decodes (ranking by those alone picks noise)
-    residual = [per_step[b] / measured[b] - propose[b] - curve[b + 1] for b in budgets]
+    residual = [step_s[b] - propose[b] - curve[b + 1] for b in budgets]
     slope, base = np.polyfit(budgets, residual, 1) if len(budgets) > 1 else (0.0, residual[0])
     over = {b: max(base + slope * b, 0.0) for b in budgets}
     expected = {b: per_step[b] / (propose[b] + curve[b + 1] + over[b]) for b in budgets}

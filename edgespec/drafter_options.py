@@ -28,6 +28,17 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def valid_int(option: str, value: Any) -> bool:
+    """`value` is an integer in INT_OPTIONS[option]'s range (manifest, tuning.json, callers)."""
+    low, high = INT_OPTIONS[option]
+    return _int(value) and low <= value <= high
+
+
+def fits_heads(paths, heads: int, top_k: int) -> bool:
+    """Medusa node (depth d, rank r) reads topk_ids[d - 1, :, r]: every path must fit."""
+    return bool(paths) and max(map(len, paths)) <= heads and max(max(p) for p in paths) < top_k
+
+
 def _fail(where: str, key: str, value: Any, want: str) -> BundleError:
     return BundleError(f"manifest.json: {where}.options.{key} = {str(value)[:60]} must be "
                        f"{want}; re-export the bundle")
@@ -36,7 +47,7 @@ def _fail(where: str, key: str, value: Any, want: str) -> BundleError:
 def check_options(options: dict, where: str, num_layers: int) -> None:
     """Refuse options the runtime could not use safely (types, ranges, tree shape)."""
     for key, (lo, hi) in INT_OPTIONS.items():
-        if key in options and not (_int(options[key]) and lo <= options[key] <= hi):
+        if key in options and not valid_int(key, options[key]):
             raise _fail(where, key, options[key], f"an integer in [{lo}, {hi}]")
     if "input" in options and options["input"] not in ("hidden", "features"):
         raise _fail(where, "input", options["input"], "'hidden' or 'features'")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .drafter_options import check_options
+from .drafter_options import check_options, fits_heads
 from .errors import BundleError
 from .graph_contract import check_graph
 
@@ -305,8 +305,7 @@ def _check_fits_target(spec: DrafterSpec, where: str, model: ModelInfo,
 def _check_medusa_tree(spec: DrafterSpec, where: str) -> None:
     """Node (depth d, rank r) reads topk_ids[d - 1, :, r]: the tree must fit the graph."""
     heads, _, top_k = next(t.shape for t in spec.graph.outputs if t.name == "topk_ids")
-    tree = spec.options.get("tree")
-    if not tree or max(map(len, tree)) > heads or max(max(p) for p in tree) >= top_k:
+    if not fits_heads(spec.options.get("tree"), heads, top_k):
         raise BundleError(f"manifest.json: {where}.options.tree must be given and fit the "
                           f"graph's {heads} heads x top-{top_k}; re-export the bundle")
 

@@ -17,7 +17,7 @@ from edgespec.masks import causal_bias
 from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree
 
-from .bundle_checks import load_d2t, open_graph
+from .bundle_checks import open_graph
 from .draft_tree import grow_tree, pick
 from .device_kv import KVFactory
 from .providers import SessionConfig
@@ -102,7 +102,7 @@ class DraftModelDrafter:
         return self.gamma
 
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, gamma: int = 4,
-                 width: int = 1):
+                 width: int = 1, d2t: np.ndarray | None = None):
         if gamma < 1 or width < 1:
             raise ValueError(f"gamma and width must be >= 1, got {gamma}, {width}")
         self.spec, self.gamma, self.width = spec, gamma, width
@@ -112,7 +112,7 @@ class DraftModelDrafter:
         own = dataclasses.replace(config, threads=1, extra_options={
             **config.extra_options, "session.intra_op.allow_spinning": "0"})
         self.vocab = spec.model.vocab_size
-        self.d2t = load_d2t(bundle_dir, spec, self.vocab)  # None: columns = target ids
+        self.d2t = d2t  # None: columns = target ids
         self.session = open_graph(bundle_dir, spec.graph, own)
         self.new_kv = KVFactory(bundle_dir, spec.graph, spec.model, own)
 
@@ -184,10 +184,11 @@ class DraftModelDrafter:
 def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
                  config: SessionConfig, max_len: int, gamma: int | None = None,
                  width: int | None = None, tree_size: int | None = None,
-                 tree: list | None = None):
+                 tree: list | None = None, d2t: np.ndarray | None = None):
     """gamma: draft depth; width: nodes expanded per depth (draft_model, eagle3, mtp; 1 = a
     chain); tree_size: nodes kept (medusa's static tree, the dynamic trees); tree: medusa's
-    rank paths instead of the bundle's."""
+    rank paths instead of the bundle's; d2t: the drafter's checked VocabTrim map (Model loads
+    it with the bundle's other checks)."""
     from .head_drafters import LayerDrafter, MedusaDrafter
 
     if name not in drafters:
@@ -200,5 +201,5 @@ def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
     if spec.kind == "medusa":
         return MedusaDrafter(bundle_dir, spec, config, max_len, gamma, tree_size, tree)
     if spec.kind in ("mtp", "eagle3"):
-        return LayerDrafter(bundle_dir, spec, config, gamma, width, tree_size)
-    return DraftModelDrafter(bundle_dir, spec, config, gamma=g, width=width or 1)
+        return LayerDrafter(bundle_dir, spec, config, gamma, width, tree_size, d2t)
+    return DraftModelDrafter(bundle_dir, spec, config, gamma=g, width=width or 1, d2t=d2t)

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgespec.drafter_options import fits_heads
 from edgespec.manifest import DrafterSpec
 from edgespec.masks import causal_bias
 from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree, static_tree
 
-from .bundle_checks import load_d2t, open_graph
+from .bundle_checks import open_graph
 from .draft_tree import grow_tree, pick
 from .device_kv import KVFactory
 from .providers import SessionConfig
@@ -55,7 +56,7 @@ class MedusaDrafter:
         size = tree_size or (len(tree) if tree else int(opts.get("tree_size", 16)))
         paths = [tuple(p) for p in (tree or opts["tree"])[:size]]
         heads, _, top_k = next(t.shape for t in spec.graph.outputs if t.name == "topk_ids")
-        if paths and (max(map(len, paths)) > heads or max(max(p) for p in paths) >= top_k):
+        if paths and not fits_heads(paths, heads, top_k):
             raise ValueError(f"a medusa tree must fit the graph's {heads} heads x top-{top_k}")
         if gamma is not None:
             paths = [p for p in paths if len(p) <= gamma]
@@ -102,7 +103,7 @@ class LayerDrafter:
 
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig,
                  gamma: int | None = None, width: int | None = None,
-                 tree_size: int | None = None):
+                 tree_size: int | None = None, d2t: np.ndarray | None = None):
         opts = spec.options
         self.name = spec.kind
         self.spec = spec
@@ -115,9 +116,10 @@ class LayerDrafter:
         shapes = {t.name: t.shape for t in spec.graph.inputs}
         self.feature_dim, self.dim = shapes["features"][2], shapes["hidden_in"][2]
         self.vocab = spec.model.vocab_size
-        self.d2t = load_d2t(bundle_dir, spec, self.vocab)  # None: columns = target ids
-        self.session = open_graph(bundle_dir, spec.graph, _quiet(config, threads=1))
-        self.new_kv = KVFactory(bundle_dir, spec.graph, spec.model, _quiet(config, threads=1))
+        self.d2t = d2t  # None: columns = target ids
+        quiet = _quiet(config, threads=1)
+        self.session = open_graph(bundle_dir, spec.graph, quiet)
+        self.new_kv = KVFactory(bundle_dir, spec.graph, spec.model, quiet)
 
     @property
     def forwards_per_step(self) -> int:  # the catch-up rows, then one per further depth

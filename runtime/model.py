@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from edgespec.drafter_options import INT_OPTIONS
+from edgespec.drafter_options import INT_OPTIONS, valid_int
 from edgespec.manifest import Manifest, load_manifest
 
 from .bundle_checks import check_bundle, load_tokenizer, open_graph
@@ -25,7 +25,7 @@ class Model:
         self.manifest: Manifest = load_manifest(self.dir)
         m = self.manifest
         self.tokenizer = load_tokenizer(self.dir, m)
-        check_bundle(self.dir, m)
+        self._d2t = check_bundle(self.dir, m)  # VocabTrim maps by drafter name, checked
         self.config = config
         self.session = open_graph(self.dir, m.target, config)
         self.new_kv = KVFactory(self.dir, m.target, m.model, config)  # host or device buffers
@@ -50,10 +50,10 @@ class Model:
         the setting `edgespec tune` chose for this provider, if any, else the bundle's."""
         if name in (None, "none"):
             return None
-        for what, value, (low, high) in (("gamma", gamma, INT_OPTIONS["gamma"]),
-                                         ("width", width, INT_OPTIONS["tree_width"]),
-                                         ("tree_size", tree_size, INT_OPTIONS["tree_size"])):
-            if value is not None and not (isinstance(value, int) and low <= value <= high):
+        for what, value, option in (("gamma", gamma, "gamma"), ("width", width, "tree_width"),
+                                    ("tree_size", tree_size, "tree_size")):
+            if value is not None and not valid_int(option, value):
+                low, high = INT_OPTIONS[option]
                 raise ValueError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
         if gamma is None and width is None and tree_size is None and tree is None:
             tuned = tuned_setting(self.tuning, self.config.provider, name)
@@ -64,7 +64,7 @@ class Model:
             if key not in self._drafters:
                 self._drafters[key] = make_drafter(name, self.dir, self.manifest.drafters,
                                                    self.config, self.max_len, gamma, width,
-                                                   tree_size, tree)
+                                                   tree_size, tree, self._d2t.get(name))
             return self._drafters[key]
 
     def new_runner(self) -> TargetRunner:

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from edgespec.drafter_options import INT_OPTIONS, check_tree
+from edgespec.drafter_options import INT_OPTIONS, check_tree, valid_int
 from edgespec.manifest import BundleError, safe_path
 
 TUNING_FILE = "tuning.json"
@@ -49,11 +49,9 @@ def _valid(setting: dict) -> bool:
     """One drafter's setting: ints in the manifest options' ranges, a tree of rank paths."""
     if not any(k in setting for k in (*_KEYS, "tree")):
         return False
-    for key, option in _KEYS.items():
-        v, (low, high) = setting.get(key), INT_OPTIONS[option]
-        if v is not None and not (isinstance(v, int) and not isinstance(v, bool)
-                                  and low <= v <= high):
-            return False
+    if any(setting.get(k) is not None and not valid_int(option, setting[k])
+           for k, option in _KEYS.items()):
+        return False
     if "tree" in setting:
         try:
             check_tree(setting["tree"], TUNING_FILE, INT_OPTIONS["top_k"][1])
