@@ -5,6 +5,7 @@
 #
 #   bash devices/gpu_check.sh                 # exports the demo bundle first (needs torch)
 #   BUNDLE=bundles/demo bash devices/gpu_check.sh   # a bundle exported elsewhere
+#   WEIGHTS=fp16 bash devices/gpu_check.sh    # the demo target exported in fp16
 #
 # Env: PY (python, default .venv/bin/python), OUT (default gpu-check), LIMIT prompts (8),
 # TOKENS per prompt (64), RUNS (3). About 3-4 minutes on the demo bundle. CUDA graphs are not
@@ -30,7 +31,7 @@ PYEOF
 
 if [[ -z "${BUNDLE:-}" ]]; then
     BUNDLE="$OUT/bundle"
-    "${ES[@]}" export --demo -o "$BUNDLE" --overwrite   # parity against torch, on the CPU
+    "${ES[@]}" export --demo -o "$BUNDLE" --weights "${WEIGHTS:-fp32}" --overwrite  # parity on CPU
 fi
 
 # greedy parity, every drafter: CUDA with device K/V against the CPU with host K/V

@@ -22,6 +22,15 @@ REQUIRED = {
 }
 # a K/V name pattern: plain characters around one "{i}" (no other format fields)
 _KV_PATTERN = re.compile(r"[A-Za-z0-9_.\-/]*\{i\}[A-Za-z0-9_.\-/]*")
+# the dtypes the runtime binds: ids int64, what drafters and acceptance read float32; a graph's
+# attention_bias and K/V share its compute dtype, one of KV_DTYPES (float16: `--weights fp16`)
+_FIXED_DTYPES = {"input_ids": "int64", "position_ids": "int64", "logits_index": "int64",
+                 "logits": "float32", "hidden": "float32", "features": "float32",
+                 "hidden_in": "float32", "topk_ids": "int64", "topk_logits": "float32"}
+KV_DTYPES = ("float32", "float16")
+FP16_MIN = -65504.0  # the most negative finite float16
+ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
+             "int32": "tensor(int32)", "bool": "tensor(bool)"}
 
 
 def kv_names(kv, num_layers: int) -> tuple[list[str], list[str]]:
@@ -58,6 +67,7 @@ def check_graph(kind: str, spec, model, where: str, target=None, target_spec=Non
         raise BundleError(f"manifest.json: {where} lists an input or output twice")
     need_in, need_out = set(names_in), set(names_out)
     past: list[str] = []
+    present: list[str] = []
     if spec.kv is not None and model is not None:
         past, present = kv_names(spec.kv, model.num_layers)
         need_in |= set(past)
@@ -65,6 +75,7 @@ def check_graph(kind: str, spec, model, where: str, target=None, target_spec=Non
     missing = sorted((need_in - have_in) | (need_out - have_out))
     if missing:
         raise BundleError(f"manifest.json: {where} lacks {missing[:4]}; re-export the bundle")
+    _check_dtypes(spec, where, past, present)
     for name in past:
         _want(where, name, _dims(spec, name), (1, model.num_kv_heads, None, model.head_dim))
     if kind == "medusa":
@@ -92,8 +103,41 @@ def check_graph(kind: str, spec, model, where: str, target=None, target_spec=Non
         _want(where, "hidden_in", _dims(spec, "hidden_in"), (1, None, model.hidden_size))
 
 
+def _check_dtypes(spec, where: str, past: list[str], present: list[str]) -> None:
+    """Fixed dtypes where the runtime binds fixed ones; attention_bias and every K/V tensor in
+    the graph's K/V dtype; `weights` fp16 exactly when that is float16, whose mask value must
+    then be finite in float16."""
+    dtypes = {t.name: t.dtype for t in (*spec.inputs, *spec.outputs)}
+    for name, want in _FIXED_DTYPES.items():
+        if dtypes.get(name, want) != want:
+            raise BundleError(f"manifest.json: {where} '{name}' is {dtypes[name]}, the runtime "
+                              f"binds {want}; re-export the bundle")
+    if spec.kv is None:
+        if spec.weights == "fp16":
+            raise BundleError(f"manifest.json: {where} claims fp16 weights without K/V "
+                              "(only graphs with K/V are exported in fp16); re-export the bundle")
+        return
+    kv = spec.kv.dtype
+    if kv not in KV_DTYPES:
+        raise BundleError(f"manifest.json: {where}.kv.dtype {kv[:20]!r} is not one of "
+                          f"{', '.join(KV_DTYPES)}; upgrade edgespec or re-export the bundle")
+    odd = [n for n in ("attention_bias", *past, *present) if dtypes.get(n, kv) != kv]
+    if odd:
+        raise BundleError(f"manifest.json: {where} '{odd[0]}' is {dtypes[odd[0]]} but its K/V "
+                          f"dtype is {kv} (the bias and every K/V tensor share it); re-export "
+                          "the bundle")
+    if (spec.weights == "fp16") != (kv == "float16"):
+        raise BundleError(f"manifest.json: {where} has {spec.weights} weights with {kv} K/V "
+                          "(fp16 weights go with float16 K/V, others with float32); re-export "
+                          "the bundle")
+    if kv == "float16" and spec.mask_value < FP16_MIN:
+        raise BundleError(f"manifest.json: {where}.mask_value {spec.mask_value:g} is not finite "
+                          f"in float16 (>= {FP16_MIN:g}); re-export the bundle")
+
+
 def check_session_io(session, spec, file: str) -> None:
-    """The loaded graph has exactly the declared inputs / outputs, with the declared fixed dims."""
+    """The loaded graph has exactly the declared inputs / outputs, with the declared dtypes and
+    fixed dims."""
     for kind, have, want in (("inputs", session.get_inputs(), spec.inputs),
                              ("outputs", session.get_outputs(), spec.outputs)):
         got = {a.name: tuple(a.shape) for a in have}
@@ -102,6 +146,11 @@ def check_session_io(session, spec, file: str) -> None:
             diff = sorted(got.keys() ^ declared.keys())[:4]
             raise BundleError(f"{file} does not match manifest.json ({kind} differ by {diff}); "
                               "re-export the bundle")
+        types = {a.name: a.type for a in have}
+        for t in want:
+            if types[t.name] != ORT_TYPES[t.dtype]:
+                raise BundleError(f"{file}: {kind[:-1]} '{t.name}' is {types[t.name]}, "
+                                  f"manifest.json says {t.dtype}; re-export the bundle")
         for name, shape in declared.items():
             real = got[name]
             if len(real) != len(shape) or any(isinstance(s, int) and isinstance(r, int) and s != r

@@ -65,7 +65,9 @@ class GraphSpec:
     feature_layers: tuple[int, ...] = ()  # decoder-layer outputs concatenated into `features`
     parity_max_abs: float | None = None  # max |logit diff| vs torch measured at export
     external_data: str | None = None  # weights file beside the graph (graphs over 2 GB)
-    weights: str = "fp32"  # "fp32" or "int4" (MatMulNBits); activations are always float32
+    # "fp32"; "int4" (MatMulNBits, float32 activations); "fp16": weights, activations,
+    # attention_bias and K/V in float16 (kv.dtype "float16"), logits / hidden / features float32
+    weights: str = "fp32"
     bytes_read: int | None = None  # weight bytes one forward reads (embedding rows excluded)
 
 

@@ -91,7 +91,7 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
         return DrafterSpec(kind="medusa", graph=spec, options=options)  # d2t is in the graph
     proto, spec = build_layer_graph(m, target.max_len, file, d2t, fused)
     save_onnx(proto, tmp / file)
-    info = dataclasses.replace(target, num_layers=1)
+    info = dataclasses.replace(target, num_layers=1, dtype="float32")  # fp32 even for fp16 targets
     spec = dataclasses.replace(spec, parity_max_abs=check_layer_parity(tmp, spec, info, m,
                                                                        d2t=d2t),
                                bytes_read=bytes_read(proto))

@@ -5,6 +5,10 @@ QKV MatMul, GroupQueryAttention (RoPE inside, at arbitrary position_ids) whose p
 present K/V are the runtime's one preallocated [1, Hkv, max_len, D] buffer (written in place:
 kv.update = "in_graph"), and one packed gate/up MatMul. GQA is causal by itself; the
 attention_bias narrows that to a tree, since tree nodes come in topological order.
+
+dtype "float16" (`--weights fp16`): every weight, activation, the attention bias and K/V in
+float16 (rope tables and norms computed in fp32, then rounded); logits, hidden and features
+are cast to float32 in the graph. The mask value must then be finite in fp16: FP16_MASK.
 """
 
 from __future__ import annotations
@@ -21,15 +25,20 @@ from .target_graph import KV, emit_outputs, graph_spec, matmul_weight
 
 MS = "com.microsoft"
 FUSED_KV = dataclasses.replace(KV, update="in_graph")
+FP32_MASK = -1e9
+# fp16: finite (-1e9 would round to -inf) with headroom: a score added to it stays finite
+# even in fp16 arithmetic (|score| < 35,000), and exp(-30000) is 0 in any precision
+FP16_MASK = -30000.0
 
 
 def fused_spec(a: ModelArgs, file: str, feature_layers: tuple[int, ...],
-               mask_value: float) -> GraphSpec:
-    spec = graph_spec(a, file, feature_layers, "float32", mask_value)
+               mask_value: float, dtype: str = "float32") -> GraphSpec:
+    spec = graph_spec(a, file, feature_layers, dtype, mask_value)
     full = (1, a.n_kv_heads, "L", a.head_dim)  # present = the whole shared buffer
     outputs = tuple(TensorSpec(t.name, t.dtype, full) if t.name.startswith("present_") else t
                     for t in spec.outputs)
-    return dataclasses.replace(spec, kind="fused", outputs=outputs, kv=FUSED_KV)
+    return dataclasses.replace(spec, kind="fused", outputs=outputs,
+                               kv=dataclasses.replace(FUSED_KV, dtype=dtype))
 
 
 def _np(t) -> np.ndarray:
@@ -38,12 +47,13 @@ def _np(t) -> np.ndarray:
 
 class FusedEmitter:
     """Emits fused decoder-layer pieces into a Builder whose graph has the target contract's
-    position_ids and attention_bias inputs; layer i reads and writes past/present K/V i."""
+    position_ids and attention_bias inputs; layer i reads and writes past/present K/V i.
+    Computes in the Builder's float dtype (weights are rounded to it as they are added)."""
 
     def __init__(self, b: Builder, a: ModelArgs, max_len: int):
         self.b, self.a, self.eps = b, a, float(a.norm_eps)
         hd = a.head_dim
-        cos, sin = rope_cos_sin(a, max_len)
+        cos, sin = rope_cos_sin(a, max_len)  # fp32, rounded to the graph's dtype when stored
         self.cos = b.weight("rope_cos_half", cos[:, : hd // 2])  # GQA's rotary takes [L, D/2]
         self.sin = b.weight("rope_sin_half", sin[:, : hd // 2])
         # GQA's lengths come from the bias shape: total = P+S, seqlens_k = total - 1
@@ -111,14 +121,18 @@ class FusedEmitter:
         a = self.a
         for i in range(layers):
             for name in (KV.present_key.format(i=i), KV.present_value.format(i=i)):
-                self.b.declare_output(name, "float32", [1, a.n_kv_heads, "L", a.head_dim])
+                self.b.declare_output(name, self.b.float_name,
+                                      [1, a.n_kv_heads, "L", a.head_dim])
 
 
 def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
-                      file: str = "target.onnx", head_as_matmul: bool = False):
+                      file: str = "target.onnx", head_as_matmul: bool = False,
+                      dtype: str = "float32"):
+    """dtype "float16": the fp16 graph (module docstring); "float32" otherwise."""
     a: ModelArgs = model.args
-    spec = fused_spec(a, file, feature_layers, -1e9)
-    b = Builder()
+    spec = fused_spec(a, file, feature_layers, FP16_MASK if dtype == "float16" else FP32_MASK,
+                      dtype)
+    b = Builder(np.dtype(dtype))
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
     e = FusedEmitter(b, a, max_len)

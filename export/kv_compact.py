@@ -22,15 +22,18 @@ from edgespec.manifest import GraphSpec, ModelInfo
 OPSET = 18
 
 
-def build_compactor(n_buffers: int, kv_heads: int, head_dim: int) -> onnx.ModelProto:
-    """kv_j: [1, Hkv, L, D]; src: [K] int64 rows; idx: [1, Hkv, K, 3] int64 (0, h, dst)."""
+def build_compactor(n_buffers: int, kv_heads: int, head_dim: int,
+                    dtype: str = "float32") -> onnx.ModelProto:
+    """kv_j: [1, Hkv, L, D] of `dtype` (the graph's kv.dtype); src: [K] int64 rows;
+    idx: [1, Hkv, K, 3] int64 (0, h, dst)."""
     shape = [1, kv_heads, "L", head_dim]
+    elem = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}[dtype]
     nodes, inputs, outputs = [], [], []
     for j in range(n_buffers):
         nodes += [helper.make_node("Gather", [f"kv_{j}", "src"], [f"rows_{j}"], axis=2),
                   helper.make_node("ScatterND", [f"kv_{j}", "idx", f"rows_{j}"], [f"out_{j}"])]
-        inputs.append(helper.make_tensor_value_info(f"kv_{j}", TensorProto.FLOAT, shape))
-        outputs.append(helper.make_tensor_value_info(f"out_{j}", TensorProto.FLOAT, shape))
+        inputs.append(helper.make_tensor_value_info(f"kv_{j}", elem, shape))
+        outputs.append(helper.make_tensor_value_info(f"out_{j}", elem, shape))
     inputs += [helper.make_tensor_value_info("src", TensorProto.INT64, ["K"]),
                helper.make_tensor_value_info("idx", TensorProto.INT64, [1, kv_heads, "K", 3])]
     graph = helper.make_graph(nodes, "kv_compact", inputs, outputs)
@@ -46,6 +49,6 @@ def with_compactor(tmp: Path, spec: GraphSpec | None, info: ModelInfo | None):
     if spec is None or info is None or spec.kv is None or spec.kv.update != "in_graph":
         return spec
     file = spec.file.removesuffix(".onnx") + ".kv_compact.onnx"
-    model = build_compactor(2 * info.num_layers, info.num_kv_heads, info.head_dim)
+    model = build_compactor(2 * info.num_layers, info.num_kv_heads, info.head_dim, spec.kv.dtype)
     onnx.save_model(model, str(tmp / file))
     return dataclasses.replace(spec, kv=dataclasses.replace(spec.kv, compact=file))

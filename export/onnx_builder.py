@@ -14,7 +14,12 @@ NAME_TO_ONNX = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16,
 
 
 class Builder:
-    def __init__(self):
+    """float_dtype: the dtype every floating-point initializer is stored in (computed in fp32
+    by the caller, rounded here): np.float16 for an fp16 graph."""
+
+    def __init__(self, float_dtype=np.float32):
+        self.float_dtype = np.dtype(float_dtype)
+        self.float_name = self.float_dtype.name  # "float32" or "float16"
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -27,8 +32,17 @@ class Builder:
         return f"{hint}_{self._n}"
 
     def weight(self, name: str, array: np.ndarray) -> str:
+        array = np.asarray(array)
+        if array.dtype.kind == "f":
+            array = array.astype(self.float_dtype)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
+
+    def to_float32(self, value: str) -> str:
+        """`value` as float32 (a Cast in an fp16 graph): what graph outputs hand the runtime."""
+        if self.float_dtype == np.float32:
+            return value
+        return self.op("Cast", value, to=TensorProto.FLOAT)
 
     def const(self, values, dtype=np.int64) -> str:
         """A small constant, shared between all nodes that use the same value."""

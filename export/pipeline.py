@@ -38,7 +38,9 @@ class ExportOptions:
     feature_layers: tuple[int, ...] | None = None  # None = low/mid/high default; () = none
     graph: str = "fused"  # "fused" (onnxruntime contrib ops) or "plain" (standard ops only)
     draft_model: str | Path | None = None  # HF folder of a small draft model, same tokenizer
-    weights: str = "fp32"  # "fp32" or "int4" (MatMulNBits, onnxruntime.quantization)
+    # "fp32", "fp16" (the fused target graph in float16: weights, activations, K/V; the
+    # draft model and trained drafters stay fp32) or "int4" (MatMulNBits, every LM graph)
+    weights: str = "fp32"
     block_size: int = 32  # int4 quantisation block along the input dim
     drafters: tuple[tuple[str, str | Path], ...] = ()  # (name, trained drafter folder)
     # VocabTrim to K tokens / SlimSpec rank r (0 = off): one int for every drafter head (the
@@ -84,20 +86,22 @@ def _eos_ids(hf_dir: Path, args: ModelArgs) -> tuple[int, ...]:
     return args.eos_token_ids
 
 
-def _model_info(hf_dir: Path, args: ModelArgs, max_len: int) -> ModelInfo:
+def _model_info(hf_dir: Path, args: ModelArgs, max_len: int, dtype: str) -> ModelInfo:
     return ModelInfo(architecture=args.arch, vocab_size=args.vocab_size, hidden_size=args.dim,
                      num_layers=args.n_layers, num_heads=args.n_heads,
                      num_kv_heads=args.n_kv_heads, head_dim=args.head_dim, max_len=max_len,
-                     dtype="float32", sliding_window=args.sliding_window,
+                     dtype=dtype, sliding_window=args.sliding_window,
                      fingerprint=weights_fingerprint(hf_dir))
 
 
 def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tuple[int, ...],
-                  opts: ExportOptions, d2t=None, head_rank: int = 0
+                  opts: ExportOptions, d2t=None, head_rank: int = 0, weights: str | None = None
                   ) -> tuple[GraphSpec, ModelInfo, dict]:
     """One language model -> tmp/file, checked against torch; returns its spec, dims and the
     head's SlimSpec report. For a draft model: d2t (VocabTrim) keeps those head rows and the
-    graph emits K logits; head_rank factors the head (distilled on opts.calibration)."""
+    graph emits K logits; head_rank factors the head (distilled on opts.calibration).
+    weights: opts.weights unless given (the draft model stays fp32 in an fp16 export)."""
+    weights = weights or opts.weights
     model = load_transformer(hf_dir, max_len=max_len)
     full_args = model.args
     report = {}
@@ -114,15 +118,17 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
         model.args = dataclasses.replace(full_args, tie_embeddings=False,
                                          vocab_size=full_args.vocab_size if d2t is None
                                          else len(d2t))
-    int4 = opts.weights == "int4"
-    proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4)
+    int4 = weights == "int4"
+    fp16 = {"dtype": "float16"} if weights == "fp16" else {}  # fused only (checked before)
+    proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4,
+                                             **fp16)
     if int4:
         proto = quantize_int4(proto, opts.block_size)
-    spec = dataclasses.replace(spec, weights=opts.weights, bytes_read=bytes_read(proto),
+    spec = dataclasses.replace(spec, weights=weights, bytes_read=bytes_read(proto),
                                external_data=save_onnx(proto, tmp / file))
     del proto
-    info = _model_info(hf_dir, full_args, max_len)
-    diff = check_parity(tmp, spec, info, model, int4=int4)
+    info = _model_info(hf_dir, full_args, max_len, spec.kv.dtype)  # the activations' dtype
+    diff = check_parity(tmp, spec, info, model)
     return dataclasses.replace(spec, parity_max_abs=diff), info, report
 
 
@@ -156,6 +162,9 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
         raise ValueError(f"--weights {opts.weights!r} is not one of {', '.join(WEIGHT_DTYPES)}")
     if opts.graph not in GRAPH_BUILDERS:
         raise ValueError(f"--graph {opts.graph!r} is not one of {', '.join(GRAPH_BUILDERS)}")
+    if opts.weights == "fp16" and opts.graph != "fused":
+        raise ValueError(f"--weights fp16 builds the fused graph only, not --graph {opts.graph}; "
+                         "use --graph fused (the default)")
     layers = (default_feature_layers(args.n_layers) if opts.feature_layers is None
               else tuple(opts.feature_layers))
     if any(not 0 <= i < args.n_layers for i in layers):
@@ -203,7 +212,8 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                 options.update(trim_vocab=k, trim_coverage=round(cover, 4))
             dspec, dinfo, report = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len,
                                                  (), opts, d2t,
-                                                 for_drafter(opts.head_rank, "draft_model"))
+                                                 for_drafter(opts.head_rank, "draft_model"),
+                                                 "int4" if opts.weights == "int4" else "fp32")
             options.update(report)
             drafters["draft_model"] = DrafterSpec(
                 kind="draft_model", graph=dspec, model=dinfo, options=options,

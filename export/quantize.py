@@ -6,7 +6,8 @@ import logging
 
 import onnx
 
-WEIGHT_DTYPES = ("fp32", "int4")
+# fp16 is not a quantisation: the fused graph is built in float16 (export/fused_graph.py)
+WEIGHT_DTYPES = ("fp32", "fp16", "int4")
 
 
 def quantize_int4(proto: onnx.ModelProto, block_size: int = 32,

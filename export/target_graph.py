@@ -13,6 +13,8 @@ The graph contract (docs/graph-contract.md) in brief:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from edgespec.manifest import GraphSpec, KVSpec, TensorSpec
@@ -31,22 +33,26 @@ def default_feature_layers(n_layers: int) -> tuple[int, ...]:
 
 def graph_spec(a: ModelArgs, file: str, feature_layers: tuple[int, ...], dtype: str,
                mask_value: float) -> GraphSpec:
+    """dtype: of attention_bias and K/V (the graph's compute dtype); logits, hidden and
+    features are float32 whatever it is (an fp16 graph casts them), so drafters and the
+    acceptance rules read float32."""
     hkv, d = a.n_kv_heads, a.head_dim
     inputs = [TensorSpec("input_ids", "int64", (1, "S")),
               TensorSpec("position_ids", "int64", (1, "S")),
               TensorSpec("attention_bias", dtype, (1, 1, "S", "P+S")),
               TensorSpec("logits_index", "int64", ("N",))]
-    outputs = [TensorSpec("logits", dtype, (1, "N", a.vocab_size)),
-               TensorSpec("hidden", dtype, (1, "S", a.dim))]
+    outputs = [TensorSpec("logits", "float32", (1, "N", a.vocab_size)),
+               TensorSpec("hidden", "float32", (1, "S", a.dim))]
     if feature_layers:
-        outputs.append(TensorSpec("features", dtype, (1, "S", len(feature_layers) * a.dim)))
+        outputs.append(TensorSpec("features", "float32", (1, "S", len(feature_layers) * a.dim)))
     for i in range(a.n_layers):
         inputs += [TensorSpec(KV.past_key.format(i=i), dtype, (1, hkv, "L", d)),
                    TensorSpec(KV.past_value.format(i=i), dtype, (1, hkv, "L", d))]
         outputs += [TensorSpec(KV.present_key.format(i=i), dtype, (1, hkv, "S", d)),
                     TensorSpec(KV.present_value.format(i=i), dtype, (1, hkv, "S", d))]
     return GraphSpec(file=file, kind="plain", inputs=tuple(inputs), outputs=tuple(outputs),
-                     kv=KV, mask_value=mask_value, feature_layers=feature_layers)
+                     kv=dataclasses.replace(KV, dtype=dtype), mask_value=mask_value,
+                     feature_layers=feature_layers)
 
 
 def matmul_weight(w) -> np.ndarray:
@@ -146,18 +152,19 @@ def emit_lm_head(b: Builder, model, hidden: str, as_matmul: bool) -> None:
         head = "embed_tokens.weight" if a.tie_embeddings else b.weight(
             "lm_head.weight", model.lm_head.weight.detach().float().numpy())
         logits = b.op("Gemm", rows, head, transB=1)  # measured faster than MatMul at S = 1
-    b.output(b.op("Reshape", logits, b.const([1, -1, a.vocab_size])), "logits", "float32",
-             [1, "N", a.vocab_size])
+    logits = b.to_float32(b.op("Reshape", logits, b.const([1, -1, a.vocab_size])))
+    b.output(logits, "logits", "float32", [1, "N", a.vocab_size])
 
 
 def emit_outputs(b: Builder, model, spec: GraphSpec, hidden: str, feats: list[str],
                  head_as_matmul: bool) -> None:
-    """hidden, features (the listed layer outputs concatenated) and logits, in manifest order."""
+    """hidden, features (the listed layer outputs concatenated) and logits, in manifest order;
+    float32 (cast in an fp16 graph, whose LM head still runs in fp16)."""
     a: ModelArgs = model.args
-    b.output(hidden, "hidden", "float32", [1, "S", a.dim])
+    b.output(b.to_float32(hidden), "hidden", "float32", [1, "S", a.dim])
     if feats:
-        b.output(b.op("Concat", *feats, axis=-1) if len(feats) > 1 else feats[0], "features",
-                 "float32", [1, "S", len(feats) * a.dim])
+        b.output(b.to_float32(b.op("Concat", *feats, axis=-1) if len(feats) > 1 else feats[0]),
+                 "features", "float32", [1, "S", len(feats) * a.dim])
     emit_lm_head(b, model, hidden, head_as_matmul)
     order = {t.name: j for j, t in enumerate(spec.outputs)}
     b.outputs.sort(key=lambda vi: order[vi.name])

@@ -15,6 +15,7 @@ import numpy as np
 from edgespec.graph_contract import check_session_io
 from edgespec.manifest import BundleError, DrafterSpec, GraphSpec, Manifest, ModelInfo, safe_path
 
+from .mbsu import kv_itemsize
 from .providers import SessionConfig, create_session
 from .text import Tokenizer
 
@@ -60,9 +61,11 @@ def open_graph(bundle_dir, spec: GraphSpec, config: SessionConfig):
     return session
 
 
-def kv_bytes(model: ModelInfo) -> int:
-    """Bytes of one Generator's preallocated K and V buffers (float32)."""
-    return 2 * 4 * model.num_layers * model.num_kv_heads * model.max_len * model.head_dim
+def kv_bytes(model: ModelInfo, graph: GraphSpec | None = None) -> int:
+    """Bytes of one Generator's preallocated K and V buffers (float32, or the graph's kv.dtype:
+    float16 halves them)."""
+    m = model
+    return 2 * kv_itemsize(graph) * m.num_layers * m.num_kv_heads * m.max_len * m.head_dim
 
 
 def physical_memory() -> int | None:
@@ -76,7 +79,8 @@ def check_bundle(bundle_dir: Path, m: Manifest) -> dict[str, np.ndarray]:
     """Everything but the graphs: VocabTrim maps (returned by drafter name) and memory."""
     maps = {name: load_d2t(bundle_dir, spec, m.model.vocab_size)
             for name, spec in m.drafters.items() if spec.d2t is not None}
-    need = kv_bytes(m.model) + sum(kv_bytes(d.model) for d in m.drafters.values() if d.model)
+    need = kv_bytes(m.model, m.target) + sum(kv_bytes(d.model, d.graph)
+                                             for d in m.drafters.values() if d.model)
     have = physical_memory()
     if have is not None and need > have:
         raise BundleError(f"one generator of this bundle needs {need / 2**30:.1f} GiB of K/V "

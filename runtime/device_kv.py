@@ -12,22 +12,28 @@ from pathlib import Path
 
 import numpy as np
 
-from edgespec.manifest import BundleError, GraphSpec, ModelInfo, safe_path
+from edgespec.graph_contract import ORT_TYPES
+from edgespec.manifest import BundleError, GraphSpec, KVSpec, ModelInfo, safe_path
 
 from .kv import KVCache, KVRows
 from .providers import PRESETS, SessionConfig, create_session, import_ort
+
+def kv_dtype(kv: KVSpec) -> np.dtype:
+    """The numpy dtype of a graph's K/V buffers: the manifest's kv.dtype, which graph_contract
+    keeps to float32 or float16."""
+    return np.dtype(kv.dtype)
 
 
 class DeviceKVCache(KVRows):
     on_device = True
 
-    def __init__(self, model: ModelInfo, device: str, compactor):
+    def __init__(self, model: ModelInfo, device: str, compactor, dtype=np.float32):
         super().__init__(model.max_len)
         ort = import_ort()
         shape = (1, model.num_kv_heads, model.max_len, model.head_dim)  # [1, Hkv, L, D]
 
         def new():
-            return ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)
+            return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0)
 
         self.keys = [new() for _ in range(model.num_layers)]
         self.values = [new() for _ in range(model.num_layers)]
@@ -65,7 +71,7 @@ class KVFactory:
 
     def __init__(self, bundle_dir: Path, spec: GraphSpec, model: ModelInfo,
                  config: SessionConfig):
-        self.model, self.compactor = model, None
+        self.model, self.compactor, self.dtype = model, None, kv_dtype(spec.kv)
         if not wants_device_kv(config):
             return
         if spec.kv.update != "in_graph" or spec.kv.compact is None:
@@ -81,9 +87,13 @@ class KVFactory:
                 or {o.name for o in self.compactor.get_outputs()} != want_out):
             raise BundleError(f"{spec.kv.compact} is not a K/V compaction graph for "
                               f"{model.num_layers} layers; re-export the bundle")
+        types = {i.type for i in self.compactor.get_inputs() if i.name.startswith("kv_")}
+        if types != {ORT_TYPES[spec.kv.dtype]}:
+            raise BundleError(f"{spec.kv.compact} moves {sorted(types)} K/V, the graph's K/V "
+                              f"are {spec.kv.dtype}; re-export the bundle")
 
     def __call__(self) -> KVCache | DeviceKVCache:
         m = self.model
         if self.compactor is None:
-            return KVCache(m.num_layers, m.num_kv_heads, m.head_dim, m.max_len)
-        return DeviceKVCache(m, self.device, self.compactor)
+            return KVCache(m.num_layers, m.num_kv_heads, m.head_dim, m.max_len, self.dtype)
+        return DeviceKVCache(m, self.device, self.compactor, self.dtype)

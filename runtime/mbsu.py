@@ -13,14 +13,19 @@ from __future__ import annotations
 from edgespec.manifest import GraphSpec, ModelInfo
 
 
-def kv_bytes(info: ModelInfo, context: float) -> float:
-    """K and V of every layer over `context` positions, fp32."""
-    return 2.0 * info.num_layers * info.num_kv_heads * info.head_dim * 4 * context
+def kv_bytes(info: ModelInfo, context: float, itemsize: int = 4) -> float:
+    """K and V of every layer over `context` positions, fp32 (itemsize 2: fp16)."""
+    return 2.0 * info.num_layers * info.num_kv_heads * info.head_dim * itemsize * context
+
+
+def kv_itemsize(graph: GraphSpec | None) -> int:
+    """Bytes per K/V element of a graph: 2 for float16 K/V (`--weights fp16`), else 4."""
+    return 2 if graph is not None and graph.kv is not None and graph.kv.dtype == "float16" else 4
 
 
 def forward_bytes(graph: GraphSpec | None, info: ModelInfo | None, context: float) -> float:
     weights = (graph.bytes_read or 0) if graph is not None else 0
-    return weights + (kv_bytes(info, context) if info is not None else 0.0)
+    return weights + (kv_bytes(info, context, kv_itemsize(graph)) if info is not None else 0.0)
 
 
 def draft_cost(manifest, drafter_name: str | None, drafter, context: float) -> float | None:

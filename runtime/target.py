@@ -39,6 +39,10 @@ class TargetRunner:
         self.ort = import_ort()
         self.session, self.spec, self.model, self.kv = session, spec, model, kv
         self.out_names = [t.name for t in spec.outputs]
+        # the declared dtypes (graph_contract checked them): an fp16 graph takes a float16
+        # attention_bias and K/V, and returns float32 logits / hidden / features
+        self.dtypes = {t.name: np.dtype(t.dtype) for t in (*spec.inputs, *spec.outputs)}
+        self.bias_dtype = self.dtypes["attention_bias"]
         self.has_features = "features" in self.out_names
         # the vocabulary, or the kept tokens of a VocabTrim-ed drafter head
         width = next(t.shape[-1] for t in spec.outputs if t.name == "logits")
@@ -74,7 +78,7 @@ class TargetRunner:
             for i in range(m.num_layers):
                 shapes[self.spec.kv.present_key.format(i=i)] = kv_shape
                 shapes[self.spec.kv.present_value.format(i=i)] = kv_shape
-        bufs = {name: np.empty(shape, np.float32) for name, shape in shapes.items()}
+        bufs = {name: np.empty(shape, self.dtypes[name]) for name, shape in shapes.items()}
         # inputs whose shape is fixed by (S, N): bound once, refilled in place each forward
         ins = {"input_ids": np.zeros((1, s), np.int64), "position_ids": np.zeros((1, s), np.int64),
                "logits_index": np.zeros(n, np.int64)}
@@ -100,8 +104,9 @@ class TargetRunner:
                 logits_rows: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> ForwardOut:
         """Run S new tokens against the cache, then append their K/V to it.
 
-        ids, positions: [S] int64; bias: [1, 1, S, length+S] float32; logits_rows: [N] int64;
-        extra: further float32 inputs of a drafter graph (features, hidden_in: [1, S, ...]).
+        ids, positions: [S] int64; bias: [1, 1, S, length+S] float32 (cast to the graph's
+        dtype); logits_rows: [N] int64; extra: further float32 inputs of a drafter graph
+        (features, hidden_in: [1, S, ...]).
         """
         s, n = ids.shape[0], logits_rows.shape[0]
         self.kv.check_room(s)
@@ -110,8 +115,8 @@ class TargetRunner:
         bufs["position_ids"][0] = positions
         bufs["logits_index"][:] = logits_rows
         # the bias changes shape every step (P+S grows): bind its memory without a copy
-        bias = np.ascontiguousarray(bias, np.float32)
-        io.bind_input("attention_bias", "cpu", 0, np.float32, bias.shape, bias.ctypes.data)
+        bias = np.ascontiguousarray(bias, self.bias_dtype)
+        io.bind_input("attention_bias", "cpu", 0, self.bias_dtype, bias.shape, bias.ctypes.data)
         keep = []  # the bound arrays must outlive the run
         for name, arr in (extra or {}).items():
             keep.append(np.ascontiguousarray(arr, np.float32))

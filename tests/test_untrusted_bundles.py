@@ -67,6 +67,19 @@ def _delete(keys):
 
 OUT = "OUTSIDE"  # replaced by the sentinel folder's absolute path
 
+
+def _fp16_mask(mask):
+    """The target claims fp16 throughout (bias, K/V, weights) with this mask value."""
+    def fn(d):
+        t = d["target"]
+        t.update(weights="fp16", mask_value=mask)
+        t["kv"]["dtype"] = "float16"
+        for spec in (*t["inputs"], *t["outputs"]):
+            if spec["name"] == "attention_bias" or spec["name"].startswith(("past", "present")):
+                spec["dtype"] = "float16"
+    return fn
+
+
 # (id, manifest edit, the words the error must hold)
 MANIFEST_CASES = [
     ("target-dotdot", _set(["target", "file"], "../outside/target.onnx"), "leaves the bundle"),
@@ -110,6 +123,17 @@ MANIFEST_CASES = [
     ("logits-wider-than-vocab", _set(["drafters", "mtp", "graph", "outputs", 0, "shape"],
                                      [1, "N", 10**6]), "width"),
     ("kv-dims-mismatch", _set(["target", "inputs", 4, "shape"], [1, 7, "L", 32]), "shape"),
+    ("fp16-weights-fp32-kv", _set(["target", "weights"], "fp16"),
+     "fp16 weights go with float16 K/V"),
+    ("kv-dtype-unknown", _set(["target", "kv", "dtype"], "bfloat16"), "kv.dtype"),
+    ("bias-dtype-not-kv-dtype", _set(["target", "inputs", 2, "dtype"], "float16"),
+     "'attention_bias' is float16 but its K/V dtype is float32"),
+    ("logits-float16", _set(["target", "outputs", 0, "dtype"], "float16"),
+     "'logits' is float16, the runtime binds float32"),
+    ("ids-float", _set(["target", "inputs", 0, "dtype"], "float32"), "binds int64"),
+    ("fp16-mask-overflows", _fp16_mask(-1e9), "not finite in float16"),
+    ("medusa-fp16", _set(["drafters", "medusa", "graph", "weights"], "fp16"),
+     "fp16 weights without K/V"),
     ("eagle3-layers", _set(["drafters", "eagle3", "options", "feature_layers"], [0]),
      "reads target layers"),
     ("newer-format", _set(["format_version"], 99), "newer than this edgespec"),

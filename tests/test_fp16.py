@@ -1,0 +1,172 @@
+"""fp16 export of the fused target graph (`--weights fp16`, issue 3): weights, activations,
+attention_bias and K/V in float16, logits / hidden / features cast to float32 in the graph;
+the runtime allocates float16 K/V (host or device) and binds a float16 bias."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from conftest import REF_TARGET, run_to_end
+from hf_tiny import CONFIGS
+
+from edgespec.export.fused_graph import FP16_MASK
+from edgespec.export.kv_compact import build_compactor
+from edgespec.export.pipeline import (ExportOptions, demo_checkpoint, demo_drafters,
+                                      export_bundle)
+from edgespec.manifest import BundleError, ModelInfo
+from edgespec.runtime.bundle_checks import kv_bytes
+from edgespec.runtime.device_kv import DeviceKVCache
+from edgespec.runtime.generator import GenerationParams
+from edgespec.runtime.kv import KVCache
+from edgespec.runtime.model import Model
+from edgespec.runtime.providers import SessionConfig
+
+
+@pytest.fixture(scope="module")
+def fp16_demo(tmp_path_factory):
+    """The demo target in fp16 with every demo drafter (those stay fp32)."""
+    out = tmp_path_factory.mktemp("fp16") / "demo"
+    export_bundle(demo_checkpoint(), out, ExportOptions(
+        max_len=512, weights="fp16", progress=False, drafters=demo_drafters(),
+        draft_model=demo_checkpoint("pyref-draft")))
+    return out
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_fp16_export_is_float16_inside_and_float32_outside(tiny_dirs, tmp_path, kind):
+    out = tmp_path / kind
+    m = export_bundle(tiny_dirs[kind], out, ExportOptions(max_len=64, weights="fp16",
+                                                          progress=False))
+    t = m.target
+    assert (t.kind, t.weights, t.kv.dtype, m.model.dtype) == ("fused", "fp16", "float16",
+                                                              "float16")
+    assert t.mask_value == FP16_MASK and np.isfinite(np.float16(t.mask_value))
+    # the export's gate vs fp32 torch passed (FP16_RELATIVE_TOLERANCE x max |logit|); these
+    # tiny models measure 1.6e-3 to 3.1e-3
+    assert 0 < t.parity_max_abs < 1e-2
+    proto = onnx.load(str(out / t.file))
+    onnx.checker.check_model(proto)
+    floats = {i.data_type for i in proto.graph.initializer} - {onnx.TensorProto.INT64}
+    assert floats == {onnx.TensorProto.FLOAT16}  # every weight, rope table and norm
+    types = {v.name: v.type.tensor_type.elem_type for v in (*proto.graph.input,
+                                                            *proto.graph.output)}
+    assert types["attention_bias"] == types["past_key.0"] == types["present_value.1"] == \
+        onnx.TensorProto.FLOAT16
+    assert types["logits"] == types["hidden"] == onnx.TensorProto.FLOAT
+    compact = onnx.load(str(out / t.kv.compact))
+    assert compact.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    out32 = Model(out).new_runner().forward(np.array([5, 9, 11]), np.arange(3),
+                                            np.zeros((1, 1, 3, 3), np.float32), np.arange(3))
+    assert out32.logits.dtype == out32.hidden.dtype == np.float32
+
+
+def test_fp16_needs_the_fused_graph(tiny_dirs, tmp_path):
+    with pytest.raises(ValueError, match="use --graph fused"):
+        export_bundle(tiny_dirs["llama"], tmp_path / "b",
+                      ExportOptions(graph="plain", weights="fp16", progress=False))
+    assert not (tmp_path / "b").exists()
+
+
+def test_fp16_bundle_layout(fp16_demo):
+    m = Model(fp16_demo).manifest
+    assert m.target.weights == "fp16"
+    # drafters stay fp32 in this step (the draft model too), reading the target's fp32 outputs
+    for name in ("draft_model", "mtp", "eagle3"):
+        g = m.drafters[name].graph
+        assert (g.weights, g.kv.dtype, m.drafters[name].model.dtype) == ("fp32", "float32",
+                                                                         "float32")
+    assert m.drafters["medusa"].graph.weights == "fp32"
+
+
+def test_kv_buffers_are_float16(fp16_demo):
+    model = Model(fp16_demo)
+    for config in (SessionConfig(), SessionConfig(kv_device="device")):
+        kv = Model(fp16_demo, config).new_runner().kv
+        buf = kv.keys[0] if not kv.on_device else kv.keys[0].numpy()
+        assert buf.dtype == np.float16
+    mi = model.manifest.model
+    host = model.new_runner().kv
+    assert sum(b.nbytes for b in (*host.keys, *host.values)) == \
+        2 * mi.num_layers * mi.num_kv_heads * mi.max_len * mi.head_dim * 2  # half of fp32
+    assert kv_bytes(mi, model.manifest.target) * 2 == kv_bytes(mi)
+
+
+def test_greedy_speculative_equals_autoregressive_fp16(fp16_demo, prompts):
+    """Lossless on the fp16 bundle itself: every drafter (fp32) gives the fp16 target's own
+    greedy autoregressive output, with host and with device K/V (float16 compaction)."""
+    host = Model(fp16_demo)
+    dev = Model(fp16_demo, SessionConfig(kv_device="device"))
+    params = GenerationParams(max_new_tokens=32, stop_on_eos=False)
+    for p in prompts[:3]:
+        ids = host.tokenizer.encode(p["prompt"])
+        ref = run_to_end(host, params, ids).tokens
+        assert run_to_end(dev, params, ids).tokens == ref
+        for name, width in (("ngram", None), ("draft_model", 1), ("draft_model", 3),
+                            ("mtp", None), ("eagle3", None), ("medusa", None)):
+            for model in (host, dev):
+                gen = run_to_end(model, params, ids, model.drafter(name, width=width))
+                assert gen.tokens == ref, (p["id"], name, width, model.config.kv_device)
+
+
+def test_float16_compaction_moves_the_same_rows_as_the_host():
+    import onnxruntime as ort
+
+    info = ModelInfo("llama", 100, 16, 2, 2, 2, 4, 32, "float16")
+    session = ort.InferenceSession(build_compactor(4, 2, 4, "float16").SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    host = KVCache(2, 2, 4, 32, np.float16)
+    dev = DeviceKVCache(info, "cpu", session, np.float16)
+    rng = np.random.default_rng(0)
+    for h, d in zip((*host.keys, *host.values), (*dev.keys, *dev.values)):
+        h[:] = rng.standard_normal(h.shape)
+        d.update_inplace(h)
+    host.length = dev.length = 12
+    host.compact(5, np.array([0, 2, 5]))
+    dev.compact(5, np.array([0, 2, 5]))
+    for h, d in zip((*host.keys, *host.values), (*dev.keys, *dev.values)):
+        np.testing.assert_array_equal(d.numpy(), h)
+
+
+def test_fully_masked_rows_do_not_nan(fp16_demo):
+    """A row whose whole bias is the fp16 mask value (never asked for by the runtime: a token
+    sees itself) still gives finite logits: the mask is finite, so softmax is defined."""
+    runner = Model(fp16_demo).new_runner()
+    bias = np.zeros((1, 1, 4, 4), np.float32)
+    bias[0, 0][np.triu_indices(4, 1)] = FP16_MASK
+    bias[0, 0, 2] = FP16_MASK
+    out = runner.forward(np.array([5, 9, 11, 13]), np.arange(4), bias, np.arange(4))
+    assert np.isfinite(out.logits).all() and np.isfinite(out.hidden).all()
+
+
+def _claim_fp16(d):
+    t = d["target"]
+    t.update(weights="fp16", mask_value=FP16_MASK)
+    t["kv"]["dtype"] = "float16"
+    for spec in (*t["inputs"], *t["outputs"]):
+        if spec["name"] == "attention_bias" or spec["name"].startswith(("past_", "present_")):
+            spec["dtype"] = "float16"
+
+
+def test_a_manifest_claiming_fp16_over_a_float32_graph_is_refused(tmp_path):
+    """The manifest is consistent in itself, so only the loaded graph's IO types tell."""
+    out = tmp_path / "b"
+    export_bundle(REF_TARGET, out, ExportOptions(max_len=64, progress=False))
+    path = out / "manifest.json"
+    d = json.loads(path.read_text())
+    _claim_fp16(d)
+    path.write_text(json.dumps(d))
+    with pytest.raises(BundleError, match="is tensor\\(float\\), manifest.json says float16"):
+        Model(out)
+
+
+def test_a_float32_compaction_graph_for_float16_kv_is_refused(fp16_demo, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(fp16_demo, bundle)
+    mi = Model(fp16_demo).manifest.model
+    (bundle / "target.kv_compact.onnx").write_bytes(build_compactor(
+        2 * mi.num_layers, mi.num_kv_heads, mi.head_dim).SerializeToString())
+    Model(bundle)  # host K/V never opens it
+    with pytest.raises(BundleError, match="the graph's K/V are float16"):
+        Model(bundle, SessionConfig(kv_device="device"))
