@@ -79,8 +79,12 @@ def bundle_engines(model: Model, prompts, n: int, tag: str, first: bool) -> dict
     if first:
         for g in (2, 3, 4, 6, 8):
             engines[f"edgespec ngram g{g}"] = run(NgramDrafter(gamma=g))
+        for g in (4, 6, 8):  # only suffix matches of >= 2 tokens proposed
+            engines[f"edgespec ngram g{g} min2"] = run(NgramDrafter(gamma=g, min_n=2))
         for g, b in ((4, 2), (6, 3)):
             engines[f"edgespec ngram tree g{g}x{b}"] = run(NgramDrafter(gamma=g, branches=b))
+        if "ngram" in model.manifest.drafters and model.tuning:  # `edgespec tune`'s choice
+            engines["edgespec ngram tuned"] = run(model.drafter("ngram"))
     if "draft_model" in model.manifest.drafters:
         for g in (1, 2, 3, 4):
             engines[f"{tag}edgespec draft g{g}"] = run(model.drafter("draft_model", g))

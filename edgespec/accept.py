@@ -39,13 +39,13 @@ def _check(tokens, parents, *rows) -> tuple[np.ndarray, list[list[int]]]:
     """Validate one verify batch; returns (tokens [n+1] int64, children lists)."""
     kids = children(parents)  # validates parents
     tokens = np.asarray(tokens)
-    if tokens.shape != (len(kids),) or not np.issubdtype(tokens.dtype, np.integer):
+    if tokens.shape != (len(kids),) or tokens.dtype.kind not in "iu":
         raise ValueError(f"tokens must be int [{len(kids)}] like parents, got {tokens!r}")
     vocab = rows[0].shape[-1]
     for r in rows:  # r: [n+1, V]
         if r.ndim != 2 or r.shape != (len(kids), vocab):
             raise ValueError(f"per-node rows must be [{len(kids)}, {vocab}], got {r.shape}")
-    if tokens.min() < 0 or tokens.max() >= vocab:
+    if not all(0 <= t < vocab for t in tokens.tolist()):
         raise ValueError(f"tokens must lie in [0, {vocab}), got {tokens.tolist()}")
     return tokens.astype(np.int64), kids
 
@@ -87,13 +87,14 @@ def _draw(p: np.ndarray, rng: np.random.Generator) -> int:
 
 
 def _greedy_walk(node: int, tokens: np.ndarray, kids: list[list[int]],
-                 target_logits: np.ndarray) -> tuple[list[int], int]:
-    """Longest greedy path below node (node excluded) and the argmax after its last node."""
-    best = int(np.argmax(target_logits[node]))
+                 best_of: np.ndarray) -> tuple[list[int], int]:
+    """Longest greedy path below node (node excluded) and the argmax after its last node;
+    best_of[i] = argmax of the target's row i."""
+    best = int(best_of[node])
     path, bonus = [], best
     for c in kids[node]:
         if tokens[c] == best:  # duplicate siblings: keep the longest (the first on ties)
-            sub, sub_bonus = _greedy_walk(c, tokens, kids, target_logits)
+            sub, sub_bonus = _greedy_walk(c, tokens, kids, best_of)
             if len(sub) + 1 > len(path):
                 path, bonus = [c, *sub], sub_bonus
     return path, bonus
@@ -108,7 +109,8 @@ def accept_greedy(tokens, parents, target_logits: np.ndarray) -> Verdict:
     emitted tokens are the same greedy sequence either way, only longer.
     """
     tokens, kids = _check(tokens, parents, target_logits)  # target_logits: [n+1, V]
-    path, bonus = _greedy_walk(0, tokens, kids, target_logits)
+    best_of = np.argmax(target_logits, axis=1)  # best_of: [n+1], one pass over all rows
+    path, bonus = _greedy_walk(0, tokens, kids, best_of)
     return Verdict(tuple(path), bonus)
 
 

@@ -29,9 +29,10 @@ def project(bundle: str, profiles, drafter: str | None, eval_file: str | None,
             context: int, overhead_ms: float) -> list[dict]:
     """Projected per-token time of plain decoding and, given an eval of a chain drafter, the
     best draft length and speedup, per profile. Assumes fp16 weights and K/V on GPU profiles
-    (the bundle's fp32 byte counts halved) and `overhead_ms` per forward."""
+    (the bundle's fp32 byte counts halved; an fp16 graph's counted as they are) and
+    `overhead_ms` per forward."""
     from edgespec.manifest import load_manifest
-    from edgespec.runtime.mbsu import kv_bytes
+    from edgespec.runtime.mbsu import kv_bytes, kv_itemsize
 
     from .devices.cost_model import acceptance_per_depth, best_gamma, project_curve
 
@@ -50,17 +51,20 @@ def project(bundle: str, profiles, drafter: str | None, eval_file: str | None,
         accept = acceptance_per_depth(lengths, max(lengths) - 1)
     rows = []
     for p in profiles:
-        scale = 0.5 if p.kind == "gpu" else 1.0  # fp16 on GPUs
-        curve = project_curve(p, m.target.bytes_read * scale,
-                              kv_bytes(m.model, context) * scale, overhead_ms / 1e3)
+        gpu = p.kind == "gpu"
+
+        def cost(graph, info):  # GPUs: fp16 weights (what an fp32 / int4 export counted, halved)
+            weights = (graph.bytes_read or 0) * (0.5 if gpu and graph.weights != "fp16" else 1)
+            kv = kv_bytes(info, context, 2 if gpu else kv_itemsize(graph))  # and fp16 K/V
+            return project_curve(p, weights, kv, overhead_ms / 1e3)
+
+        curve = cost(m.target, m.model)
         row = {"device": p.name, "ar_ms_per_token": 1e3 * float(curve.time(1)),
                "verify_8_vs_1": curve.ratio(8)}
         if accept is not None:
             draft_s = 0.0
             if spec.graph is not None:
-                draft = project_curve(p, (spec.graph.bytes_read or 0) * scale,
-                                      kv_bytes(spec.model, context) * scale, overhead_ms / 1e3)
-                draft_s = float(draft.time(1))
+                draft_s = float(cost(spec.graph, spec.model).time(1))
             gamma, rate = best_gamma(curve, draft_s, accept)
             row.update(best_gamma=gamma, speedup=rate * float(curve.time(1)))
         rows.append(row)
@@ -115,6 +119,8 @@ def cmd_tune(ns) -> int:
     spec = model.manifest.drafters.get(ns.drafter)
     if spec is not None and (spec.kind == "medusa" or spec.kind == "eagle3" and not ns.chain):
         return _tune_tree(ns, model, prompts, spec.kind)
+    if spec is not None and spec.kind == "ngram":
+        return _tune_ngram(ns, model, prompts)
     t = tune_chain(model, ns.drafter, prompts, ns.max_gamma, ns.max_new_tokens)
     print(f"{ns.drafter} on {ns.device}: per-depth acceptance "
           f"{', '.join(f'{a:.2f}' for a in t.acceptance)}; loop overhead "
@@ -135,6 +141,33 @@ def cmd_tune(ns) -> int:
           f"measured in the decode loop against {t.measured_plain_tok_s:.1f} for plain decoding "
           f"({ratio:.2f}x){verdict}; wrote {path} (run/eval use it for --drafter {ns.drafter} "
           "when no --gamma is given)")
+    return 0
+
+
+def _tune_ngram(ns, model, prompts) -> int:
+    """Prompt lookup: draft length and shortest match, replayed exactly over greedy output."""
+    from edgespec.runtime.tuning import save_tuning
+
+    from .devices.tune_ngram import tune_ngram
+
+    t = tune_ngram(model, ns.drafter, prompts, ns.max_gamma, ns.max_new_tokens)
+    print(f"{ns.drafter} on {ns.device}: loop overhead {1e3 * t.overhead_s:.3f} ms per step; "
+          "expected tok/s by draft length (rows) and shortest match (columns)")
+    mins = sorted({m for _, m in t.rates})
+    print(f"{'gamma':>6}{'verify ms':>11}" + "".join(f"{f'min_n {m}':>10}" for m in mins))
+    for g in sorted({g for g, _ in t.rates}):
+        print(f"{g:>6}{1e3 * t.target_curve[g + 1]:>11.3f}"
+              + "".join(f"{t.rates[(g, m)]:>10.1f}" for m in mins))
+    path = save_tuning(Path(ns.bundle), ns.device, ns.provider, ns.drafter,
+                       {"gamma": t.gamma, "min_n": t.min_n,
+                        "expected_tok_s": round(t.expected_tok_s, 1),
+                        "measured_tok_s": round(t.measured_tok_s, 1),
+                        "measured_plain_tok_s": round(t.measured_plain_tok_s, 1)})
+    ratio = t.measured_tok_s / t.measured_plain_tok_s
+    print(f"chose gamma {t.gamma}, min_n {t.min_n}: {t.expected_tok_s:.1f} tok/s expected "
+          f"(plain {t.plain_tok_s:.1f}), {t.measured_tok_s:.1f} measured in the decode loop "
+          f"against {t.measured_plain_tok_s:.1f} for plain decoding ({ratio:.2f}x); wrote "
+          f"{path}")
     return 0
 
 

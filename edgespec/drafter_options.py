@@ -15,6 +15,7 @@ from .errors import BundleError
 INT_OPTIONS = {
     "gamma": (1, 64),  # draft depth
     "max_n": (1, 64),  # ngram: longest suffix matched
+    "min_n": (1, 64),  # ngram: shortest suffix match worth a proposal
     "tree_size": (1, 1024),  # nodes kept in a tree
     "tree_width": (1, 64),  # nodes expanded per depth
     "top_k": (1, 1024),  # medusa: candidates per head in its graph

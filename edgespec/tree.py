@@ -11,14 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgespec.masks import causal_bias
+
 
 def check_parents(parents) -> np.ndarray:
     """parents as int64 [n+1]; ValueError unless parents[0] = -1 and 0 <= parents[i] < i."""
     parents = np.asarray(parents)
-    if parents.ndim != 1 or len(parents) == 0 or not np.issubdtype(parents.dtype, np.integer):
+    if parents.ndim != 1 or len(parents) == 0 or parents.dtype.kind not in "iu":
         raise ValueError(f"parents must be a non-empty 1-D int array, got {parents!r}")
-    if parents[0] != -1 or np.any(parents[1:] < 0) \
-            or np.any(parents[1:] >= np.arange(1, len(parents))):
+    # plain Python: trees have a few dozen nodes, where numpy's per-call cost dominates
+    ok = parents[0] == -1 and all(0 <= p < i for i, p in enumerate(parents.tolist()[1:], 1))
+    if not ok:
         raise ValueError("parents must satisfy parents[0] = -1 and 0 <= parents[i] < i "
                          f"(topological order), got {parents.tolist()}")
     return parents.astype(np.int64)
@@ -39,11 +42,24 @@ class DraftTree:
     def size(self) -> int:
         return len(self.tokens)
 
+    @property
+    def is_chain(self) -> bool:
+        return is_chain(self.parents)
+
     @staticmethod
     def chain(root: int, draft: list[int], draft_probs: np.ndarray | None = None) -> "DraftTree":
-        n = len(draft)
-        return DraftTree(np.array([root, *draft], np.int64), np.arange(-1, n, dtype=np.int64),
-                         draft_probs)
+        """Node i's parent is i - 1: valid by construction, so built without the check (this
+        runs every decode step)."""
+        tree = object.__new__(DraftTree)
+        object.__setattr__(tree, "tokens", np.array([root, *draft], np.int64))
+        object.__setattr__(tree, "parents", np.arange(-1, len(draft), dtype=np.int64))
+        object.__setattr__(tree, "draft_probs", draft_probs)
+        return tree
+
+
+def is_chain(parents: np.ndarray) -> bool:
+    """parents = [-1, 0, 1, ..., n-1]: every node's parent is the node before it."""
+    return parents.tolist() == list(range(-1, len(parents) - 1))
 
 
 def depths(parents: np.ndarray) -> np.ndarray:
@@ -67,6 +83,8 @@ def tree_bias(parents: np.ndarray, past_len: int, mask_value: float,
               window: int | None = None) -> np.ndarray:
     """[1, 1, n+1, P+n+1] additive bias: every node sees the whole past and its own ancestors."""
     n = len(parents)
+    if is_chain(parents):  # ancestors = the nodes before: the causal bias, built faster
+        return causal_bias(past_len, n, mask_value, window)
     seen = np.concatenate([np.ones((n, past_len), bool), ancestor_mask(parents)], axis=1)
     if window is not None:  # sliding window, by position: node at P+depth sees > P+depth-window
         pos = past_len + depths(parents)

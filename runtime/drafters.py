@@ -8,7 +8,7 @@ Generator owns and passes back in. The proposal is a DraftTree whose root is the
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,16 @@ from .providers import SessionConfig
 from .target import TargetRunner
 
 
+@dataclass
+class NgramState:
+    """One sequence's n-gram index, grown as the sequence grows (rebuilt after a rewind):
+    ends[key] = end positions j (ascending) of the earlier occurrences of the n-gram `key`
+    that some token follows, so a lookup costs O(max_n) instead of a scan of the sequence."""
+
+    tokens: list[int] = field(default_factory=list)  # the sequence indexed so far
+    ends: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
+
+
 class NgramDrafter:
     """Prompt lookup: find the latest earlier occurrence of the last n tokens (n = max_n..1) and
     propose what followed it. Up to `branches` different continuations become a tree (a trie)."""
@@ -35,48 +45,67 @@ class NgramDrafter:
         if gamma < 1 or not 1 <= min_n <= max_n or branches < 1:
             raise ValueError("ngram needs gamma >= 1, 1 <= min_n <= max_n and branches >= 1")
         self.gamma, self.max_n, self.min_n, self.branches = gamma, max_n, min_n, branches
+        # occurrences kept per n-gram: the latest few are the only ones ever proposed
+        self._keep = 4 * branches
 
-    def new_state(self) -> None:
-        return None
+    def new_state(self) -> NgramState:
+        return NgramState()
 
-    def continuations(self, tokens: np.ndarray) -> list[np.ndarray]:
-        """Up to `branches` distinct continuations, longest match first, then latest first."""
-        last = len(tokens) - 1
-        starts = np.flatnonzero(tokens[:-1] == tokens[-1])  # j: tokens[j] == last token
-        match = np.ones(len(starts), np.int64)  # how many tokens end-aligned at j match
-        alive = np.ones(len(starts), bool)
-        for k in range(1, min(self.max_n, last + 1)):  # tokens[last - k] must exist
-            ok = alive & (starts >= k)
-            ok[ok] = tokens[starts[ok] - k] == tokens[last - k]
-            match += ok
-            alive = ok
-        order = np.lexsort((-starts, -np.minimum(match, self.max_n)))
-        found: list[np.ndarray] = []
-        for j in starts[order][match[order] >= self.min_n]:
-            cont = tokens[j + 1: j + 1 + self.gamma]
-            if len(cont) and not any(np.array_equal(cont, f[:len(cont)]) for f in found):
-                found.append(cont)
-                if len(found) == self.branches:
-                    break
+    def _index(self, st: NgramState, tokens: list[int]) -> None:
+        """Bring st up to `tokens`: index the n-grams ending at j = old end - 1 .. len - 2."""
+        have = len(st.tokens)
+        if have > len(tokens) or tokens[:have] != st.tokens:  # rewound or another sequence
+            st.tokens, st.ends, have = [], {}, 0
+        ends, keep = st.ends, self._keep
+        for j in range(max(have - 1, 0), len(tokens) - 1):
+            for n in range(self.min_n, min(self.max_n, j + 1) + 1):
+                at = ends.setdefault(tuple(tokens[j - n + 1:j + 1]), [])
+                at.append(j)
+                if len(at) > 2 * keep:  # amortised O(1): drop the oldest in one go
+                    del at[:-keep]
+        st.tokens = list(tokens)
+
+    def matches(self, st: NgramState, tokens: list[int]) -> list[tuple[int, list[int]]]:
+        """Up to `branches` (match length, continuation) pairs with distinct continuations,
+        longest match first, then latest first."""
+        self._index(st, tokens)
+        found: list[tuple[int, list[int]]] = []
+        used: set[int] = set()
+        for n in range(min(self.max_n, len(tokens)), self.min_n - 1, -1):
+            for j in reversed(st.ends.get(tuple(tokens[len(tokens) - n:]), ())):
+                if j in used:  # already taken with a longer match
+                    continue
+                used.add(j)
+                cont = tokens[j + 1:j + 1 + self.gamma]
+                if not any(f[:len(cont)] == cont for _, f in found):
+                    found.append((n, cont))
+                    if len(found) == self.branches:
+                        return found
         return found
 
-    def propose(self, state, tokens: list[int], sampling: SamplingParams,
+    def continuations(self, st: NgramState, tokens: list[int]) -> list[list[int]]:
+        return [cont for _, cont in self.matches(st, tokens)]
+
+    def propose(self, state: NgramState | None, tokens: list[int], sampling: SamplingParams,
                 rng: np.random.Generator) -> DraftTree:
-        arr = np.asarray(tokens, np.int64)
-        nodes, parents, index = [arr[-1]], [-1], {(): 0}
-        for cont in self.continuations(arr):
+        tokens = [int(t) for t in tokens] if state is None else tokens
+        conts = self.continuations(state if state is not None else NgramState(), tokens)
+        # deterministic proposals: node i was "drawn" from a one-hot distribution on itself
+        if len(conts) <= 1:
+            return DraftTree.chain(tokens[-1], conts[0] if conts else [])
+        nodes, parents, index = [tokens[-1]], [-1], {(): 0}
+        for cont in conts:
             for d in range(len(cont)):
                 path = tuple(cont[: d + 1])
                 if path not in index:
                     index[path] = len(nodes)
                     nodes.append(cont[d])
                     parents.append(index[path[:-1]])
-        # deterministic proposals: node i was "drawn" from a one-hot distribution on itself
         return DraftTree(np.array(nodes, np.int64), np.array(parents, np.int64),
                          draft_probs=None)
 
     def accepted(self, state, tokens: list[int]) -> None:
-        pass
+        pass  # the next propose() indexes the new tokens
 
 
 @dataclass
@@ -184,11 +213,13 @@ class DraftModelDrafter:
 def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
                  config: SessionConfig, max_len: int, gamma: int | None = None,
                  width: int | None = None, tree_size: int | None = None,
-                 tree: list | None = None, d2t: np.ndarray | None = None):
+                 tree: list | None = None, d2t: np.ndarray | None = None,
+                 min_n: int | None = None):
     """gamma: draft depth; width: nodes expanded per depth (draft_model, eagle3, mtp; 1 = a
     chain); tree_size: nodes kept (medusa's static tree, the dynamic trees); tree: medusa's
     rank paths instead of the bundle's; d2t: the drafter's checked VocabTrim map (Model loads
-    it with the bundle's other checks)."""
+    it with the bundle's other checks); min_n: ngram's shortest suffix match worth a
+    proposal."""
     from .head_drafters import LayerDrafter, MedusaDrafter
 
     if name not in drafters:
@@ -197,7 +228,9 @@ def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
     spec = drafters[name]
     g = gamma or int(spec.options.get("gamma", 4))
     if spec.kind == "ngram":
-        return NgramDrafter(gamma=g, max_n=int(spec.options.get("max_n", 4)))
+        max_n = int(spec.options.get("max_n", 4))
+        min_n = min_n or int(spec.options.get("min_n", 1))
+        return NgramDrafter(gamma=g, max_n=max_n, min_n=min(min_n, max_n))
     if spec.kind == "medusa":
         return MedusaDrafter(bundle_dir, spec, config, max_len, gamma, tree_size, tree)
     if spec.kind in ("mtp", "eagle3"):

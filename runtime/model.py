@@ -42,29 +42,34 @@ class Model:
         return self.manifest.tokenizer.eos_token_ids
 
     def drafter(self, name: str | None, gamma: int | None = None, width: int | None = None,
-                tree_size: int | None = None, tree: list | None = None):
+                tree_size: int | None = None, tree: list | None = None,
+                min_n: int | None = None):
         """The bundle's drafter `name` (None or 'none': autoregressive), loaded once.
 
         gamma: draft length (tree depth); width: nodes expanded per depth (1 = a chain);
-        tree_size: nodes kept in a tree (medusa, eagle3); tree: Medusa rank paths. All None =
-        the setting `edgespec tune` chose for this provider, if any, else the bundle's."""
+        tree_size: nodes kept in a tree (medusa, eagle3); tree: Medusa rank paths; min_n:
+        ngram's shortest match worth a proposal. All None = the setting `edgespec tune` chose
+        for this provider, if any, else the bundle's."""
         if name in (None, "none"):
             return None
         for what, value, option in (("gamma", gamma, "gamma"), ("width", width, "tree_width"),
-                                    ("tree_size", tree_size, "tree_size")):
+                                    ("tree_size", tree_size, "tree_size"),
+                                    ("min_n", min_n, "min_n")):
             if value is not None and not valid_int(option, value):
                 low, high = INT_OPTIONS[option]
                 raise ValueError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
-        if gamma is None and width is None and tree_size is None and tree is None:
+        if gamma is None and width is None and tree_size is None and tree is None \
+                and min_n is None:
             tuned = tuned_setting(self.tuning, self.config.provider, name)
-            gamma, width, tree_size, tree = (tuned.get(k) for k in (
-                "gamma", "width", "tree_size", "tree"))
-        key = (name, gamma, width, tree_size, tree and tuple(map(tuple, tree)))
+            gamma, width, tree_size, tree, min_n = (tuned.get(k) for k in (
+                "gamma", "width", "tree_size", "tree", "min_n"))
+        key = (name, gamma, width, tree_size, tree and tuple(map(tuple, tree)), min_n)
         with self._lock:
             if key not in self._drafters:
                 self._drafters[key] = make_drafter(name, self.dir, self.manifest.drafters,
                                                    self.config, self.max_len, gamma, width,
-                                                   tree_size, tree, self._d2t.get(name))
+                                                   tree_size, tree, self._d2t.get(name),
+                                                   min_n)
             return self._drafters[key]
 
     def new_runner(self) -> TargetRunner:

@@ -42,7 +42,7 @@ def load_tuning(bundle_dir: Path) -> dict:
     return devices
 
 
-_KEYS = {"gamma": "gamma", "width": "tree_width", "tree_size": "tree_size"}
+_KEYS = {"gamma": "gamma", "width": "tree_width", "tree_size": "tree_size", "min_n": "min_n"}
 
 
 def _valid(setting: dict) -> bool:

@@ -1,0 +1,118 @@
+"""`edgespec tune --drafter ngram`: the n-gram drafter's draft length and shortest match.
+
+Prompt lookup needs no network, so its acceptance is known exactly without a model of it:
+greedy verification accepts the longest prefix of the proposal that matches the target's own
+greedy output. The tuner decodes the prompts once, replays every (gamma, min_n) over those
+outputs step by step, and prices each step with the target's measured cost curve T(S) plus the
+per-step loop overhead measured in that decode. On a flat cost curve (a GPU) even one-token
+matches pay; on a steep one (a small CPU) only long matches do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from edgespec.runtime.drafters import NgramDrafter
+
+from .tune import decode, measure_target_curve
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the longest-match lookup finds before new token k of one sequence."""
+
+    match: int  # suffix match length of the proposal (0: nothing found)
+    available: int  # its continuation's length (up to the largest gamma)
+    accepted: int  # how many of those tokens the greedy output continues with
+
+
+def lookups(drafter: NgramDrafter, prompt: list[int], new: list[int]) -> list[Lookup]:
+    """Lookup before each new token k >= 1 (token 0 comes from the prompt's forward)."""
+    seq, state, out = prompt + new, drafter.new_state(), []
+    for k in range(1, len(new)):
+        at = len(prompt) + k
+        found = drafter.matches(state, seq[:at])
+        n, cont = found[0] if found else (0, [])
+        a = 0
+        while a < len(cont) and at + a < len(seq) and cont[a] == seq[at + a]:
+            a += 1
+        out.append(Lookup(n, len(cont), a))
+    return out
+
+
+def replay(table: list[Lookup], n_new: int, gamma: int, min_n: int) -> list[tuple[int, int]]:
+    """(draft length proposed, tokens emitted) per step of greedy decoding with (gamma, min_n):
+    exactly the steps the Generator takes, the first token (the prompt's) excluded."""
+    steps, k = [], 1
+    while k < n_new:
+        look = table[k - 1]
+        length = min(gamma, look.available) if look.match >= min_n else 0
+        emitted = min(min(look.accepted, length) + 1, n_new - k)
+        steps.append((length, emitted))
+        k += emitted
+    return steps
+
+
+@dataclass(frozen=True)
+class NgramTuning:
+    gamma: int
+    min_n: int
+    expected_tok_s: float
+    plain_tok_s: float  # expected, from T(1) and the plain loop's overhead
+    rates: dict  # (gamma, min_n) -> expected tokens/s
+    measured_tok_s: float  # the chosen setting, decoding the prompts in the loop
+    measured_plain_tok_s: float
+    target_curve: dict  # S -> seconds
+    overhead_s: float  # per speculative step in the loop, beyond the verify forward
+
+
+def tune_ngram(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
+               max_new_tokens: int = 64, max_min_n: int = 3) -> NgramTuning:
+    spec = model.manifest.drafters[name]
+    max_n = int(spec.options.get("max_n", 4))
+    # the greedy outputs, and the in-loop cost of the widest setting's steps
+    from edgespec.runtime.generator import GenerationParams, Generator
+
+    widest = model.drafter(name, max_gamma, min_n=1)
+    outputs, spec_seconds = [], 0.0
+    for ids in prompts:
+        gen = Generator(model, GenerationParams(max_new_tokens=max_new_tokens), widest)
+        gen.append_tokens(ids)
+        gen.next_token()
+        t = time.perf_counter()
+        while not gen.is_done():
+            gen.step()
+        spec_seconds += time.perf_counter() - t
+        outputs.append((list(ids), gen.new_tokens))
+    lengths, plain_rate = decode(model, None, prompts, max_new_tokens)
+    curve = measure_target_curve(model, list(range(1, max_gamma + 2)))
+    plain_over = max(sum(lengths) / plain_rate / len(lengths) - curve[1], 0.0)
+
+    finder = NgramDrafter(gamma=max_gamma, max_n=max_n, min_n=1)
+    tables = [(lookups(finder, p, new), len(new)) for p, new in outputs]
+
+    def seconds(g: int, m: int, over: float) -> tuple[float, int]:
+        total, tokens = 0.0, 0
+        for table, n_new in tables:
+            for length, emitted in replay(table, n_new, g, m):
+                total += curve[1 + length] + (over if length else plain_over)
+                tokens += emitted
+        return total, tokens
+
+    # the widest setting's measured time fixes the overhead of a speculative step
+    predicted, _ = seconds(max_gamma, 1, 0.0)
+    n_spec = sum(1 for table, n_new in tables for length, _ in replay(table, n_new, max_gamma, 1)
+                 if length)
+    over = max((spec_seconds - predicted) / max(n_spec, 1), 0.0)
+    rates = {}
+    for g in range(1, max_gamma + 1):
+        for m in range(1, min(max_min_n, max_n) + 1):
+            total, tokens = seconds(g, m, over)
+            rates[(g, m)] = tokens / total
+    best = max(rates, key=rates.get)
+    _, measured = decode(model, model.drafter(name, best[0], min_n=best[1]), prompts,
+                         max_new_tokens)
+    _, plain = decode(model, None, prompts, max_new_tokens)
+    return NgramTuning(best[0], best[1], rates[best], 1 / (curve[1] + plain_over), rates,
+                       measured, plain, curve, over)
