@@ -37,14 +37,18 @@ class Verdict:
 
 def _check(tokens, parents, *rows) -> tuple[np.ndarray, list[list[int]]]:
     """Validate one verify batch; returns (tokens [n+1] int64, children lists)."""
+    vocab = rows[0].shape[-1]
+    for r in rows:  # r: [n+1, V]
+        if r.ndim != 2 or r.shape != (len(parents), vocab):
+            raise ValueError(f"per-node rows must be [{len(parents)}, {vocab}], got {r.shape}")
+    return _check_tree(tokens, parents, vocab)
+
+
+def _check_tree(tokens, parents, vocab: int) -> tuple[np.ndarray, list[list[int]]]:
     kids = children(parents)  # validates parents
     tokens = np.asarray(tokens)
     if tokens.shape != (len(kids),) or tokens.dtype.kind not in "iu":
         raise ValueError(f"tokens must be int [{len(kids)}] like parents, got {tokens!r}")
-    vocab = rows[0].shape[-1]
-    for r in rows:  # r: [n+1, V]
-        if r.ndim != 2 or r.shape != (len(kids), vocab):
-            raise ValueError(f"per-node rows must be [{len(kids)}, {vocab}], got {r.shape}")
     if not all(0 <= t < vocab for t in tokens.tolist()):
         raise ValueError(f"tokens must lie in [0, {vocab}), got {tokens.tolist()}")
     return tokens.astype(np.int64), kids
@@ -110,6 +114,18 @@ def accept_greedy(tokens, parents, target_logits: np.ndarray) -> Verdict:
     """
     tokens, kids = _check(tokens, parents, target_logits)  # target_logits: [n+1, V]
     best_of = np.argmax(target_logits, axis=1)  # best_of: [n+1], one pass over all rows
+    path, bonus = _greedy_walk(0, tokens, kids, best_of)
+    return Verdict(tuple(path), bonus)
+
+
+def accept_greedy_argmax(tokens, parents, best_of: np.ndarray, vocab: int) -> Verdict:
+    """accept_greedy from each row's argmax (best_of: [n+1] ints in [0, vocab)), which the
+    target graph computes itself: greedy verification then reads n+1 ints, not [n+1, V]."""
+    best_of = np.asarray(best_of)
+    tokens, kids = _check_tree(tokens, parents, vocab)
+    if best_of.shape != (len(kids),) or not all(0 <= b < vocab for b in best_of.tolist()):
+        raise ValueError(f"argmax ids must be [{len(kids)}] ints in [0, {vocab}), got "
+                         f"{best_of.tolist()}")
     path, bonus = _greedy_walk(0, tokens, kids, best_of)
     return Verdict(tuple(path), bonus)
 

@@ -25,7 +25,7 @@ _KV_PATTERN = re.compile(r"[A-Za-z0-9_.\-/]*\{i\}[A-Za-z0-9_.\-/]*")
 # the dtypes the runtime binds: ids int64, what drafters and acceptance read float32; a graph's
 # attention_bias and K/V share its compute dtype, one of KV_DTYPES (float16: `--weights fp16`)
 _FIXED_DTYPES = {"input_ids": "int64", "position_ids": "int64", "logits_index": "int64",
-                 "logits": "float32", "hidden": "float32", "features": "float32",
+                 "logits": "float32", "argmax": "int64", "hidden": "float32", "features": "float32",
                  "hidden_in": "float32", "topk_ids": "int64", "topk_logits": "float32"}
 KV_DTYPES = ("float32", "float16")
 FP16_MIN = -65504.0  # the most negative finite float16
@@ -93,6 +93,8 @@ def check_graph(kind: str, spec, model, where: str, target=None, target_spec=Non
         raise BundleError(f"manifest.json: {where} 'logits' width {width[2]!r} must be a fixed "
                           f"size in [1, {vocab}]; re-export the bundle")
     _want(where, "hidden", _dims(spec, "hidden"), (1, None, model.hidden_size))
+    if "argmax" in have_out:  # optional: bundles before it decode with numpy's argmax
+        _want(where, "argmax", _dims(spec, "argmax"), (1, None))
     if "features" in have_out:
         _want(where, "features", _dims(spec, "features"),
               (1, None, len(spec.feature_layers) * model.hidden_size))

@@ -41,7 +41,10 @@ def graph_spec(a: ModelArgs, file: str, feature_layers: tuple[int, ...], dtype: 
               TensorSpec("position_ids", "int64", (1, "S")),
               TensorSpec("attention_bias", dtype, (1, 1, "S", "P+S")),
               TensorSpec("logits_index", "int64", ("N",))]
+    # argmax: the column of each row's largest logit (greedy decoding reads N ints, not
+    # [N, V] floats: on a GPU the logits need not leave the device)
     outputs = [TensorSpec("logits", "float32", (1, "N", a.vocab_size)),
+               TensorSpec("argmax", "int64", (1, "N")),
                TensorSpec("hidden", "float32", (1, "S", a.dim))]
     if feature_layers:
         outputs.append(TensorSpec("features", "float32", (1, "S", len(feature_layers) * a.dim)))
@@ -137,7 +140,8 @@ class _Emitter:
 
 
 def emit_lm_head(b: Builder, model, hidden: str, as_matmul: bool) -> None:
-    """logits [1, N, V] of the rows `logits_index` picks from hidden [1, S, d]."""
+    """logits [1, N, V] of the rows `logits_index` picks from hidden [1, S, d], and argmax
+    [1, N] of each row."""
     a: ModelArgs = model.args
     rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, a.dim]))
     if hasattr(model.lm_head, "rank"):  # SlimSpec (a draft model): d -> r -> V|K, two MatMuls
@@ -154,6 +158,8 @@ def emit_lm_head(b: Builder, model, hidden: str, as_matmul: bool) -> None:
         logits = b.op("Gemm", rows, head, transB=1)  # measured faster than MatMul at S = 1
     logits = b.to_float32(b.op("Reshape", logits, b.const([1, -1, a.vocab_size])))
     b.output(logits, "logits", "float32", [1, "N", a.vocab_size])
+    # the first largest on ties, like numpy's argmax
+    b.output(b.op("ArgMax", logits, axis=-1, keepdims=0), "argmax", "int64", [1, "N"])
 
 
 def emit_outputs(b: Builder, model, spec: GraphSpec, hidden: str, feats: list[str],

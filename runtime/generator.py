@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgespec.accept import accept_greedy, accept_sample, accept_typical
+from edgespec.accept import accept_greedy, accept_greedy_argmax, accept_sample, accept_typical
 from edgespec.masks import causal_bias
 from edgespec.sampling import SamplingParams, probabilities, sample
 from edgespec.tree import DraftTree, depths, tree_bias
@@ -184,7 +184,10 @@ class Generator:
         self._check_can_step()
         t = time.perf_counter()
         out = self._forward(self.tokens[self.kv.length:], last_only=True)
-        token = sample(out.logits[-1], self.params.sampling, self.rng)
+        if self.params.sampling.greedy and out.argmax is not None:
+            token = int(out.argmax[-1])  # the graph's argmax: same token, no [V] scan here
+        else:
+            token = sample(out.logits[-1], self.params.sampling, self.rng)
         self.stats.target_forwards += 1
         self.stats.accepted_lengths.append(1)
         self._commit([token])
@@ -261,7 +264,10 @@ class Generator:
         rule = self.params.accept
         if rule == "auto":
             rule = "greedy" if self.params.sampling.greedy else "sample"
-        if rule == "greedy":
+        if rule == "greedy" and out.argmax is not None:
+            verdict = accept_greedy_argmax(tree.tokens, tree.parents, out.argmax,
+                                           out.logits.shape[-1])
+        elif rule == "greedy":
             verdict = accept_greedy(tree.tokens, tree.parents, out.logits)
         else:
             sp = self.params.sampling

@@ -18,6 +18,7 @@ class ForwardOut:
     """Views into buffers reused by the next forward of the same shape: copy what you keep."""
 
     logits: np.ndarray  # [N, V]
+    argmax: np.ndarray | None  # [N]: the graph's argmax of each logits row (None: not emitted)
     hidden: np.ndarray  # [S, d]
     features: np.ndarray | None  # [S, F*d]
 
@@ -44,6 +45,7 @@ class TargetRunner:
         self.dtypes = {t.name: np.dtype(t.dtype) for t in (*spec.inputs, *spec.outputs)}
         self.bias_dtype = self.dtypes["attention_bias"]
         self.has_features = "features" in self.out_names
+        self.has_argmax = "argmax" in self.out_names
         # the vocabulary, or the kept tokens of a VocabTrim-ed drafter head
         width = next(t.shape[-1] for t in spec.outputs if t.name == "logits")
         self.logits_width = width if isinstance(width, int) else model.vocab_size
@@ -71,6 +73,8 @@ class TargetRunner:
             return self._bindings[key]
         m = self.model
         shapes = {"logits": (1, n, self.logits_width), "hidden": (1, s, m.hidden_size)}
+        if self.has_argmax:
+            shapes["argmax"] = (1, n)
         if self.has_features:
             shapes["features"] = (1, s, len(self.spec.feature_layers) * m.hidden_size)
         kv_shape = (1, m.num_kv_heads, s, m.head_dim)
@@ -128,5 +132,6 @@ class TargetRunner:
             kv, layers = self.spec.kv, range(self.model.num_layers)
             self.kv.append([bufs[kv.present_key.format(i=i)] for i in layers],
                            [bufs[kv.present_value.format(i=i)] for i in layers])
-        return ForwardOut(bufs["logits"][0], bufs["hidden"][0],
+        return ForwardOut(bufs["logits"][0], bufs["argmax"][0] if self.has_argmax else None,
+                          bufs["hidden"][0],
                           bufs["features"][0] if self.has_features else None)

@@ -6,8 +6,8 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from edgespec.accept import (Verdict, accept_greedy, accept_sample, accept_typical, children,
-                             residual)
+from edgespec.accept import (Verdict, accept_greedy, accept_greedy_argmax, accept_sample,
+                             accept_typical, children, residual)
 
 # ---------------------------------------------------------------- helpers
 
@@ -83,7 +83,10 @@ def test_greedy_equals_autoregressive_greedy_on_random_trees():
         paths = [()]  # token path (root excluded) of each node
         for i in range(1, n + 1):
             paths.append(paths[parents[i]] + (int(tokens[i]),))
-        v = accept_greedy(tokens, parents, np.stack([logits(p) for p in paths]))
+        rows = np.stack([logits(p) for p in paths])
+        v = accept_greedy(tokens, parents, rows)
+        # the target graph's own argmax of each row gives the very same verdict
+        assert accept_greedy_argmax(tokens, parents, rows.argmax(1), vocab) == v
         ref = []  # greedy autoregressive decoding
         for _ in range(n + 1):
             ref.append(int(np.argmax(logits(tuple(ref)))))
@@ -289,6 +292,9 @@ def test_parents_not_topological_raise(parents, rule):
 
 def test_bad_shapes_and_tokens_raise():
     probs = np.full((3, 4), 0.25)
+    for best in ([0, 1], [0, 1, 4], [0, -1, 2]):  # one per node, each in [0, V)
+        with pytest.raises(ValueError, match="argmax"):
+            accept_greedy_argmax(np.array([0, 1, 2]), np.array([-1, 0, 1]), np.array(best), 4)
     with pytest.raises(ValueError):
         accept_greedy(np.array([0, 1]), np.array([-1, 0, 0]), probs)  # tokens vs parents
     with pytest.raises(ValueError):

@@ -74,3 +74,16 @@ def test_chain_fast_paths_equal_general_tree_code():
         tree = DraftTree.chain(3, list(range(n - 1)))
         assert np.array_equal(tree.parents, check_parents(parents)) and tree.is_chain
     assert not is_chain(np.array([-1, 0, 0])) and not is_chain(np.array([-1, 0, 1, 1]))
+
+
+def test_causal_bias_equals_its_definition():
+    for past in (0, 1, 5, 300):
+        for s in (1, 2, 5, 17):
+            for window in (None, 1, 3, 8, 400):
+                for dtype in (np.float32, np.float16):
+                    col = np.arange(past + s)[None, :]
+                    row = past + np.arange(s)[:, None]
+                    masked = (col > row) | ((col <= row - window) if window else False)
+                    want = np.where(masked, dtype(-7.0), dtype(0))[None, None]
+                    got = causal_bias(past, s, -7.0, window, dtype)
+                    assert got.dtype == dtype and np.array_equal(got, want), (past, s, window)

@@ -118,3 +118,31 @@ def test_generators_share_a_model_without_sharing_state(ref_bundle):
         b.step()
     solo = _greedy(model, model.tokenizer.encode("import os\n"), 10)
     assert a.new_tokens == solo.new_tokens
+
+
+def test_graph_argmax_is_numpys_and_bundles_without_it_decode_the_same(ref_bundle, prompts):
+    """The target graph's argmax output (what greedy decoding reads) equals numpy's argmax of
+    its logits, and a bundle exported before it (no argmax output) decodes the same tokens."""
+    model = Model(ref_bundle)
+    assert any(t.name == "argmax" for t in model.manifest.target.outputs)
+    ids = model.tokenizer.encode(prompts[2]["prompt"])
+    gen = _greedy(model, ids, 8)
+    out = gen.runner.forward(np.array(gen.tokens[-3:]), np.arange(3) + gen.kv.length,
+                             np.zeros((1, 1, 3, gen.kv.length + 3), np.float32),
+                             np.arange(3))
+    assert out.argmax is not None and out.argmax.tolist() == out.logits.argmax(1).tolist()
+    with_argmax = _greedy(model, ids, 32).new_tokens
+
+    class OldRunner(type(gen.runner)):  # what the runtime does when a graph lacks it
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.has_argmax = False
+
+    old = Generator(model, GenerationParams(max_new_tokens=32))
+    old.runner = OldRunner(model.session, model.manifest.target, model.manifest.model,
+                           model.new_kv())
+    old.kv = old.runner.kv
+    old.append_tokens(ids)
+    while not old.is_done():
+        old.step()
+    assert old.new_tokens == with_argmax
