@@ -87,3 +87,21 @@ def grow_tree(root: int, root_logits: np.ndarray, root_payload, depth: int, widt
     index = {0: 0, **{n: i + 1 for i, n in enumerate(keep)}}
     return DraftTree(np.array([root] + [tokens[n] for n in keep], np.int64),
                      np.array([-1] + [index[parents[n]] for n in keep], np.int64))
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists. A drafter's cached tokens and
+    the sequence usually extend one another (one list comparison, at C speed); after a
+    rejection or a rewind, a binary search over prefix equality (monotone) finds the split."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n - 1  # a[:lo] == b[:lo]; a[:hi + 1] != b[:hi + 1]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+

@@ -18,7 +18,7 @@ from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree
 
 from .bundle_checks import open_graph
-from .draft_tree import grow_tree, pick
+from .draft_tree import common_prefix, grow_tree, pick
 from .device_kv import KVFactory
 from .providers import SessionConfig
 from .target import TargetRunner
@@ -162,12 +162,7 @@ class DraftModelDrafter:
     def propose(self, st: DraftModelState, tokens: list[int], sampling: SamplingParams,
                 rng: np.random.Generator) -> DraftTree:
         # keep the longest cached prefix that still matches the sequence, feed the rest
-        common = 0
-        for a, b in zip(st.cached, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)
+        common = min(common_prefix(st.cached, tokens), len(tokens) - 1)
         st.runner.kv.truncate(common)
         del st.cached[common:]
         room = min(self.gamma, st.runner.kv.free - (len(tokens) - common))

@@ -22,7 +22,7 @@ from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree, static_tree
 
 from .bundle_checks import open_graph
-from .draft_tree import grow_tree, pick
+from .draft_tree import common_prefix, grow_tree, pick
 from .device_kv import KVFactory
 from .providers import SessionConfig
 from .target import TargetRunner
@@ -152,12 +152,7 @@ class LayerDrafter:
         if m < 2:
             return DraftTree.chain(tokens[-1], [])
         # row j depends on x_0..x_j: keep the rows whose tokens are unchanged, feed the rest
-        common = 0
-        for a, b in zip(st.cached, tokens):
-            if a != b:
-                break
-            common += 1
-        c = max(0, min(common - 1, m - 2))
+        c = max(0, min(common_prefix(st.cached, tokens) - 1, m - 2))
         kv.truncate(c)
         mask = self.spec.graph.mask_value
         s = m - 1 - c  # rows c+1..m-1, each reading the target output of the row before

@@ -87,3 +87,16 @@ def test_causal_bias_equals_its_definition():
                     want = np.where(masked, dtype(-7.0), dtype(0))[None, None]
                     got = causal_bias(past, s, -7.0, window, dtype)
                     assert got.dtype == dtype and np.array_equal(got, want), (past, s, window)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.lists(st.integers(0, 2), max_size=12), cut=st.integers(0, 12),
+       tail=st.lists(st.integers(0, 2), max_size=5), swap=st.booleans())
+def test_common_prefix_equals_a_scan(a, cut, tail, swap):
+    from edgespec.runtime.draft_tree import common_prefix
+
+    b = a[:cut] + tail
+    if swap:
+        a, b = b, a
+    scan = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    assert common_prefix(a, b) == scan
