@@ -152,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "plain: standard ONNX ops only (fallback)")
     e.add_argument("--weights", "--dtype", dest="weights", default="fp32",
                    choices=["fp32", "fp16", "int4"],
-                   help="fp16: the fused target graph in float16 (weights, activations, K/V; "
-                        "drafters stay fp32); int4: MatMulNBits weight-only quantisation of "
+                   help="fp16: every graph (target and drafters, fused) in float16 (weights, "
+                        "activations, K/V); int4: MatMulNBits weight-only quantisation of "
                         "every projection")
     e.add_argument("--block-size", type=int, default=32, help="int4 block size")
     e.add_argument("--draft-model", default=None,

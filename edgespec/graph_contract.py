@@ -108,16 +108,18 @@ def check_graph(kind: str, spec, model, where: str, target=None, target_spec=Non
 def _check_dtypes(spec, where: str, past: list[str], present: list[str]) -> None:
     """Fixed dtypes where the runtime binds fixed ones; attention_bias and every K/V tensor in
     the graph's K/V dtype; `weights` fp16 exactly when that is float16, whose mask value must
-    then be finite in float16."""
+    then be finite in float16. A graph without K/V (Medusa heads) binds fixed dtypes only, so
+    its weights' dtype never reaches its IO (an fp16 one casts at its edges): any is fine."""
     dtypes = {t.name: t.dtype for t in (*spec.inputs, *spec.outputs)}
     for name, want in _FIXED_DTYPES.items():
         if dtypes.get(name, want) != want:
             raise BundleError(f"manifest.json: {where} '{name}' is {dtypes[name]}, the runtime "
                               f"binds {want}; re-export the bundle")
     if spec.kv is None:
-        if spec.weights == "fp16":
-            raise BundleError(f"manifest.json: {where} claims fp16 weights without K/V "
-                              "(only graphs with K/V are exported in fp16); re-export the bundle")
+        odd = sorted(set(dtypes) - set(_FIXED_DTYPES))
+        if odd:
+            raise BundleError(f"manifest.json: {where} has no K/V but declares {odd[:3]}, "
+                              "which only a graph with K/V binds; re-export the bundle")
         return
     kv = spec.kv.dtype
     if kv not in KV_DTYPES:

@@ -59,13 +59,16 @@ def low_rank(m, target_model, k: int, calibration, d2t: np.ndarray | None) -> di
 
 def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, target: ModelInfo,
                            trim_vocab: int = 0, calibration=None,
-                           head_rank: int = 0, fused: bool = True) -> DrafterSpec:
+                           head_rank: int = 0, fused: bool = True,
+                           weights: str = "fp32") -> DrafterSpec:
     """tmp/{name}.onnx (and tmp/{name}.d2t.npy when trimmed) -> the drafter's manifest entry;
     trim_vocab: VocabTrim to that many tokens; head_rank: SlimSpec low-rank head; fused: a
-    layer drafter's block with onnxruntime's fused ops, as the fused target graph."""
+    layer drafter's block with onnxruntime's fused ops, as the fused target graph; weights
+    "fp16": the graph in float16 (as an fp16 target), else float32 (int4 targets too)."""
     model = load_transformer(hf_dir, max_len=target.max_len)
     m = load_drafter(folder, model, target.fingerprint)
     cfg = m.cfg
+    dtype = "float16" if weights == "fp16" else "float32"
     file = f"{name}.onnx"
     options = {k: v for k, v in cfg.options.items() if k != "training"}
     options["target_fingerprint"] = target.fingerprint
@@ -79,7 +82,7 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
     if head_rank:
         options.update(low_rank(m, model, head_rank, calibration, d2t))
     if cfg.kind == "medusa":
-        proto, spec = build_medusa_graph(m, file, MEDUSA_TOP_K, d2t)
+        proto, spec = build_medusa_graph(m, file, MEDUSA_TOP_K, d2t, dtype)
         save_onnx(proto, tmp / file)
         spec = dataclasses.replace(spec, parity_max_abs=check_medusa_parity(tmp, spec, m,
                                                                             d2t=d2t),
@@ -89,9 +92,9 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
             [0] * (i + 1) for i in range(cfg.num_heads)]
         options.update(top_k=MEDUSA_TOP_K, tree=tree, tree_size=min(len(tree), 16))
         return DrafterSpec(kind="medusa", graph=spec, options=options)  # d2t is in the graph
-    proto, spec = build_layer_graph(m, target.max_len, file, d2t, fused)
+    proto, spec = build_layer_graph(m, target.max_len, file, d2t, fused, dtype)
     save_onnx(proto, tmp / file)
-    info = dataclasses.replace(target, num_layers=1, dtype="float32")  # fp32 even for fp16 targets
+    info = dataclasses.replace(target, num_layers=1, dtype=dtype)
     spec = dataclasses.replace(spec, parity_max_abs=check_layer_parity(tmp, spec, info, m,
                                                                        d2t=d2t),
                                bytes_read=bytes_read(proto))

@@ -8,9 +8,15 @@ eagle3   one layer of past/present K/V; logits [1, N, V] and hidden [1, S, d]) p
          features [1, S, F] and hidden_in [1, S, d]: each row reads fc(features) + hidden_in,
          so the runtime passes zeros in whichever of the two a row does not use. With VocabTrim
          logits cover the kept tokens only; the bundle's d2t map turns them into target ids.
+
+dtype "float16" (`--weights fp16`): weights and activations in float16 (a layer drafter's
+attention_bias and K/V too, as the fp16 target); the float32 inputs (hidden, features,
+hidden_in) are cast to float16 and the float outputs back to float32 inside the graph.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -18,9 +24,12 @@ from edgespec.manifest import GraphSpec, TensorSpec
 from edgespec.models.args import ModelArgs
 from edgespec.models.low_rank import LowRankHead
 
-from .fused_graph import FUSED_KV, MS, FusedEmitter
+from .fused_graph import FP16_MASK, FP32_MASK, FUSED_KV, MS, FusedEmitter
 from .onnx_builder import Builder
 from .target_graph import KV, _Emitter, matmul_weight
+
+
+WEIGHTS = {"float32": "fp32", "float16": "fp16"}  # a graph's dtype -> its manifest `weights`
 
 
 def _np(t) -> np.ndarray:
@@ -46,23 +55,25 @@ def _emit_head(b: Builder, x: str, m, d2t: np.ndarray | None, gemm: bool = False
     return x, mats[-1].shape[0]
 
 
-def medusa_spec(cfg, file: str, top_k: int) -> GraphSpec:
+def medusa_spec(cfg, file: str, top_k: int, dtype: str = "float32") -> GraphSpec:
+    """IO float32 / int64 whatever `dtype` (the weights' and activations')."""
     out = (cfg.num_heads, "N", top_k)
     return GraphSpec(file=file, kind="plain",
                      inputs=(TensorSpec("hidden", "float32", ("N", cfg.dim)),),
                      outputs=(TensorSpec("topk_logits", "float32", out),
                               TensorSpec("topk_ids", "int64", out)),
-                     kv=None, mask_value=-1e9)
+                     kv=None, mask_value=-1e9, weights=WEIGHTS[dtype])
 
 
-def build_medusa_graph(m, file: str, top_k: int, d2t: np.ndarray | None = None):
+def build_medusa_graph(m, file: str, top_k: int, d2t: np.ndarray | None = None,
+                       dtype: str = "float32"):
     cfg = m.cfg
     k_heads, d = cfg.num_heads, cfg.dim
-    spec = medusa_spec(cfg, file, top_k)
-    b = Builder()
-    b.input("hidden", "float32", ["N", d])
+    spec = medusa_spec(cfg, file, top_k, dtype)
+    b = Builder(np.dtype(dtype))
+    hidden = b.from_float32(b.input("hidden", "float32", ["N", d]))
     # every head's residual blocks at once: x [K, N, d] times per-head weights [K, d, d]
-    x = b.op("Expand", b.op("Unsqueeze", "hidden", b.const([0])), b.const([k_heads, 1, d]))
+    x = b.op("Expand", b.op("Unsqueeze", hidden, b.const([0])), b.const([k_heads, 1, d]))
     for j in range(cfg.num_blocks):
         w = np.stack([_np(h[j].linear.weight).T for h in m.heads])  # [K, d, d]
         bias = np.stack([_np(h[j].linear.bias) for h in m.heads])[:, None]  # [K, 1, d]
@@ -73,28 +84,34 @@ def build_medusa_graph(m, file: str, top_k: int, d2t: np.ndarray | None = None):
     vals, ids = b.op("TopK", logits, b.const([top_k]), axis=-1, n_out=2)
     if d2t is not None:  # trimmed rows -> target ids, in the graph
         ids = b.op("Gather", b.weight("d2t", d2t.astype(np.int64)), ids)
-    b.output(vals, "topk_logits", "float32", list(spec.outputs[0].shape))
+    b.output(b.to_float32(vals), "topk_logits", "float32", list(spec.outputs[0].shape))
     b.output(ids, "topk_ids", "int64", list(spec.outputs[1].shape))
     return b.model("edgespec_medusa", "edgespec"), spec
 
 
-def layer_spec(cfg, a: ModelArgs, file: str, vocab: int, fused: bool) -> GraphSpec:
+def layer_spec(cfg, a: ModelArgs, file: str, vocab: int, fused: bool,
+               dtype: str = "float32") -> GraphSpec:
+    """dtype: of attention_bias and K/V (the graph's compute dtype); the other float IO is
+    float32 whatever it is."""
     hkv, hd = a.n_kv_heads, a.head_dim
     present = "L" if fused else "S"  # fused: present K/V = the whole buffer, written in place
     inputs = (TensorSpec("input_ids", "int64", (1, "S")),
               TensorSpec("features", "float32", (1, "S", cfg.feature_dim)),
               TensorSpec("hidden_in", "float32", (1, "S", cfg.dim)),
               TensorSpec("position_ids", "int64", (1, "S")),
-              TensorSpec("attention_bias", "float32", (1, 1, "S", "P+S")),
+              TensorSpec("attention_bias", dtype, (1, 1, "S", "P+S")),
               TensorSpec("logits_index", "int64", ("N",)),
-              TensorSpec(KV.past_key.format(i=0), "float32", (1, hkv, "L", hd)),
-              TensorSpec(KV.past_value.format(i=0), "float32", (1, hkv, "L", hd)))
+              TensorSpec(KV.past_key.format(i=0), dtype, (1, hkv, "L", hd)),
+              TensorSpec(KV.past_value.format(i=0), dtype, (1, hkv, "L", hd)))
     outputs = (TensorSpec("logits", "float32", (1, "N", vocab)),
                TensorSpec("hidden", "float32", (1, "S", cfg.dim)),
-               TensorSpec(KV.present_key.format(i=0), "float32", (1, hkv, present, hd)),
-               TensorSpec(KV.present_value.format(i=0), "float32", (1, hkv, present, hd)))
+               TensorSpec(KV.present_key.format(i=0), dtype, (1, hkv, present, hd)),
+               TensorSpec(KV.present_value.format(i=0), dtype, (1, hkv, present, hd)))
     return GraphSpec(file=file, kind="fused" if fused else "plain", inputs=inputs,
-                     outputs=outputs, kv=FUSED_KV if fused else KV, mask_value=-1e9)
+                     outputs=outputs, kv=dataclasses.replace(FUSED_KV if fused else KV,
+                                                             dtype=dtype),
+                     mask_value=FP16_MASK if dtype == "float16" else FP32_MASK,
+                     weights=WEIGHTS[dtype])
 
 
 def _plain_block(b: Builder, e: _Emitter, layer, x: str, norm) -> str:
@@ -115,22 +132,24 @@ def _fused_block(e: FusedEmitter, layer, x: str, norm) -> str:
 
 
 def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None,
-                      fused: bool = True):
+                      fused: bool = True, dtype: str = "float32"):
     """d2t: VocabTrim's kept target ids; logits then cover only those (the runtime maps).
     fused: the block with onnxruntime's contrib ops and in-place K/V (as the fused target);
-    else standard ops only."""
+    else standard ops only. dtype "float16": the fp16 graph (module docstring; fused only)."""
+    if dtype == "float16" and not fused:
+        raise ValueError("an fp16 layer drafter is built with the fused ops only")
     cfg, a = m.cfg, m.args
     vocab = len(d2t) if d2t is not None else cfg.vocab_size
-    spec = layer_spec(cfg, a, file, vocab, fused)
-    b = Builder()
+    spec = layer_spec(cfg, a, file, vocab, fused, dtype)
+    b = Builder(np.dtype(dtype))
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
     e = FusedEmitter(b, a, max_len) if fused else _Emitter(b, a, max_len)
     norm = (lambda x, w, p: e.norm(x, w, f"{p}.weight")) if fused else e.rms_norm
-    h = "features"
+    h = b.from_float32("features")
     if m.fc is not None:
         h = b.op("MatMul", h, b.weight("fc.weight_t", matmul_weight(m.fc.weight)))
-    h = b.op("Add", h, "hidden_in")
+    h = b.op("Add", h, b.from_float32("hidden_in"))
     emb = b.op("Gather", b.weight("embed_tokens.weight", _np(m.embed_tokens.weight)), "input_ids")
     x = b.op("Concat", norm(h, m.hnorm.weight, "hnorm"), norm(emb, m.enorm.weight, "enorm"),
              axis=-1)
@@ -140,11 +159,11 @@ def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None,
         e.declare_present(1)
     else:
         hidden = _plain_block(b, e, m.layer, x, m.norm.weight)
-    b.output(hidden, "hidden", "float32", [1, "S", cfg.dim])
+    b.output(b.to_float32(hidden), "hidden", "float32", [1, "S", cfg.dim])
     rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, cfg.dim]))
     logits, _ = _emit_head(b, rows, m, d2t, gemm=True)
-    b.output(b.op("Reshape", logits, b.const([1, -1, vocab])), "logits", "float32",
-             [1, "N", vocab])
+    logits = b.to_float32(b.op("Reshape", logits, b.const([1, -1, vocab])))
+    b.output(logits, "logits", "float32", [1, "N", vocab])
     order = {t.name: j for j, t in enumerate(spec.outputs)}
     b.outputs.sort(key=lambda vi: order[vi.name])
     # fused: opset 23 for the standard RMSNormalization (onnxruntime >= 1.22) and contrib ops

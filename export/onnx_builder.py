@@ -44,6 +44,12 @@ class Builder:
             return value
         return self.op("Cast", value, to=TensorProto.FLOAT)
 
+    def from_float32(self, value: str) -> str:
+        """A float32 graph input in the graph's float dtype (a Cast in an fp16 graph)."""
+        if self.float_dtype == np.float32:
+            return value
+        return self.op("Cast", value, to=NP_TO_ONNX[self.float_dtype])
+
     def const(self, values, dtype=np.int64) -> str:
         """A small constant, shared between all nodes that use the same value."""
         arr = np.asarray(values, dtype=dtype)

@@ -38,8 +38,9 @@ class ExportOptions:
     feature_layers: tuple[int, ...] | None = None  # None = low/mid/high default; () = none
     graph: str = "fused"  # "fused" (onnxruntime contrib ops) or "plain" (standard ops only)
     draft_model: str | Path | None = None  # HF folder of a small draft model, same tokenizer
-    # "fp32", "fp16" (the fused target graph in float16: weights, activations, K/V; the
-    # draft model and trained drafters stay fp32) or "int4" (MatMulNBits, every LM graph)
+    # "fp32", "fp16" (every graph in float16, fused only: weights, activations, K/V; float32
+    # IO where drafters and acceptance read) or "int4" (MatMulNBits: the target and draft
+    # model; trained drafters stay fp32)
     weights: str = "fp32"
     block_size: int = 32  # int4 quantisation block along the input dim
     drafters: tuple[tuple[str, str | Path], ...] = ()  # (name, trained drafter folder)
@@ -95,13 +96,11 @@ def _model_info(hf_dir: Path, args: ModelArgs, max_len: int, dtype: str) -> Mode
 
 
 def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tuple[int, ...],
-                  opts: ExportOptions, d2t=None, head_rank: int = 0, weights: str | None = None
+                  opts: ExportOptions, d2t=None, head_rank: int = 0
                   ) -> tuple[GraphSpec, ModelInfo, dict]:
     """One language model -> tmp/file, checked against torch; returns its spec, dims and the
     head's SlimSpec report. For a draft model: d2t (VocabTrim) keeps those head rows and the
-    graph emits K logits; head_rank factors the head (distilled on opts.calibration).
-    weights: opts.weights unless given (the draft model stays fp32 in an fp16 export)."""
-    weights = weights or opts.weights
+    graph emits K logits; head_rank factors the head (distilled on opts.calibration)."""
     model = load_transformer(hf_dir, max_len=max_len)
     full_args = model.args
     report = {}
@@ -118,6 +117,7 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
         model.args = dataclasses.replace(full_args, tie_embeddings=False,
                                          vocab_size=full_args.vocab_size if d2t is None
                                          else len(d2t))
+    weights = opts.weights
     int4 = weights == "int4"
     fp16 = {"dtype": "float16"} if weights == "fp16" else {}  # fused only (checked before)
     proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4,
@@ -212,8 +212,7 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                 options.update(trim_vocab=k, trim_coverage=round(cover, 4))
             dspec, dinfo, report = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len,
                                                  (), opts, d2t,
-                                                 for_drafter(opts.head_rank, "draft_model"),
-                                                 "int4" if opts.weights == "int4" else "fp32")
+                                                 for_drafter(opts.head_rank, "draft_model"))
             options.update(report)
             drafters["draft_model"] = DrafterSpec(
                 kind="draft_model", graph=dspec, model=dinfo, options=options,
@@ -225,7 +224,8 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                                                     for_drafter(opts.trim_vocab, name),
                                                     opts.calibration,
                                                     for_drafter(opts.head_rank, name),
-                                                    fused=opts.graph == "fused")
+                                                    fused=opts.graph == "fused",
+                                                    weights=opts.weights)
             steps.update()
         # the K/V compaction graphs that let the runtime keep K/V on a device (fused graphs)
         spec = with_compactor(tmp, spec, info)

@@ -120,6 +120,22 @@ def trained(tiny_dirs, tiny_bundles, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def calibration(tiny_bundles, tmp_path_factory):
+    """Self-distillation data of the tiny llama: calibration for trimmed / low-rank heads."""
+    import numpy as np
+
+    from edgespec.models.distill import generate_data, save_data
+    from edgespec.runtime.model import Model
+
+    path = tmp_path_factory.mktemp("cal") / "cal.safetensors"
+    rng = np.random.default_rng(5)
+    data = generate_data(Model(tiny_bundles["llama"][1]),
+                         [rng.integers(3, 300, 6).tolist() for _ in range(8)], 16)
+    save_data(data, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def trimmed_bundle(tiny_dirs, trained, tmp_path_factory):
     """The tiny llama with every drafter kind (medusa, mtp, eagle3, draft_model, ngram),
     VocabTrim-ed to 40 tokens (d2t maps)."""

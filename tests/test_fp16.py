@@ -1,6 +1,7 @@
-"""fp16 export of the fused target graph (`--weights fp16`, issue 3): weights, activations,
-attention_bias and K/V in float16, logits / hidden / features cast to float32 in the graph;
-the runtime allocates float16 K/V (host or device) and binds a float16 bias."""
+"""fp16 export (`--weights fp16`, issue 3): the fused target and every drafter graph with
+weights, activations (attention_bias and K/V where there are some) in float16, their float IO
+float32 (cast in the graph); the runtime allocates float16 K/V (host or device) and binds a
+float16 bias."""
 
 import json
 import shutil
@@ -8,7 +9,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from conftest import REF_TARGET, run_to_end
+from conftest import DRAFTER_KINDS, REF_TARGET, run_to_end
 from hf_tiny import CONFIGS
 
 from edgespec.export.fused_graph import FP16_MASK
@@ -20,13 +21,14 @@ from edgespec.runtime.bundle_checks import kv_bytes
 from edgespec.runtime.device_kv import DeviceKVCache
 from edgespec.runtime.generator import GenerationParams
 from edgespec.runtime.kv import KVCache
+from edgespec.runtime.mbsu import forward_bytes
 from edgespec.runtime.model import Model
 from edgespec.runtime.providers import SessionConfig
 
 
 @pytest.fixture(scope="module")
 def fp16_demo(tmp_path_factory):
-    """The demo target in fp16 with every demo drafter (those stay fp32)."""
+    """The demo target in fp16 with every demo drafter (in fp16 too)."""
     out = tmp_path_factory.mktemp("fp16") / "demo"
     export_bundle(demo_checkpoint(), out, ExportOptions(
         max_len=512, weights="fp16", progress=False, drafters=demo_drafters(),
@@ -72,12 +74,96 @@ def test_fp16_needs_the_fused_graph(tiny_dirs, tmp_path):
 def test_fp16_bundle_layout(fp16_demo):
     m = Model(fp16_demo).manifest
     assert m.target.weights == "fp16"
-    # drafters stay fp32 in this step (the draft model too), reading the target's fp32 outputs
     for name in ("draft_model", "mtp", "eagle3"):
         g = m.drafters[name].graph
-        assert (g.weights, g.kv.dtype, m.drafters[name].model.dtype) == ("fp32", "float32",
-                                                                         "float32")
-    assert m.drafters["medusa"].graph.weights == "fp32"
+        assert (g.weights, g.kv.dtype, m.drafters[name].model.dtype) == ("fp16", "float16",
+                                                                         "float16")
+    assert m.drafters["medusa"].graph.weights == "fp16"
+
+
+GRAPH_DRAFTERS = ("draft_model", *DRAFTER_KINDS)
+
+
+def _tiny_fp16(tiny_dirs, trained, root, **opts):
+    """The tiny llama in fp16 with a draft model and every trained drafter, trimmed to 40."""
+    out = root / "b"
+    export_bundle(tiny_dirs["llama"], out, ExportOptions(
+        max_len=64, weights="fp16", progress=False, trim_vocab=40,
+        draft_model=tiny_dirs["qwen2"], drafters=tuple((k, trained[k][1]) for k in DRAFTER_KINDS),
+        **opts))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp16_trim(tiny_dirs, trained, tmp_path_factory):
+    """As conftest's trimmed_bundle (VocabTrim 40), in fp16."""
+    return _tiny_fp16(tiny_dirs, trained, tmp_path_factory.mktemp("fp16trim"))
+
+
+@pytest.fixture(scope="module")
+def fp16_slim(tiny_dirs, trained, calibration, tmp_path_factory):
+    """VocabTrim 40 and SlimSpec rank-8 heads on every drafter, in fp16."""
+    return _tiny_fp16(tiny_dirs, trained, tmp_path_factory.mktemp("fp16slim"), head_rank=8,
+                      calibration=calibration)
+
+
+def _io_types(path):
+    proto = onnx.load(str(path))
+    floats = {i.data_type for i in proto.graph.initializer} - {onnx.TensorProto.INT64}
+    return floats, {v.name: v.type.tensor_type.elem_type
+                    for v in (*proto.graph.input, *proto.graph.output)}
+
+
+def test_fp16_drafters_are_float16_inside_and_float32_outside(fp16_trim):
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    m = Model(fp16_trim).manifest
+    for name in GRAPH_DRAFTERS:
+        g = m.drafters[name].graph
+        # the export's gate vs fp32 torch passed (the target's relative fp16 tolerance)
+        assert g.weights == "fp16" and 0 < g.parity_max_abs < 1e-2, name
+        floats, types = _io_types(fp16_trim / g.file)
+        assert floats == {f16}, name  # every weight, rope table and norm
+        if name == "medusa":  # no K/V: float32 in, float32 / int64 out
+            assert g.kv is None and types["hidden"] == types["topk_logits"] == f32
+            assert types["topk_ids"] == onnx.TensorProto.INT64
+            continue
+        assert (g.kv.dtype, g.mask_value, m.drafters[name].model.dtype) == (
+            "float16", FP16_MASK, "float16")
+        assert types["attention_bias"] == types["past_key.0"] == types["present_value.0"] == f16
+        assert types["logits"] == types["hidden"] == f32
+        if name != "draft_model":  # what the runtime passes: the target's float32 outputs
+            assert types["features"] == types["hidden_in"] == f32
+        compact = onnx.load(str(fp16_trim / g.kv.compact))
+        assert compact.graph.input[0].type.tensor_type.elem_type == f16
+
+
+@pytest.mark.parametrize("bundle", ["fp16_trim", "fp16_slim"])
+def test_fp16_drafters_are_lossless(bundle, request):
+    """Each fp16 drafter's greedy speculative output is the fp16 target's own greedy
+    autoregressive output (host K/V; device K/V for the tree drafters' compaction)."""
+    path = request.getfixturevalue(bundle)
+    host, dev = Model(path), Model(path, SessionConfig(kv_device="device"))
+    if bundle == "fp16_slim":
+        assert all(host.manifest.drafters[k].options["head_rank"] == 8 for k in GRAPH_DRAFTERS)
+    params = GenerationParams(max_new_tokens=24, stop_on_eos=False)
+    rng = np.random.default_rng(3)
+    for prompt in ([8, 3, 21], *(rng.integers(3, 300, 6).tolist() for _ in range(2))):
+        ref = run_to_end(host, params, prompt).tokens
+        for model, name, width in ((host, "draft_model", 1), (dev, "draft_model", 3),
+                                   (host, "medusa", None), (host, "mtp", 1), (dev, "mtp", 2),
+                                   (host, "eagle3", 1), (dev, "eagle3", 3)):
+            gen = run_to_end(model, params, prompt, model.drafter(name, width=width))
+            assert gen.tokens == ref, (bundle, name, width, model.config.kv_device)
+
+
+def test_fp16_drafters_read_half_the_bytes(fp16_trim, trimmed_bundle):
+    """bytes_read counts the fp16 initializers (MBSU's draft cost), K/V count 2 bytes."""
+    m16, m32 = Model(fp16_trim).manifest, Model(trimmed_bundle).manifest
+    for name in GRAPH_DRAFTERS:
+        d16, d32 = m16.drafters[name], m32.drafters[name]
+        assert d16.graph.bytes_read / d32.graph.bytes_read == pytest.approx(0.5, abs=0.01), name
+        assert forward_bytes(d16.graph, d16.model, 100) / forward_bytes(
+            d32.graph, d32.model, 100) == pytest.approx(0.5, abs=0.01), name
 
 
 def test_kv_buffers_are_float16(fp16_demo):
@@ -94,7 +180,7 @@ def test_kv_buffers_are_float16(fp16_demo):
 
 
 def test_greedy_speculative_equals_autoregressive_fp16(fp16_demo, prompts):
-    """Lossless on the fp16 bundle itself: every drafter (fp32) gives the fp16 target's own
+    """Lossless on the fp16 bundle itself: every drafter (fp16) gives the fp16 target's own
     greedy autoregressive output, with host and with device K/V (float16 compaction)."""
     host = Model(fp16_demo)
     dev = Model(fp16_demo, SessionConfig(kv_device="device"))

@@ -181,20 +181,6 @@ def test_checkpoint_round_trip_resumes_weights_and_optimizer(tiny_dirs, tmp_path
     assert torch.equal(opt.state[p1]["exp_avg"], opt2.state[p2]["exp_avg"])
 
 
-@pytest.fixture(scope="module")
-def calibration(tiny_dirs, tmp_path_factory):
-    """Self-distillation data of the tiny llama: calibration for trimmed / low-rank heads."""
-    from edgespec.models.distill import save_data
-
-    root = tmp_path_factory.mktemp("cal")
-    export_bundle(tiny_dirs["llama"], root / "base", ExportOptions(max_len=64, progress=False))
-    rng = np.random.default_rng(5)
-    data = generate_data(Model(root / "base"), [rng.integers(3, 300, 6).tolist()
-                                                for _ in range(8)], 16)
-    save_data(data, root / "cal.safetensors")
-    return root / "cal.safetensors"
-
-
 def test_vocab_trim_shrinks_heads_and_stays_lossless(trimmed_bundle):
     model = Model(trimmed_bundle)
     specs = model.manifest.drafters

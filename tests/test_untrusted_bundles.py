@@ -132,8 +132,9 @@ MANIFEST_CASES = [
      "'logits' is float16, the runtime binds float32"),
     ("ids-float", _set(["target", "inputs", 0, "dtype"], "float32"), "binds int64"),
     ("fp16-mask-overflows", _fp16_mask(-1e9), "not finite in float16"),
-    ("medusa-fp16", _set(["drafters", "medusa", "graph", "weights"], "fp16"),
-     "fp16 weights without K/V"),
+    ("medusa-bias-without-kv", lambda d: d["drafters"]["medusa"]["graph"]["inputs"].append(
+        {"name": "attention_bias", "dtype": "float16", "shape": [1, 1, "S", "P+S"]}),
+     "has no K/V but declares \\['attention_bias'\\]"),
     ("eagle3-layers", _set(["drafters", "eagle3", "options", "feature_layers"], [0]),
      "reads target layers"),
     ("newer-format", _set(["format_version"], 99), "newer than this edgespec"),
