@@ -220,7 +220,7 @@ class Generator:
             elif self.stop_text is not None and any(
                     s in self.stop_text.text for s in self.params.stop_strings):
                 self.stop_reason = "stop_string"
-            elif len(self.new_tokens) >= self.params.max_new_tokens:
+            elif len(self.tokens) - self.prompt_len >= self.params.max_new_tokens:
                 self.stop_reason = "max_new_tokens"
             elif len(self.tokens) >= self.model.max_len:
                 self.stop_reason = "max_length"
