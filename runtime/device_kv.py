@@ -39,6 +39,7 @@ class DeviceKVCache(KVRows):
         self.values = [new() for _ in range(model.num_layers)]
         self.heads = model.num_kv_heads
         self.compactor = compactor
+        self.device = device  # where onnxruntime allocated them (and may put other outputs)
 
     def compact(self, start: int, keep: np.ndarray) -> None:
         keep = self._check_keep(start, keep)

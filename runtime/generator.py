@@ -266,7 +266,7 @@ class Generator:
             rule = "greedy" if self.params.sampling.greedy else "sample"
         if rule == "greedy" and out.argmax is not None:
             verdict = accept_greedy_argmax(tree.tokens, tree.parents, out.argmax,
-                                           out.logits.shape[-1])
+                                           self.runner.logits_width)
         elif rule == "greedy":
             verdict = accept_greedy(tree.tokens, tree.parents, out.logits)
         else:

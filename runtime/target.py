@@ -15,12 +15,21 @@ from .providers import import_ort
 
 @dataclass
 class ForwardOut:
-    """Views into buffers reused by the next forward of the same shape: copy what you keep."""
+    """Views into buffers reused by the next forward of the same shape: copy what you keep.
 
-    logits: np.ndarray  # [N, V]
+    With K/V on a device and an `argmax` output, the logits stay on that device too: greedy
+    decoding reads N ints, and `logits` copies the [N, V] rows to the host only when asked
+    (sampling, typical acceptance, a drafter picking from its own logits)."""
+
+    _logits: object  # [1, N, V]: a host array, or an OrtValue on the device
     argmax: np.ndarray | None  # [N]: the graph's argmax of each logits row (None: not emitted)
     hidden: np.ndarray  # [S, d]
     features: np.ndarray | None  # [S, F*d]
+
+    @property
+    def logits(self) -> np.ndarray:  # [N, V]
+        rows = self._logits
+        return (rows if isinstance(rows, np.ndarray) else rows.numpy())[0]
 
 
 class TargetRunner:
@@ -46,6 +55,9 @@ class TargetRunner:
         self.bias_dtype = self.dtypes["attention_bias"]
         self.has_features = "features" in self.out_names
         self.has_argmax = "argmax" in self.out_names
+        # logits left on the device (fetched on demand): where K/V live there and the graph
+        # hands greedy decoding its argmax; on a GPU this saves an [N, V] copy every forward
+        self.device_logits = kv.on_device and self.has_argmax
         # the vocabulary, or the kept tokens of a VocabTrim-ed drafter head
         width = next(t.shape[-1] for t in spec.outputs if t.name == "logits")
         self.logits_width = width if isinstance(width, int) else model.vocab_size
@@ -86,6 +98,9 @@ class TargetRunner:
         # inputs whose shape is fixed by (S, N): bound once, refilled in place each forward
         ins = {"input_ids": np.zeros((1, s), np.int64), "position_ids": np.zeros((1, s), np.int64),
                "logits_index": np.zeros(n, np.int64)}
+        if self.device_logits:  # [1, N, V] allocated by onnxruntime on the K/V's device
+            bufs["logits"] = self.ort.OrtValue.ortvalue_from_shape_and_type(
+                shapes["logits"], self.dtypes["logits"], self.kv.device, 0)
         io = self.session.io_binding()
         for past, present, value in self._kv_bound:
             io.bind_ortvalue_input(past, value)
@@ -95,7 +110,8 @@ class TargetRunner:
         for name, buf in ins.items():
             io.bind_ortvalue_input(name, value(buf))
         for name, buf in bufs.items():
-            io.bind_ortvalue_output(name, value(buf))
+            io.bind_ortvalue_output(name, buf if isinstance(buf, self.ort.OrtValue)
+                                    else value(buf))
         bufs.update(ins)
         if s > self.MAX_KEPT_S:
             return io, bufs
@@ -132,6 +148,6 @@ class TargetRunner:
             kv, layers = self.spec.kv, range(self.model.num_layers)
             self.kv.append([bufs[kv.present_key.format(i=i)] for i in layers],
                            [bufs[kv.present_value.format(i=i)] for i in layers])
-        return ForwardOut(bufs["logits"][0], bufs["argmax"][0] if self.has_argmax else None,
+        return ForwardOut(bufs["logits"], bufs["argmax"][0] if self.has_argmax else None,
                           bufs["hidden"][0],
                           bufs["features"][0] if self.has_features else None)

@@ -81,3 +81,32 @@ def test_a_compaction_graph_for_other_dims_is_refused(trimmed_bundle, tmp_path):
         build_compactor(2, 2, 4).SerializeToString())  # one layer's buffers, not two
     with pytest.raises(BundleError, match="not a K/V compaction graph for 2 layers"):
         Model(bundle, SessionConfig(kv_device="device"))
+
+
+def test_greedy_decoding_on_device_kv_leaves_the_logits_there(trimmed_bundle, monkeypatch):
+    """With K/V on the device the target's logits are bound there too: greedy decoding and
+    greedy verification read the graph's argmax (N ints) and never copy [N, V] to the host;
+    sampling still gets its logits, and both decode as host buffers do."""
+    import onnxruntime as ort
+
+    host = Model(trimmed_bundle)
+    dev = Model(trimmed_bundle, SessionConfig(kv_device="device"))
+    fetched = []
+    real = ort.OrtValue.numpy
+
+    def counting(value):
+        fetched.append(value.shape())
+        return real(value)
+
+    monkeypatch.setattr(ort.OrtValue, "numpy", counting)
+    greedy = GenerationParams(max_new_tokens=24, stop_on_eos=False)
+    vocab = dev.manifest.model.vocab_size
+    for name in (None, "ngram"):
+        b = run_to_end(dev, greedy, [5, 9, 11], dev.drafter(name))
+        assert b.runner.device_logits and not [s for s in fetched if s[-1] == vocab]
+        assert b.tokens == run_to_end(host, greedy, [5, 9, 11], host.drafter(name)).tokens
+    sampled = GenerationParams(max_new_tokens=16, stop_on_eos=False, seed=3,
+                               sampling=greedy.sampling.__class__(temperature=0.8))
+    a = run_to_end(host, sampled, [5, 9, 11], host.drafter("ngram"))
+    b = run_to_end(dev, sampled, [5, 9, 11], dev.drafter("ngram"))
+    assert a.tokens == b.tokens and [s for s in fetched if s[-1] == vocab]  # fetched to sample
