@@ -151,10 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused: onnxruntime contrib ops (GQA, in-place KV; default); "
                         "plain: standard ONNX ops only (fallback)")
     e.add_argument("--weights", "--dtype", dest="weights", default="fp32",
-                   choices=["fp32", "fp16", "int4"],
+                   choices=["fp32", "fp16", "int4", "int4-fp16"],
                    help="fp16: every graph (target and drafters, fused) in float16 (weights, "
                         "activations, K/V); int4: MatMulNBits weight-only quantisation of "
-                        "every projection")
+                        "every projection; int4-fp16: int4 over float16 activations (the GPU "
+                        "format)")
     e.add_argument("--block-size", type=int, default=32, help="int4 block size")
     e.add_argument("--draft-model", default=None,
                    help="HF folder of a small draft model with the same tokenizer")

@@ -31,6 +31,7 @@ def project(bundle: str, profiles, drafter: str | None, eval_file: str | None,
     best draft length and speedup, per profile. Assumes fp16 weights and K/V on GPU profiles
     (the bundle's fp32 byte counts halved; an fp16 graph's counted as they are) and
     `overhead_ms` per forward."""
+    from edgespec.graph_contract import FP16_WEIGHTS
     from edgespec.manifest import load_manifest
     from edgespec.runtime.mbsu import kv_bytes, kv_itemsize
 
@@ -54,7 +55,8 @@ def project(bundle: str, profiles, drafter: str | None, eval_file: str | None,
         gpu = p.kind == "gpu"
 
         def cost(graph, info):  # GPUs: fp16 weights (what an fp32 / int4 export counted, halved)
-            weights = (graph.bytes_read or 0) * (0.5 if gpu and graph.weights != "fp16" else 1)
+            halve = gpu and graph.weights not in FP16_WEIGHTS
+            weights = (graph.bytes_read or 0) * (0.5 if halve else 1)
             kv = kv_bytes(info, context, 2 if gpu else kv_itemsize(graph))  # and fp16 K/V
             return project_curve(p, weights, kv, overhead_ms / 1e3)
 

@@ -28,6 +28,15 @@ _FIXED_DTYPES = {"input_ids": "int64", "position_ids": "int64", "logits_index": 
                  "logits": "float32", "argmax": "int64", "hidden": "float32", "features": "float32",
                  "hidden_in": "float32", "topk_ids": "int64", "topk_logits": "float32"}
 KV_DTYPES = ("float32", "float16")
+# weight formats; the "fp16" ones compute in float16 (activations, attention bias, K/V):
+# int4-fp16 is MatMulNBits over float16 activations, what a GPU runs an int4 model with
+WEIGHT_FORMATS = ("fp32", "fp16", "int4", "int4-fp16")
+FP16_WEIGHTS = ("fp16", "int4-fp16")
+
+
+def compute_dtype(weights: str) -> str:
+    """The activations' / K/V dtype of a graph with these weights."""
+    return "float16" if weights in FP16_WEIGHTS else "float32"
 FP16_MIN = -65504.0  # the most negative finite float16
 ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
              "int32": "tensor(int32)", "bool": "tensor(bool)"}
@@ -130,9 +139,10 @@ def _check_dtypes(spec, where: str, past: list[str], present: list[str]) -> None
         raise BundleError(f"manifest.json: {where} '{odd[0]}' is {dtypes[odd[0]]} but its K/V "
                           f"dtype is {kv} (the bias and every K/V tensor share it); re-export "
                           "the bundle")
-    if (spec.weights == "fp16") != (kv == "float16"):
+    if compute_dtype(spec.weights) != kv:
         raise BundleError(f"manifest.json: {where} has {spec.weights} weights with {kv} K/V "
-                          "(fp16 weights go with float16 K/V, others with float32); re-export "
+                          "(fp16 / int4-fp16 weights go with float16 K/V, others with float32); "
+                          "re-export "
                           "the bundle")
     if kv == "float16" and spec.mask_value < FP16_MIN:
         raise BundleError(f"manifest.json: {where}.mask_value {spec.mask_value:g} is not finite "

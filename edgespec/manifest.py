@@ -17,7 +17,7 @@ from typing import Any
 
 from .drafter_options import check_options, fits_heads
 from .errors import BundleError
-from .graph_contract import check_graph
+from .graph_contract import WEIGHT_FORMATS, check_graph
 
 
 FORMAT_NAME = "edgespec-bundle"
@@ -217,9 +217,9 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
         raise BundleError(f"manifest.json: {where}.mask_value {mask} must be a finite negative "
                           "number (the additive bias of masked pairs); re-export the bundle")
     weights = d.get("weights", "fp32")
-    if weights not in ("fp32", "fp16", "int4"):
-        raise BundleError(f"manifest.json: {where}.weights {str(weights)[:40]!r} is not fp32, "
-                          "fp16 or int4; upgrade edgespec or re-export the bundle")
+    if weights not in WEIGHT_FORMATS:
+        raise BundleError(f"manifest.json: {where}.weights {str(weights)[:40]!r} is not one of "
+                          f"{', '.join(WEIGHT_FORMATS)}; upgrade edgespec or re-export the bundle")
     return GraphSpec(
         file=_need(d, "file", str, where),
         kind=_need(d, "kind", str, where),

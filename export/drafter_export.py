@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgespec.graph_contract import compute_dtype
 from edgespec.manifest import DrafterSpec, ModelInfo
 from edgespec.models.drafters import load_drafter
 from edgespec.models.weights import load_transformer
@@ -68,7 +69,7 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
     model = load_transformer(hf_dir, max_len=target.max_len)
     m = load_drafter(folder, model, target.fingerprint)
     cfg = m.cfg
-    dtype = "float16" if weights == "fp16" else "float32"
+    dtype = compute_dtype(weights)
     file = f"{name}.onnx"
     options = {k: v for k, v in cfg.options.items() if k != "training"}
     options["target_fingerprint"] = target.fingerprint

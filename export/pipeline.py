@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgespec import __version__
+from edgespec.graph_contract import FP16_WEIGHTS
 from edgespec.manifest import (MANIFEST_FILE, DrafterSpec, GraphSpec, Manifest, ModelInfo,
                                TokenizerInfo, load_manifest)
 from edgespec.models.args import ModelArgs
@@ -39,8 +40,9 @@ class ExportOptions:
     graph: str = "fused"  # "fused" (onnxruntime contrib ops) or "plain" (standard ops only)
     draft_model: str | Path | None = None  # HF folder of a small draft model, same tokenizer
     # "fp32", "fp16" (every graph in float16, fused only: weights, activations, K/V; float32
-    # IO where drafters and acceptance read) or "int4" (MatMulNBits: the target and draft
-    # model; trained drafters stay fp32)
+    # IO where drafters and acceptance read), "int4" (MatMulNBits: the target and draft
+    # model; trained drafters stay fp32) or "int4-fp16" (int4 over float16 activations, the
+    # GPU format; trained drafters in fp16)
     weights: str = "fp32"
     block_size: int = 32  # int4 quantisation block along the input dim
     drafters: tuple[tuple[str, str | Path], ...] = ()  # (name, trained drafter folder)
@@ -51,6 +53,12 @@ class ExportOptions:
     head_rank: int | tuple[tuple[str, int], ...] = 0
     overwrite: bool = False
     progress: bool = True
+
+
+def drafter_weights(weights: str) -> str:
+    """A trained drafter's format: int4 leaves it fp32 (its small head and block quantise
+    poorly), int4-fp16 leaves it fp16 (the activations it shares with the target)."""
+    return {"int4": "fp32", "int4-fp16": "fp16"}.get(weights, weights)
 
 
 def for_drafter(setting: int | tuple[tuple[str, int], ...], name: str) -> int:
@@ -118,8 +126,8 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
                                          vocab_size=full_args.vocab_size if d2t is None
                                          else len(d2t))
     weights = opts.weights
-    int4 = weights == "int4"
-    fp16 = {"dtype": "float16"} if weights == "fp16" else {}  # fused only (checked before)
+    int4 = weights.startswith("int4")
+    fp16 = {"dtype": "float16"} if weights in FP16_WEIGHTS else {}  # fused only (checked)
     proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4,
                                              **fp16)
     if int4:
@@ -162,8 +170,9 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
         raise ValueError(f"--weights {opts.weights!r} is not one of {', '.join(WEIGHT_DTYPES)}")
     if opts.graph not in GRAPH_BUILDERS:
         raise ValueError(f"--graph {opts.graph!r} is not one of {', '.join(GRAPH_BUILDERS)}")
-    if opts.weights == "fp16" and opts.graph != "fused":
-        raise ValueError(f"--weights fp16 builds the fused graph only, not --graph {opts.graph}; "
+    if opts.weights in FP16_WEIGHTS and opts.graph != "fused":
+        raise ValueError(f"--weights {opts.weights} builds the fused graph only, not --graph "
+                         f"{opts.graph}; "
                          "use --graph fused (the default)")
     layers = (default_feature_layers(args.n_layers) if opts.feature_layers is None
               else tuple(opts.feature_layers))
@@ -225,7 +234,7 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                                                     opts.calibration,
                                                     for_drafter(opts.head_rank, name),
                                                     fused=opts.graph == "fused",
-                                                    weights=opts.weights)
+                                                    weights=drafter_weights(opts.weights))
             steps.update()
         # the K/V compaction graphs that let the runtime keep K/V on a device (fused graphs)
         spec = with_compactor(tmp, spec, info)

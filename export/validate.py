@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgespec.graph_contract import FP16_WEIGHTS
 from edgespec.manifest import GraphSpec, ModelInfo
 from edgespec.masks import causal_bias
 from edgespec.runtime.device_kv import kv_dtype
@@ -32,7 +33,7 @@ class ParityError(RuntimeError):
 def tolerance(spec: GraphSpec, ref: np.ndarray) -> float:
     """The largest |logit difference| vs fp32 torch an exported graph may show: FP32_TOLERANCE,
     or for an fp16 graph (target or drafter) FP16_RELATIVE_TOLERANCE x max |torch logit|."""
-    if spec.weights == "fp16":
+    if spec.weights in FP16_WEIGHTS:
         return FP16_RELATIVE_TOLERANCE * max(1.0, float(np.abs(ref).max()))
     return FP32_TOLERANCE
 
@@ -77,12 +78,13 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed
     ref = np.concatenate([ref0[0].numpy(), ref1[0].numpy()])
     diff = float(np.abs(ours - ref).max())
     top1 = float((ours.argmax(-1) == ref.argmax(-1)).mean())
-    if spec.weights == "int4" and not top1 >= INT4_MIN_TOP1:
+    int4 = spec.weights.startswith("int4")
+    if int4 and not top1 >= INT4_MIN_TOP1:
         raise ParityError(f"int4 {spec.file} agrees with the fp32 torch model on the top token "
                           f"in {top1:.0%} of rows (needs {INT4_MIN_TOP1:.0%}); try a smaller "
                           "--block-size; the export was not written")
     bound = tolerance(spec, ref)
-    if spec.weights != "int4" and not diff <= bound:
+    if not int4 and not diff <= bound:
         raise ParityError(f"exported {spec.file} ({spec.weights}) differs from the torch model "
                           f"by {diff:.3g} in logits (tolerance {bound:.3g}); the export was not "
                           "written")
@@ -105,7 +107,7 @@ def check_medusa_parity(bundle_dir: Path, spec: GraphSpec, m, seed: int = 0,
     diff = float(max(np.abs(vals - ref_vals).max(),
                      np.abs(vals[..., 0] - ref[..., kept].max(-1)).max()))
     bound = tolerance(spec, ref[..., kept])
-    same_top1 = spec.weights == "fp16" or (ids[..., 0] == best).all()
+    same_top1 = spec.weights in FP16_WEIGHTS or (ids[..., 0] == best).all()
     if not diff <= bound or not same_top1:
         raise ParityError(f"exported {spec.file} ({spec.weights}) differs from the torch Medusa "
                           f"heads by {diff:.3g} (tolerance {bound:.3g}) or in its top-1 ids; the "

@@ -84,11 +84,11 @@ def test_fp16_bundle_layout(fp16_demo):
 GRAPH_DRAFTERS = ("draft_model", *DRAFTER_KINDS)
 
 
-def _tiny_fp16(tiny_dirs, trained, root, **opts):
+def _tiny_fp16(tiny_dirs, trained, root, weights="fp16", **opts):
     """The tiny llama in fp16 with a draft model and every trained drafter, trimmed to 40."""
     out = root / "b"
     export_bundle(tiny_dirs["llama"], out, ExportOptions(
-        max_len=64, weights="fp16", progress=False, trim_vocab=40,
+        max_len=64, weights=weights, progress=False, trim_vocab=40,
         draft_model=tiny_dirs["qwen2"], drafters=tuple((k, trained[k][1]) for k in DRAFTER_KINDS),
         **opts))
     return out
@@ -105,6 +105,26 @@ def fp16_slim(tiny_dirs, trained, calibration, tmp_path_factory):
     """VocabTrim 40 and SlimSpec rank-8 heads on every drafter, in fp16."""
     return _tiny_fp16(tiny_dirs, trained, tmp_path_factory.mktemp("fp16slim"), head_rank=8,
                       calibration=calibration)
+
+
+@pytest.fixture(scope="module")
+def fp16_int4(tiny_dirs, trained, tmp_path_factory):
+    """int4-fp16: MatMulNBits over float16 activations (target and draft model); the trained
+    drafters in fp16."""
+    return _tiny_fp16(tiny_dirs, trained, tmp_path_factory.mktemp("fp16int4"),
+                      weights="int4-fp16", block_size=16)
+
+
+def test_int4_fp16_quantises_the_float16_graph(fp16_int4):
+    f16 = onnx.TensorProto.FLOAT16
+    m = Model(fp16_int4).manifest
+    for g in (m.target, m.drafters["draft_model"].graph):
+        proto = onnx.load(str(fp16_int4 / g.file))
+        ops = {n.op_type for n in proto.graph.node}
+        types = {v.name: v.type.tensor_type.elem_type for v in proto.graph.input}
+        assert g.weights == "int4-fp16" and g.kv.dtype == "float16" and "MatMulNBits" in ops
+        assert "MatMul" not in ops and types["attention_bias"] == types["past_key.0"] == f16
+    assert {m.drafters[k].graph.weights for k in DRAFTER_KINDS} == {"fp16"}
 
 
 def _io_types(path):
@@ -137,7 +157,7 @@ def test_fp16_drafters_are_float16_inside_and_float32_outside(fp16_trim):
         assert compact.graph.input[0].type.tensor_type.elem_type == f16
 
 
-@pytest.mark.parametrize("bundle", ["fp16_trim", "fp16_slim"])
+@pytest.mark.parametrize("bundle", ["fp16_trim", "fp16_slim", "fp16_int4"])
 def test_fp16_drafters_are_lossless(bundle, request):
     """Each fp16 drafter's greedy speculative output is the fp16 target's own greedy
     autoregressive output (host K/V; device K/V for the tree drafters' compaction)."""
