@@ -45,7 +45,9 @@ class NgramDrafter:
         if gamma < 1 or not 1 <= min_n <= max_n or branches < 1:
             raise ValueError("ngram needs gamma >= 1, 1 <= min_n <= max_n and branches >= 1")
         self.gamma, self.max_n, self.min_n, self.branches = gamma, max_n, min_n, branches
-        # occurrences kept per n-gram: the latest few are the only ones ever proposed
+        # occurrences kept per n-gram (at least the latest 4 x branches): a chain only ever
+        # proposes the latest; a tree looks no further back for distinct continuations, so a
+        # long run of one repeated continuation is not searched to its start every step
         self._keep = 4 * branches
 
     def new_state(self) -> NgramState:
@@ -67,7 +69,7 @@ class NgramDrafter:
 
     def matches(self, st: NgramState, tokens: list[int]) -> list[tuple[int, list[int]]]:
         """Up to `branches` (match length, continuation) pairs with distinct continuations,
-        longest match first, then latest first."""
+        longest match first, then latest first (trees: among the kept occurrences)."""
         self._index(st, tokens)
         found: list[tuple[int, list[int]]] = []
         used: set[int] = set()

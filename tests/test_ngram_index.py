@@ -1,6 +1,6 @@
 """The n-gram drafter's incremental index proposes exactly what a scan of the whole sequence
-would, across appends, rewinds and a switch to another sequence; chain fast paths equal the
-general tree code."""
+would, across appends, rewinds and a switch to another sequence (trees: while an n-gram has
+fewer occurrences than the index keeps); chain fast paths equal the general tree code."""
 
 import numpy as np
 from hypothesis import given, settings
