@@ -110,7 +110,7 @@ def cmd_run(ns) -> int:
     from edgespec.runtime.model import Model
 
     model = Model(ns.bundle, _session_config(ns))
-    drafter = model.drafter(ns.drafter, ns.gamma, ns.tree_width, ns.tree_size)
+    drafter = model.drafter(ns.drafter, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
     for piece in stream(model, ns.prompt, _params(ns), drafter):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -129,7 +129,7 @@ def cmd_eval(ns) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:
         for r in run_eval(model, rows, _params(ns), ns.drafter, ns.gamma, ns.tree_width,
-                          ns.tree_size):
+                          ns.tree_size, ns.min_n):
             fh.write(json.dumps(r) + "\n")
             results.append(r)
     print(summarize(results).line())
@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "default: the bundle's)")
         q.add_argument("--tree-size", type=int, default=None,
                        help="medusa / eagle3: nodes kept in the draft tree (default: the bundle's)")
+        q.add_argument("--min-n", type=int, default=None,
+                       help="ngram: shortest suffix match worth a proposal (default: the tuned "
+                            "or bundle's setting, else 1)")
         q.add_argument("--accept", default="auto", choices=["auto", "greedy", "sample", "typical"],
                        help="acceptance rule: auto = greedy at T=0, lossless sampling otherwise; "
                             "typical (Medusa) is not lossless")

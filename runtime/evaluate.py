@@ -62,9 +62,10 @@ def read_prompts(path: str | Path) -> list[dict]:
 
 def run_eval(model: Model, rows: list[dict], params: GenerationParams,
              drafter: str | None = None, gamma: int | None = None,
-             width: int | None = None, tree_size: int | None = None) -> Iterator[dict]:
+             width: int | None = None, tree_size: int | None = None,
+             min_n: int | None = None) -> Iterator[dict]:
     """Yield one result row per prompt, decoded with `drafter` (None/'none': autoregressive)."""
-    draft = model.drafter(drafter, gamma, width, tree_size)
+    draft = model.drafter(drafter, gamma, width, tree_size, min_n=min_n)
     for row in rows:
         gen = Generator(model, params, draft)
         t = time.perf_counter()

@@ -59,3 +59,18 @@ def test_a_bad_min_n_is_refused(bundle):
     save_tuning(bundle, "cpu", "cpu", "ngram", {"gamma": 2, "min_n": 0})
     with pytest.raises(BundleError, match="tuning.json"):
         Model(bundle)
+
+
+def test_eval_takes_min_n(bundle, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "prompt": "def add(a, b):\n"}) + "\n")
+    outs = {}
+    for args in ([], ["--drafter", "ngram", "--gamma", "3", "--min-n", "2"]):
+        out = tmp_path / f"o{len(args)}.jsonl"
+        assert main(["eval", str(bundle), "--prompts", str(prompts), "--max-new-tokens", "24",
+                     "--out", str(out), *args]) == 0
+        outs[len(args)] = json.loads(out.read_text())["output_ids"]
+    assert outs[0] == outs[6]  # lossless with the option
+    assert main(["eval", str(bundle), "--prompts", str(prompts), "--out", str(tmp_path / "x"),
+                 "--drafter", "ngram", "--min-n", "0"]) != 0
+    assert "min_n must be an integer" in capsys.readouterr().err
