@@ -160,6 +160,8 @@ def _tune_ngram(ns, model, prompts) -> int:
     for g in sorted({g for g, _ in t.rates}):
         print(f"{g:>6}{1e3 * t.target_curve[g + 1]:>11.3f}"
               + "".join(f"{t.rates[(g, m)]:>10.1f}" for m in mins))
+    print("finalists measured in the loop (tok/s): " + ", ".join(
+        f"gamma {g} min_n {m}: {rate:.1f}" for (g, m), rate in t.finalists.items()))
     path = save_tuning(Path(ns.bundle), ns.device, ns.provider, ns.drafter,
                        {"gamma": t.gamma, "min_n": t.min_n,
                         "expected_tok_s": round(t.expected_tok_s, 1),
