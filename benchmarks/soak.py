@@ -65,11 +65,13 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=500, help="RSS sample interval (tokens)")
     ap.add_argument("--limit", type=float, default=1.0, help="allowed RSS growth, %%")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kv-device", default="auto", choices=("auto", "device", "host"),
+                    help="device: K/V (and greedy logits) as OrtValues, the GPU code path")
     ap.add_argument("--json", default=None, help="write the results (samples included) here")
     ap.add_argument("--verbose", action="store_true", help="log every RSS sample")
     ns = ap.parse_args()
 
-    model = Model(ns.bundle, SessionConfig(threads=ns.threads))
+    model = Model(ns.bundle, SessionConfig(threads=ns.threads, kv_device=ns.kv_device))
     names = ns.drafters.split(",") if ns.drafters else ["none", *model.manifest.drafters]
     prompts = load_prompts(model, ns.prompts, ns.n_prompts, ns.max_new_tokens)
     refs = reference_outputs(model, prompts, ns.max_new_tokens)
