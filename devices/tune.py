@@ -57,10 +57,11 @@ def measure_propose(model, drafter, prompts: list[list[int]], repeats: int = 5) 
     return statistics.median(times)
 
 
-def decode(model, drafter, prompts: list[list[int]], max_new_tokens: int
-           ) -> tuple[list[int], float]:
+def decode(model, drafter, prompts: list[list[int]], max_new_tokens: int,
+           outputs: list | None = None) -> tuple[list[int], float]:
     """Greedy decoding of the prompts: tokens per verify step (accepted drafts + 1) and the
-    decode rate in tokens/s (after each prompt's first token)."""
+    decode rate in tokens/s (after each prompt's first token). outputs: if given, gets
+    (prompt, new tokens) of each prompt."""
     from edgespec.runtime.generator import GenerationParams, Generator
 
     lengths, tokens, seconds = [], 0, 0.0
@@ -74,6 +75,8 @@ def decode(model, drafter, prompts: list[list[int]], max_new_tokens: int
         seconds += time.perf_counter() - t
         tokens += len(gen.new_tokens) - 1
         lengths += gen.stats.accepted_lengths[1:]
+        if outputs is not None:
+            outputs.append((list(ids), gen.new_tokens))
     return lengths, tokens / max(seconds, 1e-9)
 
 

@@ -11,12 +11,11 @@ matches pay; on a steep one (a small CPU) only long matches do.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass, field
 
 from edgespec.runtime.drafters import NgramDrafter
 
-from .tune import decode, measure_target_curve
+from .tune import decode, measure_target_curve, step_seconds
 
 
 @dataclass(frozen=True)
@@ -78,22 +77,13 @@ def tune_ngram(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
     spec = model.manifest.drafters[name]
     max_n = int(spec.options.get("max_n", 4))
     # the greedy outputs, and the in-loop cost of the widest setting's steps
-    from edgespec.runtime.generator import GenerationParams, Generator
-
-    widest = model.drafter(name, max_gamma, min_n=1)
-    outputs, spec_seconds = [], 0.0
-    for ids in prompts:
-        gen = Generator(model, GenerationParams(max_new_tokens=max_new_tokens), widest)
-        gen.append_tokens(ids)
-        gen.next_token()
-        t = time.perf_counter()
-        while not gen.is_done():
-            gen.step()
-        spec_seconds += time.perf_counter() - t
-        outputs.append((list(ids), gen.new_tokens))
+    outputs: list = []
+    spec_lengths, spec_rate = decode(model, model.drafter(name, max_gamma, min_n=1), prompts,
+                                     max_new_tokens, outputs)
+    spec_seconds = sum(spec_lengths) / spec_rate
     lengths, plain_rate = decode(model, None, prompts, max_new_tokens)
     curve = measure_target_curve(model, list(range(1, max_gamma + 2)))
-    plain_over = max(sum(lengths) / plain_rate / len(lengths) - curve[1], 0.0)
+    plain_over = max(step_seconds(lengths, plain_rate) - curve[1], 0.0)
 
     finder = NgramDrafter(gamma=max_gamma, max_n=max_n, min_n=1)
     tables = [(lookups(finder, p, new), len(new)) for p, new in outputs]

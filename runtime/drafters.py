@@ -65,7 +65,7 @@ class NgramDrafter:
                 at.append(j)
                 if len(at) > 2 * keep:  # amortised O(1): drop the oldest in one go
                     del at[:-keep]
-        st.tokens = list(tokens)
+        st.tokens += tokens[have:]  # our own copy: the caller's list changes under us
 
     def matches(self, st: NgramState, tokens: list[int]) -> list[tuple[int, list[int]]]:
         """Up to `branches` (match length, continuation) pairs with distinct continuations,

@@ -74,6 +74,17 @@ def prompts():
          "import os\n\ndef list_files(path):\n", "def main():\n"])]
 
 
+def claim_fp16(manifest: dict, mask: float) -> None:
+    """Edit a manifest dict so its target claims fp16 throughout (weights, bias, K/V) with
+    this mask value (for crafted-bundle tests)."""
+    t = manifest["target"]
+    t.update(weights="fp16", mask_value=mask)
+    t["kv"]["dtype"] = "float16"
+    for spec in (*t["inputs"], *t["outputs"]):
+        if spec["name"] == "attention_bias" or spec["name"].startswith(("past_", "present_")):
+            spec["dtype"] = "float16"
+
+
 def run_to_end(model, params, ids, drafter=None):
     """A Generator fed `ids` and stepped until it stops (returned for its tokens and stats)."""
     from edgespec.runtime.generator import Generator

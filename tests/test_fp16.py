@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from conftest import DRAFTER_KINDS, REF_TARGET, run_to_end
+from conftest import DRAFTER_KINDS, REF_TARGET, claim_fp16, run_to_end
 from hf_tiny import CONFIGS
 
 from edgespec.export.fused_graph import FP16_MASK
@@ -246,22 +246,13 @@ def test_fully_masked_rows_do_not_nan(fp16_demo):
     assert np.isfinite(out.logits).all() and np.isfinite(out.hidden).all()
 
 
-def _claim_fp16(d):
-    t = d["target"]
-    t.update(weights="fp16", mask_value=FP16_MASK)
-    t["kv"]["dtype"] = "float16"
-    for spec in (*t["inputs"], *t["outputs"]):
-        if spec["name"] == "attention_bias" or spec["name"].startswith(("past_", "present_")):
-            spec["dtype"] = "float16"
-
-
 def test_a_manifest_claiming_fp16_over_a_float32_graph_is_refused(tmp_path):
     """The manifest is consistent in itself, so only the loaded graph's IO types tell."""
     out = tmp_path / "b"
     export_bundle(REF_TARGET, out, ExportOptions(max_len=64, progress=False))
     path = out / "manifest.json"
     d = json.loads(path.read_text())
-    _claim_fp16(d)
+    claim_fp16(d, FP16_MASK)
     path.write_text(json.dumps(d))
     with pytest.raises(BundleError, match="is tensor\\(float\\), manifest.json says float16"):
         Model(out)

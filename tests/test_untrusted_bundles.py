@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import claim_fp16
 from hf_tiny import save_tiny_tokenizer
 
 from edgespec.manifest import BundleError
@@ -70,14 +71,7 @@ OUT = "OUTSIDE"  # replaced by the sentinel folder's absolute path
 
 def _fp16_mask(mask):
     """The target claims fp16 throughout (bias, K/V, weights) with this mask value."""
-    def fn(d):
-        t = d["target"]
-        t.update(weights="fp16", mask_value=mask)
-        t["kv"]["dtype"] = "float16"
-        for spec in (*t["inputs"], *t["outputs"]):
-            if spec["name"] == "attention_bias" or spec["name"].startswith(("past", "present")):
-                spec["dtype"] = "float16"
-    return fn
+    return lambda d: claim_fp16(d, mask)
 
 
 # (id, manifest edit, the words the error must hold)
