@@ -86,7 +86,8 @@ def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: in
                     "compute_s_per_token": fit.compute},
             "engines": rows, "acceptance_per_depth": accept, "ttft_s": _ttft(model, prompts),
             "peak_host_mb": _peak_rss_mb(), "device_mb": device_memory_mb(model.config.provider),
-            "runs": runs, "prompts": len(prompts),
+            "runs": runs, "prompts": len(prompts), "provider": model.config.provider,
+            "cuda_graphs": model.graph_ids is not None,
             "max_new_tokens": max_new_tokens, "drafter": drafter}
 
 
@@ -96,8 +97,10 @@ def markdown(r: dict) -> str:
     device = r.get("device_mb")
     device = ("n/a (no NVIDIA GPU in use: host memory is the device's)" if device is None
               else f"{device:.0f} MB")
+    graphs = "on" if r.get("cuda_graphs") else "off"
     lines = [f"{r['prompts']} prompts x {r['max_new_tokens']} new tokens, greedy, median of "
-             f"{r['runs']} runs (decode rate: tokens after the first / time after it)", "",
+             f"{r['runs']} runs (decode rate: tokens after the first / time after it); "
+             f"provider {r.get('provider', 'cpu')}, CUDA graphs {graphs}", "",
              "| engine | tok/s | min | max | vs plain | tau | MBSU |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for e in r["engines"]:

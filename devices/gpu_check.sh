@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # GPU check (issue 3): on a machine with an NVIDIA GPU and onnxruntime-gpu, check that greedy
-# decoding on CUDA (K/V buffers on the device) gives the CPU's tokens with every drafter, then
-# bench plain and speculative decoding there (cost curve, tok/s, tau, device memory).
+# decoding on CUDA (K/V buffers on the device) reproduces CUDA's own autoregressive tokens with
+# every drafter, with CUDA graphs per verify shape and without, then bench plain and
+# speculative decoding there both ways (cost curve, tok/s, tau, device memory).
 #
 #   bash devices/gpu_check.sh                 # exports the demo bundle first (needs torch)
 #   BUNDLE=bundles/demo bash devices/gpu_check.sh   # a bundle exported elsewhere
 #   WEIGHTS=fp16 bash devices/gpu_check.sh    # the demo exported in fp16 (or int4-fp16)
 #
 # Env: PY (python, default .venv/bin/python), OUT (default gpu-check), LIMIT prompts (8),
-# TOKENS per prompt (64), RUNS (3). About 3-4 minutes on the demo bundle. CUDA graphs are not
-# implemented yet: the figures are without them.
+# TOKENS per prompt (64), RUNS (3). About 4-5 minutes on the demo bundle. The demo is exported
+# with --static-shapes (what CUDA graphs need); a BUNDLE without it runs without graphs.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-gpu-check}
@@ -31,38 +32,50 @@ PYEOF
 
 if [[ -z "${BUNDLE:-}" ]]; then
     BUNDLE="$OUT/bundle"
-    "${ES[@]}" export --demo -o "$BUNDLE" --weights "${WEIGHTS:-fp32}" --overwrite  # parity on CPU
+    "${ES[@]}" export --demo -o "$BUNDLE" --weights "${WEIGHTS:-fp32}" --static-shapes \
+        --overwrite  # parity vs torch on the CPU
 fi
+GRAPHS=$("$PY" -c "from edgespec.manifest import load_manifest as m; from edgespec.runtime.graph_capture import static_graph as s; print('off on' if s(m('$BUNDLE').target) else 'off')")
 
 # greedy parity, every drafter: CUDA with device K/V against the CPU with host K/V
 drafters=$("$PY" -c "from edgespec.manifest import load_manifest as m; print(' '.join(['none', *m('$BUNDLE').drafters]))")
 for d in $drafters; do
-    for p in cpu cuda; do
+    "${ES[@]}" eval "$BUNDLE" --prompts "$PROMPTS" --limit "$LIMIT" --max-new-tokens "$TOKENS" \
+        --drafter "$d" --provider cpu --out "$OUT/eval-cpu-$d.jsonl"
+    for g in $GRAPHS; do
         "${ES[@]}" eval "$BUNDLE" --prompts "$PROMPTS" --limit "$LIMIT" \
-            --max-new-tokens "$TOKENS" --drafter "$d" --provider "$p" --out "$OUT/eval-$p-$d.jsonl"
+            --max-new-tokens "$TOKENS" --drafter "$d" --provider cuda --cuda-graphs "$g" \
+            --out "$OUT/eval-cuda-graphs-$g-$d.jsonl"
     done
 done
-"$PY" - "$OUT" $drafters <<'PYEOF'
+"$PY" - "$OUT" "$GRAPHS" $drafters <<'PYEOF'
 import json, sys
-out, names = sys.argv[1], sys.argv[2:]
-def rows(p, d):
-    return [json.loads(l) for l in open(f"{out}/eval-{p}-{d}.jsonl")]
-# must hold: every drafter on CUDA reproduces CUDA's own greedy decoding (lossless); reported:
-# CUDA against the CPU (other kernels: a near-tie may flip a token, fp16 more often than fp32)
+out, graphs, names = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+def rows(name):
+    return [json.loads(l) for l in open(f"{out}/eval-{name}.jsonl")]
+# must hold: every drafter on CUDA, with and without CUDA graphs, reproduces CUDA's own greedy
+# decoding without graphs (lossless); reported: CUDA against the CPU (other kernels: a near-tie
+# may flip a token, fp16 more often than fp32)
 bad = 0
-ref = rows("cuda", "none")
+ref = rows("cuda-graphs-off-none")
 for d in names:
-    cpu, cuda = rows("cpu", d), rows("cuda", d)
-    own = sum(a["output_ids"] == b["output_ids"] for a, b in zip(ref, cuda))
-    same = sum(a["output_ids"] == b["output_ids"] for a, b in zip(cpu, cuda))
-    bad += own != len(ref)
-    print(f"{d}: {own}/{len(ref)} prompts equal CUDA's autoregressive output (must be all); "
-          f"{same}/{len(cpu)} equal the CPU's")
+    cpu = rows(f"cpu-{d}")
+    for g in graphs:
+        cuda = rows(f"cuda-graphs-{g}-{d}")
+        own = sum(a["output_ids"] == b["output_ids"] for a, b in zip(ref, cuda))
+        same = sum(a["output_ids"] == b["output_ids"] for a, b in zip(cpu, cuda))
+        bad += own != len(ref)
+        print(f"{d}, CUDA graphs {g}: {own}/{len(ref)} prompts equal CUDA's autoregressive "
+              f"output (must be all); {same}/{len(cpu)} equal the CPU's")
 sys.exit(1 if bad else 0)
 PYEOF
 
-"${ES[@]}" bench "$BUNDLE" --provider cuda --drafter mtp --gammas 1,2,3,4 --runs "$RUNS" \
-    --limit "$LIMIT" --max-new-tokens "$TOKENS" -o "$OUT/bench-mtp"
-"${ES[@]}" bench "$BUNDLE" --provider cuda --drafter eagle3 --gammas "" --tree-sizes 4,8,16,32 \
-    --runs "$RUNS" --limit "$LIMIT" --max-new-tokens "$TOKENS" -o "$OUT/bench-eagle3"
-echo "CUDA graphs: not implemented yet; the figures above are without them. Results in $OUT/"
+for g in $GRAPHS; do
+    "${ES[@]}" bench "$BUNDLE" --provider cuda --cuda-graphs "$g" --drafter mtp \
+        --gammas 1,2,3,4 --runs "$RUNS" --limit "$LIMIT" --max-new-tokens "$TOKENS" \
+        -o "$OUT/bench-mtp-graphs-$g"
+    "${ES[@]}" bench "$BUNDLE" --provider cuda --cuda-graphs "$g" --drafter eagle3 --gammas "" \
+        --tree-sizes 4,8,16,32 --runs "$RUNS" --limit "$LIMIT" --max-new-tokens "$TOKENS" \
+        -o "$OUT/bench-eagle3-graphs-$g"
+done
+echo "Results in $OUT/ (bench-*-graphs-off: without CUDA graphs, -on: with them)"

@@ -38,6 +38,7 @@ def measure_target_curve(model, sizes, past: int = 256, runs: int = 3, reps: int
                 runner.forward(new, pos, bias, rows)
                 runner.kv.truncate(past)
             times[s].append((time.perf_counter() - t) / reps)
+    model.release_runner(runner)  # under CUDA graphs a Generator replays its graphs next
     return {s: statistics.median(v) for s, v in times.items()}
 
 

@@ -13,7 +13,9 @@ def _session_config(ns):
 
     return SessionConfig(provider=ns.provider, threads=ns.threads,
                          allow_fallback=ns.allow_cpu_fallback,
-                         kv_device=getattr(ns, "kv_device", "auto"))  # not every command has it
+                         # not every command has these two
+                         kv_device=getattr(ns, "kv_device", "auto"),
+                         cuda_graphs=getattr(ns, "cuda_graphs", "auto"))
 
 
 def _params(ns):
@@ -71,6 +73,7 @@ def cmd_export(ns) -> int:
                                                     calibration=ns.calibration,
                                                     head_rank=per_drafter(ns.head_rank,
                                                                           "--head-rank"),
+                                                    static_shapes=ns.static_shapes,
                                                     overwrite=ns.overwrite))
     print(f"wrote {ns.out}: {m.model.architecture}, {m.target.kind} graph, "
           f"{m.model.num_layers} layers, vocab "
@@ -157,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "every projection; int4-fp16: int4 over float16 activations (the GPU "
                         "format)")
     e.add_argument("--block-size", type=int, default=32, help="int4 block size")
+    e.add_argument("--static-shapes", action="store_true",
+                   help="fused graphs whose shapes depend on the new tokens only (the bias "
+                        "spans the whole K/V buffer): what CUDA graphs per verify shape need")
     e.add_argument("--draft-model", default=None,
                    help="HF folder of a small draft model with the same tokenizer")
     e.add_argument("--drafter", action="append", metavar="NAME=DIR",
@@ -204,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = default)")
         q.add_argument("--kv-device", default="auto", choices=("auto", "device", "host"),
                        help="K/V buffers on the provider's device (auto: on GPUs) or the host")
+        q.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
+                       help="CUDA graph per verify shape (auto: on GPUs, for bundles exported "
+                            "with --static-shapes)")
         q.add_argument("--drafter", default="none",
                        help="drafter name from the bundle (edgespec info lists them), or none")
         q.add_argument("--gamma", type=int, default=None, help="draft length (tree depth)")

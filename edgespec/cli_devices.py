@@ -218,7 +218,8 @@ def cmd_bench(ns) -> int:
     from .devices.profiles import load_profile
 
     provider = load_profile(ns.device).provider if ns.device else ns.provider
-    model = Model(ns.bundle, SessionConfig(provider=provider, threads=ns.threads))
+    model = Model(ns.bundle, SessionConfig(provider=provider, threads=ns.threads,
+                                           cuda_graphs=ns.cuda_graphs))
     source = ns.prompts or resources.files("edgespec.devices") / "prompts.jsonl"
     prompts = [model.tokenizer.encode(r["prompt"])
                for r in read_prompts(source)[: ns.limit or None]]
@@ -277,5 +278,8 @@ def add_commands(sub) -> None:
     b.add_argument("--device", help="a device profile: its provider is used")
     b.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
     b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
+                   help="CUDA graph per verify shape (auto: on GPUs, for --static-shapes "
+                        "bundles)")
     b.add_argument("-o", "--out", default="bench", help="folder for bench.json / .md / .png")
     b.set_defaults(fn=cmd_bench)

@@ -26,7 +26,8 @@ _KV_PATTERN = re.compile(r"[A-Za-z0-9_.\-/]*\{i\}[A-Za-z0-9_.\-/]*")
 # attention_bias and K/V share its compute dtype, one of KV_DTYPES (float16: `--weights fp16`)
 _FIXED_DTYPES = {"input_ids": "int64", "position_ids": "int64", "logits_index": "int64",
                  "logits": "float32", "argmax": "int64", "hidden": "float32", "features": "float32",
-                 "hidden_in": "float32", "topk_ids": "int64", "topk_logits": "float32"}
+                 "hidden_in": "float32", "topk_ids": "int64", "topk_logits": "float32",
+                 "seqlens_k": "int32"}
 KV_DTYPES = ("float32", "float16")
 # weight formats; the "fp16" ones compute in float16 (activations, attention bias, K/V):
 # int4-fp16 is MatMulNBits over float16 activations, what a GPU runs an int4 model with
@@ -85,6 +86,14 @@ def check_graph(kind: str, spec, model, where: str, target=None, target_spec=Non
     if missing:
         raise BundleError(f"manifest.json: {where} lacks {missing[:4]}; re-export the bundle")
     _check_dtypes(spec, where, past, present)
+    if "seqlens_k" in have_in:  # static shapes (`--static-shapes`): see export/fused_graph.py
+        if spec.kv is None or spec.kv.update != "in_graph":
+            raise BundleError(f"manifest.json: {where} takes seqlens_k (static shapes) but does "
+                              "not update K/V in the graph; only the fused graph has static "
+                              "shapes: re-export the bundle")
+        _want(where, "seqlens_k", _dims(spec, "seqlens_k"), (1,))
+        _want(where, "attention_bias", _dims(spec, "attention_bias"),
+              (1, 1, None, model.max_len))
     for name in past:
         _want(where, name, _dims(spec, name), (1, model.num_kv_heads, None, model.head_dim))
     if kind == "medusa":

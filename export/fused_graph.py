@@ -9,6 +9,12 @@ attention_bias narrows that to a tree, since tree nodes come in topological orde
 dtype "float16" (`--weights fp16`): every weight, activation, the attention bias and K/V in
 float16 (rope tables and norms computed in fp32, then rounded); logits, hidden and features
 are cast to float32 in the graph. The mask value must then be finite in fp16: FP16_MASK.
+
+static (`--static-shapes`): the shapes of a forward depend on S and N only, so a CUDA graph
+captured for one (S, N) replays every step of that shape. attention_bias is [1, 1, S, L] (L =
+the K/V buffer length; columns past P+S are ignored) and the length comes from an input,
+seqlens_k [1] int32 = P+S-1 (GQA's own convention) instead of the bias shape; GQA's
+total_sequence_length is the constant L.
 """
 
 from __future__ import annotations
@@ -31,13 +37,23 @@ FP32_MASK = -1e9
 FP16_MASK = -30000.0
 
 
+def static_inputs(inputs: tuple[TensorSpec, ...], max_len: int) -> tuple[TensorSpec, ...]:
+    """A fused graph's inputs with static shapes (module docstring): the bias spans the whole
+    K/V buffer and the length is an input."""
+    inputs = tuple(TensorSpec(t.name, t.dtype, (1, 1, "S", max_len))
+                   if t.name == "attention_bias" else t for t in inputs)
+    return (*inputs, TensorSpec("seqlens_k", "int32", (1,)))
+
+
 def fused_spec(a: ModelArgs, file: str, feature_layers: tuple[int, ...],
-               mask_value: float, dtype: str = "float32") -> GraphSpec:
+               mask_value: float, dtype: str = "float32", static_len: int = 0) -> GraphSpec:
+    """static_len: the K/V buffer length of a static-shape graph; 0 = dynamic shapes."""
     spec = graph_spec(a, file, feature_layers, dtype, mask_value)
     full = (1, a.n_kv_heads, "L", a.head_dim)  # present = the whole shared buffer
     outputs = tuple(TensorSpec(t.name, t.dtype, full) if t.name.startswith("present_") else t
                     for t in spec.outputs)
-    return dataclasses.replace(spec, kind="fused", outputs=outputs,
+    inputs = static_inputs(spec.inputs, static_len) if static_len else spec.inputs
+    return dataclasses.replace(spec, kind="fused", inputs=inputs, outputs=outputs,
                                kv=dataclasses.replace(FUSED_KV, dtype=dtype))
 
 
@@ -50,12 +66,15 @@ class FusedEmitter:
     position_ids and attention_bias inputs; layer i reads and writes past/present K/V i.
     Computes in the Builder's float dtype (weights are rounded to it as they are added)."""
 
-    def __init__(self, b: Builder, a: ModelArgs, max_len: int):
+    def __init__(self, b: Builder, a: ModelArgs, max_len: int, static: bool = False):
         self.b, self.a, self.eps = b, a, float(a.norm_eps)
         hd = a.head_dim
         cos, sin = rope_cos_sin(a, max_len)  # fp32, rounded to the graph's dtype when stored
         self.cos = b.weight("rope_cos_half", cos[:, : hd // 2])  # GQA's rotary takes [L, D/2]
         self.sin = b.weight("rope_sin_half", sin[:, : hd // 2])
+        if static:  # the length is an input; no shape op (a CUDA graph replays no host work)
+            self.seqlens_k, self.total = "seqlens_k", b.const(max_len, np.int32)
+            return
         # GQA's lengths come from the bias shape: total = P+S, seqlens_k = total - 1
         total64 = b.op("Gather", b.op("Shape", "attention_bias"), b.const([3]))
         self.seqlens_k = b.op("Cast", b.op("Sub", total64, b.const([1])), to=6)  # int32 [1]
@@ -127,15 +146,16 @@ class FusedEmitter:
 
 def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
                       file: str = "target.onnx", head_as_matmul: bool = False,
-                      dtype: str = "float32"):
-    """dtype "float16": the fp16 graph (module docstring); "float32" otherwise."""
+                      dtype: str = "float32", static: bool = False):
+    """dtype "float16": the fp16 graph (module docstring); "float32" otherwise. static: the
+    static-shape variant (module docstring)."""
     a: ModelArgs = model.args
     spec = fused_spec(a, file, feature_layers, FP16_MASK if dtype == "float16" else FP32_MASK,
-                      dtype)
+                      dtype, max_len if static else 0)
     b = Builder(np.dtype(dtype))
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
-    e = FusedEmitter(b, a, max_len)
+    e = FusedEmitter(b, a, max_len, static)
     resid = b.op("Gather", b.weight("embed_tokens.weight", _np(model.embed_tokens.weight)),
                  "input_ids")
     delta = None

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgespec import __version__
-from edgespec.graph_contract import FP16_WEIGHTS
+from edgespec.graph_contract import FP16_WEIGHTS, compute_dtype
 from edgespec.manifest import (MANIFEST_FILE, DrafterSpec, GraphSpec, Manifest, ModelInfo,
                                TokenizerInfo, load_manifest)
 from edgespec.models.args import ModelArgs
@@ -45,6 +45,9 @@ class ExportOptions:
     # GPU format; trained drafters in fp16)
     weights: str = "fp32"
     block_size: int = 32  # int4 quantisation block along the input dim
+    # fused graphs with static shapes per (S, N) (attention_bias over the whole K/V buffer,
+    # the length an input): what CUDA graph capture needs (export/fused_graph.py)
+    static_shapes: bool = False
     drafters: tuple[tuple[str, str | Path], ...] = ()  # (name, trained drafter folder)
     # VocabTrim to K tokens / SlimSpec rank r (0 = off): one int for every drafter head (the
     # draft model's too), or ((name, value), ...) per drafter, "*" for the rest
@@ -127,9 +130,9 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
                                          else len(d2t))
     weights = opts.weights
     int4 = weights.startswith("int4")
-    fp16 = {"dtype": "float16"} if weights in FP16_WEIGHTS else {}  # fused only (checked)
+    fused = {"dtype": compute_dtype(weights), "static": opts.static_shapes}
     proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4,
-                                             **fp16)
+                                             **(fused if opts.graph == "fused" else {}))
     if int4:
         proto = quantize_int4(proto, opts.block_size)
     spec = dataclasses.replace(spec, weights=weights, bytes_read=bytes_read(proto),
@@ -174,6 +177,9 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
         raise ValueError(f"--weights {opts.weights} builds the fused graph only, not --graph "
                          f"{opts.graph}; "
                          "use --graph fused (the default)")
+    if opts.static_shapes and opts.graph != "fused":
+        raise ValueError("--static-shapes builds the fused graph only (GroupQueryAttention "
+                         "takes the length as an input); use --graph fused (the default)")
     layers = (default_feature_layers(args.n_layers) if opts.feature_layers is None
               else tuple(opts.feature_layers))
     if any(not 0 <= i < args.n_layers for i in layers):
@@ -234,7 +240,8 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                                                     opts.calibration,
                                                     for_drafter(opts.head_rank, name),
                                                     fused=opts.graph == "fused",
-                                                    weights=drafter_weights(opts.weights))
+                                                    weights=drafter_weights(opts.weights),
+                                                    static=opts.static_shapes)
             steps.update()
         # the K/V compaction graphs that let the runtime keep K/V on a device (fused graphs)
         spec = with_compactor(tmp, spec, info)

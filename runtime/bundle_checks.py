@@ -53,10 +53,10 @@ def load_d2t(bundle_dir, spec: DrafterSpec, vocab: int) -> np.ndarray | None:
     return d2t
 
 
-def open_graph(bundle_dir, spec: GraphSpec, config: SessionConfig):
+def open_graph(bundle_dir, spec: GraphSpec, config: SessionConfig, capture: bool = False):
     """A session over one graph of the bundle, refused unless its IO is what the manifest says
-    (the runtime sizes buffers from the manifest's dims)."""
-    session = create_session(str(safe_path(bundle_dir, spec.file)), config)
+    (the runtime sizes buffers from the manifest's dims); capture: CUDA graphs on."""
+    session = create_session(str(safe_path(bundle_dir, spec.file)), config, capture)
     check_session_io(session, spec, spec.file)
     return session
 

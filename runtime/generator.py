@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -77,6 +78,9 @@ class Generator:
         self._observe = getattr(drafter, "observe", None)
         self.runner = model.new_runner()
         self.kv = self.runner.kv
+        # the runner goes back to the model on close() or when this generator is collected
+        # (under CUDA graphs the next Generator reuses it; otherwise it is dropped)
+        self._release = weakref.finalize(self, model.release_runner, self.runner)
         self.rng = np.random.default_rng(params.seed)
         self.tokens: list[int] = []
         self.prompt_len = 0
@@ -148,6 +152,7 @@ class Generator:
         steps); the generator cannot be used afterwards."""
         if self.runner is not None:
             self.runner = self.kv = self.draft_state = None
+            self._release()
             self.stop_reason = "cancelled" if self._cancelled.is_set() else "closed"
 
     def __enter__(self) -> Generator:

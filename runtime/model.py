@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -10,8 +11,9 @@ from edgespec.manifest import Manifest, load_manifest
 
 from .bundle_checks import check_bundle, load_tokenizer, open_graph
 from .drafters import make_drafter
-from .device_kv import KVFactory
-from .providers import SessionConfig
+from .device_kv import KVFactory, wants_device_kv
+from .graph_capture import MAX_GRAPHS, GraphIds, wants_capture
+from .providers import SessionConfig, resolve_providers
 from .target import TargetRunner
 from .tuning import load_tuning, tuned_setting
 
@@ -26,8 +28,15 @@ class Model:
         m = self.manifest
         self.tokenizer = load_tokenizer(self.dir, m)
         self._d2t = check_bundle(self.dir, m)  # VocabTrim maps by drafter name, checked
+        _, device = resolve_providers(config)  # an unknown or missing provider: one clear error
+        if device == "cpu" and config.provider != "cpu":  # allowed to fall back: run as the CPU
+            config = dataclasses.replace(config, provider="cpu")
         self.config = config
-        self.session = open_graph(self.dir, m.target, config)
+        # CUDA graphs per verify shape (runtime/graph_capture.py): ids of this session's graphs
+        capture = wants_capture(config, m.target, wants_device_kv(config))
+        self.graph_ids = GraphIds(MAX_GRAPHS) if capture else None
+        self._idle_runners: list[TargetRunner] = []  # closed Generators' (capture only)
+        self.session = open_graph(self.dir, m.target, config, capture)
         self.new_kv = KVFactory(self.dir, m.target, m.model, config)  # host or device buffers
         self.tuning = load_tuning(self.dir)  # per-device settings from `edgespec tune`
         self._drafters: dict[tuple, object] = {}  # (name, gamma, width, tree_size) -> drafter
@@ -73,6 +82,20 @@ class Model:
             return self._drafters[key]
 
     def new_runner(self) -> TargetRunner:
-        """Fresh KV buffers and IO bindings for one Generator."""
+        """KV buffers and IO bindings for one Generator: fresh ones, or under CUDA graphs a
+        closed Generator's (its captured graphs replay those very buffers)."""
+        if self.graph_ids is not None:
+            with self._lock:
+                if self._idle_runners:
+                    runner = self._idle_runners.pop()
+                    runner.kv.truncate(0)
+                    return runner
         return TargetRunner(self.session, self.manifest.target, self.manifest.model,
-                            self.new_kv())
+                            self.new_kv(), self.graph_ids)
+
+    def release_runner(self, runner: TargetRunner) -> None:
+        """A closed (or collected) Generator's runner: kept for the next Generator under CUDA
+        graphs, else dropped with its buffers."""
+        if self.graph_ids is not None:
+            with self._lock:
+                self._idle_runners.append(runner)

@@ -34,6 +34,19 @@ PRESETS: dict[str, tuple[list, str]] = {
 }
 
 
+# the provider option that turns CUDA graph capture on (runtime/graph_capture.py)
+CAPTURE_OPTION = {"CUDAExecutionProvider": "enable_cuda_graph",
+                  "TensorrtExecutionProvider": "trt_cuda_graph_enable"}
+
+
+def capture_providers(providers: list) -> list:
+    """The provider list with graph capture on for its first provider, if that can capture."""
+    name, opts = providers[0] if isinstance(providers[0], tuple) else (providers[0], {})
+    if name not in CAPTURE_OPTION:  # the CPU: nothing to capture with
+        return providers
+    return [(name, {**opts, CAPTURE_OPTION[name]: "1"}), *providers[1:]]
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     provider: str = "cpu"
@@ -45,10 +58,15 @@ class SessionConfig:
     # host), "device" (allocated by onnxruntime on the provider's device; on CPU a test of that
     # path) or "host" (numpy arrays)
     kv_device: str = "auto"
+    # CUDA graphs per verify shape (runtime/graph_capture.py): "auto" (on the GPU presets when
+    # the bundle has static shapes and K/V are on the device), "on" (required) or "off"
+    cuda_graphs: str = "auto"
 
     def __post_init__(self):
         if self.kv_device not in ("auto", "device", "host"):
             raise ValueError(f"kv_device must be auto, device or host, got {self.kv_device!r}")
+        if self.cuda_graphs not in ("auto", "on", "off"):
+            raise ValueError(f"cuda_graphs must be auto, on or off, got {self.cuda_graphs!r}")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"threads must be an integer >= 0 (0 = onnxruntime's default), "
                              f"got {self.threads!r}")
@@ -77,10 +95,13 @@ def resolve_providers(cfg: SessionConfig) -> tuple[list, str]:
     return providers, device
 
 
-def create_session(onnx_path: str, cfg: SessionConfig):
-    """An InferenceSession with full graph optimisation and the configured providers."""
+def create_session(onnx_path: str, cfg: SessionConfig, capture: bool = False):
+    """An InferenceSession with full graph optimisation and the configured providers; capture:
+    with CUDA graph capture on (runtime/graph_capture.py; the CPU has none)."""
     ort = import_ort()
     providers, _ = resolve_providers(cfg)
+    if capture:
+        providers = capture_providers(providers)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if cfg.threads:

@@ -4,32 +4,61 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from edgespec.manifest import GraphSpec, ModelInfo
 
+from .graph_capture import UNCAPTURED, static_graph
 from .kv import KVRows
 from .providers import import_ort
+
+
+def _host(value):
+    """A host array of an output: as is, or copied from the device."""
+    return value if value is None or isinstance(value, np.ndarray) else value.numpy()
 
 
 @dataclass
 class ForwardOut:
     """Views into buffers reused by the next forward of the same shape: copy what you keep.
 
-    With K/V on a device and an `argmax` output, the logits stay on that device too: greedy
-    decoding reads N ints, and `logits` copies the [N, V] rows to the host only when asked
-    (sampling, typical acceptance, a drafter picking from its own logits)."""
+    Outputs left on a device (K/V there; all of them under CUDA graphs) are copied to the host
+    when first read: greedy decoding reads N argmax ints, not the [N, V] logits (sampling,
+    typical acceptance and a drafter picking from its own logits read those)."""
 
     _logits: object  # [1, N, V]: a host array, or an OrtValue on the device
-    argmax: np.ndarray | None  # [N]: the graph's argmax of each logits row (None: not emitted)
-    hidden: np.ndarray  # [S, d]
-    features: np.ndarray | None  # [S, F*d]
+    _argmax: object  # [1, N]: the graph's argmax of each logits row (None: not emitted)
+    _hidden: object  # [1, S, d]
+    _features: object  # [1, S, F*d] or None
 
-    @property
+    @cached_property
     def logits(self) -> np.ndarray:  # [N, V]
-        rows = self._logits
-        return (rows if isinstance(rows, np.ndarray) else rows.numpy())[0]
+        return _host(self._logits)[0]
+
+    @cached_property
+    def argmax(self) -> np.ndarray | None:  # [N]
+        return None if self._argmax is None else _host(self._argmax)[0]
+
+    @cached_property
+    def hidden(self) -> np.ndarray:  # [S, d]
+        return _host(self._hidden)[0]
+
+    @cached_property
+    def features(self) -> np.ndarray | None:  # [S, F*d]
+        return None if self._features is None else _host(self._features)[0]
+
+
+@dataclass
+class _Binding:
+    """One (S, N) shape's IO binding: its buffers, bound once and refilled in place."""
+
+    io: object
+    bufs: dict  # name -> host array (inputs refilled each forward; outputs) or device OrtValue
+    device_in: dict  # input name -> its device OrtValue (CUDA graphs: bufs holds the staging)
+    run_options: object  # None, or the RunOptions that name this shape's CUDA graph
+    bias_end: int = 0  # static bias: columns [0, bias_end) were written by the last forward
 
 
 class TargetRunner:
@@ -37,6 +66,8 @@ class TargetRunner:
     buffers to one session.
 
     One runner per K/V cache (per Generator): sessions are shared, bindings and buffers are not.
+    graph_ids (CUDA graphs, runtime/graph_capture.py): every input and output lives on the
+    K/V's device and each kept shape gets its own captured graph.
     """
 
     MAX_SHAPES = 16  # IO bindings kept per (S, N); decode reuses one, verify a few
@@ -45,7 +76,7 @@ class TargetRunner:
     # (kept, they held ~12 MB per generator on the demo target, ~256 MB on a 1B model).
     MAX_KEPT_S = 64
 
-    def __init__(self, session, spec: GraphSpec, model: ModelInfo, kv: KVRows):
+    def __init__(self, session, spec: GraphSpec, model: ModelInfo, kv: KVRows, graph_ids=None):
         self.ort = import_ort()
         self.session, self.spec, self.model, self.kv = session, spec, model, kv
         self.out_names = [t.name for t in spec.outputs]
@@ -55,6 +86,13 @@ class TargetRunner:
         self.bias_dtype = self.dtypes["attention_bias"]
         self.has_features = "features" in self.out_names
         self.has_argmax = "argmax" in self.out_names
+        # static shapes (`--static-shapes`): the bias spans the whole buffer, the length is an
+        # input, so a binding's inputs keep their shapes from step to step
+        self.static = static_graph(spec)
+        if graph_ids is not None and not (self.static and kv.on_device):
+            raise ValueError("CUDA graphs need a static-shape graph and K/V on the device")
+        self.graph_ids = graph_ids
+        self.captured: dict[tuple[int, int], _Binding] = {}  # shapes with a graph: kept for good
         # logits left on the device (fetched on demand): where K/V live there and the graph
         # hands greedy decoding its argmax; on a GPU this saves an [N, V] copy every forward
         self.device_logits = kv.on_device and self.has_argmax
@@ -63,7 +101,7 @@ class TargetRunner:
         self.logits_width = width if isinstance(width, int) else model.vocab_size
         # "in_graph": the graph writes new K/V into the bound buffers itself (fused GQA)
         self.in_place = spec.kv.update == "in_graph"
-        self._bindings: OrderedDict[tuple[int, int], tuple] = OrderedDict()
+        self._bindings: OrderedDict[tuple[int, int], _Binding] = OrderedDict()
         # (past name, present name, OrtValue over the preallocated buffer: shares its memory)
         if kv.on_device and not self.in_place:
             raise ValueError("K/V on the device needs a graph that updates it in place (fused)")
@@ -78,12 +116,27 @@ class TargetRunner:
             self._kv_bound.append((spec.kv.past_value.format(i=i),
                                    spec.kv.present_value.format(i=i), value(kv.values[i])))
 
-    def _binding(self, s: int, n: int):
+    def _binding(self, s: int, n: int) -> _Binding:
         key = (s, n)
+        if key in self.captured:
+            return self.captured[key]
         if key in self._bindings:
             self._bindings.move_to_end(key)  # least recently used shapes go first
             return self._bindings[key]
-        m = self.model
+        graph_id = UNCAPTURED
+        if self.graph_ids is not None and s <= self.MAX_KEPT_S:
+            graph_id = self.graph_ids.take()
+        binding = self._new_binding(s, n, graph_id)
+        if graph_id != UNCAPTURED:
+            self.captured[key] = binding  # its graph replays these very buffers: never freed
+        elif s <= self.MAX_KEPT_S:
+            self._bindings[key] = binding
+            if len(self._bindings) > self.MAX_SHAPES:
+                self._bindings.popitem(last=False)
+        return binding
+
+    def _new_binding(self, s: int, n: int, graph_id: int) -> _Binding:
+        m, ort = self.model, self.ort
         shapes = {"logits": (1, n, self.logits_width), "hidden": (1, s, m.hidden_size)}
         if self.has_argmax:
             shapes["argmax"] = (1, n)
@@ -94,31 +147,41 @@ class TargetRunner:
             for i in range(m.num_layers):
                 shapes[self.spec.kv.present_key.format(i=i)] = kv_shape
                 shapes[self.spec.kv.present_value.format(i=i)] = kv_shape
-        bufs = {name: np.empty(shape, self.dtypes[name]) for name, shape in shapes.items()}
         # inputs whose shape is fixed by (S, N): bound once, refilled in place each forward
         ins = {"input_ids": np.zeros((1, s), np.int64), "position_ids": np.zeros((1, s), np.int64),
                "logits_index": np.zeros(n, np.int64)}
-        if self.device_logits:  # [1, N, V] allocated by onnxruntime on the K/V's device
-            bufs["logits"] = self.ort.OrtValue.ortvalue_from_shape_and_type(
-                shapes["logits"], self.dtypes["logits"], self.kv.device, 0)
+        if self.static:  # the whole buffer's columns, masked past the length
+            ins["attention_bias"] = np.full((1, 1, s, m.max_len), self.spec.mask_value,
+                                            self.bias_dtype)
+            ins["seqlens_k"] = np.zeros(1, np.int32)
+
+        def on_device(shape, dtype):  # allocated by onnxruntime on the K/V's device
+            return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.kv.device, 0)
+
+        # under CUDA graphs every output stays on the device; else the logits may (argmax)
+        device_out = set(shapes) if self.graph_ids is not None else (
+            {"logits"} if self.device_logits else set())
+        bufs = {name: on_device(shape, self.dtypes[name]) if name in device_out
+                else np.empty(shape, self.dtypes[name]) for name, shape in shapes.items()}
+        device_in = {}
+        if self.graph_ids is not None:  # the host arrays stage what each forward copies over
+            device_in = {name: on_device(a.shape, a.dtype) for name, a in ins.items()}
         io = self.session.io_binding()
         for past, present, value in self._kv_bound:
             io.bind_ortvalue_input(past, value)
             if self.in_place:  # present_* is the very buffer past_* reads
                 io.bind_ortvalue_output(present, value)
-        value = self.ort.OrtValue.ortvalue_from_numpy
+        value = ort.OrtValue.ortvalue_from_numpy
         for name, buf in ins.items():
-            io.bind_ortvalue_input(name, value(buf))
+            io.bind_ortvalue_input(name, device_in[name] if device_in else value(buf))
         for name, buf in bufs.items():
-            io.bind_ortvalue_output(name, buf if isinstance(buf, self.ort.OrtValue)
-                                    else value(buf))
+            io.bind_ortvalue_output(name, buf if isinstance(buf, ort.OrtValue) else value(buf))
         bufs.update(ins)
-        if s > self.MAX_KEPT_S:
-            return io, bufs
-        self._bindings[key] = (io, bufs)
-        if len(self._bindings) > self.MAX_SHAPES:
-            self._bindings.popitem(last=False)
-        return io, bufs
+        run_options = None
+        if self.graph_ids is not None:
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        return _Binding(io, bufs, device_in, run_options)
 
     def forward(self, ids: np.ndarray, positions: np.ndarray, bias: np.ndarray,
                 logits_rows: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> ForwardOut:
@@ -130,24 +193,40 @@ class TargetRunner:
         """
         s, n = ids.shape[0], logits_rows.shape[0]
         self.kv.check_room(s)
-        io, bufs = self._binding(s, n)
+        binding = self._binding(s, n)
+        io, bufs = binding.io, binding.bufs
         bufs["input_ids"][0] = ids
         bufs["position_ids"][0] = positions
         bufs["logits_index"][:] = logits_rows
-        # the bias changes shape every step (P+S grows): bind its memory without a copy
-        bias = np.ascontiguousarray(bias, self.bias_dtype)
-        io.bind_input("attention_bias", "cpu", 0, self.bias_dtype, bias.shape, bias.ctypes.data)
+        if self.static:
+            self._fill_static_bias(binding, bias)
+        else:  # the bias changes shape every step (P+S grows): bind its memory without a copy
+            bias = np.ascontiguousarray(bias, self.bias_dtype)
+            io.bind_input("attention_bias", "cpu", 0, self.bias_dtype, bias.shape,
+                          bias.ctypes.data)
+        for name, value in binding.device_in.items():
+            value.update_inplace(bufs[name])  # the captured graph reads these addresses
         keep = []  # the bound arrays must outlive the run
         for name, arr in (extra or {}).items():
             keep.append(np.ascontiguousarray(arr, np.float32))
             io.bind_input(name, "cpu", 0, np.float32, keep[-1].shape, keep[-1].ctypes.data)
-        self.session.run_with_iobinding(io)
+        self.session.run_with_iobinding(io, binding.run_options)
         if self.in_place:
             self.kv.advance(s)
         else:
             kv, layers = self.spec.kv, range(self.model.num_layers)
             self.kv.append([bufs[kv.present_key.format(i=i)] for i in layers],
                            [bufs[kv.present_value.format(i=i)] for i in layers])
-        return ForwardOut(bufs["logits"], bufs["argmax"][0] if self.has_argmax else None,
-                          bufs["hidden"][0],
-                          bufs["features"][0] if self.has_features else None)
+        return ForwardOut(bufs["logits"], bufs["argmax"] if self.has_argmax else None,
+                          bufs["hidden"], bufs["features"] if self.has_features else None)
+
+    def _fill_static_bias(self, binding: _Binding, bias: np.ndarray) -> None:
+        """Write the step's [S, P+S] bias into the binding's [S, L] one and the length into
+        seqlens_k; columns a longer earlier step left unmasked are masked again (a rewind)."""
+        end = bias.shape[-1]  # P+S
+        rows = binding.bufs["attention_bias"][0, 0]  # [S, L]
+        rows[:, :end] = bias[0, 0]
+        if binding.bias_end > end:
+            rows[:, end:binding.bias_end] = self.spec.mask_value
+        binding.bias_end = end
+        binding.bufs["seqlens_k"][0] = end - 1

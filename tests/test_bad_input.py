@@ -98,6 +98,10 @@ def test_missing_provider_is_an_error_unless_fallback_is_allowed(trimmed_bundle)
         fallback = Model(trimmed_bundle, SessionConfig(provider="cuda", allow_fallback=True))
     assert any("falling back to CPU" in str(w.message) for w in caught)
     assert fallback.session.get_providers() == ["CPUExecutionProvider"]
+    # and it runs as the CPU does: K/V on the host (not on a GPU it does not have)
+    assert fallback.config.provider == "cpu" and fallback.graph_ids is None
+    gen = run_to_end(fallback, GenerationParams(max_new_tokens=3, stop_on_eos=False), [5, 9])
+    assert not gen.kv.on_device and len(gen.new_tokens) == 3
 
 
 def test_a_full_kv_buffer_stops_with_a_reason_and_rewinds(model):

@@ -72,3 +72,24 @@ def test_train_without_data_distills_then_exports_and_runs(tiny_dirs, tmp_path, 
     assert main(["run", str(bundle), "t5 t9", "--max-new-tokens", "8", "--drafter", "fast"]) == 0
     assert main(["run", str(bundle), "t5", "--drafter", "nope"]) == 2
     assert "unknown drafter 'nope'" in capsys.readouterr().err
+
+
+def test_static_shapes_export_and_cuda_graphs_flags(tiny_dirs, tiny_bundles, tmp_path, capsys):
+    bundle = tmp_path / "static"
+    assert main(["export", str(tiny_dirs["llama"]), "-o", str(bundle), "--max-len", "64",
+                 "--static-shapes"]) == 0
+    capsys.readouterr()
+    pfile = tmp_path / "p.jsonl"
+    pfile.write_text(json.dumps({"id": 0, "prompt": "t5 t6 t5 t6 t5"}) + "\n")
+    outs = {}
+    for graphs, kv in (("off", "host"), ("on", "device")):
+        out = tmp_path / f"{graphs}.jsonl"
+        assert main(["eval", str(bundle), "--prompts", str(pfile), "--drafter", "ngram",
+                     "--max-new-tokens", "12", "--kv-device", kv, "--cuda-graphs", graphs,
+                     "--out", str(out)]) == 0
+        outs[graphs] = json.loads(out.read_text())["output_ids"]
+    assert outs["on"] == outs["off"] and len(outs["on"]) == 12
+    capsys.readouterr()
+    rc = main(["run", str(tiny_bundles["llama"][1]), "t5", "--cuda-graphs", "on"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--static-shapes" in err

@@ -1,0 +1,190 @@
+"""Static-shape graphs (`--static-shapes`) and CUDA graphs per verify shape (issue 3).
+
+A static graph's bias spans the whole K/V buffer and its length is the input seqlens_k, so a
+binding's shapes never change and a CUDA graph captured for one (S, N) can replay every step
+of that shape. This CPU cannot capture, but it runs the very same path (static bias, inputs
+on the device refilled in place, one graph id per kept shape, runners pooled across
+Generators) and must decode exactly as the dynamic graph does."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import DRAFTER_KINDS, run_to_end
+
+from edgespec.manifest import BundleError
+from edgespec.runtime.generator import GenerationParams, Generator
+from edgespec.runtime.graph_capture import UNCAPTURED, GraphIds
+from edgespec.runtime.model import Model
+from edgespec.runtime.providers import SessionConfig, capture_providers
+
+CAPTURE = SessionConfig(kv_device="device", cuda_graphs="on")
+DRAFTERS = ((None, None), ("ngram", None), ("draft_model", 1), ("draft_model", 3), ("mtp", 1),
+            ("mtp", 3), ("eagle3", None), ("medusa", None))
+
+
+@pytest.fixture(scope="session")
+def static_pair(tiny_dirs, trained, tmp_path_factory):
+    """The tiny llama with every drafter kind, exported dynamic and static (the same weights)."""
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+
+    root = tmp_path_factory.mktemp("static")
+    out = {}
+    for static in (False, True):
+        out[static] = root / ("static" if static else "dynamic")
+        export_bundle(tiny_dirs["llama"], out[static], ExportOptions(
+            max_len=64, progress=False, static_shapes=static, draft_model=tiny_dirs["qwen2"],
+            drafters=tuple((k, trained[k][1]) for k in DRAFTER_KINDS)))
+    return out
+
+
+class Recorder:
+    """A session that records the gpu_graph_id of every run (and forwards it)."""
+
+    def __init__(self, session):
+        self.session, self.ids = session, []
+
+    def io_binding(self):
+        return self.session.io_binding()
+
+    def run_with_iobinding(self, io, run_options=None):
+        self.ids.append(int(run_options.get_run_config_entry("gpu_graph_id")))
+        self.session.run_with_iobinding(io, run_options)
+
+
+def test_the_static_graph_takes_its_length_as_an_input(static_pair):
+    m = json.loads((static_pair[True] / "manifest.json").read_text())
+    for spec in (m["target"], *(d["graph"] for d in m["drafters"].values()
+                                if d.get("graph") and d["graph"].get("kv"))):
+        shapes = {t["name"]: t["shape"] for t in spec["inputs"]}
+        assert shapes["attention_bias"] == [1, 1, "S", 64] and shapes["seqlens_k"] == [1]
+        assert abs(spec["parity_max_abs"]) < 1e-3  # checked against torch through that path
+
+
+def test_static_graphs_decode_exactly_as_dynamic_ones(static_pair):
+    """Every drafter, greedy, on host K/V, device K/V and the CUDA-graph path; with a rewind
+    in the middle (columns a longer step left in the static bias are masked again)."""
+    dyn = Model(static_pair[False])
+    models = [Model(static_pair[True]), Model(static_pair[True], SessionConfig(kv_device="device")),
+              Model(static_pair[True], CAPTURE)]
+    params = GenerationParams(max_new_tokens=20, stop_on_eos=False)
+    for name, width in DRAFTERS:
+        for ids in ([5, 9, 11], [7, 7, 7, 7]):
+            want = run_to_end(dyn, params, ids, dyn.drafter(name, width=width))
+            for model in models:
+                got = run_to_end(model, params, ids, model.drafter(name, width=width))
+                assert got.tokens == want.tokens, (name, width)
+                assert got.stats.accepted_lengths == want.stats.accepted_lengths
+                got.rewind(12)
+                got.params = GenerationParams(max_new_tokens=10, stop_on_eos=False)
+                while not got.is_done():
+                    got.step()
+                assert got.tokens == want.tokens[:len(got.tokens)], (name, width, "rewind")
+                got.close()
+
+
+def test_each_kept_shape_replays_its_own_graph_over_its_own_buffers(static_pair):
+    model = Model(static_pair[True], CAPTURE)
+    rec = model.session = Recorder(model.session)
+    params = GenerationParams(max_new_tokens=16, stop_on_eos=False)
+    prompt = list(range(3, 3 + 40))  # 40 tokens: prefilled in one 39-token chunk
+    gen = run_to_end(model, params, prompt, model.drafter("ngram"))
+    runner, tokens = gen.runner, gen.tokens
+    ids = {key: int(b.run_options.get_run_config_entry("gpu_graph_id"))
+           for key, b in runner.captured.items()}
+    assert (39, 1) in ids  # the prefill chunk: short enough to keep
+    assert len(set(ids.values())) == len(ids) and UNCAPTURED not in ids.values()
+    assert set(rec.ids) <= set(ids.values())  # every run named its shape's graph
+    gen.close()
+    # the next Generator gets the closed one's runner: the same graphs over the same buffers
+    again = run_to_end(model, params, prompt, model.drafter("ngram"))
+    assert again.runner is runner and again.tokens == tokens
+    assert {k: int(b.run_options.get_run_config_entry("gpu_graph_id"))
+            for k, b in runner.captured.items()} == ids
+    # a second Generator alive at once gets buffers (and graph ids) of its own
+    other = Generator(model, params, model.drafter("ngram"))
+    other.append_tokens(prompt)
+    other.step()
+    assert other.runner is not runner
+    theirs = {int(b.run_options.get_run_config_entry("gpu_graph_id"))
+              for b in other.runner.captured.values()}
+    assert theirs and not theirs & set(ids.values())
+    assert model.graph_ids.used == len(ids) + len(theirs)
+
+
+def test_past_the_budget_and_for_long_prefills_shapes_run_uncaptured(static_pair,
+                                                                    monkeypatch):
+    from edgespec.runtime.target import TargetRunner
+
+    monkeypatch.setattr(TargetRunner, "MAX_KEPT_S", 32)  # a longer prefill chunk: no graph
+    model = Model(static_pair[True], CAPTURE)
+    model.graph_ids = GraphIds(budget=1)
+    rec = model.session = Recorder(model.session)
+    params = GenerationParams(max_new_tokens=12, stop_on_eos=False)
+    prompt = [5, 6, 7, 8] * 12 + [5, 6]  # 50 tokens; repeats: ngram proposes, verify shapes
+    gen = run_to_end(model, params, prompt, model.drafter("ngram"))
+    assert rec.ids[0] == UNCAPTURED  # the 49-token prefill chunk
+    assert len(gen.runner.captured) == 1 and model.graph_ids.used == 1  # budget: 1 graph
+    assert rec.ids[1] == 1 and set(rec.ids) == {UNCAPTURED, 1}
+    # the other shapes that ran are kept uncaptured (least recently used go first)
+    assert gen.runner._bindings and UNCAPTURED in rec.ids[2:]
+    want = run_to_end(Model(static_pair[False]), params, prompt,
+                      Model(static_pair[False]).drafter("ngram"))
+    assert gen.tokens == want.tokens
+
+
+def test_cuda_graphs_on_needs_a_static_graph_and_device_kv(static_pair):
+    with pytest.raises(ValueError, match="--static-shapes"):
+        Model(static_pair[False], CAPTURE)
+    with pytest.raises(ValueError, match="K/V on the device"):
+        Model(static_pair[True], SessionConfig(kv_device="host", cuda_graphs="on"))
+    with pytest.raises(ValueError, match="cuda_graphs must be"):
+        SessionConfig(cuda_graphs="yes")
+    # auto: on a GPU preset only; the CPU decodes without graph ids
+    assert Model(static_pair[True]).graph_ids is None
+
+
+def test_capture_turns_on_the_gpu_providers_option_only():
+    cuda = [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
+    assert capture_providers(cuda)[0] == ("CUDAExecutionProvider",
+                                          {"device_id": "0", "enable_cuda_graph": "1"})
+    trt = [("TensorrtExecutionProvider", {}), ("CUDAExecutionProvider", {})]
+    assert capture_providers(trt)[0][1] == {"trt_cuda_graph_enable": "1"}
+    assert capture_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_a_static_bias_that_does_not_span_the_buffer_is_refused(static_pair, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(static_pair[True], bundle)
+    path = bundle / "manifest.json"
+    m = json.loads(path.read_text())
+    for t in m["target"]["inputs"]:
+        if t["name"] == "attention_bias":
+            t["shape"] = [1, 1, "S", "P+S"]
+    path.write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="attention_bias"):
+        Model(bundle)
+
+
+def test_static_shapes_need_the_fused_graph(tiny_dirs, tmp_path):
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+
+    with pytest.raises(ValueError, match="--static-shapes builds the fused graph only"):
+        export_bundle(tiny_dirs["llama"], tmp_path / "b",
+                      ExportOptions(max_len=64, graph="plain", static_shapes=True,
+                                    progress=False))
+    assert not (tmp_path / "b").exists()
+
+
+def test_static_bias_rows_match_the_dynamic_bias(static_pair):
+    """What the runner binds: the step's [S, P+S] bias, then the mask up to L."""
+    model = Model(static_pair[True])
+    gen = Generator(model, GenerationParams(max_new_tokens=4, stop_on_eos=False))
+    gen.append_tokens([5, 9, 11, 13])
+    gen.step()
+    binding = gen.runner.captured.get((1, 1)) or gen.runner._bindings[(1, 1)]
+    rows = binding.bufs["attention_bias"][0, 0]
+    end = binding.bias_end
+    assert end == gen.kv.length and binding.bufs["seqlens_k"][0] == end - 1
+    assert np.all(rows[:, :end] == 0) and np.all(rows[:, end:] == model.manifest.target.mask_value)
