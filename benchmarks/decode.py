@@ -1,8 +1,8 @@
 """Per-token greedy decode latency: edgespec vs transformers (CPU), onnxruntime-genai, llama.cpp.
 
-    python benchmarks/decode.py --bundle BUNDLE --hf-dir HF_DIR [--genai-model DIR]
-        [--genai-venv /tmp/edgespec-ortgenai-venv] [--n-prompts 8] [--max-new-tokens 128]
-        [--runs 5] [--threads 2]
+    python benchmarks/decode.py --bundle BUNDLE [--bundle OTHER ...] --hf-dir HF_DIR
+        [--genai-model DIR] [--genai-venv /tmp/edgespec-ortgenai-venv] [--n-prompts 8]
+        [--max-new-tokens 128] [--runs 5] [--threads 2]
 
 For each engine and run: every prompt is decoded greedily; TTFT = prefill + first token, decode
 ms/token = time of tokens 2..N / (N - 1), summed over prompts. Engines alternate within each run
@@ -99,7 +99,9 @@ def run_llamacpp(ns) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--bundle", required=True, action="append",
+                    help="repeat to time several exports side by side (e.g. --shapes static "
+                         "and dynamic); the first is 'edgespec', the ratios' reference")
     ap.add_argument("--hf-dir", required=True, help="the HF folder the bundle was exported from")
     ap.add_argument("--prompts", default=str(HERE.parents[1] / "shared/data/prompts.jsonl"))
     ap.add_argument("--n-prompts", type=int, default=8)
@@ -114,9 +116,12 @@ def main() -> None:
     ns = ap.parse_args()
 
     rows = read_prompts(ns.prompts)[: ns.n_prompts]
-    model = Model(ns.bundle, SessionConfig(threads=ns.threads))
-    prompts = [model.tokenizer.encode(r["prompt"]) for r in rows]
-    engines = {"edgespec": lambda: run_edgespec(model, prompts, ns.max_new_tokens)}
+    bundles, ns.bundle = ns.bundle, ns.bundle[0]  # genai and llama.cpp read its tokenizer
+    models = {("edgespec" if i == 0 else f"edgespec {Path(b).name}"):
+              Model(b, SessionConfig(threads=ns.threads)) for i, b in enumerate(bundles)}
+    prompts = [models["edgespec"].tokenizer.encode(r["prompt"]) for r in rows]
+    engines = {name: (lambda m=m: run_edgespec(m, prompts, ns.max_new_tokens))
+               for name, m in models.items()}
     if not ns.no_transformers:
         import torch
         import transformers
@@ -133,7 +138,8 @@ def main() -> None:
     if ns.llamacpp_dir:  # per-token figures only: llama.cpp prints text, not ids or TTFT
         ms.update({"llama.cpp f32": [], "llama.cpp f16": []})
     tokens = {}
-    engines["edgespec"]()  # warm-up (session arenas, bindings)
+    for name in models:
+        engines[name]()  # warm-up (session arenas, bindings)
     for _ in range(ns.runs):
         for name, fn in engines.items():
             m, t, toks = fn()
@@ -146,7 +152,7 @@ def main() -> None:
     ref = tokens["edgespec"]
     print(f"{len(prompts)} prompts x {ns.max_new_tokens} new tokens, greedy, {ns.threads} "
           f"threads, median of {ns.runs} runs")
-    print(f"{'engine':<20}{'ms/token':>10}{'min':>8}{'max':>8}{'TTFT ms':>9}"
+    print(f"{'engine':<24}{'ms/token':>10}{'min':>8}{'max':>8}{'TTFT ms':>9}"
           f"{'edgespec / engine':>19}{'same tokens':>13}")
     ours = statistics.median(ms["edgespec"])
     for name in ms:
@@ -154,7 +160,7 @@ def main() -> None:
         same = (f"{sum(a == b for a, b in zip(ref, tokens[name])):>9}/{len(ref)}"
                 if name in tokens else f"{'-':>13}")
         first = f"{statistics.median(ttft[name]):>9.2f}" if name in ttft else f"{'-':>9}"
-        print(f"{name:<20}{med:>10.3f}{min(ms[name]):>8.3f}{max(ms[name]):>8.3f}"
+        print(f"{name:<24}{med:>10.3f}{min(ms[name]):>8.3f}{max(ms[name]):>8.3f}"
               f"{first}{ours / med:>19.2f}{same}")
 
 

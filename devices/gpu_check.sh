@@ -9,8 +9,8 @@
 #   WEIGHTS=fp16 bash devices/gpu_check.sh    # the demo exported in fp16 (or int4-fp16)
 #
 # Env: PY (python, default .venv/bin/python), OUT (default gpu-check), LIMIT prompts (8),
-# TOKENS per prompt (64), RUNS (3). About 4-5 minutes on the demo bundle. The demo is exported
-# with --static-shapes (what CUDA graphs need); a BUNDLE without it runs without graphs.
+# TOKENS per prompt (64), RUNS (3). About 4-5 minutes on the demo bundle. Bundles with static
+# shapes (the export default, what CUDA graphs need) run both ways; others without graphs.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-gpu-check}
@@ -32,7 +32,7 @@ PYEOF
 
 if [[ -z "${BUNDLE:-}" ]]; then
     BUNDLE="$OUT/bundle"
-    "${ES[@]}" export --demo -o "$BUNDLE" --weights "${WEIGHTS:-fp32}" --static-shapes \
+    "${ES[@]}" export --demo -o "$BUNDLE" --weights "${WEIGHTS:-fp32}" --shapes static \
         --overwrite  # parity vs torch on the CPU
 fi
 GRAPHS=$("$PY" -c "from edgespec.manifest import load_manifest as m; from edgespec.runtime.graph_capture import static_graph as s; print('off on' if s(m('$BUNDLE').target) else 'off')")

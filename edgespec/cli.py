@@ -73,7 +73,7 @@ def cmd_export(ns) -> int:
                                                     calibration=ns.calibration,
                                                     head_rank=per_drafter(ns.head_rank,
                                                                           "--head-rank"),
-                                                    static_shapes=ns.static_shapes,
+                                                    shapes=ns.shapes,
                                                     overwrite=ns.overwrite))
     print(f"wrote {ns.out}: {m.model.architecture}, {m.target.kind} graph, "
           f"{m.model.num_layers} layers, vocab "
@@ -160,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "every projection; int4-fp16: int4 over float16 activations (the GPU "
                         "format)")
     e.add_argument("--block-size", type=int, default=32, help="int4 block size")
-    e.add_argument("--static-shapes", action="store_true",
-                   help="fused graphs whose shapes depend on the new tokens only (the bias "
-                        "spans the whole K/V buffer): what CUDA graphs per verify shape need")
+    e.add_argument("--shapes", default=None, choices=["static", "dynamic"],
+                   help="static (the default for fused graphs): shapes depend on the new "
+                        "tokens only (the bias spans the whole K/V buffer), what CUDA graphs "
+                        "per verify shape need; dynamic: the bias grows with the context")
     e.add_argument("--draft-model", default=None,
                    help="HF folder of a small draft model with the same tokenizer")
     e.add_argument("--drafter", action="append", metavar="NAME=DIR",
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="K/V buffers on the provider's device (auto: on GPUs) or the host")
         q.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
                        help="CUDA graph per verify shape (auto: on GPUs, for bundles exported "
-                            "with --static-shapes)")
+                            "with static shapes: the default)")
         q.add_argument("--drafter", default="none",
                        help="drafter name from the bundle (edgespec info lists them), or none")
         q.add_argument("--gamma", type=int, default=None, help="draft length (tree depth)")

@@ -86,7 +86,7 @@ def check_graph(kind: str, spec, model, where: str, target=None, target_spec=Non
     if missing:
         raise BundleError(f"manifest.json: {where} lacks {missing[:4]}; re-export the bundle")
     _check_dtypes(spec, where, past, present)
-    if "seqlens_k" in have_in:  # static shapes (`--static-shapes`): see export/fused_graph.py
+    if "seqlens_k" in have_in:  # static shapes (`--shapes static`): see export/fused_graph.py
         if spec.kv is None or spec.kv.update != "in_graph":
             raise BundleError(f"manifest.json: {where} takes seqlens_k (static shapes) but does "
                               "not update K/V in the graph; only the fused graph has static "

@@ -45,9 +45,14 @@ class ExportOptions:
     # GPU format; trained drafters in fp16)
     weights: str = "fp32"
     block_size: int = 32  # int4 quantisation block along the input dim
-    # fused graphs with static shapes per (S, N) (attention_bias over the whole K/V buffer,
-    # the length an input): what CUDA graph capture needs (export/fused_graph.py)
-    static_shapes: bool = False
+    # "static": shapes fixed per (S, N) (attention_bias over the whole K/V buffer, the length
+    # an input; export/fused_graph.py): what CUDA graphs need, and faster on the CPU too;
+    # "dynamic": the bias grows with the context. None: static for fused graphs (plain: dynamic)
+    shapes: str | None = None
+
+    @property
+    def static(self) -> bool:
+        return (self.shapes or ("static" if self.graph == "fused" else "dynamic")) == "static"
     drafters: tuple[tuple[str, str | Path], ...] = ()  # (name, trained drafter folder)
     # VocabTrim to K tokens / SlimSpec rank r (0 = off): one int for every drafter head (the
     # draft model's too), or ((name, value), ...) per drafter, "*" for the rest
@@ -130,7 +135,7 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
                                          else len(d2t))
     weights = opts.weights
     int4 = weights.startswith("int4")
-    fused = {"dtype": compute_dtype(weights), "static": opts.static_shapes}
+    fused = {"dtype": compute_dtype(weights), "static": opts.static}
     proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4,
                                              **(fused if opts.graph == "fused" else {}))
     if int4:
@@ -177,8 +182,10 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
         raise ValueError(f"--weights {opts.weights} builds the fused graph only, not --graph "
                          f"{opts.graph}; "
                          "use --graph fused (the default)")
-    if opts.static_shapes and opts.graph != "fused":
-        raise ValueError("--static-shapes builds the fused graph only (GroupQueryAttention "
+    if opts.shapes not in (None, "static", "dynamic"):
+        raise ValueError(f"--shapes {opts.shapes!r} is not one of static, dynamic")
+    if opts.static and opts.graph != "fused":
+        raise ValueError("--shapes static builds the fused graph only (GroupQueryAttention "
                          "takes the length as an input); use --graph fused (the default)")
     layers = (default_feature_layers(args.n_layers) if opts.feature_layers is None
               else tuple(opts.feature_layers))
@@ -241,7 +248,7 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                                                     for_drafter(opts.head_rank, name),
                                                     fused=opts.graph == "fused",
                                                     weights=drafter_weights(opts.weights),
-                                                    static=opts.static_shapes)
+                                                    static=opts.static)
             steps.update()
         # the K/V compaction graphs that let the runtime keep K/V on a device (fused graphs)
         spec = with_compactor(tmp, spec, info)

@@ -5,7 +5,7 @@ replays it on later runs with that id: the kernels of one decode or verify step 
 graph, without the per-kernel launch cost that dominates a small model's step on a GPU. A
 replay reads and writes the very addresses and shapes it was captured with, so:
 
-- the graph must have static shapes per (S, N): `edgespec export --static-shapes`, whose
+- the graph must have static shapes per (S, N) (`edgespec export`'s default), whose
   attention_bias spans the whole K/V buffer and whose length is the input seqlens_k;
 - every input and output is a device buffer bound once per shape and refilled in place
   (runtime/target.py); K/V are the device buffers the graph updates in place;
@@ -28,7 +28,7 @@ MAX_GRAPHS = 64
 
 
 def static_graph(spec) -> bool:
-    """A graph with static shapes per (S, N) (`--static-shapes`): its length is an input."""
+    """A graph with static shapes per (S, N) (`--shapes static`): its length is an input."""
     return any(t.name == "seqlens_k" for t in spec.inputs)
 
 
@@ -40,9 +40,9 @@ def wants_capture(config: SessionConfig, spec, kv_on_device: bool) -> bool:
     able = static_graph(spec) and kv_on_device
     if config.cuda_graphs == "on" and not able:
         raise ValueError(
-            "CUDA graphs (cuda_graphs='on', --cuda-graphs on) need a bundle exported with "
-            "--static-shapes and K/V on the device (kv_device 'auto' on a GPU, or 'device'); "
-            "re-export with `edgespec export ... --static-shapes`, or use cuda_graphs 'auto'")
+            "CUDA graphs (cuda_graphs='on', --cuda-graphs on) need a bundle with static shapes "
+            "and K/V on the device (kv_device 'auto' on a GPU, or 'device'); re-export with "
+            "`edgespec export ... --shapes static` (the default), or use cuda_graphs 'auto'")
     if config.cuda_graphs == "on":
         return True
     return able and PRESETS[config.provider][1] == "cuda"

@@ -86,7 +86,7 @@ class TargetRunner:
         self.bias_dtype = self.dtypes["attention_bias"]
         self.has_features = "features" in self.out_names
         self.has_argmax = "argmax" in self.out_names
-        # static shapes (`--static-shapes`): the bias spans the whole buffer, the length is an
+        # static shapes (`--shapes static`): the bias spans the whole buffer, the length is an
         # input, so a binding's inputs keep their shapes from step to step
         self.static = static_graph(spec)
         if graph_ids is not None and not (self.static and kv.on_device):

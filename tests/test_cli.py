@@ -74,10 +74,10 @@ def test_train_without_data_distills_then_exports_and_runs(tiny_dirs, tmp_path, 
     assert "unknown drafter 'nope'" in capsys.readouterr().err
 
 
-def test_static_shapes_export_and_cuda_graphs_flags(tiny_dirs, tiny_bundles, tmp_path, capsys):
+def test_static_shapes_export_and_cuda_graphs_flags(tiny_dirs, tmp_path, capsys):
     bundle = tmp_path / "static"
     assert main(["export", str(tiny_dirs["llama"]), "-o", str(bundle), "--max-len", "64",
-                 "--static-shapes"]) == 0
+                 "--shapes", "static"]) == 0
     capsys.readouterr()
     pfile = tmp_path / "p.jsonl"
     pfile.write_text(json.dumps({"id": 0, "prompt": "t5 t6 t5 t6 t5"}) + "\n")
@@ -90,6 +90,10 @@ def test_static_shapes_export_and_cuda_graphs_flags(tiny_dirs, tiny_bundles, tmp
         outs[graphs] = json.loads(out.read_text())["output_ids"]
     assert outs["on"] == outs["off"] and len(outs["on"]) == 12
     capsys.readouterr()
-    rc = main(["run", str(tiny_bundles["llama"][1]), "t5", "--cuda-graphs", "on"])
+    dynamic = tmp_path / "dynamic"
+    assert main(["export", str(tiny_dirs["llama"]), "-o", str(dynamic), "--max-len", "64",
+                 "--shapes", "dynamic"]) == 0
+    capsys.readouterr()
+    rc = main(["run", str(dynamic), "t5", "--cuda-graphs", "on"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "--static-shapes" in err
+    assert rc == 2 and err.count("\n") == 1 and "--shapes static" in err

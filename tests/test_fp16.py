@@ -50,7 +50,8 @@ def test_fp16_export_is_float16_inside_and_float32_outside(tiny_dirs, tmp_path, 
     assert 0 < t.parity_max_abs < 1e-2
     proto = onnx.load(str(out / t.file))
     onnx.checker.check_model(proto)
-    floats = {i.data_type for i in proto.graph.initializer} - {onnx.TensorProto.INT64}
+    ints = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}  # shapes, the static length
+    floats = {i.data_type for i in proto.graph.initializer} - ints
     assert floats == {onnx.TensorProto.FLOAT16}  # every weight, rope table and norm
     types = {v.name: v.type.tensor_type.elem_type for v in (*proto.graph.input,
                                                             *proto.graph.output)}
@@ -129,7 +130,8 @@ def test_int4_fp16_quantises_the_float16_graph(fp16_int4):
 
 def _io_types(path):
     proto = onnx.load(str(path))
-    floats = {i.data_type for i in proto.graph.initializer} - {onnx.TensorProto.INT64}
+    ints = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}  # shapes, the static length
+    floats = {i.data_type for i in proto.graph.initializer} - ints
     return floats, {v.name: v.type.tensor_type.elem_type
                     for v in (*proto.graph.input, *proto.graph.output)}
 

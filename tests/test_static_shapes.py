@@ -1,4 +1,5 @@
-"""Static-shape graphs (`--static-shapes`) and CUDA graphs per verify shape (issue 3).
+"""Static-shape graphs (`--shapes static`, the fused export's default) and CUDA graphs per
+verify shape (issue 3).
 
 A static graph's bias spans the whole K/V buffer and its length is the input seqlens_k, so a
 binding's shapes never change and a CUDA graph captured for one (S, N) can replay every step
@@ -34,7 +35,8 @@ def static_pair(tiny_dirs, trained, tmp_path_factory):
     for static in (False, True):
         out[static] = root / ("static" if static else "dynamic")
         export_bundle(tiny_dirs["llama"], out[static], ExportOptions(
-            max_len=64, progress=False, static_shapes=static, draft_model=tiny_dirs["qwen2"],
+            max_len=64, progress=False, shapes="static" if static else "dynamic",
+            draft_model=tiny_dirs["qwen2"],
             drafters=tuple((k, trained[k][1]) for k in DRAFTER_KINDS)))
     return out
 
@@ -135,7 +137,7 @@ def test_past_the_budget_and_for_long_prefills_shapes_run_uncaptured(static_pair
 
 
 def test_cuda_graphs_on_needs_a_static_graph_and_device_kv(static_pair):
-    with pytest.raises(ValueError, match="--static-shapes"):
+    with pytest.raises(ValueError, match="--shapes static"):
         Model(static_pair[False], CAPTURE)
     with pytest.raises(ValueError, match="K/V on the device"):
         Model(static_pair[True], SessionConfig(kv_device="host", cuda_graphs="on"))
@@ -170,11 +172,13 @@ def test_a_static_bias_that_does_not_span_the_buffer_is_refused(static_pair, tmp
 def test_static_shapes_need_the_fused_graph(tiny_dirs, tmp_path):
     from edgespec.export.pipeline import ExportOptions, export_bundle
 
-    with pytest.raises(ValueError, match="--static-shapes builds the fused graph only"):
+    with pytest.raises(ValueError, match="--shapes static builds the fused graph only"):
         export_bundle(tiny_dirs["llama"], tmp_path / "b",
-                      ExportOptions(max_len=64, graph="plain", static_shapes=True,
+                      ExportOptions(max_len=64, graph="plain", shapes="static",
                                     progress=False))
     assert not (tmp_path / "b").exists()
+    # the defaults: static for the fused graph, dynamic for the plain one
+    assert ExportOptions().static and not ExportOptions(graph="plain").static
 
 
 def test_static_bias_rows_match_the_dynamic_bias(static_pair):
