@@ -17,10 +17,9 @@ from edgespec.masks import causal_bias
 from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree
 
-from .bundle_checks import open_graph
 from .draft_tree import common_prefix, grow_tree, pick
-from .device_kv import KVFactory
 from .providers import SessionConfig
+from .runner_pool import RunnerPool
 from .target import TargetRunner
 
 
@@ -144,12 +143,14 @@ class DraftModelDrafter:
             **config.extra_options, "session.intra_op.allow_spinning": "0"})
         self.vocab = spec.model.vocab_size
         self.d2t = d2t  # None: columns = target ids
-        self.session = open_graph(bundle_dir, spec.graph, own)
-        self.new_kv = KVFactory(bundle_dir, spec.graph, spec.model, own)
+        self.runners = RunnerPool(bundle_dir, spec.graph, spec.model, own)
 
     def new_state(self) -> DraftModelState:
-        return DraftModelState(TargetRunner(self.session, self.spec.graph, self.spec.model,
-                                            self.new_kv()), [])
+        return DraftModelState(self.runners.take(), [])
+
+    def release(self, st: DraftModelState) -> None:
+        """A closed Generator's state: its runner goes back to the pool (CUDA graphs)."""
+        self.runners.give(st.runner)
 
     def _feed(self, st: DraftModelState, ids: list[int]) -> np.ndarray:
         """Feed ids after the cached tokens; returns the logits of the last one ([V])."""

@@ -25,6 +25,14 @@ from .model import Model
 from .text import TextStream
 
 
+def _release(model: Model, runner, drafter, draft_state) -> None:
+    """Hand a finished Generator's runners back: the target's and its drafter's state's."""
+    model.release_runner(runner)
+    release = getattr(drafter, "release", None)  # drafters with a K/V cache of their own
+    if release is not None:
+        release(draft_state)
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     max_new_tokens: int = 128
@@ -78,9 +86,10 @@ class Generator:
         self._observe = getattr(drafter, "observe", None)
         self.runner = model.new_runner()
         self.kv = self.runner.kv
-        # the runner goes back to the model on close() or when this generator is collected
-        # (under CUDA graphs the next Generator reuses it; otherwise it is dropped)
-        self._release = weakref.finalize(self, model.release_runner, self.runner)
+        # the runners go back on close() or when this generator is collected (under CUDA
+        # graphs the next Generator reuses them; otherwise they are dropped)
+        self._release = weakref.finalize(self, _release, model, self.runner, drafter,
+                                         self.draft_state)
         self.rng = np.random.default_rng(params.seed)
         self.tokens: list[int] = []
         self.prompt_len = 0

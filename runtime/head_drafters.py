@@ -23,8 +23,8 @@ from edgespec.tree import DraftTree, static_tree
 
 from .bundle_checks import open_graph
 from .draft_tree import common_prefix, grow_tree, pick
-from .device_kv import KVFactory
 from .providers import SessionConfig
+from .runner_pool import RunnerPool
 from .target import TargetRunner
 
 
@@ -118,18 +118,19 @@ class LayerDrafter:
         self.vocab = spec.model.vocab_size
         self.d2t = d2t  # None: columns = target ids
         quiet = _quiet(config, threads=1)
-        self.session = open_graph(bundle_dir, spec.graph, quiet)
-        self.new_kv = KVFactory(bundle_dir, spec.graph, spec.model, quiet)
+        self.runners = RunnerPool(bundle_dir, spec.graph, spec.model, quiet)
 
     @property
     def forwards_per_step(self) -> int:  # the catch-up rows, then one per further depth
         return self.gamma
 
     def new_state(self) -> LayerState:
-        m = self.spec.model
-        kv = self.new_kv()  # one layer (the drafter's own)
-        rows = TargetRows(np.zeros((m.max_len, self.feature_dim), np.float32))
-        return LayerState(TargetRunner(self.session, self.spec.graph, m, kv), rows, [])
+        rows = TargetRows(np.zeros((self.spec.model.max_len, self.feature_dim), np.float32))
+        return LayerState(self.runners.take(), rows, [])  # one layer: the drafter's own K/V
+
+    def release(self, st: LayerState) -> None:
+        """A closed Generator's state: its runner goes back to the pool (CUDA graphs)."""
+        self.runners.give(st.runner)
 
     def observe(self, st: LayerState, start: int, hidden: np.ndarray, features) -> None:
         src = features if self.reads == "features" else hidden

@@ -9,10 +9,9 @@ from pathlib import Path
 from edgespec.drafter_options import INT_OPTIONS, valid_int
 from edgespec.manifest import Manifest, load_manifest
 
-from .bundle_checks import check_bundle, load_tokenizer, open_graph
+from .bundle_checks import check_bundle, load_tokenizer
 from .drafters import make_drafter
-from .device_kv import KVFactory, wants_device_kv
-from .graph_capture import MAX_GRAPHS, GraphIds, wants_capture
+from .runner_pool import RunnerPool
 from .providers import SessionConfig, resolve_providers
 from .target import TargetRunner
 from .tuning import load_tuning, tuned_setting
@@ -32,12 +31,9 @@ class Model:
         if device == "cpu" and config.provider != "cpu":  # allowed to fall back: run as the CPU
             config = dataclasses.replace(config, provider="cpu")
         self.config = config
-        # CUDA graphs per verify shape (runtime/graph_capture.py): ids of this session's graphs
-        capture = wants_capture(config, m.target, wants_device_kv(config))
-        self.graph_ids = GraphIds(MAX_GRAPHS) if capture else None
-        self._idle_runners: list[TargetRunner] = []  # closed Generators' (capture only)
-        self.session = open_graph(self.dir, m.target, config, capture)
-        self.new_kv = KVFactory(self.dir, m.target, m.model, config)  # host or device buffers
+        # the target's session and its runners (K/V buffers, IO bindings; CUDA graphs)
+        self.runners = RunnerPool(self.dir, m.target, m.model, config)
+        self.session = self.runners.session
         self.tuning = load_tuning(self.dir)  # per-device settings from `edgespec tune`
         self._drafters: dict[tuple, object] = {}  # (name, gamma, width, tree_size) -> drafter
         self._lock = threading.Lock()  # generators in several threads may ask at once
@@ -81,21 +77,17 @@ class Model:
                                                    min_n)
             return self._drafters[key]
 
+    @property
+    def graph_ids(self):
+        """The target's CUDA graph ids (runtime/graph_capture.py), or None: no capture."""
+        return self.runners.graph_ids
+
     def new_runner(self) -> TargetRunner:
         """KV buffers and IO bindings for one Generator: fresh ones, or under CUDA graphs a
         closed Generator's (its captured graphs replay those very buffers)."""
-        if self.graph_ids is not None:
-            with self._lock:
-                if self._idle_runners:
-                    runner = self._idle_runners.pop()
-                    runner.kv.truncate(0)
-                    return runner
-        return TargetRunner(self.session, self.manifest.target, self.manifest.model,
-                            self.new_kv(), self.graph_ids)
+        return self.runners.take()
 
     def release_runner(self, runner: TargetRunner) -> None:
         """A closed (or collected) Generator's runner: kept for the next Generator under CUDA
         graphs, else dropped with its buffers."""
-        if self.graph_ids is not None:
-            with self._lock:
-                self._idle_runners.append(runner)
+        self.runners.give(runner)

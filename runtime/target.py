@@ -86,6 +86,9 @@ class TargetRunner:
         self.bias_dtype = self.dtypes["attention_bias"]
         self.has_features = "features" in self.out_names
         self.has_argmax = "argmax" in self.out_names
+        # a layer drafter's further float32 inputs: name -> width ([1, S, width])
+        self.extra_widths = {t.name: t.shape[2] for t in spec.inputs
+                             if t.name in ("features", "hidden_in")}
         # static shapes (`--shapes static`): the bias spans the whole buffer, the length is an
         # input, so a binding's inputs keep their shapes from step to step
         self.static = static_graph(spec)
@@ -166,6 +169,8 @@ class TargetRunner:
         device_in = {}
         if self.graph_ids is not None:  # the host arrays stage what each forward copies over
             device_in = {name: on_device(a.shape, a.dtype) for name, a in ins.items()}
+            device_in.update({name: on_device((1, s, width), np.float32)  # a drafter's extras
+                              for name, width in self.extra_widths.items()})
         io = self.session.io_binding()
         for past, present, value in self._kv_bound:
             io.bind_ortvalue_input(past, value)
@@ -174,6 +179,8 @@ class TargetRunner:
         value = ort.OrtValue.ortvalue_from_numpy
         for name, buf in ins.items():
             io.bind_ortvalue_input(name, device_in[name] if device_in else value(buf))
+        for name in self.extra_widths.keys() & device_in.keys():
+            io.bind_ortvalue_input(name, device_in[name])
         for name, buf in bufs.items():
             io.bind_ortvalue_output(name, buf if isinstance(buf, ort.OrtValue) else value(buf))
         bufs.update(ins)
@@ -204,12 +211,16 @@ class TargetRunner:
             bias = np.ascontiguousarray(bias, self.bias_dtype)
             io.bind_input("attention_bias", "cpu", 0, self.bias_dtype, bias.shape,
                           bias.ctypes.data)
-        for name, value in binding.device_in.items():
-            value.update_inplace(bufs[name])  # the captured graph reads these addresses
         keep = []  # the bound arrays must outlive the run
         for name, arr in (extra or {}).items():
             keep.append(np.ascontiguousarray(arr, np.float32))
-            io.bind_input(name, "cpu", 0, np.float32, keep[-1].shape, keep[-1].ctypes.data)
+            if name in binding.device_in:  # CUDA graphs: copied into the captured address
+                binding.device_in[name].update_inplace(keep[-1])
+            else:
+                io.bind_input(name, "cpu", 0, np.float32, keep[-1].shape, keep[-1].ctypes.data)
+        for name, value in binding.device_in.items():
+            if name in bufs:  # the step's ids, positions, rows, bias and length
+                value.update_inplace(bufs[name])  # the captured graph reads these addresses
         self.session.run_with_iobinding(io, binding.run_options)
         if self.in_place:
             self.kv.advance(s)

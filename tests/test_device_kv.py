@@ -53,7 +53,7 @@ def test_device_kv_decodes_exactly_like_host_kv(trimmed_bundle):
             runs.append(1)
             self.session.run_with_iobinding(io)
 
-    dev.new_kv.compactor = Counting(dev.new_kv.compactor)
+    dev.runners.new_kv.compactor = Counting(dev.runners.new_kv.compactor)
     params = GenerationParams(max_new_tokens=24, stop_on_eos=False)
     for name, width in ((None, None), ("ngram", None), ("draft_model", 1), ("draft_model", 3),
                         ("mtp", 1), ("mtp", 3), ("eagle3", None), ("medusa", None)):

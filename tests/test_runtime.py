@@ -140,7 +140,7 @@ def test_graph_argmax_is_numpys_and_bundles_without_it_decode_the_same(ref_bundl
 
     old = Generator(model, GenerationParams(max_new_tokens=32))
     old.runner = OldRunner(model.session, model.manifest.target, model.manifest.model,
-                           model.new_kv())
+                           model.runners.new_kv())
     old.kv = old.runner.kv
     old.append_tokens(ids)
     while not old.is_done():

@@ -88,7 +88,7 @@ def test_static_graphs_decode_exactly_as_dynamic_ones(static_pair):
 
 def test_each_kept_shape_replays_its_own_graph_over_its_own_buffers(static_pair):
     model = Model(static_pair[True], CAPTURE)
-    rec = model.session = Recorder(model.session)
+    rec = model.runners.session = Recorder(model.runners.session)
     params = GenerationParams(max_new_tokens=16, stop_on_eos=False)
     prompt = list(range(3, 3 + 40))  # 40 tokens: prefilled in one 39-token chunk
     gen = run_to_end(model, params, prompt, model.drafter("ngram"))
@@ -121,8 +121,8 @@ def test_past_the_budget_and_for_long_prefills_shapes_run_uncaptured(static_pair
 
     monkeypatch.setattr(TargetRunner, "MAX_KEPT_S", 32)  # a longer prefill chunk: no graph
     model = Model(static_pair[True], CAPTURE)
-    model.graph_ids = GraphIds(budget=1)
-    rec = model.session = Recorder(model.session)
+    model.runners.graph_ids = GraphIds(budget=1)
+    rec = model.runners.session = Recorder(model.runners.session)
     params = GenerationParams(max_new_tokens=12, stop_on_eos=False)
     prompt = [5, 6, 7, 8] * 12 + [5, 6]  # 50 tokens; repeats: ngram proposes, verify shapes
     gen = run_to_end(model, params, prompt, model.drafter("ngram"))
@@ -192,3 +192,28 @@ def test_static_bias_rows_match_the_dynamic_bias(static_pair):
     end = binding.bias_end
     assert end == gen.kv.length and binding.bufs["seqlens_k"][0] == end - 1
     assert np.all(rows[:, :end] == 0) and np.all(rows[:, end:] == model.manifest.target.mask_value)
+
+
+def test_drafter_runners_capture_and_are_pooled_too(static_pair):
+    """A drafter with its own K/V (draft model, mtp, eagle3) runs its small forwards as
+    captured graphs as well; its runner goes back to its pool on close() or when the
+    Generator is collected, and the next Generator replays over the same buffers."""
+    import gc
+
+    model = Model(static_pair[True], CAPTURE)
+    params = GenerationParams(max_new_tokens=12, stop_on_eos=False)
+    for name in ("draft_model", "mtp", "eagle3"):
+        drafter = model.drafter(name)
+        gen = run_to_end(model, params, [5, 9, 11, 5, 9], drafter)
+        runner = gen.draft_state.runner
+        ids = {int(b.run_options.get_run_config_entry("gpu_graph_id"))
+               for b in runner.captured.values()}
+        assert ids and UNCAPTURED not in ids and runner.graph_ids is drafter.runners.graph_ids
+        gen.close()
+        assert drafter.runners.idle == 1
+        again = Generator(model, params, drafter)
+        assert again.draft_state.runner is runner and runner.kv.length == 0
+        assert drafter.runners.idle == 0
+        del again  # never closed: collected, its runners still go back
+        gc.collect()
+        assert drafter.runners.idle == 1, name
