@@ -1,4 +1,5 @@
-"""Cost curve T(S) / T(1) of one target forward over S new tokens, fused vs plain graph.
+"""Cost curve T(S) / T(1) of one target forward over S new tokens: the fused graph (static
+shapes, the default), the fused graph with dynamic shapes, and the plain graph.
 
     python benchmarks/cost_curve.py --hf-dir HF_DIR [--past 256] [--runs 5] [--threads 2]
     python benchmarks/cost_curve.py --random-real-dims   # 24 layers, d 896, 14/2 heads, V 151936
@@ -53,22 +54,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = random_real_dims(Path(tmp) / "hf") if ns.random_real_dims else Path(ns.hf_dir)
         curves = {}
-        for graph in ("fused", "plain"):
-            out = Path(tmp) / graph
+        for name, graph, shapes in (("fused", "fused", "static"),
+                                    ("dynamic", "fused", "dynamic"), ("plain", "plain", None)):
+            out = Path(tmp) / name
             export_bundle(hf_dir, out, ExportOptions(max_len=ns.past + 128, graph=graph,
-                                                     progress=False))
+                                                     shapes=shapes, progress=False))
             model = Model(out, SessionConfig(threads=ns.threads))
-            curves[graph] = measure(model, ns.past, ns.runs, max(1, ns.reps))
+            curves[name] = measure(model, ns.past, ns.runs, max(1, ns.reps))
             del model
     print(f"{hf_dir.name if ns.hf_dir else 'random 24L d896 V151936'}: past {ns.past}, "
-          f"{ns.threads} threads, median of {ns.runs} runs")
-    print(f"{'S':>4}{'fused ms':>10}{'T(S)/T(1)':>11}{'plain ms':>10}{'T(S)/T(1)':>11}"
-          f"{'plain/fused':>13}")
-    f1, p1 = curves["fused"][1], curves["plain"][1]
+          f"{ns.threads} threads, median of {ns.runs} runs (fused: static shapes; dynamic: the "
+          "fused graph with --shapes dynamic)")
+    print(f"{'S':>4}" + "".join(f"{n + ' ms':>12}{'T(S)/T(1)':>11}" for n in curves)
+          + f"{'plain/fused':>13}")
     for s in SIZES:
-        f, p = curves["fused"][s], curves["plain"][s]
-        print(f"{s:>4}{1e3 * f:>10.3f}{f / f1:>11.2f}{1e3 * p:>10.3f}{p / p1:>11.2f}"
-              f"{p / f:>13.2f}")
+        row = "".join(f"{1e3 * c[s]:>12.3f}{c[s] / c[1]:>11.2f}" for c in curves.values())
+        print(f"{s:>4}{row}{curves['plain'][s] / curves['fused'][s]:>13.2f}")
 
 
 if __name__ == "__main__":

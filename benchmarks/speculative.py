@@ -126,10 +126,12 @@ def main() -> None:
     engines = {"edgespec none": lambda: ours(model, prompts, n, None)}
     for j, m in enumerate(models):  # further bundles (e.g. compressed drafters): tagged labels
         tag = "" if j == 0 else f"[{Path(ns.bundle[j]).name}] "
+        if j:  # its own autoregressive decoding too (e.g. another export of the target)
+            engines[f"{tag}edgespec none"] = lambda m=m: ours(m, prompts, n, None)
         engines.update(bundle_engines(m, prompts, n, tag, first=j == 0))
     if ns.only:
         engines = {k: v for k, v in engines.items()
-                   if k == "edgespec none" or re.search(ns.only, k)}
+                   if k.endswith("edgespec none") or re.search(ns.only, k)}
     if ns.hf_dir:
         import torch
         import transformers

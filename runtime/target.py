@@ -235,6 +235,9 @@ class TargetRunner:
         """Write the step's [S, P+S] bias into the binding's [S, L] one and the length into
         seqlens_k; columns a longer earlier step left unmasked are masked again (a rewind)."""
         end = bias.shape[-1]  # P+S
+        if end != self.kv.length + bias.shape[-2]:
+            raise ValueError(f"attention bias covers {end} positions, the cache holds "
+                             f"{self.kv.length} + {bias.shape[-2]} new")
         rows = binding.bufs["attention_bias"][0, 0]  # [S, L]
         rows[:, :end] = bias[0, 0]
         if binding.bias_end > end:
