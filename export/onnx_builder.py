@@ -26,6 +26,7 @@ class Builder:
         self.outputs: list[onnx.ValueInfoProto] = []
         self._n = 0
         self._consts: dict[tuple, str] = {}
+        self._alias: dict[str, str] = {}  # internal value -> the graph output it became
 
     def _fresh(self, hint: str) -> str:
         self._n += 1
@@ -61,6 +62,7 @@ class Builder:
     def op(self, op_type: str, *inputs: str, name: str | None = None, n_out: int = 1,
            domain: str = "", names: tuple = (), **attrs) -> str | list[str]:
         """Add a node; outputs get fresh names unless given (`name`, or `names` per output)."""
+        inputs = tuple(self._alias.get(i, i) for i in inputs)
         outs = [name] if name and n_out == 1 else [
             (names[j] if j < len(names) and names[j] else self._fresh(op_type.lower()))
             for j in range(n_out)]
@@ -74,8 +76,21 @@ class Builder:
         return name
 
     def output(self, value: str, name: str, dtype: str, shape: list) -> str:
-        """Expose `value` as graph output `name` (an Identity keeps internal names free)."""
-        self.op("Identity", value, name=name)
+        """Expose `value` as graph output `name`. The node that computes it writes `name`
+        directly (an Identity would copy the tensor on every run); a graph input, an
+        initializer or a value already exposed under another name goes through an Identity."""
+        value = self._alias.get(value, value)
+        producer = next((n for n in reversed(self.nodes) if value in n.output), None)
+        exposed = {o.name for o in self.outputs}
+        if producer is None or value in exposed:
+            self.op("Identity", value, name=name)
+        else:
+            for node in self.nodes:  # fresh names are unique: a plain rename is exact
+                for j, x in enumerate(node.input):
+                    if x == value:
+                        node.input[j] = name
+            producer.output[list(producer.output).index(value)] = name
+            self._alias[value] = name
         self.outputs.append(helper.make_tensor_value_info(name, NAME_TO_ONNX[dtype], shape))
         return name
 
