@@ -13,6 +13,14 @@ def _upper(seq: int) -> np.ndarray:
     return np.triu(np.ones((seq, seq), bool), 1)
 
 
+@lru_cache(maxsize=64)
+def causal_block(seq: int, mask_value: float, dtype=np.float32) -> np.ndarray:
+    """[S, S]: the new tokens' block of a causal bias (read-only, shared)."""
+    block = np.where(_upper(seq), np.asarray(mask_value, dtype), np.asarray(0, dtype))
+    block.flags.writeable = False
+    return block
+
+
 def causal_bias(past_len: int, seq: int, mask_value: float, window: int | None = None,
                 dtype=np.float32) -> np.ndarray:
     """[1, 1, S, P+S]: new token i (at position P+i) sees positions <= P+i (and > P+i-window)."""

@@ -184,8 +184,10 @@ class Generator:
     def _forward(self, ids: list[int], last_only: bool):
         """Feed ids at the next positions (causal); logits of the last row only or of all."""
         past, s = self.kv.length, len(ids)
-        bias = causal_bias(past, s, self.model.manifest.target.mask_value,
-                           self.model.manifest.model.sliding_window)
+        window = self.model.manifest.model.sliding_window
+        bias = None  # causal over the whole cache: the runner's own (cheap on static graphs)
+        if window is not None and window <= past + s:  # the window cuts the past: explicit
+            bias = causal_bias(past, s, self.model.manifest.target.mask_value, window)
         rows = np.array([s - 1] if last_only else range(s), dtype=np.int64)
         out = self.runner.forward(np.asarray(ids, np.int64), np.arange(past, past + s),
                                   bias, rows)

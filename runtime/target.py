@@ -9,6 +9,7 @@ from functools import cached_property
 import numpy as np
 
 from edgespec.manifest import GraphSpec, ModelInfo
+from edgespec.masks import causal_block, causal_bias
 
 from .graph_capture import UNCAPTURED, static_graph
 from .kv import KVRows
@@ -59,6 +60,7 @@ class _Binding:
     device_in: dict  # input name -> its device OrtValue (CUDA graphs: bufs holds the staging)
     run_options: object  # None, or the RunOptions that name this shape's CUDA graph
     bias_end: int = 0  # static bias: columns [0, bias_end) were written by the last forward
+    past_open: int = 0  # static bias: columns [0, past_open) are 0 in every row
 
 
 class TargetRunner:
@@ -195,8 +197,9 @@ class TargetRunner:
         """Run S new tokens against the cache, then append their K/V to it.
 
         ids, positions: [S] int64; bias: [1, 1, S, length+S] float32 (cast to the graph's
-        dtype); logits_rows: [N] int64; extra: further float32 inputs of a drafter graph
-        (features, hidden_in: [1, S, ...]).
+        dtype), or None: causal over the whole cache (no sliding window), which a static
+        graph's bias takes in O(S^2) instead of O(S * length); logits_rows: [N] int64; extra:
+        further float32 inputs of a drafter graph (features, hidden_in: [1, S, ...]).
         """
         s, n = ids.shape[0], logits_rows.shape[0]
         self.kv.check_room(s)
@@ -206,8 +209,10 @@ class TargetRunner:
         bufs["position_ids"][0] = positions
         bufs["logits_index"][:] = logits_rows
         if self.static:
-            self._fill_static_bias(binding, bias)
+            self._fill_static_bias(binding, bias, s)
         else:  # the bias changes shape every step (P+S grows): bind its memory without a copy
+            if bias is None:
+                bias = causal_bias(self.kv.length, s, self.spec.mask_value)
             bias = np.ascontiguousarray(bias, self.bias_dtype)
             io.bind_input("attention_bias", "cpu", 0, self.bias_dtype, bias.shape,
                           bias.ctypes.data)
@@ -231,16 +236,29 @@ class TargetRunner:
         return ForwardOut(bufs["logits"], bufs["argmax"] if self.has_argmax else None,
                           bufs["hidden"], bufs["features"] if self.has_features else None)
 
-    def _fill_static_bias(self, binding: _Binding, bias: np.ndarray) -> None:
-        """Write the step's [S, P+S] bias into the binding's [S, L] one and the length into
-        seqlens_k; columns a longer earlier step left unmasked are masked again (a rewind)."""
-        end = bias.shape[-1]  # P+S
-        if end != self.kv.length + bias.shape[-2]:
-            raise ValueError(f"attention bias covers {end} positions, the cache holds "
-                             f"{self.kv.length} + {bias.shape[-2]} new")
+    def _fill_static_bias(self, binding: _Binding, bias: np.ndarray | None, s: int) -> None:
+        """Write the step's bias into the binding's [S, L] one and the length into seqlens_k.
+
+        bias [1, 1, S, P+S] is copied whole; None (causal) only moves the open past to P and
+        writes the new [S, S] block. Columns past P+S that an earlier, longer step of this
+        shape left unmasked (a rewind) are masked again."""
+        p, mask = self.kv.length, self.spec.mask_value
+        end = p + s
         rows = binding.bufs["attention_bias"][0, 0]  # [S, L]
-        rows[:, :end] = bias[0, 0]
+        if bias is None:
+            if binding.past_open > p:
+                rows[:, p:binding.past_open] = mask
+            else:
+                rows[:, binding.past_open:p] = 0
+            rows[:, p:end] = causal_block(s, mask, self.bias_dtype)
+            binding.past_open = p
+        else:
+            if bias.shape[-1] != end:
+                raise ValueError(f"attention bias covers {bias.shape[-1]} positions, the "
+                                 f"cache holds {p} + {s} new")
+            rows[:, :end] = bias[0, 0]
+            binding.past_open = 0  # a window may have masked some of the past
         if binding.bias_end > end:
-            rows[:, end:binding.bias_end] = self.spec.mask_value
+            rows[:, end:binding.bias_end] = mask
         binding.bias_end = end
         binding.bufs["seqlens_k"][0] = end - 1

@@ -217,3 +217,29 @@ def test_drafter_runners_capture_and_are_pooled_too(static_pair):
         del again  # never closed: collected, its runners still go back
         gc.collect()
         assert drafter.runners.idle == 1, name
+
+
+def test_the_static_bias_is_always_the_step_bias_then_masked(static_pair):
+    """Random steps on one runner (causal ones filled incrementally, explicit tree biases
+    copied whole, lengths moving back and forth as rewinds do): every [S, L] bias equals the
+    step's [S, P+S] bias followed by the mask."""
+    from edgespec.masks import causal_bias
+
+    model = Model(static_pair[True])
+    runner = model.new_runner()
+    mask, length = model.manifest.target.mask_value, model.max_len
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        s = int(rng.choice([1, 3]))
+        p = int(rng.integers(0, length - s))
+        runner.kv.length = p
+        binding = runner._binding(s, s)
+        want = causal_bias(p, s, mask)[0, 0]
+        if rng.random() < 0.3:  # a tree (or window) bias: some past and new columns masked
+            want = np.where(rng.random(want.shape) < 0.3, np.float32(mask), want)
+            runner._fill_static_bias(binding, want[None, None], s)
+        else:
+            runner._fill_static_bias(binding, None, s)
+        rows = binding.bufs["attention_bias"][0, 0]
+        np.testing.assert_array_equal(rows[:, :p + s], want)
+        assert np.all(rows[:, p + s:] == mask) and binding.bufs["seqlens_k"][0] == p + s - 1
