@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--kv-device", default="auto", choices=("auto", "device", "host"),
                        help="K/V buffers on the provider's device (auto: on GPUs) or the host")
         q.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
-                       help="CUDA graph per verify shape (auto: on GPUs, for bundles exported "
+                       help="CUDA graph per verify shape (auto: on --provider cuda, for bundles "
                             "with static shapes: the default)")
         q.add_argument("--drafter", default="none",
                        help="drafter name from the bundle (edgespec info lists them), or none")

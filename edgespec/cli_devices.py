@@ -279,7 +279,7 @@ def add_commands(sub) -> None:
     b.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
     b.add_argument("--threads", type=int, default=0)
     b.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
-                   help="CUDA graph per verify shape (auto: on GPUs, for bundles with static "
-                        "shapes: the default)")
+                   help="CUDA graph per verify shape (auto: on --provider cuda, bundles "
+                        "with static shapes: the default)")
     b.add_argument("-o", "--out", default="bench", help="folder for bench.json / .md / .png")
     b.set_defaults(fn=cmd_bench)

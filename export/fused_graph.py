@@ -14,8 +14,8 @@ static (`--shapes static`, the default): the shapes of a forward depend on S and
 CUDA graph captured for one (S, N) replays every step of that shape. attention_bias is
 [1, 1, S, L] (L = the K/V buffer length; columns past P+S are ignored) and the length comes
 from an input, seqlens_k [1] int32 = P+S-1 (GQA's own convention), not from the bias shape;
-GQA's total_sequence_length is the constant L. On the CPU it is faster too: onnxruntime sees
-the same shapes every step.
+GQA's total_sequence_length is the constant L. On the CPU the step does less host work too
+(no per-step bias binding; onnxruntime sees the same shapes every step).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class ExportOptions:
     weights: str = "fp32"
     block_size: int = 32  # int4 quantisation block along the input dim
     # "static": shapes fixed per (S, N) (attention_bias over the whole K/V buffer, the length
-    # an input; export/fused_graph.py): what CUDA graphs need, and faster on the CPU too;
+    # an input; export/fused_graph.py): what CUDA graphs need, less host work on the CPU;
     # "dynamic": the bias grows with the context. None: static for fused graphs (plain: dynamic)
     shapes: str | None = None
 

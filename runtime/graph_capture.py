@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 
-from .providers import PRESETS, SessionConfig
+from .providers import SessionConfig
 
 UNCAPTURED = -1  # onnxruntime's gpu_graph_id for "run without capture or replay"
 # captured graphs per session: a decode shape and a few verify shapes per Generator, for as
@@ -33,7 +33,8 @@ def static_graph(spec) -> bool:
 
 
 def wants_capture(config: SessionConfig, spec, kv_on_device: bool) -> bool:
-    """auto: capture on the GPU presets when the graph allows it; on: capture (on the CPU the
+    """auto: capture on the cuda preset when the graph allows it; on: capture (TensorRT with
+    its own trt_cuda_graph_enable, whose per-id replay is not verified here; on the CPU the
     same binding and id bookkeeping without a capture, a test of that path); off: never."""
     if config.cuda_graphs == "off":
         return False
@@ -45,7 +46,7 @@ def wants_capture(config: SessionConfig, spec, kv_on_device: bool) -> bool:
             "`edgespec export ... --shapes static` (the default), or use cuda_graphs 'auto'")
     if config.cuda_graphs == "on":
         return True
-    return able and PRESETS[config.provider][1] == "cuda"
+    return able and config.provider == "cuda"
 
 
 class GraphIds:

@@ -58,7 +58,7 @@ class SessionConfig:
     # host), "device" (allocated by onnxruntime on the provider's device; on CPU a test of that
     # path) or "host" (numpy arrays)
     kv_device: str = "auto"
-    # CUDA graphs per verify shape (runtime/graph_capture.py): "auto" (on the GPU presets when
+    # CUDA graphs per verify shape (runtime/graph_capture.py): "auto" (on the cuda preset when
     # the bundle has static shapes and K/V are on the device), "on" (required) or "off"
     cuda_graphs: str = "auto"
 

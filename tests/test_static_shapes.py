@@ -16,7 +16,7 @@ from conftest import DRAFTER_KINDS, run_to_end
 
 from edgespec.manifest import BundleError
 from edgespec.runtime.generator import GenerationParams, Generator
-from edgespec.runtime.graph_capture import UNCAPTURED, GraphIds
+from edgespec.runtime.graph_capture import UNCAPTURED, GraphIds, wants_capture
 from edgespec.runtime.model import Model
 from edgespec.runtime.providers import SessionConfig, capture_providers
 
@@ -143,8 +143,17 @@ def test_cuda_graphs_on_needs_a_static_graph_and_device_kv(static_pair):
         Model(static_pair[True], SessionConfig(kv_device="host", cuda_graphs="on"))
     with pytest.raises(ValueError, match="cuda_graphs must be"):
         SessionConfig(cuda_graphs="yes")
-    # auto: on a GPU preset only; the CPU decodes without graph ids
-    assert Model(static_pair[True]).graph_ids is None
+    # auto: on the cuda preset only; the CPU decodes without graph ids, TensorRT's own capture
+    # is opt-in ("on")
+    model = Model(static_pair[True])
+    assert model.graph_ids is None
+    static, dynamic = model.manifest.target, Model(static_pair[False]).manifest.target
+    assert wants_capture(SessionConfig(provider="cuda"), static, True)
+    assert not wants_capture(SessionConfig(provider="cuda"), dynamic, True)
+    assert not wants_capture(SessionConfig(provider="cuda"), static, False)
+    assert not wants_capture(SessionConfig(provider="tensorrt"), static, True)
+    assert wants_capture(SessionConfig(provider="tensorrt", cuda_graphs="on"), static, True)
+    assert not wants_capture(SessionConfig(provider="cuda", cuda_graphs="off"), static, True)
 
 
 def test_capture_turns_on_the_gpu_providers_option_only():
