@@ -6,11 +6,15 @@
 #
 #   bash devices/gpu_check.sh                 # exports the demo bundle first (needs torch)
 #   BUNDLE=bundles/demo bash devices/gpu_check.sh   # a bundle exported elsewhere
-#   WEIGHTS=fp16 bash devices/gpu_check.sh    # the demo exported in fp16 (or int4-fp16)
+#   WEIGHTS=int4-fp16 bash devices/gpu_check.sh   # the demo exported in int4-fp16 (default fp16)
+#   VERIFY=tree bash devices/gpu_check.sh     # graphs with an attention bias (default chain)
 #
 # Env: PY (python, default .venv/bin/python), OUT (default gpu-check), LIMIT prompts (8),
 # TOKENS per prompt (64), RUNS (3). About 4-5 minutes on the demo bundle. Bundles with static
 # shapes (the export default, what CUDA graphs need) run both ways; others without graphs.
+# The defaults are what onnxruntime's CUDA GroupQueryAttention runs (its source: float16 /
+# bfloat16 kernels only, and no attention_bias): --weights fp16 and --verify chain. An fp32 or
+# tree bundle shows what happens otherwise (GQA on the CPU, or a refused bias).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-gpu-check}
@@ -32,9 +36,10 @@ PYEOF
 
 if [[ -z "${BUNDLE:-}" ]]; then
     BUNDLE="$OUT/bundle"
-    "${ES[@]}" export --demo -o "$BUNDLE" --weights "${WEIGHTS:-fp32}" --shapes static \
-        --overwrite  # parity vs torch on the CPU
+    "${ES[@]}" export --demo -o "$BUNDLE" --weights "${WEIGHTS:-fp16}" --shapes static \
+        --verify "${VERIFY:-chain}" --overwrite  # parity vs torch on the CPU
 fi
+TREES=$("$PY" -c "from edgespec.runtime.model import Model; print('4,8,16,32' if Model('$BUNDLE').verifies_trees else '')")
 GRAPHS=$("$PY" -c "from edgespec.manifest import load_manifest as m; from edgespec.runtime.graph_capture import static_graph as s; print('off on' if s(m('$BUNDLE').target) else 'off')")
 
 # greedy parity, every drafter: CUDA with device K/V against the CPU with host K/V
@@ -74,8 +79,8 @@ for g in $GRAPHS; do
     "${ES[@]}" bench "$BUNDLE" --provider cuda --cuda-graphs "$g" --drafter mtp \
         --gammas 1,2,3,4 --runs "$RUNS" --limit "$LIMIT" --max-new-tokens "$TOKENS" \
         -o "$OUT/bench-mtp-graphs-$g"
-    "${ES[@]}" bench "$BUNDLE" --provider cuda --cuda-graphs "$g" --drafter eagle3 --gammas "" \
-        --tree-sizes 4,8,16,32 --runs "$RUNS" --limit "$LIMIT" --max-new-tokens "$TOKENS" \
-        -o "$OUT/bench-eagle3-graphs-$g"
+    "${ES[@]}" bench "$BUNDLE" --provider cuda --cuda-graphs "$g" --drafter eagle3 \
+        --gammas 2,3,4,5 --tree-sizes "$TREES" --runs "$RUNS" --limit "$LIMIT" \
+        --max-new-tokens "$TOKENS" -o "$OUT/bench-eagle3-graphs-$g"
 done
 echo "Results in $OUT/ (bench-*-graphs-off: without CUDA graphs, -on: with them)"

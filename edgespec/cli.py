@@ -73,7 +73,7 @@ def cmd_export(ns) -> int:
                                                     calibration=ns.calibration,
                                                     head_rank=per_drafter(ns.head_rank,
                                                                           "--head-rank"),
-                                                    shapes=ns.shapes,
+                                                    shapes=ns.shapes, verify=ns.verify,
                                                     overwrite=ns.overwrite))
     print(f"wrote {ns.out}: {m.model.architecture}, {m.target.kind} graph, "
           f"{m.model.num_layers} layers, vocab "
@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="static (the default for fused graphs): shapes depend on the new "
                         "tokens only (the bias spans the whole K/V buffer), what CUDA graphs "
                         "per verify shape need; dynamic: the bias grows with the context")
+    e.add_argument("--verify", default="tree", choices=["tree", "chain"],
+                   help="tree (default): graphs take an attention bias, drafters verify trees; "
+                        "chain: no bias (onnxruntime's CUDA GroupQueryAttention refuses one), "
+                        "every drafter verifies a chain: the GPU export")
     e.add_argument("--draft-model", default=None,
                    help="HF folder of a small draft model with the same tokenizer")
     e.add_argument("--drafter", action="append", metavar="NAME=DIR",

@@ -120,6 +120,10 @@ def cmd_tune(ns) -> int:
                for r in read_prompts(ns.prompts)[: ns.limit or None]]
     spec = model.manifest.drafters.get(ns.drafter)
     if spec is not None and (spec.kind == "medusa" or spec.kind == "eagle3" and not ns.chain):
+        if not model.verifies_trees:
+            raise ValueError(f"{ns.bundle} verifies chains only (--verify chain): it has no "
+                             "tree to tune; tune eagle3 with --chain, or re-export with "
+                             "--verify tree")
         return _tune_tree(ns, model, prompts, spec.kind)
     if spec is not None and spec.kind == "ngram":
         return _tune_ngram(ns, model, prompts)

@@ -12,7 +12,8 @@ import re
 from .errors import BundleError
 
 # the inputs / outputs each kind of graph must declare (K/V names come from its KVSpec)
-_STEP_IN = ("input_ids", "position_ids", "attention_bias", "logits_index")
+# attention_bias is required unless the graph takes seqlens_k and verifies chains (see below)
+_STEP_IN = ("input_ids", "position_ids", "logits_index")
 REQUIRED = {
     "target": (_STEP_IN, ("logits", "hidden")),
     "draft_model": (_STEP_IN, ("logits", "hidden")),
@@ -41,6 +42,12 @@ def compute_dtype(weights: str) -> str:
 FP16_MIN = -65504.0  # the most negative finite float16
 ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
              "int32": "tensor(int32)", "bool": "tensor(bool)"}
+
+
+def verifies_trees(spec) -> bool:
+    """A graph with an attention bias verifies trees; one without (`--verify chain`: GQA's own
+    causal mask, what onnxruntime's CUDA kernel runs) verifies chains only."""
+    return any(t.name == "attention_bias" for t in spec.inputs)
 
 
 def kv_names(kv, num_layers: int) -> tuple[list[str], list[str]]:
@@ -86,14 +93,18 @@ def check_graph(kind: str, spec, model, where: str, target=None, target_spec=Non
     if missing:
         raise BundleError(f"manifest.json: {where} lacks {missing[:4]}; re-export the bundle")
     _check_dtypes(spec, where, past, present)
+    if spec.kv is not None and "attention_bias" not in have_in and "seqlens_k" not in have_in:
+        raise BundleError(f"manifest.json: {where} has neither attention_bias nor seqlens_k; "
+                          "it cannot know the cache length: re-export the bundle")
     if "seqlens_k" in have_in:  # static shapes (`--shapes static`): see export/fused_graph.py
         if spec.kv is None or spec.kv.update != "in_graph":
             raise BundleError(f"manifest.json: {where} takes seqlens_k (static shapes) but does "
                               "not update K/V in the graph; only the fused graph has static "
                               "shapes: re-export the bundle")
         _want(where, "seqlens_k", _dims(spec, "seqlens_k"), (1,))
-        _want(where, "attention_bias", _dims(spec, "attention_bias"),
-              (1, 1, None, model.max_len))
+        if "attention_bias" in have_in:  # absent: a chain graph (`--verify chain`)
+            _want(where, "attention_bias", _dims(spec, "attention_bias"),
+                  (1, 1, None, model.max_len))
     for name in past:
         _want(where, name, _dims(spec, name), (1, model.num_kv_heads, None, model.head_dim))
     if kind == "medusa":

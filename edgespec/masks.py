@@ -21,6 +21,16 @@ def causal_block(seq: int, mask_value: float, dtype=np.float32) -> np.ndarray:
     return block
 
 
+def window_bias(past_len: int, seq: int, mask_value: float,
+                window: int | None) -> np.ndarray | None:
+    """The causal bias when a sliding window hides part of the past; None when every past
+    position is visible (the runner's own causal bias then: cheap, and the only kind a
+    `--verify chain` graph takes)."""
+    if window is None or window > past_len + seq:
+        return None
+    return causal_bias(past_len, seq, mask_value, window)
+
+
 def causal_bias(past_len: int, seq: int, mask_value: float, window: int | None = None,
                 dtype=np.float32) -> np.ndarray:
     """[1, 1, S, P+S]: new token i (at position P+i) sees positions <= P+i (and > P+i-window)."""

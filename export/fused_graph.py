@@ -16,6 +16,11 @@ CUDA graph captured for one (S, N) replays every step of that shape. attention_b
 from an input, seqlens_k [1] int32 = P+S-1 (GQA's own convention), not from the bias shape;
 GQA's total_sequence_length is the constant L. On the CPU the step does less host work too
 (no per-step bias binding; onnxruntime sees the same shapes every step).
+
+chain (`--verify chain`, static shapes only): no attention_bias at all; GQA's own causal mask
+is the only one, so the graph verifies chains, not trees. onnxruntime's CUDA
+GroupQueryAttention refuses an attention_bias (and has float16 / bfloat16 kernels only): this
+is the graph a GPU runs.
 """
 
 from __future__ import annotations
@@ -38,22 +43,26 @@ FP32_MASK = -1e9
 FP16_MASK = -30000.0
 
 
-def static_inputs(inputs: tuple[TensorSpec, ...], max_len: int) -> tuple[TensorSpec, ...]:
+def static_inputs(inputs: tuple[TensorSpec, ...], max_len: int,
+                  trees: bool = True) -> tuple[TensorSpec, ...]:
     """A fused graph's inputs with static shapes (module docstring): the bias spans the whole
-    K/V buffer and the length is an input."""
+    K/V buffer (trees) or is gone (chains), and the length is an input."""
     inputs = tuple(TensorSpec(t.name, t.dtype, (1, 1, "S", max_len))
-                   if t.name == "attention_bias" else t for t in inputs)
+                   if t.name == "attention_bias" else t for t in inputs
+                   if trees or t.name != "attention_bias")
     return (*inputs, TensorSpec("seqlens_k", "int32", (1,)))
 
 
 def fused_spec(a: ModelArgs, file: str, feature_layers: tuple[int, ...],
-               mask_value: float, dtype: str = "float32", static_len: int = 0) -> GraphSpec:
-    """static_len: the K/V buffer length of a static-shape graph; 0 = dynamic shapes."""
+               mask_value: float, dtype: str = "float32", static_len: int = 0,
+               trees: bool = True) -> GraphSpec:
+    """static_len: the K/V buffer length of a static-shape graph; 0 = dynamic shapes. trees:
+    False for a chain graph (no attention_bias; static shapes only)."""
     spec = graph_spec(a, file, feature_layers, dtype, mask_value)
     full = (1, a.n_kv_heads, "L", a.head_dim)  # present = the whole shared buffer
     outputs = tuple(TensorSpec(t.name, t.dtype, full) if t.name.startswith("present_") else t
                     for t in spec.outputs)
-    inputs = static_inputs(spec.inputs, static_len) if static_len else spec.inputs
+    inputs = static_inputs(spec.inputs, static_len, trees) if static_len else spec.inputs
     return dataclasses.replace(spec, kind="fused", inputs=inputs, outputs=outputs,
                                kv=dataclasses.replace(FUSED_KV, dtype=dtype))
 
@@ -67,8 +76,12 @@ class FusedEmitter:
     position_ids and attention_bias inputs; layer i reads and writes past/present K/V i.
     Computes in the Builder's float dtype (weights are rounded to it as they are added)."""
 
-    def __init__(self, b: Builder, a: ModelArgs, max_len: int, static: bool = False):
+    def __init__(self, b: Builder, a: ModelArgs, max_len: int, static: bool = False,
+                 trees: bool = True):
+        if not (trees or static):
+            raise ValueError("a chain graph (no attention bias) needs static shapes")
         self.b, self.a, self.eps = b, a, float(a.norm_eps)
+        self.bias = ("attention_bias",) if trees else ()
         hd = a.head_dim
         cos, sin = rope_cos_sin(a, max_len)  # fp32, rounded to the graph's dtype when stored
         self.cos = b.weight("rope_cos_half", cos[:, : hd // 2])  # GQA's rotary takes [L, D/2]
@@ -126,7 +139,7 @@ class FusedEmitter:
         # present K/V (outputs 1, 2) are the same memory as past once the runtime binds them so
         y = b.op("GroupQueryAttention", q, k, v, KV.past_key.format(i=i),
                  KV.past_value.format(i=i), self.seqlens_k, self.total, self.cos, self.sin,
-                 "position_ids", "attention_bias", domain=MS, n_out=3,
+                 "position_ids", *self.bias, domain=MS, n_out=3,
                  names=(None, KV.present_key.format(i=i), KV.present_value.format(i=i)),
                  num_heads=h, kv_num_heads=hkv, do_rotary=1)[0]
         return self.project(y, at.o_proj, f"{p}.o_proj")
@@ -147,16 +160,16 @@ class FusedEmitter:
 
 def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
                       file: str = "target.onnx", head_as_matmul: bool = False,
-                      dtype: str = "float32", static: bool = False):
+                      dtype: str = "float32", static: bool = False, trees: bool = True):
     """dtype "float16": the fp16 graph (module docstring); "float32" otherwise. static: the
-    static-shape variant (module docstring)."""
+    static-shape variant; trees False: the chain graph (module docstring)."""
     a: ModelArgs = model.args
     spec = fused_spec(a, file, feature_layers, FP16_MASK if dtype == "float16" else FP32_MASK,
-                      dtype, max_len if static else 0)
+                      dtype, max_len if static else 0, trees)
     b = Builder(np.dtype(dtype))
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
-    e = FusedEmitter(b, a, max_len, static)
+    e = FusedEmitter(b, a, max_len, static, trees)
     resid = b.op("Gather", b.weight("embed_tokens.weight", _np(model.embed_tokens.weight)),
                  "input_ids")
     delta = None

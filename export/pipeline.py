@@ -49,6 +49,9 @@ class ExportOptions:
     # an input; export/fused_graph.py): what CUDA graphs need, less host work on the CPU;
     # "dynamic": the bias grows with the context. None: static for fused graphs (plain: dynamic)
     shapes: str | None = None
+    # "tree": graphs take an attention bias (tree masks; the CPU's GroupQueryAttention); "chain":
+    # no bias, GQA's own causal mask (what onnxruntime's CUDA GQA runs): drafters verify chains
+    verify: str = "tree"
 
     @property
     def static(self) -> bool:
@@ -135,7 +138,8 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
                                          else len(d2t))
     weights = opts.weights
     int4 = weights.startswith("int4")
-    fused = {"dtype": compute_dtype(weights), "static": opts.static}
+    fused = {"dtype": compute_dtype(weights), "static": opts.static,
+             "trees": opts.verify == "tree"}
     proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4,
                                              **(fused if opts.graph == "fused" else {}))
     if int4:
@@ -187,6 +191,15 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
     if opts.static and opts.graph != "fused":
         raise ValueError("--shapes static builds the fused graph only (GroupQueryAttention "
                          "takes the length as an input); use --graph fused (the default)")
+    if opts.verify not in ("tree", "chain"):
+        raise ValueError(f"--verify {opts.verify!r} is not one of tree, chain")
+    if opts.verify == "chain" and not opts.static:
+        raise ValueError("--verify chain builds fused graphs with static shapes only (the "
+                         "length is an input when no bias carries it); drop --graph plain / "
+                         "--shapes dynamic")
+    if opts.verify == "chain" and args.sliding_window is not None:
+        raise ValueError(f"--verify chain has no attention bias to carry this model's sliding "
+                         f"window ({args.sliding_window}); use --verify tree")
     layers = (default_feature_layers(args.n_layers) if opts.feature_layers is None
               else tuple(opts.feature_layers))
     if any(not 0 <= i < args.n_layers for i in layers):
@@ -248,7 +261,8 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                                                     for_drafter(opts.head_rank, name),
                                                     fused=opts.graph == "fused",
                                                     weights=drafter_weights(opts.weights),
-                                                    static=opts.static)
+                                                    static=opts.static,
+                                                    trees=opts.verify == "tree")
             steps.update()
         # the K/V compaction graphs that let the runtime keep K/V on a device (fused graphs)
         spec = with_compactor(tmp, spec, info)

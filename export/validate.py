@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgespec.graph_contract import FP16_WEIGHTS
+from edgespec.graph_contract import FP16_WEIGHTS, verifies_trees
 from edgespec.manifest import GraphSpec, ModelInfo
 from edgespec.masks import causal_bias
 from edgespec.runtime.device_kv import kv_dtype
@@ -60,12 +60,14 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed
     pos = np.arange(prompt_len)
     bias = causal_bias(0, prompt_len, mask)
     onnx_logits = [runner.forward(ids, pos, bias, np.arange(prompt_len)).logits.copy()]
-    # tree: t0 -> t1, t0 -> t2 (sibling of t1), t1 -> t3
+    # tree: t0 -> t1, t0 -> t2 (sibling of t1), t1 -> t3; a chain graph verifies a chain
     tree_ids = rng.integers(0, a.vocab_size, 4)
-    tree_pos = prompt_len + np.array([0, 1, 1, 2])
     tree_bias = causal_bias(prompt_len, 4, mask)
-    tree_bias[0, 0, 2, prompt_len + 1] = mask  # t2 does not see t1
-    tree_bias[0, 0, 3, prompt_len + 2] = mask  # t3 does not see t2
+    tree_pos = prompt_len + np.arange(4)
+    if verifies_trees(spec):
+        tree_pos = prompt_len + np.array([0, 1, 1, 2])
+        tree_bias[0, 0, 2, prompt_len + 1] = mask  # t2 does not see t1
+        tree_bias[0, 0, 3, prompt_len + 2] = mask  # t3 does not see t2
     onnx_logits.append(runner.forward(tree_ids, tree_pos, tree_bias, np.arange(4)).logits.copy())
 
     with torch.no_grad():
@@ -128,10 +130,12 @@ def check_layer_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, m,
     ids = rng.integers(0, cfg.vocab_size, n0 + n1)
     feats = rng.standard_normal((1, n0, cfg.feature_dim)).astype(np.float32)
     own = rng.standard_normal((1, n1, cfg.dim)).astype(np.float32)
-    pos = np.array([*range(1, n0 + 1), n0 + 1, n0 + 1, n0 + 2])
+    pos = np.array([*range(1, n0 + 1), n0 + 1, n0 + 2, n0 + 3])  # a chain graph: a chain
     bias0 = causal_bias(0, n0, spec.mask_value)
     bias1 = causal_bias(n0, n1, spec.mask_value)
-    bias1[0, 0, 1, n0] = spec.mask_value  # row 1 is row 0's sibling, row 2 its child
+    if verifies_trees(spec):
+        pos[n0 + 1:] = n0 + 1, n0 + 2
+        bias1[0, 0, 1, n0] = spec.mask_value  # row 1 is row 0's sibling, row 2 its child
     out = [runner.forward(ids[:n0], pos[:n0], bias0, np.arange(n0),
                           {"features": feats, "hidden_in": np.zeros((1, n0, cfg.dim))})
            .logits.copy()]

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgespec.graph_contract import verifies_trees
 from edgespec.manifest import DrafterSpec
-from edgespec.masks import causal_bias
+from edgespec.masks import window_bias
 from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree
 
@@ -156,7 +157,7 @@ class DraftModelDrafter:
         """Feed ids after the cached tokens; returns the logits of the last one ([V])."""
         past, s = st.runner.kv.length, len(ids)
         out = st.runner.forward(np.asarray(ids, np.int64), np.arange(past, past + s),
-                                causal_bias(past, s, self.spec.graph.mask_value,
+                                window_bias(past, s, self.spec.graph.mask_value,
                                             self.spec.model.sliding_window),
                                 np.array([s - 1], np.int64))
         st.cached += ids
@@ -212,18 +213,25 @@ def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
                  config: SessionConfig, max_len: int, gamma: int | None = None,
                  width: int | None = None, tree_size: int | None = None,
                  tree: list | None = None, d2t: np.ndarray | None = None,
-                 min_n: int | None = None):
+                 min_n: int | None = None, chains_only: bool = False):
     """gamma: draft depth; width: nodes expanded per depth (draft_model, eagle3, mtp; 1 = a
     chain); tree_size: nodes kept (medusa's static tree, the dynamic trees); tree: medusa's
     rank paths instead of the bundle's; d2t: the drafter's checked VocabTrim map (Model loads
     it with the bundle's other checks); min_n: ngram's shortest suffix match worth a
-    proposal."""
+    proposal; chains_only: the target verifies chains only (`--verify chain`), so does every
+    drafter (Medusa: its top-1 path), as one whose own graph has no attention bias."""
     from .head_drafters import LayerDrafter, MedusaDrafter
 
     if name not in drafters:
         raise ValueError(f"unknown drafter {name!r}; this bundle has: "
                          f"{', '.join(['none', *drafters])}")
     spec = drafters[name]
+    own = spec.graph
+    if chains_only or (own is not None and own.kv is not None and not verifies_trees(own)):
+        width = 1
+        if spec.kind == "medusa":  # the top-1 path: one node per head
+            heads = next(t.shape for t in own.outputs if t.name == "topk_ids")[0]
+            tree, tree_size = [[0] * (i + 1) for i in range(heads)], None
     g = gamma or int(spec.options.get("gamma", 4))
     if spec.kind == "ngram":
         max_n = int(spec.options.get("max_n", 4))

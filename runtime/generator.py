@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgespec.accept import accept_greedy, accept_greedy_argmax, accept_sample, accept_typical
-from edgespec.masks import causal_bias
+from edgespec.masks import window_bias
 from edgespec.sampling import SamplingParams, probabilities, sample
 from edgespec.tree import DraftTree, depths, tree_bias
 
@@ -184,10 +184,8 @@ class Generator:
     def _forward(self, ids: list[int], last_only: bool):
         """Feed ids at the next positions (causal); logits of the last row only or of all."""
         past, s = self.kv.length, len(ids)
-        window = self.model.manifest.model.sliding_window
-        bias = None  # causal over the whole cache: the runner's own (cheap on static graphs)
-        if window is not None and window <= past + s:  # the window cuts the past: explicit
-            bias = causal_bias(past, s, self.model.manifest.target.mask_value, window)
+        bias = window_bias(past, s, self.model.manifest.target.mask_value,
+                           self.model.manifest.model.sliding_window)
         rows = np.array([s - 1] if last_only else range(s), dtype=np.int64)
         out = self.runner.forward(np.asarray(ids, np.int64), np.arange(past, past + s),
                                   bias, rows)
@@ -274,7 +272,10 @@ class Generator:
         and leaves exactly the accepted nodes' K/V in the cache, in order."""
         past, n = self.kv.length, tree.size
         mi = self.model.manifest
-        bias = tree_bias(tree.parents, past, mi.target.mask_value, mi.model.sliding_window)
+        window = mi.model.sliding_window
+        bias = window_bias(past, n, mi.target.mask_value, window)  # None: all past visible
+        if not tree.is_chain:
+            bias = tree_bias(tree.parents, past, mi.target.mask_value, window)
         out = self.runner.forward(tree.tokens, past + depths(tree.parents), bias,
                                   np.arange(n, dtype=np.int64))
         rule = self.params.accept

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import threading
 
+from edgespec.graph_contract import verifies_trees
+
 from .providers import SessionConfig
 
 UNCAPTURED = -1  # onnxruntime's gpu_graph_id for "run without capture or replay"
@@ -46,7 +48,10 @@ def wants_capture(config: SessionConfig, spec, kv_on_device: bool) -> bool:
             "`edgespec export ... --shapes static` (the default), or use cuda_graphs 'auto'")
     if config.cuda_graphs == "on":
         return True
-    return able and config.provider == "cuda"
+    # the cuda preset, and a graph whose attention CUDA runs (float16, no bias: see
+    # runtime/runner_pool.check_cuda_fit): capture needs every node on the GPU
+    return (able and config.provider == "cuda" and spec.kv.dtype == "float16"
+            and not verifies_trees(spec))
 
 
 class GraphIds:

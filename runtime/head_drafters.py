@@ -17,7 +17,6 @@ import numpy as np
 
 from edgespec.drafter_options import fits_heads
 from edgespec.manifest import DrafterSpec
-from edgespec.masks import causal_bias
 from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree, static_tree
 
@@ -156,11 +155,11 @@ class LayerDrafter:
         c = max(0, min(common_prefix(st.cached, tokens) - 1, m - 2))
         kv.truncate(c)
         mask = self.spec.graph.mask_value
-        s = m - 1 - c  # rows c+1..m-1, each reading the target output of the row before
-        # only the last row drafts: a catch-up over a whole prompt must not bind (and compute)
-        # [s, V] logits, which the runner would keep per shape (~10 MB at s = 300, V = 8192)
+        # rows c+1..m-1 are fed, each reading the target output of the row before; only the
+        # last row drafts: a catch-up over a whole prompt must not bind (and compute) [s, V]
+        # logits, which the runner would keep per shape (~10 MB at s = 300, V = 8192)
         logits, hidden = self._run(st, tokens[c + 1:m], np.arange(c + 1, m),
-                                   causal_bias(c, s, mask), st.target.rows[c:m - 1], None,
+                                   None, st.target.rows[c:m - 1], None,  # None: causal
                                    last_only=True)
         st.cached = list(tokens)
         base = kv.length  # = m - 1; deeper rows are speculative and dropped below
@@ -189,7 +188,7 @@ class LayerDrafter:
                 probs.append(q)
             if step + 1 < depth:
                 pos = m + step
-                lg, h = self._run(st, [draft[-1]], [pos], causal_bias(kv.length, 1, mask), None, h)
+                lg, h = self._run(st, [draft[-1]], [pos], None, None, h)  # causal
                 row = lg[-1]
         kv.truncate(base)
         q = np.stack([np.zeros_like(probs[0]), *probs]) if probs else None

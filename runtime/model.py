@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from edgespec.drafter_options import INT_OPTIONS, valid_int
+from edgespec.graph_contract import verifies_trees
 from edgespec.manifest import Manifest, load_manifest
 
 from .bundle_checks import check_bundle, load_tokenizer
@@ -74,8 +75,13 @@ class Model:
                 self._drafters[key] = make_drafter(name, self.dir, self.manifest.drafters,
                                                    self.config, self.max_len, gamma, width,
                                                    tree_size, tree, self._d2t.get(name),
-                                                   min_n)
+                                                   min_n, chains_only=not self.verifies_trees)
             return self._drafters[key]
+
+    @property
+    def verifies_trees(self) -> bool:
+        """False for a `--verify chain` bundle: every drafter then drafts a chain."""
+        return verifies_trees(self.manifest.target)
 
     @property
     def graph_ids(self):

@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
-from edgespec.manifest import GraphSpec, ModelInfo
+from edgespec.graph_contract import verifies_trees
+from edgespec.manifest import BundleError, GraphSpec, ModelInfo
 
 from .bundle_checks import open_graph
 from .device_kv import KVFactory, wants_device_kv
 from .graph_capture import MAX_GRAPHS, GraphIds, wants_capture
-from .providers import SessionConfig
+from .providers import PRESETS, SessionConfig
 from .target import TargetRunner
+
+
+def check_cuda_fit(spec: GraphSpec, config: SessionConfig) -> None:
+    """onnxruntime's CUDA GroupQueryAttention (read from its source, 1.2x-1.3x) has float16 /
+    bfloat16 kernels only and refuses an attention_bias: on the GPU presets a fused graph with
+    a bias is refused here (it would fail at its first run), a float32 one warned about (its
+    attention would run on the CPU)."""
+    if PRESETS[config.provider][1] != "cuda" or spec.kind != "fused":
+        return
+    if verifies_trees(spec):
+        raise BundleError(f"{spec.file} takes an attention bias (tree verification), which "
+                          "onnxruntime's CUDA GroupQueryAttention refuses; for CUDA export "
+                          "with `--weights fp16 --verify chain` (or run on --provider cpu)")
+    if spec.kv.dtype != "float16":
+        warnings.warn(f"{spec.file} is float32: onnxruntime's CUDA GroupQueryAttention has "
+                      "float16 kernels only, so attention runs on the CPU with copies; export "
+                      "with --weights fp16 (or int4-fp16) for the GPU", RuntimeWarning,
+                      stacklevel=3)
 
 
 class RunnerPool:
@@ -24,6 +44,7 @@ class RunnerPool:
     def __init__(self, bundle_dir: Path, spec: GraphSpec, model: ModelInfo,
                  config: SessionConfig):
         self.spec, self.model = spec, model
+        check_cuda_fit(spec, config)
         capture = wants_capture(config, spec, wants_device_kv(config))
         self.graph_ids = GraphIds(MAX_GRAPHS) if capture else None
         self.session = open_graph(bundle_dir, spec, config, capture)

@@ -8,12 +8,20 @@ from functools import cached_property
 
 import numpy as np
 
+from edgespec.graph_contract import verifies_trees
 from edgespec.manifest import GraphSpec, ModelInfo
-from edgespec.masks import causal_block, causal_bias
+from edgespec.masks import causal_bias, causal_block
 
 from .graph_capture import UNCAPTURED, static_graph
 from .kv import KVRows
 from .providers import import_ort
+
+
+def _is_causal(bias: np.ndarray, past: int, s: int) -> bool:
+    """bias [1, 1, S, P+S] lets every new token see the whole past and the new ones before it."""
+    rows = bias[0, 0]
+    return (rows.shape == (s, past + s) and not rows[:, :past].any()
+            and np.array_equal(rows[:, past:] != 0, causal_block(s, 1.0) != 0))
 
 
 def _host(value):
@@ -85,7 +93,9 @@ class TargetRunner:
         # the declared dtypes (graph_contract checked them): an fp16 graph takes a float16
         # attention_bias and K/V, and returns float32 logits / hidden / features
         self.dtypes = {t.name: np.dtype(t.dtype) for t in (*spec.inputs, *spec.outputs)}
-        self.bias_dtype = self.dtypes["attention_bias"]
+        # no attention_bias: a chain graph (`--verify chain`), causal by GQA's own mask
+        self.trees = verifies_trees(spec)
+        self.bias_dtype = self.dtypes.get("attention_bias", np.dtype(np.float32))
         self.has_features = "features" in self.out_names
         self.has_argmax = "argmax" in self.out_names
         # a layer drafter's further float32 inputs: name -> width ([1, S, width])
@@ -156,8 +166,9 @@ class TargetRunner:
         ins = {"input_ids": np.zeros((1, s), np.int64), "position_ids": np.zeros((1, s), np.int64),
                "logits_index": np.zeros(n, np.int64)}
         if self.static:  # the whole buffer's columns, masked past the length
-            ins["attention_bias"] = np.full((1, 1, s, m.max_len), self.spec.mask_value,
-                                            self.bias_dtype)
+            if self.trees:
+                ins["attention_bias"] = np.full((1, 1, s, m.max_len), self.spec.mask_value,
+                                                self.bias_dtype)
             ins["seqlens_k"] = np.zeros(1, np.int32)
 
         def on_device(shape, dtype):  # allocated by onnxruntime on the K/V's device
@@ -244,6 +255,13 @@ class TargetRunner:
         shape left unmasked (a rewind) are masked again."""
         p, mask = self.kv.length, self.spec.mask_value
         end = p + s
+        binding.bufs["seqlens_k"][0] = end - 1
+        if not self.trees:  # GQA's own causal mask is the only one
+            if bias is not None and not _is_causal(bias, p, s):
+                raise ValueError("this bundle verifies chains only (exported with --verify "
+                                 "chain: no attention bias); draft a chain (width 1), or "
+                                 "re-export with --verify tree")
+            return
         rows = binding.bufs["attention_bias"][0, 0]  # [S, L]
         if bias is None:
             if binding.past_open > p:
@@ -261,4 +279,3 @@ class TargetRunner:
         if binding.bias_end > end:
             rows[:, end:binding.bias_end] = mask
         binding.bias_end = end
-        binding.bufs["seqlens_k"][0] = end - 1

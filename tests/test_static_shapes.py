@@ -7,8 +7,10 @@ of that shape. This CPU cannot capture, but it runs the very same path (static b
 on the device refilled in place, one graph id per kept shape, runners pooled across
 Generators) and must decode exactly as the dynamic graph does."""
 
+import dataclasses
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.graph_capture import UNCAPTURED, GraphIds, wants_capture
 from edgespec.runtime.model import Model
 from edgespec.runtime.providers import SessionConfig, capture_providers
+from edgespec.runtime.runner_pool import check_cuda_fit
 
 CAPTURE = SessionConfig(kv_device="device", cuda_graphs="on")
 DRAFTERS = ((None, None), ("ngram", None), ("draft_model", 1), ("draft_model", 3), ("mtp", 1),
@@ -148,12 +151,28 @@ def test_cuda_graphs_on_needs_a_static_graph_and_device_kv(static_pair):
     model = Model(static_pair[True])
     assert model.graph_ids is None
     static, dynamic = model.manifest.target, Model(static_pair[False]).manifest.target
-    assert wants_capture(SessionConfig(provider="cuda"), static, True)
-    assert not wants_capture(SessionConfig(provider="cuda"), dynamic, True)
-    assert not wants_capture(SessionConfig(provider="cuda"), static, False)
-    assert not wants_capture(SessionConfig(provider="tensorrt"), static, True)
-    assert wants_capture(SessionConfig(provider="tensorrt", cuda_graphs="on"), static, True)
-    assert not wants_capture(SessionConfig(provider="cuda", cuda_graphs="off"), static, True)
+    # what CUDA's GroupQueryAttention runs: float16, no attention bias (--verify chain)
+    gpu = dataclasses.replace(static, kv=dataclasses.replace(static.kv, dtype="float16"),
+                              inputs=tuple(t for t in static.inputs
+                                           if t.name != "attention_bias"))
+    cuda = SessionConfig(provider="cuda")
+    assert wants_capture(cuda, gpu, True)
+    assert not wants_capture(cuda, static, True)  # float32, with a bias: attention not on CUDA
+    assert not wants_capture(cuda, dynamic, True)
+    assert not wants_capture(cuda, gpu, False)
+    assert not wants_capture(SessionConfig(provider="tensorrt"), gpu, True)
+    assert wants_capture(SessionConfig(provider="tensorrt", cuda_graphs="on"), gpu, True)
+    assert not wants_capture(SessionConfig(provider="cuda", cuda_graphs="off"), gpu, True)
+    # on the GPU presets a graph with a bias is refused, a float32 one warned about
+    with pytest.raises(BundleError, match="--verify chain"):
+        check_cuda_fit(static, cuda)
+    chain32 = dataclasses.replace(gpu, kv=static.kv)
+    with pytest.warns(RuntimeWarning, match="--weights fp16"):
+        check_cuda_fit(chain32, cuda)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_cuda_fit(gpu, cuda)
+        check_cuda_fit(static, SessionConfig())  # the CPU runs every graph
 
 
 def test_capture_turns_on_the_gpu_providers_option_only():
@@ -252,3 +271,87 @@ def test_the_static_bias_is_always_the_step_bias_then_masked(static_pair):
         rows = binding.bufs["attention_bias"][0, 0]
         np.testing.assert_array_equal(rows[:, :p + s], want)
         assert np.all(rows[:, p + s:] == mask) and binding.bufs["seqlens_k"][0] == p + s - 1
+
+
+@pytest.fixture(scope="session")
+def chain_bundle(tiny_dirs, trained, tmp_path_factory):
+    """The tiny llama with every drafter kind, exported with --verify chain: no graph takes an
+    attention bias (onnxruntime's CUDA GroupQueryAttention refuses one)."""
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("chain") / "b"
+    export_bundle(tiny_dirs["llama"], out, ExportOptions(
+        max_len=64, progress=False, verify="chain", draft_model=tiny_dirs["qwen2"],
+        drafters=tuple((k, trained[k][1]) for k in DRAFTER_KINDS)))
+    return out
+
+
+def test_a_chain_bundle_has_no_attention_bias_and_drafts_chains(chain_bundle, static_pair):
+    """Every drafter of a chain bundle drafts a chain (Medusa its top-1 path, the dynamic
+    trees width 1) and decodes exactly what the tree bundle's autoregressive decoding gives,
+    on host K/V and on the CUDA-graph path."""
+    import onnx
+
+    model = Model(chain_bundle)
+    assert not model.verifies_trees and Model(static_pair[True]).verifies_trees
+    m = model.manifest
+    for spec in (m.target, *(d.graph for d in m.drafters.values() if d.graph and d.graph.kv)):
+        assert "attention_bias" not in {t.name for t in spec.inputs}
+        gqa = [n for n in onnx.load(str(chain_bundle / spec.file)).graph.node
+               if n.op_type == "GroupQueryAttention"]
+        assert gqa and all(len(n.input) == 10 for n in gqa)  # up to position_ids: no bias
+        assert spec.parity_max_abs < 1e-3  # parity vs torch on a chain verify step
+    trees = Model(static_pair[True])
+    params = GenerationParams(max_new_tokens=20, stop_on_eos=False)
+    for config in (SessionConfig(), CAPTURE):
+        chain = Model(chain_bundle, config)
+        accepted = 0
+        for name, width in DRAFTERS:
+            for ids in ([5, 9, 11], [7, 7, 7, 7]):
+                want = run_to_end(trees, params, ids).tokens
+                gen = run_to_end(chain, params, ids, chain.drafter(name, width=width))
+                assert gen.tokens == want, (name, width)
+                accepted += max(gen.stats.accepted_lengths) > 1
+        assert accepted > 4  # drafts were accepted: the chains were verified, not skipped
+        medusa = chain.drafter("medusa")
+        assert list(medusa.parents) == list(range(-1, len(medusa.parents) - 1))  # a chain
+        assert chain.drafter("eagle3", width=4).width == 1
+
+
+def test_a_chain_graph_refuses_a_tree(chain_bundle):
+    from edgespec.tree import tree_bias
+
+    model = Model(chain_bundle)
+    runner = model.new_runner()
+    mask = model.manifest.target.mask_value
+    runner.forward(np.array([5, 9, 11]), np.arange(3), None, np.array([2]))
+    parents = np.array([-1, 0, 0])  # two siblings: not a chain
+    with pytest.raises(ValueError, match="verifies chains only"):
+        runner.forward(np.array([1, 2, 3]), np.array([3, 4, 4]), tree_bias(parents, 3, mask),
+                       np.arange(3))
+
+
+def test_chain_exports_are_refused_where_they_cannot_work(tiny_dirs, tmp_path):
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+
+    for opts, match in ((dict(graph="plain"), "--verify chain builds fused graphs with static"),
+                        (dict(shapes="dynamic"), "--verify chain builds fused graphs with static"),
+                        (dict(verify="both"), "--verify 'both' is not one of")):
+        with pytest.raises(ValueError, match=match):
+            export_bundle(tiny_dirs["llama"], tmp_path / "b", ExportOptions(
+                max_len=64, progress=False, **{"verify": "chain", **opts}))
+    with pytest.raises(ValueError, match="sliding window"):
+        export_bundle(tiny_dirs["mistral_window"], tmp_path / "b",
+                      ExportOptions(max_len=64, progress=False, verify="chain"))
+    assert not (tmp_path / "b").exists()
+
+
+def test_tree_tuning_of_a_chain_bundle_is_one_clear_error(chain_bundle, tmp_path, capsys):
+    from edgespec.cli import main
+
+    pfile = tmp_path / "p.jsonl"
+    pfile.write_text(json.dumps({"id": 0, "prompt": "t5 t6"}) + "\n")
+    assert main(["tune", str(chain_bundle), "--drafter", "medusa", "--prompts",
+                 str(pfile)]) == 2
+    err = capsys.readouterr().err
+    assert "verifies chains only" in err and err.count("\n") == 1
