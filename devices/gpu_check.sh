@@ -7,14 +7,16 @@
 #   bash devices/gpu_check.sh                 # exports the demo bundle first (needs torch)
 #   BUNDLE=bundles/demo bash devices/gpu_check.sh   # a bundle exported elsewhere
 #   WEIGHTS=int4-fp16 bash devices/gpu_check.sh   # the demo exported in int4-fp16 (default fp16)
-#   VERIFY=tree bash devices/gpu_check.sh     # graphs with an attention bias (default chain)
+#   VERIFY=chain bash devices/gpu_check.sh    # GQA's own causal mask, chains only (default
+#                                             # tree-gpu: trees, the bias applied by MatMul)
 #
 # Env: PY (python, default .venv/bin/python), OUT (default gpu-check), LIMIT prompts (8),
 # TOKENS per prompt (64), RUNS (3). About 4-5 minutes on the demo bundle. Bundles with static
 # shapes (the export default, what CUDA graphs need) run both ways; others without graphs.
 # The defaults are what onnxruntime's CUDA GroupQueryAttention runs (its source: float16 /
-# bfloat16 kernels only, and no attention_bias): --weights fp16 and --verify chain. An fp32 or
-# tree bundle shows what happens otherwise (GQA on the CPU, or a refused bias).
+# bfloat16 kernels only, and no attention_bias): --weights fp16 and --verify tree-gpu (GQA
+# writes K/V, MatMul + Softmax attend under the tree bias) or chain. A --verify tree bundle is
+# refused on CUDA at load; an fp32 one runs its attention on the CPU (a warning).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-gpu-check}
@@ -37,7 +39,7 @@ PYEOF
 if [[ -z "${BUNDLE:-}" ]]; then
     BUNDLE="$OUT/bundle"
     "${ES[@]}" export --demo -o "$BUNDLE" --weights "${WEIGHTS:-fp16}" --shapes static \
-        --verify "${VERIFY:-chain}" --overwrite  # parity vs torch on the CPU
+        --verify "${VERIFY:-tree-gpu}" --overwrite  # parity vs torch on the CPU
 fi
 TREES=$("$PY" -c "from edgespec.runtime.model import Model; print('4,8,16,32' if Model('$BUNDLE').verifies_trees else '')")
 GRAPHS=$("$PY" -c "from edgespec.manifest import load_manifest as m; from edgespec.runtime.graph_capture import static_graph as s; print('off on' if s(m('$BUNDLE').target) else 'off')")

@@ -164,10 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="static (the default for fused graphs): shapes depend on the new "
                         "tokens only (the bias spans the whole K/V buffer), what CUDA graphs "
                         "per verify shape need; dynamic: the bias grows with the context")
-    e.add_argument("--verify", default="tree", choices=["tree", "chain"],
-                   help="tree (default): graphs take an attention bias, drafters verify trees; "
-                        "chain: no bias (onnxruntime's CUDA GroupQueryAttention refuses one), "
-                        "every drafter verifies a chain: the GPU export")
+    e.add_argument("--verify", default="tree", choices=["tree", "chain", "tree-gpu"],
+                   help="tree (default): GroupQueryAttention takes the attention bias, drafters "
+                        "verify trees (CPU); chain: no bias (onnxruntime's CUDA GQA refuses "
+                        "one), every drafter verifies a chain; tree-gpu: trees on CUDA, the "
+                        "bias applied by MatMul + Softmax over the K/V buffer")
     e.add_argument("--draft-model", default=None,
                    help="HF folder of a small draft model with the same tokenizer")
     e.add_argument("--drafter", action="append", metavar="NAME=DIR",

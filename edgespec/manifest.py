@@ -69,6 +69,10 @@ class GraphSpec:
     # attention_bias and K/V in float16 (kv.dtype "float16"), logits / hidden / features float32
     weights: str = "fp32"
     bytes_read: int | None = None  # weight bytes one forward reads (embedding rows excluded)
+    # fused graphs: "gqa" (GroupQueryAttention attends, with the bias); "matmul" (GQA only
+    # writes K/V, MatMul + Softmax attend over the buffer with the bias: trees on CUDA, whose
+    # GQA refuses a bias)
+    attention: str = "gqa"
 
 
 @dataclass(frozen=True)
@@ -232,7 +236,20 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
         external_data=_optional(d, "external_data", str, where),
         weights=weights,
         bytes_read=_optional_int(d.get("bytes_read"), f"{where}.bytes_read"),
+        attention=_attention(d, where),
     )
+
+
+def _attention(d: dict, where: str) -> str:
+    attention = d.get("attention", "gqa")
+    if attention not in ("gqa", "matmul"):
+        raise BundleError(f"manifest.json: {where}.attention {str(attention)[:20]!r} is not gqa "
+                          "or matmul; upgrade edgespec or re-export the bundle")
+    if attention == "matmul" and not any(t.get("name") == "seqlens_k"
+                                         for t in d.get("inputs", []) if isinstance(t, dict)):
+        raise BundleError(f"manifest.json: {where}.attention matmul needs static shapes "
+                          "(seqlens_k); re-export the bundle")
+    return attention
 
 
 _MAX_DIM = 1 << 24  # refuses absurd dims before anything is allocated

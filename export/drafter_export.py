@@ -62,13 +62,14 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
                            trim_vocab: int = 0, calibration=None,
                            head_rank: int = 0, fused: bool = True,
                            weights: str = "fp32", static: bool = False,
-                           trees: bool = True) -> DrafterSpec:
+                           trees: bool = True, attention: str = "gqa") -> DrafterSpec:
     """tmp/{name}.onnx (and tmp/{name}.d2t.npy when trimmed) -> the drafter's manifest entry;
     trim_vocab: VocabTrim to that many tokens; head_rank: SlimSpec low-rank head; fused: a
     layer drafter's block with onnxruntime's fused ops, as the fused target graph; weights
     "fp16": the graph in float16 (as an fp16 target), else float32 (int4 targets too); static:
     a layer drafter's static-shape variant (export/fused_graph.py), as the target's; trees False:
-    its chain graph (no attention bias), as a `--verify chain` target's."""
+    its chain graph (no attention bias), as a `--verify chain` target's; attention "matmul":
+    as a `--verify tree-gpu` target's."""
     model = load_transformer(hf_dir, max_len=target.max_len)
     m = load_drafter(folder, model, target.fingerprint)
     cfg = m.cfg
@@ -97,7 +98,7 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
         options.update(top_k=MEDUSA_TOP_K, tree=tree, tree_size=min(len(tree), 16))
         return DrafterSpec(kind="medusa", graph=spec, options=options)  # d2t is in the graph
     proto, spec = build_layer_graph(m, target.max_len, file, d2t, fused, dtype, static,
-                                    trees)
+                                    trees, attention)
     save_onnx(proto, tmp / file)
     info = dataclasses.replace(target, num_layers=1, dtype=dtype)
     spec = dataclasses.replace(spec, parity_max_abs=check_layer_parity(tmp, spec, info, m,

@@ -90,7 +90,8 @@ def build_medusa_graph(m, file: str, top_k: int, d2t: np.ndarray | None = None,
 
 
 def layer_spec(cfg, a: ModelArgs, file: str, vocab: int, fused: bool,
-               dtype: str = "float32", static_len: int = 0, trees: bool = True) -> GraphSpec:
+               dtype: str = "float32", static_len: int = 0, trees: bool = True,
+               attention: str = "gqa") -> GraphSpec:
     """dtype: of attention_bias and K/V (the graph's compute dtype); the other float IO is
     float32 whatever it is. static_len: the K/V length of a static-shape graph (fused only)."""
     hkv, hd = a.n_kv_heads, a.head_dim
@@ -113,7 +114,7 @@ def layer_spec(cfg, a: ModelArgs, file: str, vocab: int, fused: bool,
                      outputs=outputs, kv=dataclasses.replace(FUSED_KV if fused else KV,
                                                              dtype=dtype),
                      mask_value=FP16_MASK if dtype == "float16" else FP32_MASK,
-                     weights=WEIGHTS[dtype])
+                     weights=WEIGHTS[dtype], attention=attention)
 
 
 def _plain_block(b: Builder, e: _Emitter, layer, x: str, norm) -> str:
@@ -135,7 +136,7 @@ def _fused_block(e: FusedEmitter, layer, x: str, norm) -> str:
 
 def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None,
                       fused: bool = True, dtype: str = "float32", static: bool = False,
-                      trees: bool = True):
+                      trees: bool = True, attention: str = "gqa"):
     """d2t: VocabTrim's kept target ids; logits then cover only those (the runtime maps).
     fused: the block with onnxruntime's contrib ops and in-place K/V (as the fused target);
     else standard ops only. dtype "float16": the fp16 graph (module docstring; fused only)."""
@@ -143,11 +144,13 @@ def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None,
         raise ValueError("an fp16 or static-shape layer drafter is built with the fused ops only")
     cfg, a = m.cfg, m.args
     vocab = len(d2t) if d2t is not None else cfg.vocab_size
-    spec = layer_spec(cfg, a, file, vocab, fused, dtype, max_len if static else 0, trees)
+    spec = layer_spec(cfg, a, file, vocab, fused, dtype, max_len if static else 0, trees,
+                      attention)
     b = Builder(np.dtype(dtype))
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
-    e = FusedEmitter(b, a, max_len, static, trees) if fused else _Emitter(b, a, max_len)
+    e = FusedEmitter(b, a, max_len, static, trees, attention) if fused else \
+        _Emitter(b, a, max_len)
     norm = (lambda x, w, p: e.norm(x, w, f"{p}.weight")) if fused else e.rms_norm
     h = b.from_float32("features")
     if m.fc is not None:

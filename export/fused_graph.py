@@ -20,7 +20,12 @@ GQA's total_sequence_length is the constant L. On the CPU the step does less hos
 chain (`--verify chain`, static shapes only): no attention_bias at all; GQA's own causal mask
 is the only one, so the graph verifies chains, not trees. onnxruntime's CUDA
 GroupQueryAttention refuses an attention_bias (and has float16 / bfloat16 kernels only): this
-is the graph a GPU runs.
+is the graph a GPU runs for chains.
+
+attention "matmul" (`--verify tree-gpu`, static shapes only): GQA gets no bias and only writes
+the new K/V into the buffer (rotating K); the attention itself is MatMul + Softmax of the
+RoPE'd queries over the whole [L] buffer under the [S, L] bias: trees on CUDA. It reads all L
+rows per step, not P+S: the price of a tree mask there.
 """
 
 from __future__ import annotations
@@ -55,16 +60,18 @@ def static_inputs(inputs: tuple[TensorSpec, ...], max_len: int,
 
 def fused_spec(a: ModelArgs, file: str, feature_layers: tuple[int, ...],
                mask_value: float, dtype: str = "float32", static_len: int = 0,
-               trees: bool = True) -> GraphSpec:
+               trees: bool = True, attention: str = "gqa") -> GraphSpec:
     """static_len: the K/V buffer length of a static-shape graph; 0 = dynamic shapes. trees:
-    False for a chain graph (no attention_bias; static shapes only)."""
+    False for a chain graph (no attention_bias; static shapes only); attention: "gqa" or
+    "matmul" (module docstring)."""
     spec = graph_spec(a, file, feature_layers, dtype, mask_value)
     full = (1, a.n_kv_heads, "L", a.head_dim)  # present = the whole shared buffer
     outputs = tuple(TensorSpec(t.name, t.dtype, full) if t.name.startswith("present_") else t
                     for t in spec.outputs)
     inputs = static_inputs(spec.inputs, static_len, trees) if static_len else spec.inputs
     return dataclasses.replace(spec, kind="fused", inputs=inputs, outputs=outputs,
-                               kv=dataclasses.replace(FUSED_KV, dtype=dtype))
+                               kv=dataclasses.replace(FUSED_KV, dtype=dtype),
+                               attention=attention)
 
 
 def _np(t) -> np.ndarray:
@@ -77,22 +84,53 @@ class FusedEmitter:
     Computes in the Builder's float dtype (weights are rounded to it as they are added)."""
 
     def __init__(self, b: Builder, a: ModelArgs, max_len: int, static: bool = False,
-                 trees: bool = True):
-        if not (trees or static):
-            raise ValueError("a chain graph (no attention bias) needs static shapes")
+                 trees: bool = True, attention: str = "gqa"):
+        self.matmul = attention == "matmul"
+        if not (trees or static) or self.matmul and not (trees and static):
+            raise ValueError("a chain graph (no attention bias) and matmul attention need "
+                             "static shapes; matmul attention needs the bias")
         self.b, self.a, self.eps = b, a, float(a.norm_eps)
-        self.bias = ("attention_bias",) if trees else ()
+        self.bias = ("attention_bias",) if trees and not self.matmul else ()
         hd = a.head_dim
         cos, sin = rope_cos_sin(a, max_len)  # fp32, rounded to the graph's dtype when stored
         self.cos = b.weight("rope_cos_half", cos[:, : hd // 2])  # GQA's rotary takes [L, D/2]
         self.sin = b.weight("rope_sin_half", sin[:, : hd // 2])
         if static:  # the length is an input; no shape op (a CUDA graph replays no host work)
             self.seqlens_k, self.total = "seqlens_k", b.const(max_len, np.int32)
+            if self.matmul:
+                self._matmul_tables()
             return
         # GQA's lengths come from the bias shape: total = P+S, seqlens_k = total - 1
         total64 = b.op("Gather", b.op("Shape", "attention_bias"), b.const([3]))
         self.seqlens_k = b.op("Cast", b.op("Sub", total64, b.const([1])), to=6)  # int32 [1]
         self.total = b.op("Cast", b.op("Squeeze", total64, b.const([0])), to=6)  # int32 scalar
+
+    def _matmul_tables(self) -> None:
+        """Shared by every layer of a matmul-attention graph: the queries' rotary tables at
+        the step's positions and the bias repeated for the query heads grouped per KV head."""
+        b, a = self.b, self.a
+        cos = b.op("Gather", self.cos, "position_ids")  # [1, S, D/2]
+        sin = b.op("Gather", self.sin, "position_ids")
+        self.q_cos = b.op("Unsqueeze", b.op("Concat", cos, cos, axis=-1), b.const([1]))
+        self.q_sin = b.op("Unsqueeze", b.op("Concat", sin, sin, axis=-1), b.const([1]))
+        # query rows grouped [Hkv, n_rep * S] (one MatMul per KV head): the bias n_rep times
+        self.group_bias = b.op("Tile", "attention_bias", b.const([1, 1, a.n_rep, 1]))
+        self.scale = b.const(np.array(1.0 / np.sqrt(a.head_dim), b.float_dtype), b.float_dtype)
+
+    def _matmul_attention(self, q: str, present_k: str, present_v: str) -> str:
+        """softmax(rope(q) K^T / sqrt(D) + bias) V over the whole buffer: [1, S, H*D]."""
+        b, a = self.b, self.a
+        hd, h = a.head_dim, a.n_heads
+        q = b.op("Transpose", b.op("Reshape", q, b.const([0, 0, h, hd])), perm=[0, 2, 1, 3])
+        x1, x2 = b.op("Split", q, axis=-1, num_outputs=2, n_out=2)  # rotate_half, as HF
+        rot = b.op("Concat", b.op("Neg", x2), x1, axis=-1)
+        q = b.op("Add", b.op("Mul", q, self.q_cos), b.op("Mul", rot, self.q_sin))  # [1, H, S, D]
+        q = b.op("Reshape", q, b.const([0, a.n_kv_heads, -1, hd]))  # [1, Hkv, n_rep*S, D]
+        kt = b.op("Transpose", present_k, perm=[0, 1, 3, 2])  # fused into the MatMul by ORT
+        scores = b.op("Add", b.op("Mul", b.op("MatMul", q, kt), self.scale), self.group_bias)
+        y = b.op("MatMul", b.op("Softmax", scores, axis=-1), present_v)  # [1, Hkv, n_rep*S, D]
+        y = b.op("Transpose", b.op("Reshape", y, b.const([0, h, -1, hd])), perm=[0, 2, 1, 3])
+        return b.op("Reshape", y, b.const([0, 0, h * hd]))  # [1, S, H*D]
 
     def norm(self, x: str, weight, name: str) -> str:
         return self.b.op("RMSNormalization", x, self.b.weight(name, _np(weight)), axis=-1,
@@ -137,11 +175,17 @@ class FusedEmitter:
         # tree. A sliding window (Mistral) lives in attention_bias, built by the runtime; GQA's
         # local_window_size is left unset so that exactly one definition of the window applies.
         # present K/V (outputs 1, 2) are the same memory as past once the runtime binds them so
-        y = b.op("GroupQueryAttention", q, k, v, KV.past_key.format(i=i),
-                 KV.past_value.format(i=i), self.seqlens_k, self.total, self.cos, self.sin,
-                 "position_ids", *self.bias, domain=MS, n_out=3,
-                 names=(None, KV.present_key.format(i=i), KV.present_value.format(i=i)),
-                 num_heads=h, kv_num_heads=hkv, do_rotary=1)[0]
+        y, present_k, present_v = b.op(
+            "GroupQueryAttention", q, k, v, KV.past_key.format(i=i), KV.past_value.format(i=i),
+            self.seqlens_k, self.total, self.cos, self.sin, "position_ids", *self.bias,
+            domain=MS, n_out=3,
+            names=(None, KV.present_key.format(i=i), KV.present_value.format(i=i)),
+            num_heads=h, kv_num_heads=hkv, do_rotary=1)
+        if self.matmul:  # GQA wrote (and rotated) the new K/V; attend over the buffer here
+            if not a.qk_norm:
+                q = b.op("Split", qkv, b.const([h * hd, hkv * hd, hkv * hd]), axis=-1,
+                         n_out=3)[0]
+            y = self._matmul_attention(q, present_k, present_v)
         return self.project(y, at.o_proj, f"{p}.o_proj")
 
     def mlp(self, x: str, mlp, p: str) -> str:
@@ -160,16 +204,18 @@ class FusedEmitter:
 
 def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
                       file: str = "target.onnx", head_as_matmul: bool = False,
-                      dtype: str = "float32", static: bool = False, trees: bool = True):
+                      dtype: str = "float32", static: bool = False, trees: bool = True,
+                      attention: str = "gqa"):
     """dtype "float16": the fp16 graph (module docstring); "float32" otherwise. static: the
-    static-shape variant; trees False: the chain graph (module docstring)."""
+    static-shape variant; trees False: the chain graph; attention "matmul": trees on CUDA
+    (module docstring)."""
     a: ModelArgs = model.args
     spec = fused_spec(a, file, feature_layers, FP16_MASK if dtype == "float16" else FP32_MASK,
-                      dtype, max_len if static else 0, trees)
+                      dtype, max_len if static else 0, trees, attention)
     b = Builder(np.dtype(dtype))
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
-    e = FusedEmitter(b, a, max_len, static, trees)
+    e = FusedEmitter(b, a, max_len, static, trees, attention)
     resid = b.op("Gather", b.weight("embed_tokens.weight", _np(model.embed_tokens.weight)),
                  "input_ids")
     delta = None

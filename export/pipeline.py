@@ -50,8 +50,15 @@ class ExportOptions:
     # "dynamic": the bias grows with the context. None: static for fused graphs (plain: dynamic)
     shapes: str | None = None
     # "tree": graphs take an attention bias (tree masks; the CPU's GroupQueryAttention); "chain":
-    # no bias, GQA's own causal mask (what onnxruntime's CUDA GQA runs): drafters verify chains
+    # no bias, GQA's own causal mask (what onnxruntime's CUDA GQA runs): drafters verify chains;
+    # "tree-gpu": the bias applied by MatMul + Softmax over the buffer (trees on CUDA)
     verify: str = "tree"
+
+    @property
+    def graph_kind(self) -> dict:
+        """The fused builders' trees / attention arguments for `verify`."""
+        return {"trees": self.verify != "chain",
+                "attention": "matmul" if self.verify == "tree-gpu" else "gqa"}
 
     @property
     def static(self) -> bool:
@@ -138,8 +145,7 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
                                          else len(d2t))
     weights = opts.weights
     int4 = weights.startswith("int4")
-    fused = {"dtype": compute_dtype(weights), "static": opts.static,
-             "trees": opts.verify == "tree"}
+    fused = {"dtype": compute_dtype(weights), "static": opts.static, **opts.graph_kind}
     proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4,
                                              **(fused if opts.graph == "fused" else {}))
     if int4:
@@ -191,12 +197,12 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
     if opts.static and opts.graph != "fused":
         raise ValueError("--shapes static builds the fused graph only (GroupQueryAttention "
                          "takes the length as an input); use --graph fused (the default)")
-    if opts.verify not in ("tree", "chain"):
-        raise ValueError(f"--verify {opts.verify!r} is not one of tree, chain")
-    if opts.verify == "chain" and not opts.static:
-        raise ValueError("--verify chain builds fused graphs with static shapes only (the "
-                         "length is an input when no bias carries it); drop --graph plain / "
-                         "--shapes dynamic")
+    if opts.verify not in ("tree", "chain", "tree-gpu"):
+        raise ValueError(f"--verify {opts.verify!r} is not one of tree, chain, tree-gpu")
+    if opts.verify != "tree" and not opts.static:
+        raise ValueError(f"--verify {opts.verify} builds fused graphs with static shapes only "
+                         "(the length is an input, the bias spans the buffer); drop --graph "
+                         "plain / --shapes dynamic")
     if opts.verify == "chain" and args.sliding_window is not None:
         raise ValueError(f"--verify chain has no attention bias to carry this model's sliding "
                          f"window ({args.sliding_window}); use --verify tree")
@@ -262,7 +268,7 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                                                     fused=opts.graph == "fused",
                                                     weights=drafter_weights(opts.weights),
                                                     static=opts.static,
-                                                    trees=opts.verify == "tree")
+                                                    **opts.graph_kind)
             steps.update()
         # the K/V compaction graphs that let the runtime keep K/V on a device (fused graphs)
         spec = with_compactor(tmp, spec, info)

@@ -32,8 +32,13 @@ class DeviceKVCache(KVRows):
         ort = import_ort()
         shape = (1, model.num_kv_heads, model.max_len, model.head_dim)  # [1, Hkv, L, D]
 
-        def new():
-            return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0)
+        zeros = np.zeros(shape, dtype)
+
+        def new():  # zeroed: a matmul-attention graph reads every row (masked rows must be
+            # finite: 0 * NaN left by the allocator would poison the softmax)
+            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0)
+            value.update_inplace(zeros)
+            return value
 
         self.keys = [new() for _ in range(model.num_layers)]
         self.values = [new() for _ in range(model.num_layers)]

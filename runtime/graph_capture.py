@@ -51,7 +51,7 @@ def wants_capture(config: SessionConfig, spec, kv_on_device: bool) -> bool:
     # the cuda preset, and a graph whose attention CUDA runs (float16, no bias: see
     # runtime/runner_pool.check_cuda_fit): capture needs every node on the GPU
     return (able and config.provider == "cuda" and spec.kv.dtype == "float16"
-            and not verifies_trees(spec))
+            and (spec.attention == "matmul" or not verifies_trees(spec)))
 
 
 class GraphIds:

@@ -23,10 +23,11 @@ def check_cuda_fit(spec: GraphSpec, config: SessionConfig) -> None:
     attention would run on the CPU)."""
     if PRESETS[config.provider][1] != "cuda" or spec.kind != "fused":
         return
-    if verifies_trees(spec):
-        raise BundleError(f"{spec.file} takes an attention bias (tree verification), which "
-                          "onnxruntime's CUDA GroupQueryAttention refuses; for CUDA export "
-                          "with `--weights fp16 --verify chain` (or run on --provider cpu)")
+    if verifies_trees(spec) and spec.attention == "gqa":
+        raise BundleError(f"{spec.file} gives GroupQueryAttention an attention bias (tree "
+                          "verification), which onnxruntime's CUDA kernel refuses; for CUDA "
+                          "export with `--weights fp16 --verify chain` or `--verify tree-gpu` "
+                          "(or run on --provider cpu)")
     if spec.kv.dtype != "float16":
         warnings.warn(f"{spec.file} is float32: onnxruntime's CUDA GroupQueryAttention has "
                       "float16 kernels only, so attention runs on the CPU with copies; export "

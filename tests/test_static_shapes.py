@@ -273,17 +273,57 @@ def test_the_static_bias_is_always_the_step_bias_then_masked(static_pair):
         assert np.all(rows[:, p + s:] == mask) and binding.bufs["seqlens_k"][0] == p + s - 1
 
 
+def _gpu_export(tiny_dirs, trained, tmp_path_factory, verify: str):
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp(verify) / "b"
+    export_bundle(tiny_dirs["llama"], out, ExportOptions(
+        max_len=64, progress=False, verify=verify, draft_model=tiny_dirs["qwen2"],
+        drafters=tuple((k, trained[k][1]) for k in DRAFTER_KINDS)))
+    return out
+
+
 @pytest.fixture(scope="session")
 def chain_bundle(tiny_dirs, trained, tmp_path_factory):
     """The tiny llama with every drafter kind, exported with --verify chain: no graph takes an
     attention bias (onnxruntime's CUDA GroupQueryAttention refuses one)."""
-    from edgespec.export.pipeline import ExportOptions, export_bundle
+    return _gpu_export(tiny_dirs, trained, tmp_path_factory, "chain")
 
-    out = tmp_path_factory.mktemp("chain") / "b"
-    export_bundle(tiny_dirs["llama"], out, ExportOptions(
-        max_len=64, progress=False, verify="chain", draft_model=tiny_dirs["qwen2"],
-        drafters=tuple((k, trained[k][1]) for k in DRAFTER_KINDS)))
-    return out
+
+@pytest.fixture(scope="session")
+def tree_gpu_bundle(tiny_dirs, trained, tmp_path_factory):
+    """The same with --verify tree-gpu: GQA only writes K/V, MatMul + Softmax attend under the
+    bias (trees on CUDA)."""
+    return _gpu_export(tiny_dirs, trained, tmp_path_factory, "tree-gpu")
+
+
+def test_tree_gpu_graphs_verify_trees_without_a_gqa_bias(tree_gpu_bundle, static_pair):
+    """GroupQueryAttention gets no bias (what CUDA runs), yet every drafter drafts and verifies
+    its trees exactly as the GQA-bias bundle does, on host K/V and the CUDA-graph path (whose
+    device K/V buffers start zeroed: this graph reads every row)."""
+    import onnx
+
+    m = Model(tree_gpu_bundle).manifest
+    for spec in (m.target, *(d.graph for d in m.drafters.values() if d.graph and d.graph.kv)):
+        assert spec.attention == "matmul" and "attention_bias" in {t.name for t in spec.inputs}
+        gqa = [n for n in onnx.load(str(tree_gpu_bundle / spec.file)).graph.node
+               if n.op_type == "GroupQueryAttention"]
+        assert gqa and all(len(n.input) == 10 for n in gqa)
+        assert spec.parity_max_abs < 1e-3  # vs torch on a tree-masked verify step
+    gpu = dataclasses.replace(m.target, kv=dataclasses.replace(m.target.kv, dtype="float16"))
+    check_cuda_fit(gpu, SessionConfig(provider="cuda"))  # no refusal: CUDA can run it
+    assert wants_capture(SessionConfig(provider="cuda"), gpu, True)
+    trees = Model(static_pair[True])
+    params = GenerationParams(max_new_tokens=20, stop_on_eos=False)
+    for config in (SessionConfig(), CAPTURE):
+        model = Model(tree_gpu_bundle, config)
+        assert model.verifies_trees
+        for name, width in DRAFTERS:
+            for ids in ([5, 9, 11], [7, 7, 7, 7]):
+                want = run_to_end(trees, params, ids, trees.drafter(name, width=width))
+                got = run_to_end(model, params, ids, model.drafter(name, width=width))
+                assert got.tokens == want.tokens, (name, width)
+                assert got.stats.accepted_lengths == want.stats.accepted_lengths
 
 
 def test_a_chain_bundle_has_no_attention_bias_and_drafts_chains(chain_bundle, static_pair):
@@ -355,3 +395,16 @@ def test_tree_tuning_of_a_chain_bundle_is_one_clear_error(chain_bundle, tmp_path
                  str(pfile)]) == 2
     err = capsys.readouterr().err
     assert "verifies chains only" in err and err.count("\n") == 1
+
+
+def test_an_unknown_or_dynamic_matmul_attention_is_refused(static_pair, tmp_path):
+    for source, value, match in ((static_pair[True], "flash", "is not gqa or matmul"),
+                                 (static_pair[False], "matmul", "needs static shapes")):
+        bundle = tmp_path / value
+        shutil.copytree(source, bundle)
+        path = bundle / "manifest.json"
+        m = json.loads(path.read_text())
+        m["target"]["attention"] = value
+        path.write_text(json.dumps(m))
+        with pytest.raises(BundleError, match=match):
+            Model(bundle)
