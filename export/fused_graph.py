@@ -126,7 +126,7 @@ class FusedEmitter:
         rot = b.op("Concat", b.op("Neg", x2), x1, axis=-1)
         q = b.op("Add", b.op("Mul", q, self.q_cos), b.op("Mul", rot, self.q_sin))  # [1, H, S, D]
         q = b.op("Reshape", q, b.const([0, a.n_kv_heads, -1, hd]))  # [1, Hkv, n_rep*S, D]
-        kt = b.op("Transpose", present_k, perm=[0, 1, 3, 2])  # fused into the MatMul by ORT
+        kt = b.op("Transpose", present_k, perm=[0, 1, 3, 2])  # ORT may fold it (FusedMatMul)
         scores = b.op("Add", b.op("Mul", b.op("MatMul", q, kt), self.scale), self.group_bias)
         y = b.op("MatMul", b.op("Softmax", scores, axis=-1), present_v)  # [1, Hkv, n_rep*S, D]
         y = b.op("Transpose", b.op("Reshape", y, b.const([0, h, -1, hd])), perm=[0, 2, 1, 3])
