@@ -2,7 +2,7 @@
 baseline, side by side in one run (greedy, CPU).
 
     python benchmarks/speculative.py --bundle BUNDLE [BUNDLE2 ...] [--hf-dir HF --hf-draft DRAFT]
-        [--n-prompts 16] [--max-new-tokens 128] [--runs 5] [--threads 2]
+        [--n-prompts 16] [--max-new-tokens 128] [--runs 5] [--threads 2] [--provider cuda]
 
 Engines: autoregressive, n-gram chains and trees, and each drafter the bundle carries (draft_model,
 medusa, mtp, eagle3) at a few draft lengths / tree sizes; --only REGEX picks. Every engine decodes
@@ -114,11 +114,16 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--provider", default="cpu",
+                    help="cpu | cuda | tensorrt | dml (GPU bundles: --weights fp16 --verify "
+                         "tree-gpu or chain)")
+    ap.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"))
     ap.add_argument("--only", default=None, help="regex: run only the engines it matches "
                                                   "(and the autoregressive baseline)")
     ns = ap.parse_args()
 
-    models = [Model(b, SessionConfig(threads=ns.threads)) for b in ns.bundle]
+    config = SessionConfig(provider=ns.provider, threads=ns.threads, cuda_graphs=ns.cuda_graphs)
+    models = [Model(b, config) for b in ns.bundle]
     model = models[0]
     prompts = [model.tokenizer.encode(r["prompt"])
                for r in read_prompts(ns.prompts)[: ns.n_prompts]]
@@ -160,7 +165,8 @@ def main() -> None:
     base = statistics.median(rate["edgespec none"])
     ref = outs["edgespec none"]
     print(f"{len(prompts)} prompts x {n} new tokens, greedy, {ns.threads} threads, median of "
-          f"{ns.runs} runs (tokens/s includes prefill)")
+          f"{ns.runs} runs (tokens/s includes prefill); provider {ns.provider}, CUDA graphs "
+          f"{'on' if model.graph_ids is not None else 'off'}")
     dbase = statistics.median(decode["edgespec none"])
     print(f"{'engine':<40}{'tokens/s':>10}{'min':>9}{'max':>9}{'tau':>7}{'vs none':>9}"
           f"{'decode tok/s':>14}{'vs none':>9}{'same output':>13}")
