@@ -273,9 +273,8 @@ class Generator:
         past, n = self.kv.length, tree.size
         mi = self.model.manifest
         window = mi.model.sliding_window
-        bias = window_bias(past, n, mi.target.mask_value, window)  # None: all past visible
-        if not tree.is_chain:
-            bias = tree_bias(tree.parents, past, mi.target.mask_value, window)
+        bias = (window_bias(past, n, mi.target.mask_value, window) if tree.is_chain  # None:
+                else tree_bias(tree.parents, past, mi.target.mask_value, window))  # causal
         out = self.runner.forward(tree.tokens, past + depths(tree.parents), bias,
                                   np.arange(n, dtype=np.int64))
         rule = self.params.accept

@@ -66,6 +66,7 @@ class _Binding:
     io: object
     bufs: dict  # name -> host array (inputs refilled each forward; outputs) or device OrtValue
     device_in: dict  # input name -> its device OrtValue (CUDA graphs: bufs holds the staging)
+    device_extra: dict  # a drafter's features / hidden_in -> its device OrtValue (CUDA graphs)
     run_options: object  # None, or the RunOptions that name this shape's CUDA graph
     bias_end: int = 0  # static bias: columns [0, bias_end) were written by the last forward
     past_open: int = 0  # static bias: columns [0, past_open) are 0 in every row
@@ -179,11 +180,11 @@ class TargetRunner:
             {"logits"} if self.device_logits else set())
         bufs = {name: on_device(shape, self.dtypes[name]) if name in device_out
                 else np.empty(shape, self.dtypes[name]) for name, shape in shapes.items()}
-        device_in = {}
+        device_in, device_extra = {}, {}
         if self.graph_ids is not None:  # the host arrays stage what each forward copies over
             device_in = {name: on_device(a.shape, a.dtype) for name, a in ins.items()}
-            device_in.update({name: on_device((1, s, width), np.float32)  # a drafter's extras
-                              for name, width in self.extra_widths.items()})
+            device_extra = {name: on_device((1, s, width), np.float32)
+                            for name, width in self.extra_widths.items()}
         io = self.session.io_binding()
         for past, present, value in self._kv_bound:
             io.bind_ortvalue_input(past, value)
@@ -192,8 +193,8 @@ class TargetRunner:
         value = ort.OrtValue.ortvalue_from_numpy
         for name, buf in ins.items():
             io.bind_ortvalue_input(name, device_in[name] if device_in else value(buf))
-        for name in self.extra_widths.keys() & device_in.keys():
-            io.bind_ortvalue_input(name, device_in[name])
+        for name, value in device_extra.items():
+            io.bind_ortvalue_input(name, value)
         for name, buf in bufs.items():
             io.bind_ortvalue_output(name, buf if isinstance(buf, ort.OrtValue) else value(buf))
         bufs.update(ins)
@@ -201,7 +202,7 @@ class TargetRunner:
         if self.graph_ids is not None:
             run_options = ort.RunOptions()
             run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
-        return _Binding(io, bufs, device_in, run_options)
+        return _Binding(io, bufs, device_in, device_extra, run_options)
 
     def forward(self, ids: np.ndarray, positions: np.ndarray, bias: np.ndarray,
                 logits_rows: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> ForwardOut:
@@ -230,13 +231,12 @@ class TargetRunner:
         keep = []  # the bound arrays must outlive the run
         for name, arr in (extra or {}).items():
             keep.append(np.ascontiguousarray(arr, np.float32))
-            if name in binding.device_in:  # CUDA graphs: copied into the captured address
-                binding.device_in[name].update_inplace(keep[-1])
+            if name in binding.device_extra:  # CUDA graphs: copied into the captured address
+                binding.device_extra[name].update_inplace(keep[-1])
             else:
                 io.bind_input(name, "cpu", 0, np.float32, keep[-1].shape, keep[-1].ctypes.data)
-        for name, value in binding.device_in.items():
-            if name in bufs:  # the step's ids, positions, rows, bias and length
-                value.update_inplace(bufs[name])  # the captured graph reads these addresses
+        for name, value in binding.device_in.items():  # ids, positions, rows, bias, length
+            value.update_inplace(bufs[name])  # the captured graph reads these addresses
         self.session.run_with_iobinding(io, binding.run_options)
         if self.in_place:
             self.kv.advance(s)
@@ -263,11 +263,8 @@ class TargetRunner:
                                  "re-export with --verify tree")
             return
         rows = binding.bufs["attention_bias"][0, 0]  # [S, L]
-        if bias is None:
-            if binding.past_open > p:
-                rows[:, p:binding.past_open] = mask
-            else:
-                rows[:, binding.past_open:p] = 0
+        if bias is None:  # after a rewind (past_open > P) the stale columns lie past P+S,
+            rows[:, binding.past_open:p] = 0  # which bias_end (>= past_open + S) masks below
             rows[:, p:end] = causal_block(s, mask, self.bias_dtype)
             binding.past_open = p
         else:
