@@ -1,6 +1,12 @@
-"""Copy drafters trained for demo/pyref-target into demo/drafters/ with fp16 weights.
+"""Copy trained drafters into the repo with fp16 weights (the tracked tree stays small).
 
-How the shipped ones were made (2-core CPU, see docs/drafters.md and docs/status.md):
+    python demo/make_demo_drafters.py SRC_DIR DISTILL_DATA [DST_DIR]
+
+SRC_DIR holds one folder per kind (medusa, mtp, eagle3) from `edgespec train`; DST_DIR
+defaults to demo/drafters (the demo target's). Each copy gets its VocabTrim calibration counts
+from DISTILL_DATA. How the shipped ones were made (2-core CPU, see docs/drafters.md):
+
+- demo/drafters, for demo/pyref-target:
 
     edgespec export --demo -o bundles/demo
     edgespec distill bundles/demo -o distill.safetensors --sources /usr/lib/python3.11 \
@@ -12,7 +18,8 @@ How the shipped ones were made (2-core CPU, see docs/drafters.md and docs/status
     OMP_NUM_THREADS=1 edgespec train mtp|eagle3 demo/pyref-target -o drafters/KIND \
         --data distill.safetensors --steps 5000 --minutes 30   (the two side by side)
 
-Then: python demo/make_demo_drafters.py DRAFTERS_DIR DISTILL_DATA
+- demo/drafters-large, for pyref-large (shared/models): benchmarks/large/train.sh, which
+  warm-starts each kind from the demo target's drafter (docs/large.md).
 """
 
 import json
@@ -26,8 +33,11 @@ from edgespec.models.distill import load_data
 from edgespec.models.vocab_trim import save_counts, token_counts
 
 src_root, data = Path(sys.argv[1]), load_data(sys.argv[2])
+dst_root = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).parent / "drafters"
 for kind in ("medusa", "mtp", "eagle3"):
-    src, dst = src_root / kind, Path(__file__).parent / "drafters" / kind
+    src, dst = src_root / kind, dst_root / kind
+    if not (src / "drafter.json").is_file():
+        continue
     dst.mkdir(parents=True, exist_ok=True)
     cfg = json.loads((src / "drafter.json").read_text())
     (dst / "drafter.json").write_text(json.dumps(cfg, indent=2) + "\n")

@@ -108,16 +108,36 @@ def cmd_info(ns) -> int:
     return 0
 
 
+def timings(drafter: str, asked: str, stats, speedup: float | None) -> str:
+    """The line `run` prints on stderr after the text (llama.cpp prints its timings the same
+    way): which drafter ran, decode speed, tokens per target forward, the tuned speedup."""
+    new, forwards = stats.new_tokens, max(stats.target_forwards, 1)
+    rate = new / stats.decode_seconds if stats.decode_seconds else 0.0
+    how = f" ({asked})" if asked != drafter else ""
+    known = "" if speedup is None else f", {speedup:.2f}x plain decoding as tuned here"
+    return (f"edgespec: drafter {drafter}{how}: {new} new tokens, {rate:.1f} tokens/s decoding, "
+            f"{new / forwards:.2f} tokens per target forward{known}; prompt "
+            f"{stats.prompt_tokens} tokens in {1e3 * stats.prefill_seconds:.1f} ms")
+
+
 def cmd_run(ns) -> int:
-    from edgespec.runtime.generator import stream
+    from edgespec.runtime.generator import Generator, stream_text
     from edgespec.runtime.model import Model
 
     model = Model(ns.bundle, _session_config(ns))
-    drafter = model.drafter(ns.drafter, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
-    for piece in stream(model, ns.prompt, _params(ns), drafter):
-        sys.stdout.write(piece)
+    name = model.resolve_drafter(ns.drafter)
+    drafter = model.drafter(name, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
+    with Generator(model, _params(ns), drafter) as gen:
+        for piece in stream_text(gen, ns.prompt):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
         sys.stdout.flush()
-    sys.stdout.write("\n")
+        if not ns.quiet:
+            explicit = any(v is not None for v in (ns.gamma, ns.tree_width, ns.tree_size,
+                                                   ns.min_n))
+            speedup = None if explicit else model.tuned_speedup(name)
+            print(timings(name, ns.drafter, gen.stats, speedup), file=sys.stderr)
     return 0
 
 
@@ -194,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_devices import add_commands as add_device_commands
 
-    add_device_commands(sub)  # devices
+    add_device_commands(sub)  # devices, bench
+
+    from .cli_tune import add_commands as add_tune_commands
+
+    add_tune_commands(sub)  # tune
 
     i = sub.add_parser("info", help="describe a bundle")
     i.add_argument("bundle")
@@ -219,8 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
                        help="CUDA graph per verify shape (auto: on --provider cuda, for bundles "
                             "with static shapes: the default)")
-        q.add_argument("--drafter", default="none",
-                       help="drafter name from the bundle (edgespec info lists them), or none")
+        q.add_argument("--drafter", default="auto",
+                       help="drafter name from the bundle (edgespec info lists them), none, or "
+                            "auto (the default): the fastest choice `edgespec tune --drafter "
+                            "auto` measured on this device (possibly none), else n-gram lookup, "
+                            "which runs no network and costs at most a plain step when it misses")
         q.add_argument("--gamma", type=int, default=None, help="draft length (tree depth)")
         q.add_argument("--tree-width", type=int, default=None,
                        help="draft_model / mtp / eagle3: nodes expanded per depth (1 = a chain; "
@@ -237,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="stream a completion of PROMPT")
     runtime_args(r)
     r.add_argument("prompt")
+    r.add_argument("-q", "--quiet", action="store_true",
+                   help="print only the text (no timings line on stderr)")
     r.set_defaults(fn=cmd_run)
 
     v = sub.add_parser("eval", help="run a jsonl of prompts, write one row per prompt")

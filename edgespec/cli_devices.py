@@ -102,115 +102,6 @@ def cmd_devices(ns) -> int:
     return 0
 
 
-def cmd_tune(ns) -> int:
-    from edgespec.runtime.evaluate import read_prompts
-    from edgespec.runtime.model import Model
-    from edgespec.runtime.providers import SessionConfig
-    from edgespec.runtime.tuning import save_tuning
-
-    from .devices.profiles import load_profile
-    from .devices.tune import tune_chain
-
-    profile = load_profile(ns.device)
-    if ns.device != "cpu" and profile.provider != ns.provider:
-        raise ValueError(f"--device {ns.device} runs on its {profile.provider} provider; pass "
-                         f"--provider {profile.provider} (tune measures on the device it runs on)")
-    model = Model(ns.bundle, SessionConfig(provider=ns.provider, threads=ns.threads))
-    prompts = [model.tokenizer.encode(r["prompt"])
-               for r in read_prompts(ns.prompts)[: ns.limit or None]]
-    spec = model.manifest.drafters.get(ns.drafter)
-    if spec is not None and (spec.kind == "medusa" or spec.kind == "eagle3" and not ns.chain):
-        if not model.verifies_trees:
-            raise ValueError(f"{ns.bundle} verifies chains only (--verify chain): it has no "
-                             "tree to tune; tune eagle3 with --chain, or re-export with "
-                             "--verify tree")
-        return _tune_tree(ns, model, prompts, spec.kind)
-    if spec is not None and spec.kind == "ngram":
-        return _tune_ngram(ns, model, prompts)
-    t = tune_chain(model, ns.drafter, prompts, ns.max_gamma, ns.max_new_tokens)
-    print(f"{ns.drafter} on {ns.device}: per-depth acceptance "
-          f"{', '.join(f'{a:.2f}' for a in t.acceptance)}; loop overhead "
-          f"{1e3 * t.overhead_s:.3f} ms per step")
-    print(f"{'gamma':>6}{'propose ms':>12}{'verify ms':>11}{'expected tok/s':>16}")
-    for g, rate in t.rates.items():
-        print(f"{g:>6}{1e3 * t.propose_seconds[g]:>12.3f}{1e3 * t.target_curve[g + 1]:>11.3f}"
-              f"{rate:>16.1f}")
-    print(f"plain decoding: {t.plain_tok_s:.1f} tok/s expected")
-    path = save_tuning(Path(ns.bundle), ns.device, ns.provider, ns.drafter,
-                       {"gamma": t.gamma, "expected_tok_s": round(t.expected_tok_s, 1),
-                        "measured_tok_s": round(t.measured_tok_s, 1),
-                        "measured_plain_tok_s": round(t.measured_plain_tok_s, 1),
-                        "acceptance": t.acceptance})
-    ratio = t.measured_tok_s / t.measured_plain_tok_s
-    verdict = "" if ratio > 1 else "; plain decoding is faster on this device"
-    print(f"chose gamma {t.gamma}: {t.expected_tok_s:.1f} tok/s expected, {t.measured_tok_s:.1f} "
-          f"measured in the decode loop against {t.measured_plain_tok_s:.1f} for plain decoding "
-          f"({ratio:.2f}x){verdict}; wrote {path} (run/eval use it for --drafter {ns.drafter} "
-          "when no --gamma is given)")
-    return 0
-
-
-def _tune_ngram(ns, model, prompts) -> int:
-    """Prompt lookup: draft length and shortest match, replayed exactly over greedy output."""
-    from edgespec.runtime.tuning import save_tuning
-
-    from .devices.tune_ngram import tune_ngram
-
-    t = tune_ngram(model, ns.drafter, prompts, ns.max_gamma, ns.max_new_tokens)
-    print(f"{ns.drafter} on {ns.device}: loop overhead {1e3 * t.overhead_s:.3f} ms per step; "
-          "expected tok/s by draft length (rows) and shortest match (columns)")
-    mins = sorted({m for _, m in t.rates})
-    print(f"{'gamma':>6}{'verify ms':>11}" + "".join(f"{f'min_n {m}':>10}" for m in mins))
-    for g in sorted({g for g, _ in t.rates}):
-        print(f"{g:>6}{1e3 * t.target_curve[g + 1]:>11.3f}"
-              + "".join(f"{t.rates[(g, m)]:>10.1f}" for m in mins))
-    print("finalists measured in the loop (tok/s): " + ", ".join(
-        f"gamma {g} min_n {m}: {rate:.1f}" for (g, m), rate in t.finalists.items()))
-    path = save_tuning(Path(ns.bundle), ns.device, ns.provider, ns.drafter,
-                       {"gamma": t.gamma, "min_n": t.min_n,
-                        "expected_tok_s": round(t.expected_tok_s, 1),
-                        "measured_tok_s": round(t.measured_tok_s, 1),
-                        "measured_plain_tok_s": round(t.measured_plain_tok_s, 1)})
-    ratio = t.measured_tok_s / t.measured_plain_tok_s
-    print(f"chose gamma {t.gamma}, min_n {t.min_n}: {t.expected_tok_s:.1f} tok/s expected "
-          f"(plain {t.plain_tok_s:.1f}), {t.measured_tok_s:.1f} measured in the decode loop "
-          f"against {t.measured_plain_tok_s:.1f} for plain decoding ({ratio:.2f}x); wrote "
-          f"{path}")
-    return 0
-
-
-def _tune_tree(ns, model, prompts, kind: str) -> int:
-    """Medusa: the tree grown by per-node acceptance; EAGLE-3: the node budget."""
-    from edgespec.runtime.tuning import save_tuning
-
-    from .devices.tune_tree import tune_eagle, tune_medusa
-
-    t = (tune_medusa(model, ns.drafter, prompts, ns.max_nodes, ns.max_new_tokens)
-         if kind == "medusa" else tune_eagle(model, ns.drafter, prompts,
-                                             max_new_tokens=ns.max_new_tokens))
-    shown = [n for n in t.expected if kind == "eagle3" or n in (1, 2, 4, 8, 16, 24, 32, 48, 64)
-             or n in (t.nodes, max(t.expected))]
-    print(f"{ns.drafter} on {ns.device}: loop overhead {1e3 * t.overhead_s:.3f} ms per step")
-    print(f"{'nodes':>6}{'tokens/step':>13}{'verify ms':>11}{'expected tok/s':>16}"
-          f"{'measured tok/s':>16}")
-    for n in shown:
-        measured = f"{t.measured[n]:.1f}" if n in t.measured else "-"
-        print(f"{n:>6}{t.tokens_per_step[n]:>13.2f}{1e3 * t.target_curve[n + 1]:>11.3f}"
-              f"{t.expected[n]:>16.1f}{measured:>16}")
-    path = save_tuning(Path(ns.bundle), ns.device, ns.provider, ns.drafter, {
-        **t.setting, "expected_tok_s": round(t.expected_tok_s, 1),
-        "measured_tok_s": round(t.measured[t.nodes], 1),
-        "measured_plain_tok_s": round(t.measured_plain_tok_s, 1)})
-    ratio = t.measured[t.nodes] / t.measured_plain_tok_s
-    verdict = "" if ratio > 1 else "; plain decoding is faster on this device"
-    print(f"chose {t.nodes} nodes: {t.expected_tok_s:.1f} tok/s expected, "
-          f"{t.measured[t.nodes]:.1f} measured in the decode loop against "
-          f"{t.measured_plain_tok_s:.1f} for plain decoding ({ratio:.2f}x){verdict}; wrote "
-          f"{path} (run/eval use it for --drafter {ns.drafter} when no --gamma/--tree-size "
-          "is given)")
-    return 0
-
-
 def cmd_bench(ns) -> int:
     from importlib import resources
 
@@ -251,21 +142,6 @@ def add_commands(sub) -> None:
     d.add_argument("--overhead-ms", type=float, default=0.1,
                    help="assumed fixed cost per forward (launches; CUDA graphs shrink it)")
     d.set_defaults(fn=cmd_devices)
-
-    t = sub.add_parser("tune", help="measure and store a drafter's best chain length or tree")
-    t.add_argument("bundle")
-    t.add_argument("--drafter", required=True, help="chains: ngram, draft_model, mtp (eagle3 "
-                                                    "with --chain); trees: medusa, eagle3")
-    t.add_argument("--device", default="cpu", help="profile name the setting is stored under")
-    t.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
-    t.add_argument("--prompts", required=True, help="jsonl with a 'prompt' field")
-    t.add_argument("--limit", type=int, default=16, help="first N prompts (0 = all)")
-    t.add_argument("--max-gamma", type=int, default=8)
-    t.add_argument("--max-nodes", type=int, default=64, help="medusa: largest tree grown")
-    t.add_argument("--chain", action="store_true", help="eagle3: tune a chain, not the budget")
-    t.add_argument("--max-new-tokens", type=int, default=64)
-    t.add_argument("--threads", type=int, default=0)
-    t.set_defaults(fn=cmd_tune)
 
     b = sub.add_parser("bench", help="cost curve, decode rates per draft length, tau, TTFT, "
                                      "memory on this device (json, markdown, PNG)")

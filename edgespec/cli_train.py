@@ -104,7 +104,8 @@ def cmd_train(ns) -> int:
                      max_minutes=ns.minutes, seed=ns.seed)
     if ns.kind == "medusa2":
         return _train_medusa2(ns, cfg, tc, hf_dir, data, fingerprint)
-    report = train_drafter(cfg, load_transformer(hf_dir), data, ns.out, tc, resume=not ns.fresh)
+    report = train_drafter(cfg, load_transformer(hf_dir), data, ns.out, tc, resume=not ns.fresh,
+                           init=ns.init)
     print(f"wrote {ns.out}: {ns.kind}, {report['steps']} steps in {report['minutes']} min, loss "
           f"{report['loss_first']:.3f} -> {report['loss_last']:.3f}; held out: per-depth "
           f"agreement {report['heldout_depth_accuracy']}, greedy chain tau "
@@ -191,7 +192,10 @@ def add_commands(sub) -> None:
     t.add_argument("--feature-layers", default=None, help="eagle3: target layers it reads")
     t.add_argument("--own-head", action="store_true",
                    help="train an own LM head (default: share the target's, frozen)")
-    t.add_argument("--init", help="medusa2: start from these Medusa-1 heads")
+    t.add_argument("--init", metavar="DRAFTER_DIR",
+                   help="start from a trained drafter of the same kind and shapes, e.g. one "
+                        "trained for a smaller sibling of this target (medusa2: its Medusa-1 "
+                        "heads)")
     t.add_argument("--backbone-lr-ratio", type=float, default=0.01,
                    help="medusa2: backbone learning rate / heads learning rate (on the demo "
                         "target 0.01 kept held-out loss within +0.5 %%; 0.03: +1.1 %%, "

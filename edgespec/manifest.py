@@ -353,9 +353,10 @@ def manifest_from_dict(d: Any) -> Manifest:
     if not isinstance(raw, dict):
         raise BundleError("manifest.json: 'drafters' must be an object (name -> entry)")
     for name in raw:
-        if not _NAME.fullmatch(name) or name == "none":
+        if not _NAME.fullmatch(name) or name in ("none", "auto"):
             raise BundleError(f"manifest.json: drafter name {name[:40]!r} must be 1-64 letters, "
-                              "digits, '_' or '-' (and not 'none'); re-export the bundle")
+                              "digits, '_' or '-' (and not 'none' or 'auto'); re-export the "
+                              "bundle")
     drafters = {name: _drafter(entry, f"drafters.{name}", model) for name, entry in raw.items()}
     target = _graph(_need(d, "target", dict, "manifest"), "target")
     check_graph("target", target, model, "target")

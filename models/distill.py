@@ -83,9 +83,13 @@ def generate_data(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens
     seeded from `seed`, so the data does not depend on batching or order)."""
     seqs, plens = [], []
     sampling = SamplingParams(temperature=temperature)
+    # greedy speculative decoding is token-identical to plain greedy decoding, so n-gram
+    # lookup only makes the data faster to generate; sampled data keeps the plain loop, whose
+    # rng draws do not depend on what a drafter proposed
+    drafter = model.drafter("ngram") if sampling.greedy and "ngram" in model.manifest.drafters else None
     for i, ids in enumerate(tqdm(prompts, desc="distill", unit="seq", disable=not progress)):
         gen = Generator(model, GenerationParams(max_new_tokens=max_new_tokens, sampling=sampling,
-                                                seed=seed * 1_000_003 + i))
+                                                seed=seed * 1_000_003 + i), drafter=drafter)
         gen.append_tokens(list(ids))
         while not gen.is_done():
             gen.step()

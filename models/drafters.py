@@ -155,6 +155,26 @@ def save_drafter(m: nn.Module, folder: str | Path) -> None:
     m.cfg.save(folder)
 
 
+def warm_start(m: nn.Module, folder: str | Path) -> DrafterConfig:
+    """Copy a drafter folder's trained weights into `m` (same kind and shapes): a drafter
+    trained for a sibling target (a smaller or depth up-scaled member of the same family, which
+    shares its tokenizer and width) is a far better start than the default initialisation."""
+    from safetensors.torch import load_file
+
+    cfg = DrafterConfig.load(folder)
+    if cfg.kind != m.cfg.kind:
+        raise ValueError(f"--init {folder} is a {cfg.kind} drafter; this one is {m.cfg.kind}")
+    state = load_file(str(Path(folder) / WEIGHTS_FILE))
+    own = trained_state(m)
+    wrong = sorted(k for k in set(state) | set(own)
+                   if k not in state or k not in own or state[k].shape != own[k].shape)
+    if wrong:
+        raise ValueError(f"--init {folder} does not fit this drafter (differs in {wrong[:4]}): "
+                         "give a drafter of the same kind, width, heads and feature count")
+    m.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    return cfg
+
+
 def load_drafter(folder: str | Path, target, fingerprint: str = "") -> nn.Module:
     """A trained drafter folder -> module bound to `target` (whose weights_fingerprint is
     `fingerprint`); refuses a drafter trained for another target."""

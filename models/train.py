@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from .distill import DistillData
-from .drafters import DrafterConfig, LayerDrafter, build_drafter, save_drafter, trained_state
+from .drafters import (DrafterConfig, LayerDrafter, build_drafter, save_drafter, trained_state,
+                       warm_start)
 from .llama import causal_bias, empty_past
 from .vocab_trim import save_counts, token_counts
 
@@ -271,8 +272,10 @@ def _load_checkpoint(path: Path, m, opt) -> int:
 
 
 def train_drafter(cfg: DrafterConfig, target, data: DistillData, out_dir: str | Path,
-                  tc: TrainConfig = TrainConfig(), resume: bool = True) -> dict:
-    """Train, write out_dir/{drafter.json, model.safetensors}; returns the training report."""
+                  tc: TrainConfig = TrainConfig(), resume: bool = True,
+                  init: str | Path | None = None) -> dict:
+    """Train, write out_dir/{drafter.json, model.safetensors}; returns the training report.
+    init: a drafter folder to start from (models.drafters.warm_start), unless resuming."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _distributed()
@@ -290,7 +293,10 @@ def train_drafter(cfg: DrafterConfig, target, data: DistillData, out_dir: str | 
     order = torch.from_numpy(np.random.default_rng(tc.seed).permutation(n))
     n_held = max(1, int(n * tc.heldout)) if n > 1 else 0
     held, train = order[:n_held], order[n_held:]
-    m = build_drafter(cfg, target).to(device)
+    m = build_drafter(cfg, target)
+    # recorded in the report: which target the starting weights were trained for
+    init_from = warm_start(m, init).target_fingerprint if init is not None else None
+    m = m.to(device)
     params = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=0.0)
     ckpt = out_dir / CHECKPOINT
@@ -333,6 +339,7 @@ def train_drafter(cfg: DrafterConfig, target, data: DistillData, out_dir: str | 
         if tc.max_minutes and time.perf_counter() - t0 > 60 * tc.max_minutes:
             break
     report = {"kind": cfg.kind, "steps": step + 1, "sequences": n, "heldout_sequences": n_held,
+              "init_target_fingerprint": init_from,
               "loss_first": history[0] if history else None,
               "loss_last": float(np.mean(history[-20:])) if history else None,
               "minutes": round((time.perf_counter() - t0) / 60, 2), "device": str(device)}

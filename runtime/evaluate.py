@@ -64,7 +64,9 @@ def run_eval(model: Model, rows: list[dict], params: GenerationParams,
              drafter: str | None = None, gamma: int | None = None,
              width: int | None = None, tree_size: int | None = None,
              min_n: int | None = None) -> Iterator[dict]:
-    """Yield one result row per prompt, decoded with `drafter` (None/'none': autoregressive)."""
+    """Yield one result row per prompt, decoded with `drafter` (None/'none': autoregressive;
+    'auto': Model.resolve_drafter)."""
+    drafter = model.resolve_drafter(drafter)
     draft = model.drafter(drafter, gamma, width, tree_size, min_n=min_n)
     for row in rows:
         gen = Generator(model, params, draft)
@@ -83,7 +85,7 @@ def run_eval(model: Model, rows: list[dict], params: GenerationParams,
                "target_forwards": st.target_forwards, "seconds": round(seconds, 6),
                "prefill_seconds": round(st.prefill_seconds, 6),
                "ttft_seconds": round(st.first_token_seconds or 0.0, 6),
-               "drafter": drafter or "none",
+               "drafter": drafter,
                "accepted_lengths": st.accepted_lengths,
                "mean_accepted": round(tau, 4),
                "draft_cost": None if cost is None else round(cost, 5),

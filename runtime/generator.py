@@ -314,6 +314,28 @@ def _clip(text: str, stops: tuple[str, ...]) -> str:
     return text if cut < 0 else text[:cut]
 
 
+def stream_text(gen: Generator, prompt: str | bytes) -> Iterator[str]:
+    """Append `prompt` to an open Generator and yield text pieces until it is done (its stats
+    stay readable afterwards); a stop string is not included."""
+    stops = gen.params.stop_strings
+    gen.append_tokens(gen.model.tokenizer.encode(prompt))
+    out = TextStream(gen.model.tokenizer)
+    shown = 0
+    while not gen.is_done():
+        for token in gen.step():
+            out.push(token)
+        text = _clip(out.text, stops)
+        hold = max((len(s) - 1 for s in stops), default=0)  # could still become a stop string
+        safe = len(text) if gen.is_done() else max(shown, len(text) - hold)
+        if safe > shown:
+            yield text[shown:safe]
+            shown = safe
+    out.flush()
+    tail = _clip(out.text, stops)[shown:]
+    if tail:
+        yield tail
+
+
 def stream(model: Model, prompt: str | bytes, params: GenerationParams = GenerationParams(),
            drafter=None, cancel: threading.Event | None = None) -> Iterator[str]:
     """Yield text pieces as they are generated; a stop string is not included.
@@ -321,23 +343,7 @@ def stream(model: Model, prompt: str | bytes, params: GenerationParams = Generat
     cancel: set it from another thread to stop within one step; the buffers are released
     when the stream ends, is cancelled or is dropped unfinished."""
     with Generator(model, params, drafter, cancel) as gen:
-        gen.append_tokens(model.tokenizer.encode(prompt))
-        out = TextStream(model.tokenizer)
-        shown = 0
-        while not gen.is_done():
-            for token in gen.step():
-                out.push(token)
-            text = _clip(out.text, params.stop_strings)
-            # hold back a tail that could still become a stop string
-            hold = max((len(s) - 1 for s in params.stop_strings), default=0)
-            safe = len(text) if gen.is_done() else max(shown, len(text) - hold)
-            if safe > shown:
-                yield text[shown:safe]
-                shown = safe
-    out.flush()
-    tail = _clip(out.text, params.stop_strings)[shown:]
-    if tail:
-        yield tail
+        yield from stream_text(gen, prompt)
 
 
 def generate(model: Model, prompt: str | bytes, params: GenerationParams = GenerationParams(),

@@ -15,7 +15,7 @@ from .drafters import make_drafter
 from .runner_pool import RunnerPool
 from .providers import SessionConfig, resolve_providers
 from .target import TargetRunner
-from .tuning import load_tuning, tuned_setting
+from .tuning import auto_choice, load_tuning, tuned_setting
 
 
 class Model:
@@ -47,16 +47,44 @@ class Model:
     def eos_token_ids(self) -> tuple[int, ...]:
         return self.manifest.tokenizer.eos_token_ids
 
+    def resolve_drafter(self, name: str | None) -> str:
+        """A drafter name as given to drafter(): 'auto' becomes what `edgespec tune --drafter
+        auto` measured fastest on this provider (possibly 'none'), else n-gram lookup when the
+        bundle has it (it runs no network, so a miss costs a plain step at most), else 'none'."""
+        if name is None:
+            return "none"
+        if name != "auto":
+            return name
+        choice = auto_choice(self.tuning, self.config.provider)
+        if choice is not None:
+            return choice["drafter"]
+        return "ngram" if "ngram" in self.manifest.drafters else "none"
+
+    def tuned_speedup(self, name: str) -> float | None:
+        """The speedup over plain decoding `edgespec tune` measured for drafter `name` (resolved)
+        at its tuned setting on this provider, or None if it was never measured."""
+        choice = auto_choice(self.tuning, self.config.provider)
+        if choice is not None and choice["drafter"] == name and "speedup" in choice:
+            return float(choice["speedup"])
+        if name == "none":
+            return 1.0 if choice is not None else None
+        setting = tuned_setting(self.tuning, self.config.provider, name, raw=True)
+        if setting.get("measured_tok_s") and setting.get("measured_plain_tok_s"):
+            return setting["measured_tok_s"] / setting["measured_plain_tok_s"]
+        return None
+
     def drafter(self, name: str | None, gamma: int | None = None, width: int | None = None,
                 tree_size: int | None = None, tree: list | None = None,
                 min_n: int | None = None):
-        """The bundle's drafter `name` (None or 'none': autoregressive), loaded once.
+        """The bundle's drafter `name` (None or 'none': autoregressive; 'auto': see
+        resolve_drafter), loaded once.
 
         gamma: draft length (tree depth); width: nodes expanded per depth (1 = a chain);
         tree_size: nodes kept in a tree (medusa, eagle3); tree: Medusa rank paths; min_n:
         ngram's shortest match worth a proposal. All None = the setting `edgespec tune` chose
         for this provider, if any, else the bundle's."""
-        if name in (None, "none"):
+        name = self.resolve_drafter(name)
+        if name == "none":
             return None
         for what, value, option in (("gamma", gamma, "gamma"), ("width", width, "tree_width"),
                                     ("tree_size", tree_size, "tree_size"),

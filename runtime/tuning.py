@@ -36,9 +36,15 @@ def load_tuning(bundle_dir: Path) -> dict:
         for setting in (entry.get("drafters") or {}).values() if ok else ():
             ok = ok and isinstance(setting, dict) and _valid(setting)
         if not ok:
-            raise BundleError(f"{TUNING_FILE}: device {device!r} needs a provider and drafters "
-                              "with a gamma (1..64), a tree_size (1..1024) or a Medusa tree; "
-                              "run `edgespec tune` again")
+            raise BundleError(f"{TUNING_FILE}: device {str(device)[:40]!r} needs a provider and "
+                              "drafters with a gamma (1..64), a tree_size (1..1024) or a Medusa "
+                              "tree; run `edgespec tune` again")
+        auto = entry.get("auto")
+        if auto is not None and not (isinstance(auto, dict) and (
+                auto.get("drafter") == "none" or auto.get("drafter") in entry["drafters"])):
+            raise BundleError(f"{TUNING_FILE}: device {str(device)[:40]!r}: 'auto' must name "
+                              "'none' or one of its tuned drafters; run `edgespec tune "
+                              "--drafter auto` again")
     return devices
 
 
@@ -60,26 +66,59 @@ def _valid(setting: dict) -> bool:
     return True
 
 
-def tuned_setting(tuning: dict, provider: str, drafter: str) -> dict:
+def tuned_setting(tuning: dict, provider: str, drafter: str, raw: bool = False) -> dict:
     """Model.drafter keyword arguments `edgespec tune` stored for `drafter` on the device that
-    runs on `provider` ({} if none): a chain (gamma, width 1), a node budget or a tree."""
+    runs on `provider` ({} if none): a chain (gamma, width 1), a node budget or a tree.
+    raw: the stored entry as it is (with its measured rates)."""
     for entry in tuning.values():
         setting = entry["drafters"].get(drafter)
         if entry["provider"] == provider and setting is not None:
-            kwargs = {k: setting[k] for k in (*_KEYS, "tree") if k in setting}
-            if "gamma" in kwargs and not {"tree", "tree_size"} & kwargs.keys():
-                kwargs.setdefault("width", 1)  # a tuned chain
-            return kwargs
+            return dict(setting) if raw else setting_kwargs(setting)
     return {}
 
 
+def setting_kwargs(setting: dict) -> dict:
+    """A stored setting as Model.drafter keyword arguments (a tuned gamma alone is a chain)."""
+    kwargs = {k: setting[k] for k in (*_KEYS, "tree") if k in setting}
+    if "gamma" in kwargs and not {"tree", "tree_size"} & kwargs.keys():
+        kwargs.setdefault("width", 1)
+    return kwargs
+
+
+def auto_choice(tuning: dict, provider: str) -> dict | None:
+    """The 'auto' entry `edgespec tune --drafter auto` stored for `provider`: {"drafter": name or
+    "none", "speedup": measured ratio to plain decoding, ...}, or None if never tuned."""
+    for entry in tuning.values():
+        if entry["provider"] == provider and entry.get("auto") is not None:
+            return entry["auto"]
+    return None
+
+
 def save_tuning(bundle_dir: Path, device: str, provider: str, drafter: str,
-                setting: dict) -> Path:
-    """Merge one drafter's setting for `device` into tuning.json (written atomically)."""
+                setting: dict | None) -> Path:
+    """Merge one drafter's setting for `device` into tuning.json (written atomically). A None
+    setting removes the drafter's entry (it lost to plain decoding), and the device's auto
+    choice with it if it named that drafter."""
+    def change(entry):
+        if setting is not None:
+            entry["drafters"][drafter] = setting
+        else:
+            entry["drafters"].pop(drafter, None)
+            if (entry.get("auto") or {}).get("drafter") == drafter:
+                del entry["auto"]
+    return _update(bundle_dir, device, provider, change)
+
+
+def save_auto(bundle_dir: Path, device: str, provider: str, auto: dict) -> Path:
+    """Store the device's auto choice ({"drafter": a tuned drafter or "none", ...})."""
+    return _update(bundle_dir, device, provider, lambda entry: entry.__setitem__("auto", auto))
+
+
+def _update(bundle_dir: Path, device: str, provider: str, change) -> Path:
     devices = load_tuning(bundle_dir)
     entry = devices.setdefault(device, {"provider": provider, "drafters": {}})
     entry["provider"] = provider
-    entry["drafters"][drafter] = setting
+    change(entry)
     path = Path(bundle_dir) / TUNING_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"format": FORMAT, "devices": devices}, indent=2) + "\n")

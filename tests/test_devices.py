@@ -110,7 +110,7 @@ def test_tune_measures_stores_and_is_used_by_default(tiny_bundles, tmp_path, cap
     pfile.write_text("".join(json.dumps({"prompt": f"t{i} t{i + 1} t{i} t{i + 1}"}) + "\n"
                              for i in range(3, 7)))
     assert main(["tune", str(bundle), "--drafter", "ngram", "--prompts", str(pfile),
-                 "--max-gamma", "3", "--max-new-tokens", "12"]) == 0
+                 "--max-gamma", "3", "--max-new-tokens", "12", "--keep-slower"]) == 0
     out = capsys.readouterr().out
     tuning = json.loads((bundle / "tuning.json").read_text())
     gamma = tuning["devices"]["cpu"]["drafters"]["ngram"]["gamma"]

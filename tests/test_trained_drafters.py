@@ -335,3 +335,27 @@ def test_export_cli_compresses_per_drafter(tiny_dirs, trained, tmp_path, calibra
     assert per_drafter(["64"], "--head-rank") == 64
     with pytest.raises(ValueError, match="NAME=integer"):
         per_drafter(["mtp=lots"], "--trim-vocab")
+
+
+@pytest.mark.parametrize("kind", ("mtp", "medusa"))
+def test_warm_start_copies_a_drafter_and_refuses_one_that_does_not_fit(kind, tiny_dirs, trained):
+    from edgespec.models.drafters import build_drafter, trained_state, warm_start
+
+    target = load_transformer(tiny_dirs["llama"])
+    a = target.args
+    cfg = DrafterConfig(kind=kind, dim=a.dim, vocab_size=a.vocab_size, feature_dim=a.dim)
+    m = build_drafter(cfg, target)
+    src = load_drafter(trained[kind][1], target)
+    assert warm_start(m, trained[kind][1]).kind == kind
+    for k, v in trained_state(src).items():
+        assert torch.equal(trained_state(m)[k], v), k
+    other = "eagle3" if kind == "mtp" else "mtp"
+    before = {k: v.clone() for k, v in trained_state(m).items()}
+    with pytest.raises(ValueError, match=f"is a {other} drafter"):
+        warm_start(m, trained[other][1])
+    if kind == "medusa":  # same kind, another head count: named, nothing copied
+        m3 = build_drafter(DrafterConfig(kind="medusa", dim=a.dim, vocab_size=a.vocab_size,
+                                         feature_dim=a.dim, num_heads=2), target)
+        with pytest.raises(ValueError, match="does not fit"):
+            warm_start(m3, trained[kind][1])
+    assert all(torch.equal(before[k], v) for k, v in trained_state(m).items())

@@ -44,7 +44,7 @@ def test_tune_stores_gamma_and_min_n_used_by_default(bundle, tmp_path, capsys):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (
         "def add(a, b):\n", "import os\n\ndef list_files(path):\n", "class A:\n")))
     assert main(["tune", str(bundle), "--drafter", "ngram", "--prompts", str(prompts),
-                 "--max-gamma", "4", "--max-new-tokens", "24"]) == 0
+                 "--max-gamma", "4", "--max-new-tokens", "24", "--keep-slower"]) == 0
     assert "chose gamma" in capsys.readouterr().out
     stored = json.loads((bundle / "tuning.json").read_text())["devices"]["cpu"]["drafters"]
     gamma, min_n = stored["ngram"]["gamma"], stored["ngram"]["min_n"]

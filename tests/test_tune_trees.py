@@ -45,7 +45,7 @@ def test_tune_grows_a_medusa_tree_and_eagle_budget_used_by_default(bundle, tmp_p
                                for a, b in ((5, 9), (7, 8), (20, 21), (3, 3))))
     for name in ("medusa", "eagle3"):
         assert main(["tune", str(bundle), "--drafter", name, "--prompts", str(prompts),
-                     "--max-nodes", "12", "--max-new-tokens", "16"]) == 0
+                     "--max-nodes", "12", "--max-new-tokens", "16", "--keep-slower"]) == 0
         assert "chose" in capsys.readouterr().out
     stored = json.loads((bundle / "tuning.json").read_text())["devices"]["cpu"]["drafters"]
     tree, budget = stored["medusa"]["tree"], stored["eagle3"]["tree_size"]

@@ -1,0 +1,191 @@
+"""`edgespec tune`: measure a drafter's best setting on this device (chain length, n-gram
+draft length and shortest match, Medusa tree, EAGLE node budget) or, with `--drafter auto`,
+every drafter of the bundle and plain decoding, and store the result in tuning.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """One drafter's tuning: the setting to store and its decode rate against plain decoding,
+    both measured in the decode loop over the same prompts."""
+    setting: dict
+    measured_tok_s: float
+    plain_tok_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.measured_tok_s / self.plain_tok_s
+
+
+def _tune_chain(ns, model, prompts, name: str) -> Tuned:
+    from .devices.tune import tune_chain
+
+    t = tune_chain(model, name, prompts, ns.max_gamma, ns.max_new_tokens)
+    print(f"{name} on {ns.device}: per-depth acceptance "
+          f"{', '.join(f'{a:.2f}' for a in t.acceptance)}; loop overhead "
+          f"{1e3 * t.overhead_s:.3f} ms per step")
+    print(f"{'gamma':>6}{'propose ms':>12}{'verify ms':>11}{'expected tok/s':>16}")
+    for g, rate in t.rates.items():
+        print(f"{g:>6}{1e3 * t.propose_seconds[g]:>12.3f}{1e3 * t.target_curve[g + 1]:>11.3f}"
+              f"{rate:>16.1f}")
+    print(f"chose gamma {t.gamma}: {t.expected_tok_s:.1f} tok/s expected (plain decoding "
+          f"{t.plain_tok_s:.1f})")
+    return Tuned({"gamma": t.gamma, "expected_tok_s": round(t.expected_tok_s, 1),
+                  "acceptance": t.acceptance}, t.measured_tok_s, t.measured_plain_tok_s)
+
+
+def _tune_ngram(ns, model, prompts, name: str) -> Tuned:
+    """Prompt lookup: draft length and shortest match, replayed exactly over greedy output."""
+    from .devices.tune_ngram import tune_ngram
+
+    t = tune_ngram(model, name, prompts, ns.max_gamma, ns.max_new_tokens)
+    print(f"{name} on {ns.device}: loop overhead {1e3 * t.overhead_s:.3f} ms per step; "
+          "expected tok/s by draft length (rows) and shortest match (columns)")
+    mins = sorted({m for _, m in t.rates})
+    print(f"{'gamma':>6}{'verify ms':>11}" + "".join(f"{f'min_n {m}':>10}" for m in mins))
+    for g in sorted({g for g, _ in t.rates}):
+        print(f"{g:>6}{1e3 * t.target_curve[g + 1]:>11.3f}"
+              + "".join(f"{t.rates[(g, m)]:>10.1f}" for m in mins))
+    print("finalists measured in the loop (tok/s): " + ", ".join(
+        f"gamma {g} min_n {m}: {rate:.1f}" for (g, m), rate in t.finalists.items()))
+    print(f"chose gamma {t.gamma}, min_n {t.min_n}: {t.expected_tok_s:.1f} tok/s expected "
+          f"(plain decoding {t.plain_tok_s:.1f})")
+    return Tuned({"gamma": t.gamma, "min_n": t.min_n,
+                  "expected_tok_s": round(t.expected_tok_s, 1)},
+                 t.measured_tok_s, t.measured_plain_tok_s)
+
+
+def _tune_tree(ns, model, prompts, name: str, kind: str) -> Tuned:
+    """Medusa: the tree grown by per-node acceptance; EAGLE-3: the node budget."""
+    from .devices.tune_tree import tune_eagle, tune_medusa
+
+    t = (tune_medusa(model, name, prompts, ns.max_nodes, ns.max_new_tokens)
+         if kind == "medusa" else tune_eagle(model, name, prompts,
+                                             max_new_tokens=ns.max_new_tokens))
+    shown = [n for n in t.expected if kind == "eagle3" or n in (1, 2, 4, 8, 16, 24, 32, 48, 64)
+             or n in (t.nodes, max(t.expected))]
+    print(f"{name} on {ns.device}: loop overhead {1e3 * t.overhead_s:.3f} ms per step")
+    print(f"{'nodes':>6}{'tokens/step':>13}{'verify ms':>11}{'expected tok/s':>16}"
+          f"{'measured tok/s':>16}")
+    for n in shown:
+        measured = f"{t.measured[n]:.1f}" if n in t.measured else "-"
+        print(f"{n:>6}{t.tokens_per_step[n]:>13.2f}{1e3 * t.target_curve[n + 1]:>11.3f}"
+              f"{t.expected[n]:>16.1f}{measured:>16}")
+    print(f"chose {t.nodes} nodes: {t.expected_tok_s:.1f} tok/s expected")
+    return Tuned({**t.setting, "expected_tok_s": round(t.expected_tok_s, 1)},
+                 t.measured[t.nodes], t.measured_plain_tok_s)
+
+
+def tune_one(ns, model, prompts, name: str) -> Tuned:
+    """The tuner for drafter `name`'s kind (eagle3: its node budget unless --chain)."""
+    spec = model.manifest.drafters.get(name)
+    if spec is not None and (spec.kind == "medusa" or spec.kind == "eagle3" and not ns.chain):
+        if not model.verifies_trees:
+            if ns.drafter == "auto":  # a chain bundle: its trees draft chains
+                return _tune_chain(ns, model, prompts, name) if spec.kind == "eagle3" else None
+            raise ValueError(f"{ns.bundle} verifies chains only (--verify chain): it has no "
+                             "tree to tune; tune eagle3 with --chain, or re-export with "
+                             "--verify tree")
+        return _tune_tree(ns, model, prompts, name, spec.kind)
+    if spec is not None and spec.kind == "ngram":
+        return _tune_ngram(ns, model, prompts, name)
+    return _tune_chain(ns, model, prompts, name)
+
+
+def _store(ns, name: str, t: Tuned) -> bool:
+    """Store a drafter's setting only if it decoded faster than plain decoding (or
+    --keep-slower); returns whether it did."""
+    from edgespec.runtime.tuning import save_tuning
+
+    keep = t.speedup > 1 or ns.keep_slower
+    setting = {**t.setting, "measured_tok_s": round(t.measured_tok_s, 1),
+               "measured_plain_tok_s": round(t.plain_tok_s, 1)} if keep else None
+    path = save_tuning(Path(ns.bundle), ns.device, ns.provider, name, setting)
+    rates = (f"{t.measured_tok_s:.1f} tok/s in the decode loop against {t.plain_tok_s:.1f} for "
+             f"plain decoding ({t.speedup:.2f}x)")
+    if keep:
+        print(f"{name}: {rates}; wrote {path} (run/eval use it for --drafter {name} when no "
+              "--gamma / --tree-size is given)")
+    else:
+        print(f"{name}: {rates}: plain decoding is faster on this device, so nothing is stored "
+              f"for {name} (--keep-slower stores it anyway); wrote {path}")
+    return keep and t.speedup > 1
+
+
+def _tune_auto(ns, model, prompts) -> int:
+    from edgespec.runtime.tuning import save_auto, save_tuning, setting_kwargs
+
+    from .devices.tune_auto import tune_auto
+
+    winners = {}
+    for name in model.manifest.drafters:
+        print(f"--- {name}")
+        t = tune_one(ns, model, prompts, name)
+        if t is None:
+            print(f"{name}: a Medusa tree has nothing to tune on a chain-only bundle; skipped")
+        elif _store(ns, name, t):
+            winners[name] = t.setting
+    print(f"--- auto: plain decoding and {', '.join(winners) or 'no drafter'} in {ns.rounds} "
+          "alternating rounds")
+    a = tune_auto(model, {n: setting_kwargs(s) for n, s in winners.items()}, prompts,
+                  ns.rounds, ns.max_new_tokens)
+    for n, rates in a.rates.items():
+        print(f"{n:>12}: median {a.medians[n]:.1f} tok/s ({a.medians[n] / a.medians['none']:.2f}x"
+              f" plain), rounds {', '.join(f'{r:.1f}' for r in rates)}")
+    if a.drafter != "none":  # the rates of the final rounds replace the drafter's own
+        save_tuning(Path(ns.bundle), ns.device, ns.provider, a.drafter, {
+            **winners[a.drafter], "measured_tok_s": round(a.medians[a.drafter], 1),
+            "measured_plain_tok_s": round(a.medians["none"], 1)})
+    path = save_auto(Path(ns.bundle), ns.device, ns.provider, a.as_setting())
+    print(f"auto on {ns.device}: {a.drafter} ({a.speedup:.2f}x plain decoding); wrote {path}")
+    return 0
+
+
+def cmd_tune(ns) -> int:
+    from edgespec.runtime.evaluate import read_prompts
+    from edgespec.runtime.model import Model
+    from edgespec.runtime.providers import SessionConfig
+
+    from .devices.profiles import load_profile
+
+    profile = load_profile(ns.device)
+    if ns.device != "cpu" and profile.provider != ns.provider:
+        raise ValueError(f"--device {ns.device} runs on its {profile.provider} provider; pass "
+                         f"--provider {profile.provider} (tune measures on the device it runs on)")
+    model = Model(ns.bundle, SessionConfig(provider=ns.provider, threads=ns.threads))
+    prompts = [model.tokenizer.encode(r["prompt"])
+               for r in read_prompts(ns.prompts)[: ns.limit or None]]
+    if ns.drafter == "auto":
+        return _tune_auto(ns, model, prompts)
+    _store(ns, ns.drafter, tune_one(ns, model, prompts, ns.drafter))
+    return 0
+
+
+def add_commands(sub) -> None:
+    t = sub.add_parser("tune", help="measure and store a drafter's best setting, or with "
+                                    "--drafter auto the fastest choice for this device")
+    t.add_argument("bundle")
+    t.add_argument("--drafter", required=True,
+                   help="auto: every drafter at its best setting and plain decoding, measured "
+                        "in alternating rounds, the fastest stored for run/eval --drafter "
+                        "auto; or one drafter: chains: ngram, draft_model, mtp (eagle3 with "
+                        "--chain); trees: medusa, eagle3")
+    t.add_argument("--device", default="cpu", help="profile name the setting is stored under")
+    t.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
+    t.add_argument("--prompts", required=True, help="jsonl with a 'prompt' field")
+    t.add_argument("--limit", type=int, default=16, help="first N prompts (0 = all)")
+    t.add_argument("--max-gamma", type=int, default=8)
+    t.add_argument("--max-nodes", type=int, default=64, help="medusa: largest tree grown")
+    t.add_argument("--chain", action="store_true", help="eagle3: tune a chain, not the budget")
+    t.add_argument("--max-new-tokens", type=int, default=64)
+    t.add_argument("--rounds", type=int, default=3,
+                   help="auto: alternating rounds of the final comparison (median kept)")
+    t.add_argument("--keep-slower", action="store_true",
+                   help="store a drafter's best setting even when plain decoding was faster "
+                        "(auto never picks it)")
+    t.add_argument("--threads", type=int, default=0)
+    t.set_defaults(fn=cmd_tune)
