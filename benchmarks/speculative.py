@@ -8,7 +8,8 @@ Engines: autoregressive, n-gram chains and trees, and each drafter the bundle ca
 medusa, mtp, eagle3) at a few draft lengths / tree sizes; --only REGEX picks. Every engine decodes
 the same prompts in each run (engines alternate, so noise hits all alike); tokens/s counts new
 tokens over the whole generate call (prefill included); decode tok/s (ours only) counts the
-tokens after the first one over the time after it; tau = new tokens per target forward.
+tokens after the first one over the time after it; tau = new tokens per target forward;
+other % = the share of decode time outside onnxruntime's runs of the target and drafter.
 With --hf-dir, transformers' plain, assisted (assistant_model) and prompt-lookup generation run
 too, as a peer reference; their outputs are checked against ours.
 """
@@ -27,6 +28,7 @@ from edgespec.runtime.evaluate import read_prompts
 from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 from edgespec.runtime.providers import SessionConfig
+from edgespec.runtime.tuning import tuned_setting
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,23 +39,28 @@ class Result:
     tau: float  # new tokens per target forward
     decode_rate: float  # tokens after the first / time after the first token
     outputs: list
+    other_share: float = float("nan")  # of decode time: outside the target's / drafter's runs
 
 
 def ours(model: Model, prompts, n: int, drafter) -> Result:
     t, tokens, forwards, outs, decode_s, decode_n = time.perf_counter(), 0, 0, [], 0.0, 0
+    runs_s = 0.0  # decode time inside onnxruntime's runs (target and drafter)
     for ids in prompts:
         gen = Generator(model, GenerationParams(max_new_tokens=n), drafter)
         gen.append_tokens(ids)
         gen.next_token()  # the first token comes from the prompt's forward: TTFT, not decode
+        r0 = gen.stats.target_run_seconds + gen.stats.draft_run_seconds
         t1 = time.perf_counter()
         while not gen.is_done():
             gen.step()
         decode_s += time.perf_counter() - t1
+        runs_s += gen.stats.target_run_seconds + gen.stats.draft_run_seconds - r0
         decode_n += len(gen.new_tokens) - 1
         tokens += len(gen.new_tokens)
         forwards += max(gen.stats.target_forwards, 1)
         outs.append(gen.new_tokens)
-    return Result(tokens / (time.perf_counter() - t), tokens / forwards, decode_n / decode_s, outs)
+    return Result(tokens / (time.perf_counter() - t), tokens / forwards, decode_n / decode_s, outs,
+                  1 - runs_s / decode_s)
 
 
 def hf(model, prompts, n: int, **kw) -> Result:
@@ -83,8 +90,11 @@ def bundle_engines(model: Model, prompts, n: int, tag: str, first: bool) -> dict
             engines[f"edgespec ngram g{g} min2"] = run(NgramDrafter(gamma=g, min_n=2))
         for g, b in ((4, 2), (6, 3)):
             engines[f"edgespec ngram tree g{g}x{b}"] = run(NgramDrafter(gamma=g, branches=b))
-        if "ngram" in model.manifest.drafters and model.tuning:  # `edgespec tune`'s choice
-            engines["edgespec ngram tuned"] = run(model.drafter("ngram"))
+    # `edgespec tune`'s choices: each tuned drafter at its setting, and auto
+    for name in model.manifest.drafters:
+        if tuned_setting(model.tuning, model.config.provider, name):
+            engines[f"{tag}edgespec {name} tuned"] = run(model.drafter(name))
+    engines[f"{tag}edgespec auto ({model.resolve_drafter('auto')})"] = run(model.drafter("auto"))
     if "draft_model" in model.manifest.drafters:
         for g in (1, 2, 3, 4):
             engines[f"{tag}edgespec draft g{g}"] = run(model.drafter("draft_model", g))
@@ -154,6 +164,7 @@ def main() -> None:
 
     rate = {k: [] for k in engines}
     decode = {k: [] for k in engines}
+    other = {k: [] for k in engines}
     tau, outs = {}, {}
     engines["edgespec none"]()  # warm-up
     for _ in range(ns.runs):
@@ -161,6 +172,7 @@ def main() -> None:
             r = fn()
             rate[name].append(r.rate)
             decode[name].append(r.decode_rate)
+            other[name].append(r.other_share)
             tau[name], outs[name] = r.tau, r.outputs
     base = statistics.median(rate["edgespec none"])
     ref = outs["edgespec none"]
@@ -169,13 +181,13 @@ def main() -> None:
           f"{'on' if model.graph_ids is not None else 'off'}")
     dbase = statistics.median(decode["edgespec none"])
     print(f"{'engine':<40}{'tokens/s':>10}{'min':>9}{'max':>9}{'tau':>7}{'vs none':>9}"
-          f"{'decode tok/s':>14}{'vs none':>9}{'same output':>13}")
+          f"{'decode tok/s':>14}{'vs none':>9}{'same output':>13}{'other %':>9}")
     for name in engines:
         med, dmed = statistics.median(rate[name]), statistics.median(decode[name])
         same = sum(a == b for a, b in zip(ref, outs[name]))
         print(f"{name:<40}{med:>10.1f}{min(rate[name]):>9.1f}{max(rate[name]):>9.1f}"
               f"{tau[name]:>7.2f}{med / base:>9.2f}{dmed:>14.1f}{dmed / dbase:>9.2f}"
-              f"{same:>9}/{len(ref)}")
+              f"{same:>9}/{len(ref)}{100 * statistics.median(other[name]):>9.1f}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from edgespec.runtime.tuning import tuned_setting
 
 from .cost_model import acceptance_per_depth, fit_curve
 from .device_memory import device_memory_mb
-from .tune import decode, measure_target_curve
+from .tune import StepSplit, decode, measure_target_curve
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -53,6 +53,9 @@ def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: in
         def tqdm(it, **_):
             return it
 
+    if drafter is not None:  # auto: the drafter it stands for here (none: plain only)
+        drafter = model.resolve_drafter(drafter)
+        drafter = None if drafter == "none" else drafter
     sizes = [s for s in SIZES if s < model.max_len // 2]
     curve = measure_target_curve(model, sizes)
     fit = fit_curve(sizes, [curve[s] for s in sizes])
@@ -66,9 +69,10 @@ def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: in
         engines[f"{drafter} tuned"] = model.drafter(drafter, **tuned)
     rates = {k: [] for k in engines}
     lengths = {k: [] for k in engines}
+    splits = {k: StepSplit() for k in engines}  # summed over the runs
     for _ in tqdm(range(runs), desc="bench", unit="run", disable=not progress):
         for name, d in engines.items():  # alternate engines: noise hits all alike
-            steps, rate = decode(model, d, prompts, max_new_tokens)
+            steps, rate = decode(model, d, prompts, max_new_tokens, split=splits[name])
             rates[name].append(rate)
             lengths[name] = steps
     plain = statistics.median(rates["plain"])
@@ -78,7 +82,8 @@ def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: in
         cost = draft_cost(model.manifest, drafter, engines[name], context=256)
         rows.append({"engine": name, "tok_s": statistics.median(r), "min": min(r), "max": max(r),
                      "vs_plain": statistics.median(r) / plain, "tau": tau,
-                     "mbsu": None if cost is None else tau / (1 + cost)})
+                     "mbsu": None if cost is None else tau / (1 + cost),
+                     "split": splits[name].per_step_ms()})
     deep = f"{drafter} g{max(gammas)}" if drafter and gammas else None
     accept = acceptance_per_depth(lengths[deep], max(gammas)).tolist() if deep else []
     return {"target_curve_s": {str(s): t for s, t in curve.items()},
@@ -107,6 +112,17 @@ def markdown(r: dict) -> str:
         mbsu = "" if e["mbsu"] is None else f"{e['mbsu']:.2f}"
         lines.append(f"| {e['engine']} | {e['tok_s']:.1f} | {e['min']:.1f} | {e['max']:.1f} | "
                      f"{e['vs_plain']:.2f} | {e['tau']:.2f} | {mbsu} |")
+    lines += ["", "Where a decode step's time goes (ms per step, all runs): inside onnxruntime's "
+              "runs of the target and of the drafter, and the rest (the loop's own work: "
+              "proposals' bookkeeping, acceptance, IO binding, K/V compaction)", "",
+              "| engine | step | target forward | drafter forwards | other | other share |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for e in r["engines"]:
+        sp = e.get("split")
+        if sp:
+            lines.append(f"| {e['engine']} | {sp['step_ms']:.3f} | {sp['target_ms']:.3f} | "
+                         f"{sp['draft_ms']:.3f} | {sp['other_ms']:.3f} | "
+                         f"{100 * sp['other_share']:.1f} % |")
     t1 = r["target_curve_s"]["1"]
     lines += ["", "| S | " + " | ".join(r["target_curve_s"]) + " |",
               "| --- |" + " --- |" * len(r["target_curve_s"]),

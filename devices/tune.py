@@ -4,6 +4,7 @@ length, and its per-depth acceptance on the prompts (devices/cost_model.py's obj
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -58,11 +59,35 @@ def measure_propose(model, drafter, prompts: list[list[int]], repeats: int = 5) 
     return statistics.median(times)
 
 
+@dataclass
+class StepSplit:
+    """Where the decode steps' time went (summed over prompts): inside onnxruntime's runs of
+    the target and of the drafter, and the rest (the loop's own work)."""
+    steps: int = 0
+    seconds: float = 0.0
+    target_s: float = 0.0
+    draft_s: float = 0.0
+
+    def add(self, stats, seconds: float, steps: int) -> None:
+        self.steps += steps
+        self.seconds += seconds
+        self.target_s += stats.target_run_seconds
+        self.draft_s += stats.draft_run_seconds
+
+    def per_step_ms(self) -> dict:
+        n = max(self.steps, 1)
+        other = max(self.seconds - self.target_s - self.draft_s, 0.0)
+        return {"step_ms": 1e3 * self.seconds / n, "target_ms": 1e3 * self.target_s / n,
+                "draft_ms": 1e3 * self.draft_s / n, "other_ms": 1e3 * other / n,
+                "other_share": other / max(self.seconds, 1e-12)}
+
+
 def decode(model, drafter, prompts: list[list[int]], max_new_tokens: int,
-           outputs: list | None = None) -> tuple[list[int], float]:
+           outputs: list | None = None, split: StepSplit | None = None
+           ) -> tuple[list[int], float]:
     """Greedy decoding of the prompts: tokens per verify step (accepted drafts + 1) and the
     decode rate in tokens/s (after each prompt's first token). outputs: if given, gets
-    (prompt, new tokens) of each prompt."""
+    (prompt, new tokens) of each prompt; split: if given, gets where the steps' time went."""
     from edgespec.runtime.generator import GenerationParams, Generator
 
     lengths, tokens, seconds = [], 0, 0.0
@@ -70,12 +95,20 @@ def decode(model, drafter, prompts: list[list[int]], max_new_tokens: int,
         gen = Generator(model, GenerationParams(max_new_tokens=max_new_tokens), drafter)
         gen.append_tokens(ids)
         gen.next_token()  # the prompt's forward is not a verify step
+        before = dataclasses.replace(gen.stats)
         t = time.perf_counter()
         while not gen.is_done():
             gen.step()
-        seconds += time.perf_counter() - t
+        took = time.perf_counter() - t
+        seconds += took
         tokens += len(gen.new_tokens) - 1
         lengths += gen.stats.accepted_lengths[1:]
+        if split is not None:  # the steps after the first token only
+            st = gen.stats
+            st = dataclasses.replace(
+                st, target_run_seconds=st.target_run_seconds - before.target_run_seconds,
+                draft_run_seconds=st.draft_run_seconds - before.draft_run_seconds)
+            split.add(st, took, len(gen.stats.accepted_lengths) - 1)
         if outputs is not None:
             outputs.append((list(ids), gen.new_tokens))
     return lengths, tokens / max(seconds, 1e-9)

@@ -109,6 +109,9 @@ class NgramDrafter:
     def accepted(self, state, tokens: list[int]) -> None:
         pass  # the next propose() indexes the new tokens
 
+    def forward_seconds(self, state) -> float:
+        return 0.0  # no network
+
 
 @dataclass
 class DraftModelState:
@@ -207,6 +210,10 @@ class DraftModelDrafter:
 
     def accepted(self, st: DraftModelState, tokens: list[int]) -> None:
         pass  # the next propose() rewinds to the common prefix
+
+    def forward_seconds(self, st: DraftModelState) -> float:
+        """Seconds this state's draft forwards spent in onnxruntime so far."""
+        return st.runner.run_seconds
 
 
 def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],

@@ -69,6 +69,10 @@ class Stats:
     target_forwards: int = 0  # forwards after the prompt (decode / verify)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    # of decode_seconds: inside onnxruntime's runs of the target and of the drafter; the rest
+    # is the loop's own work (bookkeeping, acceptance, IO binding)
+    target_run_seconds: float = 0.0
+    draft_run_seconds: float = 0.0
     first_token_seconds: float | None = None  # time to first token, from the first append
     accepted_lengths: list[int] = field(default_factory=list)  # tokens per forward
 
@@ -196,8 +200,9 @@ class Generator:
     def next_token(self) -> int:
         """One autoregressive step: feed the pending token, pick the next one, check stops."""
         self._check_can_step()
-        t = time.perf_counter()
+        t, run0 = time.perf_counter(), self.runner.run_seconds
         out = self._forward(self.tokens[self.kv.length:], last_only=True)
+        self.stats.target_run_seconds += self.runner.run_seconds - run0
         if self.params.sampling.greedy and out.argmax is not None:
             token = int(out.argmax[-1])  # the graph's argmax: same token, no [V] scan here
         else:
@@ -251,14 +256,17 @@ class Generator:
         if self.drafter is None:
             return [self.next_token()]
         self._check_can_step()
-        t = time.perf_counter()
+        t, draft0 = time.perf_counter(), self.drafter.forward_seconds(self.draft_state)
         tree = self.drafter.propose(self.draft_state, self.tokens, self.params.sampling,
                                     self.rng)
+        self.stats.draft_run_seconds += self.drafter.forward_seconds(self.draft_state) - draft0
         room = min(self.kv.free, self.model.max_len - len(self.tokens) + 1)
         if tree.size == 1 or tree.size > room:
             self.stats.decode_seconds += time.perf_counter() - t
             return [self.next_token()]
+        run0 = self.runner.run_seconds
         new = self._verify(tree)
+        self.stats.target_run_seconds += self.runner.run_seconds - run0
         kept = self._commit(new)
         self.kv.truncate(len(self.tokens) - 1)  # drop K/V of tokens cut by a stop condition
         self.drafter.accepted(self.draft_state, self.tokens)

@@ -11,6 +11,7 @@ outputs and stay cached, deeper rows read the drafter's own hidden and are dropp
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,7 @@ class TargetRows:
     length are current (the Generator observes every row it caches)."""
 
     rows: np.ndarray
+    run_seconds: float = 0.0  # Medusa: time in its head graph's runs
 
 
 class MedusaDrafter:
@@ -79,13 +81,18 @@ class MedusaDrafter:
                 rng: np.random.Generator) -> DraftTree:
         if len(tokens) < 2:  # no cached position yet: nothing to read
             return DraftTree.chain(tokens[-1], [])
+        t = time.perf_counter()
         ids = self.session.run(["topk_ids"], {"hidden": st.rows[len(tokens) - 2][None]})[0]
+        st.run_seconds += time.perf_counter() - t
         # ids: [K, 1, top_k]; deterministic proposals (lossless under accept_sample's one-hot q)
         return DraftTree(np.concatenate([[tokens[-1]], ids[self.head, 0, self.rank]]),
                          self.parents)
 
     def accepted(self, st, tokens: list[int]) -> None:
         pass
+
+    def forward_seconds(self, st: TargetRows) -> float:
+        return st.run_seconds
 
 
 @dataclass
@@ -196,3 +203,6 @@ class LayerDrafter:
 
     def accepted(self, st, tokens: list[int]) -> None:
         pass  # the next propose() keeps the rows whose tokens still match
+
+    def forward_seconds(self, st: LayerState) -> float:
+        return st.runner.run_seconds

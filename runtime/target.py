@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
@@ -108,6 +109,7 @@ class TargetRunner:
         if graph_ids is not None and not (self.static and kv.on_device):
             raise ValueError("CUDA graphs need a static-shape graph and K/V on the device")
         self.graph_ids = graph_ids
+        self.run_seconds = 0.0  # time inside onnxruntime's run: the split of a decode step
         self.captured: dict[tuple[int, int], _Binding] = {}  # shapes with a graph: kept for good
         # logits left on the device (fetched on demand): where K/V live there and the graph
         # hands greedy decoding its argmax; on a GPU this saves an [N, V] copy every forward
@@ -237,7 +239,9 @@ class TargetRunner:
                 io.bind_input(name, "cpu", 0, np.float32, keep[-1].shape, keep[-1].ctypes.data)
         for name, value in binding.device_in.items():  # ids, positions, rows, bias, length
             value.update_inplace(bufs[name])  # the captured graph reads these addresses
+        t = time.perf_counter()
         self.session.run_with_iobinding(io, binding.run_options)
+        self.run_seconds += time.perf_counter() - t
         if self.in_place:
             self.kv.advance(s)
         else:

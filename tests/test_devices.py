@@ -157,6 +157,11 @@ def test_bench_writes_json_markdown_and_plot(tiny_bundles, tmp_path, capsys):
     assert len(r["acceptance_per_depth"]) == 3 and r["ttft_s"] > 0
     assert r["engines"][0]["mbsu"] == pytest.approx(1.0)  # plain: one token per forward
     assert "| ngram g3 |" in (out / "bench.md").read_text()
+    for e in r["engines"]:  # the step split adds up; n-gram lookup runs no network
+        sp = e["split"]
+        assert sp["target_ms"] > 0 and sp["draft_ms"] == 0 and sp["other_ms"] >= 0
+        assert sp["target_ms"] + sp["other_ms"] == pytest.approx(sp["step_ms"], rel=1e-6)
+    assert "drafter forwards" in (out / "bench.md").read_text()
     assert (out / "bench.png").stat().st_size > 10_000
     assert main(["bench", str(tiny_bundles["llama"][1]), "--drafter", "ngram", "--gammas", "0",
                  "--prompts", str(pfile), "-o", str(out)]) == 2

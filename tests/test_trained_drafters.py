@@ -359,3 +359,16 @@ def test_warm_start_copies_a_drafter_and_refuses_one_that_does_not_fit(kind, tin
         with pytest.raises(ValueError, match="does not fit"):
             warm_start(m3, trained[kind][1])
     assert all(torch.equal(before[k], v) for k, v in trained_state(m).items())
+
+
+def test_step_split_counts_target_and_drafter_runs(drafter_bundle):
+    from edgespec.devices.tune import StepSplit, decode
+
+    model = Model(drafter_bundle)
+    for name in KINDS:
+        split = StepSplit()
+        decode(model, model.drafter(name), [[5, 9, 11], [7, 8]], 12, split=split)
+        sp = split.per_step_ms()
+        assert split.steps > 0 and sp["target_ms"] > 0 and sp["draft_ms"] > 0, name
+        assert sp["target_ms"] + sp["draft_ms"] + sp["other_ms"] == pytest.approx(
+            sp["step_ms"], rel=1e-6)

@@ -36,3 +36,11 @@ wait
     --init demo/drafters/medusa --lr 1e-3 --steps 3000 --minutes 20
 
 "$PY" demo/make_demo_drafters.py "$WORK/drafters" "$DATA" "$DST"
+# SlimSpec calibration for export.sh's compressed heads: the first 256 sequences (~200 KB)
+"$PY" - "$DATA" "$DST/calibration.safetensors" <<'PYEOF'
+import sys
+from edgespec.models.distill import DistillData, load_data, save_data
+d, n = load_data(sys.argv[1]), 256
+save_data(DistillData(d.tokens[: d.offsets[n]], d.offsets[: n + 1], d.prompt_lengths[:n],
+                      d.meta), sys.argv[2])
+PYEOF
