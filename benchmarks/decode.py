@@ -89,7 +89,7 @@ def run_genai(ns) -> tuple[float, float, list]:
 def run_llamacpp(ns) -> dict[str, float]:
     """llama.cpp's own per-token eval time for f32 and f16 GGUFs (benchmarks/llamacpp)."""
     cmd = [sys.executable, str(HERE / "llamacpp" / "decode_bench.py"), "--dir", ns.llamacpp_dir,
-           "--prompts", ns.prompts, "--n-prompts", str(ns.n_prompts), "--max-new-tokens",
+           "--model", ns.hf_dir, "--prompts", ns.prompts, "--n-prompts", str(ns.n_prompts), "--max-new-tokens",
            str(ns.max_new_tokens), "--runs", "1", "--threads", str(ns.threads),
            "--tokenizer", str(Path(ns.bundle) / "tokenizer.json")]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

@@ -1,8 +1,12 @@
 """Greedy per-token decode latency with llama.cpp's llama-completion (f32 and f16 GGUF).
 
-    python benchmarks/llamacpp/decode_bench.py [--dir /tmp/edgespec-llamacpp] \
-        --prompts /work/shared/data/prompts.jsonl [--n-prompts 8] [--max-new-tokens 128] \
-        [--runs 5] [--threads 2] [--hf-check /work/shared/models/pyref-target]
+    python benchmarks/llamacpp/decode_bench.py [--dir /tmp/edgespec-llamacpp] --model HF_DIR \
+        --prompts PROMPTS.jsonl [--n-prompts 8] [--max-new-tokens 128] \
+        [--runs 5] [--threads 2] [--hf-check HF_DIR]
+
+--model is the HF model folder setup.sh converted (or just its name): the GGUFs are
+DIR/<name>-f32.gguf and DIR/<name>-f16.gguf, and the tokenizer is HF_DIR/tokenizer.json unless
+--tokenizer says otherwise. Without --model, DIR must hold the GGUFs of exactly one model.
 
 Needs `tokenizers` (plus torch and transformers for --hf-check); the converter venv made by
 setup.sh has them. Prints one JSON line on stdout.
@@ -91,7 +95,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=1024, help="llama.cpp context size (-c)")
     ap.add_argument("--dtypes", default="f32,f16")
-    ap.add_argument("--tokenizer", default="/work/shared/models/pyref-target/tokenizer.json")
+    ap.add_argument("--model", default=None, metavar="HF_DIR_OR_NAME",
+                    help="HF folder given to setup.sh, or its name: picks DIR/<name>-<dtype>.gguf")
+    ap.add_argument("--tokenizer", default=None, help="tokenizer.json (default: HF_DIR/tokenizer.json)")
     ap.add_argument("--hf-check", default=None, metavar="HF_DIR",
                     help="compare f32/f16 outputs with transformers greedy generate on HF_DIR")
     a = ap.parse_args()
@@ -99,8 +105,21 @@ def main():
     d = Path(a.dir)
     binary = str(d / "build" / "bin" / "llama-completion")
     dtypes = a.dtypes.split(",")
-    models = {t: str(d / f"pyref-target-{t}.gguf") for t in dtypes}
-    tok = Tokenizer.from_file(a.tokenizer)
+    if a.model is None:  # only unambiguous when DIR holds one model
+        names = sorted({p.name[: -len(f"-{dtypes[0]}.gguf")] for p in d.glob(f"*-{dtypes[0]}.gguf")})
+        if len(names) != 1:
+            raise SystemExit(f"{d} holds GGUFs of {names or 'no model'}: pass --model")
+        name = names[0]
+    else:
+        name = Path(a.model).name
+    models = {t: str(d / f"{name}-{t}.gguf") for t in dtypes}
+    for path in models.values():
+        if not Path(path).is_file():
+            raise SystemExit(f"{path}: no such GGUF (run setup.sh on the model folder)")
+    tok_file = a.tokenizer or (str(Path(a.model) / "tokenizer.json") if a.model and Path(a.model).is_dir() else None)
+    if tok_file is None:
+        raise SystemExit("pass --tokenizer (or --model HF_DIR holding tokenizer.json)")
+    tok = Tokenizer.from_file(tok_file)
     with open(a.prompts) as f:
         rows = [json.loads(line) for line in f if line.strip()][: a.n_prompts]
     prompts = [r["prompt"] for r in rows]
@@ -131,6 +150,7 @@ def main():
     source = d / "SOURCE.txt"
     res = {
         "engine": "llama.cpp (llama-completion)",
+        "models": models,
         "build": {"version": version.replace("\n", "; "), "system_info": sysinfo,
                   "source": source.read_text().strip() if source.exists() else None},
         "ms_per_token_median": {t: statistics.median(v) for t, v in per_run.items()},

@@ -1,19 +1,43 @@
 #!/usr/bin/env bash
 # llama.cpp baseline: fetch the source (vendored in the llama-cpp-python sdist), build the CPU
-# tools, make a converter venv, convert the HF model to GGUF f32 and f16. Each step is skipped
-# when its output is already there.
-# Usage: bash benchmarks/llamacpp/setup.sh [DIR] [VENV] [HF_DIR]
-#   DIR    default /tmp/edgespec-llamacpp        (src/, build/bin/, pyref-target-{f32,f16}.gguf)
-#   VENV   default /tmp/edgespec-llamacpp-venv   (converter: torch, transformers, gguf-py)
-#   HF_DIR default /work/shared/models/pyref-target
+# tools, make a converter venv, convert each HF model folder given to GGUF f32 and f16. Each step
+# is skipped when its output is already there.
+# Usage: bash benchmarks/llamacpp/setup.sh [--dir DIR] [--venv VENV] [--types f32,f16] HF_DIR [HF_DIR ...]
+#   HF_DIR  one or more HF model folders (required; e.g. the target and its draft model). Each
+#           becomes DIR/<basename of HF_DIR>-<type>.gguf, e.g. pyref-large-f32.gguf.
+#   --dir   default /tmp/edgespec-llamacpp        (src/, build/bin/, the GGUFs)
+#   --venv  default /tmp/edgespec-llamacpp-venv   (converter: torch, transformers, gguf-py)
+#   --types default f32,f16                       (converter --outtype values)
 set -euo pipefail
-DIR="$(mkdir -p "${1:-/tmp/edgespec-llamacpp}" && cd "${1:-/tmp/edgespec-llamacpp}" && pwd)"
-VENV="${2:-/tmp/edgespec-llamacpp-venv}"
-HF="${3:-/work/shared/models/pyref-target}"
+DIR_ARG=/tmp/edgespec-llamacpp
+VENV=/tmp/edgespec-llamacpp-venv
+TYPES=f32,f16
+HFS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dir) DIR_ARG="$2"; shift 2 ;;
+    --venv) VENV="$2"; shift 2 ;;
+    --types) TYPES="$2"; shift 2 ;;
+    -h|--help) sed -n 2,10p "$0"; exit 0 ;;
+    -*) echo "unknown option $1" >&2; exit 2 ;;
+    *) HFS+=("$1"); shift ;;
+  esac
+done
+if [ ${#HFS[@]} -eq 0 ]; then
+  echo "usage: $0 [--dir DIR] [--venv VENV] [--types f32,f16] HF_DIR [HF_DIR ...]" >&2
+  exit 2
+fi
+for hf in "${HFS[@]}"; do
+  [ -f "$hf/config.json" ] || { echo "$hf: no config.json (not an HF model folder)" >&2; exit 2; }
+done
+DIR="$(mkdir -p "$DIR_ARG" && cd "$DIR_ARG" && pwd)"
 VER="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"   # its sdist vendors llama.cpp commit 0c1e570
 SRC="$DIR/src/llama_cpp_python-$VER/vendor/llama.cpp"
 BIN="$DIR/build/bin"
 PY="$VENV/bin/python"
+# llama-completion/-bench/-tokenize: plain decoding (decode_bench.py);
+# llama-speculative-simple (draft model and ngram-* --spec-type) and llama-lookup: spec_bench.py
+TARGETS=(llama-completion llama-bench llama-tokenize llama-speculative-simple llama-lookup)
 
 # 1. source
 if [ ! -f "$SRC/convert_hf_to_gguf.py" ]; then
@@ -34,16 +58,18 @@ s = open(path).read()
 anchor = '        if res is None:\n            logger.warning("\\n")'
 if h not in s:
     assert s.count(anchor) == 1, "converter layout changed: patch get_vocab_base_pre by hand"
-    s = s.replace(anchor, f'        if chkhsh == "{h}":\n            # edgespec pyref-target: ByteLevel(use_regex=True) = GPT-2\n'
+    s = s.replace(anchor, f'        if chkhsh == "{h}":\n            # edgespec pyref tokenizer: ByteLevel(use_regex=True) = GPT-2\n'
                           f'            res = "gpt-2"\n' + anchor)
     open(path, "w").write(s)
 PYEOF
 
 # 2. build (CPU only, tuned for this machine)
-if [ ! -x "$BIN/llama-completion" ] || [ ! -x "$BIN/llama-bench" ]; then
+missing=0
+for t in "${TARGETS[@]}"; do [ -x "$BIN/$t" ] || missing=1; done
+if [ "$missing" = 1 ]; then
   cmake -S "$SRC" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
-  cmake --build "$DIR/build" --target llama-completion llama-bench llama-tokenize -j2
+  cmake --build "$DIR/build" --target "${TARGETS[@]}" -j2
 fi
 "$BIN/llama-completion" --version
 
@@ -56,12 +82,15 @@ if ! { [ -x "$PY" ] && "$PY" -c 'import torch, transformers, gguf, sentencepiece
   "$PY" -m pip install -q -e "$SRC/gguf-py"
 fi
 
-# 4. convert
-for t in f32 f16; do
-  out="$DIR/pyref-target-$t.gguf"
-  if [ ! -f "$out" ]; then
-    HF_HUB_OFFLINE=1 "$PY" "$SRC/convert_hf_to_gguf.py" "$HF" --outtype "$t" --outfile "$out.tmp"
-    mv "$out.tmp" "$out"
-  fi
+# 4. convert: DIR/<model folder name>-<type>.gguf
+for hf in "${HFS[@]}"; do
+  name="$(basename "$(cd "$hf" && pwd)")"
+  for t in ${TYPES//,/ }; do
+    out="$DIR/$name-$t.gguf"
+    if [ ! -f "$out" ]; then
+      HF_HUB_OFFLINE=1 "$PY" "$SRC/convert_hf_to_gguf.py" "$hf" --outtype "$t" --outfile "$out.tmp"
+      mv "$out.tmp" "$out"
+    fi
+  done
 done
 ls -l "$DIR"/*.gguf

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Ours and onnxruntime-genai's speculative decoding, alternated in one session so that host
 # drift hits both alike: ROUNDS x (benchmarks/speculative.py, spec_bench.py), one run each.
-# Usage: bash benchmarks/ortgenai/alternate.sh BUNDLE [ROUNDS] [N_PROMPTS]
+# Usage: GENAI_TARGET=DIR PROMPTS=FILE [GENAI_DRAFT=DIR] bash benchmarks/ortgenai/alternate.sh BUNDLE [ROUNDS] [N_PROMPTS]
+#   GENAI_TARGET: genai folder of the target (build.sh), PROMPTS: prompts jsonl (both required);
+#   GENAI_DRAFT: genai folder of the draft, needed only when MODES has draft:K.
 # Needs benchmarks/ortgenai/setup.sh and build.sh (target and draft) done; logs in $OUT.
 set -euo pipefail
 BUNDLE=${1:?bundle}; ROUNDS=${2:-4}; N=${3:-16}
+TARGET=${GENAI_TARGET:?set GENAI_TARGET to the genai target folder (build.sh)}
+PROMPTS=${PROMPTS:?set PROMPTS to the prompts jsonl}
+DRAFT_ARGS=(); [ -n "${GENAI_DRAFT:-}" ] && DRAFT_ARGS=(--draft "$GENAI_DRAFT")
 OUT=${OUT:-/tmp/edgespec-alternate}; mkdir -p "$OUT"
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 GENAI=${GENAI_PY:-/tmp/edgespec-ortgenai-venv/bin/python}
 for r in $(seq 1 "$ROUNDS"); do
   "$HERE/.venv/bin/python" "$HERE/benchmarks/speculative.py" --bundle "$BUNDLE" --runs 1 \
-    --n-prompts "$N" --only "${OURS:-ngram g3$|ngram g4 min2$|ngram tuned}" > "$OUT/ours_$r.txt"
-  "$GENAI" "$HERE/benchmarks/ortgenai/spec_bench.py" --runs 1 --n-prompts "$N" \
+    --prompts "$PROMPTS" --n-prompts "$N" --only "${OURS:-ngram g3$|ngram g4 min2$|ngram tuned}" > "$OUT/ours_$r.txt"
+  "$GENAI" "$HERE/benchmarks/ortgenai/spec_bench.py" --target "$TARGET" "${DRAFT_ARGS[@]}" \
+    --prompts "$PROMPTS" --runs 1 --n-prompts "$N" \
     --max-new-tokens 128 --threads 2 --modes ${MODES:-ngram:3:4 ngram:2:4} > "$OUT/genai_$r.txt"
 done
 "$HERE/.venv/bin/python" - "$OUT" "$ROUNDS" <<'PY'

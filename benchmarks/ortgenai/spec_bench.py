@@ -1,6 +1,10 @@
 """Greedy decoding vs onnxruntime-genai's own speculative decoding, in one process.
 
-Run it inside the ortgenai venv (onnxruntime-genai >= 0.16; 0.18.0 here). Modes:
+    python benchmarks/ortgenai/spec_bench.py --target GENAI_DIR [--draft GENAI_DIR] \
+        --prompts PROMPTS.jsonl [--modes ngram:3:4 draft:4] [--n-prompts 8] [--runs 5] [--json F]
+
+Run it inside the ortgenai venv (onnxruntime-genai >= 0.16; 0.18.0 here). The genai folders
+come from build.sh; --draft is needed only by draft:K modes. Modes:
 
   plain          target model, standard greedy decoding (the baseline)
   ngram:N:K      n-gram decoding on the target model alone:
@@ -38,8 +42,6 @@ import time
 import onnxruntime_genai as og
 from decode_bench import load_prompts  # beside this file: the same prompts, same ids
 
-DEFAULT_TARGET = "/tmp/edgespec-ortgenai-models/pyref-target-fp32"
-DEFAULT_DRAFT = "/tmp/edgespec-ortgenai-models/pyref-draft-fp32"
 STAT_KEYS = (
     "rounds",
     "draft_tokens_proposed",
@@ -150,13 +152,11 @@ def main():
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument("--target", required=True, help="genai folder of the target (build.sh)")
     ap.add_argument(
-        "--target", default=DEFAULT_TARGET, help="genai folder of the target (build.sh)"
+        "--draft", default=None, help="genai folder of the draft (build.sh); needed by draft:K"
     )
-    ap.add_argument("--draft", default=DEFAULT_DRAFT, help="genai folder of the draft (build.sh)")
-    ap.add_argument(
-        "--prompts", default="/work/shared/data/prompts.jsonl", help="jsonl with id, prompt"
-    )
+    ap.add_argument("--prompts", required=True, help="jsonl with id, prompt")
     ap.add_argument("--n-prompts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=5)
@@ -192,6 +192,8 @@ def main():
         parsed = {m: parse_mode(m) for m in modes}
     except ValueError as e:
         raise SystemExit(f"bad mode: {e}")
+    if a.draft is None and any(kind == "draft" for kind, _ in parsed.values()):
+        raise SystemExit("draft:K modes need --draft (a genai folder made by build.sh)")
 
     plain_model = load_plain(a.target, a.threads)
     spec_models, tmp_dirs = {}, []
