@@ -17,6 +17,7 @@ too, as a peer reference; their outputs are checked against ours.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import time
@@ -130,6 +131,8 @@ def main() -> None:
     ap.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"))
     ap.add_argument("--only", default=None, help="regex: run only the engines it matches "
                                                   "(and the autoregressive baseline)")
+    ap.add_argument("--json", default=None, metavar="FILE",
+                    help="also write each engine's median figures here")
     ns = ap.parse_args()
 
     config = SessionConfig(provider=ns.provider, threads=ns.threads, cuda_graphs=ns.cuda_graphs)
@@ -182,12 +185,19 @@ def main() -> None:
     dbase = statistics.median(decode["edgespec none"])
     print(f"{'engine':<40}{'tokens/s':>10}{'min':>9}{'max':>9}{'tau':>7}{'vs none':>9}"
           f"{'decode tok/s':>14}{'vs none':>9}{'same output':>13}{'other %':>9}")
+    table = {}
     for name in engines:
         med, dmed = statistics.median(rate[name]), statistics.median(decode[name])
         same = sum(a == b for a, b in zip(ref, outs[name]))
+        table[name] = {"tok_s": med, "decode_tok_s": dmed, "tau": tau[name],
+                       "same_output": same, "prompts": len(ref),
+                       "other_share": statistics.median(other[name])}
         print(f"{name:<40}{med:>10.1f}{min(rate[name]):>9.1f}{max(rate[name]):>9.1f}"
               f"{tau[name]:>7.2f}{med / base:>9.2f}{dmed:>14.1f}{dmed / dbase:>9.2f}"
               f"{same:>9}/{len(ref)}{100 * statistics.median(other[name]):>9.1f}")
+
+    if ns.json:
+        Path(ns.json).write_text(json.dumps({"runs": ns.runs, "engines": table}, indent=1))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ def cmd_export(ns) -> int:
     m = export_bundle(hf_dir, ns.out, ExportOptions(max_len=ns.max_len, feature_layers=layers,
                                                     graph=ns.graph, draft_model=draft,
                                                     weights=ns.weights,
+                                                    draft_weights=ns.draft_weights,
                                                     block_size=ns.block_size,
                                                     drafters=tuple(trained),
                                                     trim_vocab=per_drafter(ns.trim_vocab,
@@ -179,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "activations, K/V); int4: MatMulNBits weight-only quantisation of "
                         "every projection; int4-fp16: int4 over float16 activations (the GPU "
                         "format)")
+    e.add_argument("--draft-weights", default=None, choices=["fp32", "fp16", "int4", "int4-fp16"],
+                   help="the draft model's weights (default: --weights); int4 reads ~1/7 of "
+                        "fp32's bytes per draft token, what a draft model costs where decoding "
+                        "is memory-bound (verification stays on the target's weights)")
     e.add_argument("--block-size", type=int, default=32, help="int4 block size")
     e.add_argument("--shapes", default=None, choices=["static", "dynamic"],
                    help="static (the default for fused graphs): shapes depend on the new "

@@ -44,6 +44,9 @@ class ExportOptions:
     # model; trained drafters stay fp32) or "int4-fp16" (int4 over float16 activations, the
     # GPU format; trained drafters in fp16)
     weights: str = "fp32"
+    # the draft model's own format (None: `weights`): int4 cuts a draft token's bytes ~7x
+    # against fp32, which is what a draft model costs on a memory-bound device
+    draft_weights: str | None = None
     block_size: int = 32  # int4 quantisation block along the input dim
     # "static": shapes fixed per (S, N) (attention_bias over the whole K/V buffer, the length
     # an input; export/fused_graph.py): what CUDA graphs need, less host work on the CPU;
@@ -184,8 +187,12 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
     max_len = opts.max_len or min(args.max_position_embeddings, 4096)
     if max_len < 2:
         raise ValueError(f"--max-len must be >= 2, got {max_len}")
-    if opts.weights not in WEIGHT_DTYPES:
-        raise ValueError(f"--weights {opts.weights!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    for flag, w in (("--weights", opts.weights), ("--draft-weights", opts.draft_weights)):
+        if w is not None and w not in WEIGHT_DTYPES:
+            raise ValueError(f"{flag} {w!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    if opts.draft_weights in FP16_WEIGHTS and opts.graph != "fused":
+        raise ValueError(f"--draft-weights {opts.draft_weights} builds the fused graph only; "
+                         "use --graph fused (the default)")
     if opts.graph not in GRAPH_BUILDERS:
         raise ValueError(f"--graph {opts.graph!r} is not one of {', '.join(GRAPH_BUILDERS)}")
     if opts.weights in FP16_WEIGHTS and opts.graph != "fused":
@@ -251,8 +258,9 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                                       opts.calibration, args.vocab_size)
                 np.save(tmp / "draft_model.d2t.npy", d2t, allow_pickle=False)
                 options.update(trim_vocab=k, trim_coverage=round(cover, 4))
+            dopts = dataclasses.replace(opts, weights=opts.draft_weights or opts.weights)
             dspec, dinfo, report = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len,
-                                                 (), opts, d2t,
+                                                 (), dopts, d2t,
                                                  for_drafter(opts.head_rank, "draft_model"))
             options.update(report)
             drafters["draft_model"] = DrafterSpec(

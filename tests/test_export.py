@@ -92,3 +92,28 @@ def test_int4_export_is_smaller_and_still_agrees(tmp_path, prompts):
     while not gen.is_done():
         gen.step()
     assert len(gen.new_tokens) == 16
+
+
+def test_an_int4_draft_model_beside_an_fp32_target_stays_lossless(tiny_dirs, tmp_path):
+    import onnx
+    from conftest import run_to_end
+
+    from edgespec.runtime.generator import GenerationParams
+    from edgespec.runtime.model import Model
+
+    out = tmp_path / "b"
+    m = export_bundle(tiny_dirs["llama"], out, ExportOptions(
+        max_len=64, draft_model=tiny_dirs["qwen2"], draft_weights="int4", block_size=16,
+        progress=False))
+    assert m.target.weights == "fp32" and m.drafters["draft_model"].graph.weights == "int4"
+    ops = {n.op_type for n in onnx.load(str(out / "draft_model.onnx")).graph.node}
+    assert "MatMulNBits" in ops
+    assert "MatMulNBits" not in {n.op_type for n in onnx.load(str(out / "target.onnx")).graph.node}
+    model = Model(out)
+    params = GenerationParams(max_new_tokens=16, stop_on_eos=False)
+    for ids in ([5, 9, 11], [7, 8]):
+        assert run_to_end(model, params, ids, model.drafter("draft_model", 3)).tokens == \
+            run_to_end(model, params, ids).tokens
+    with pytest.raises(ValueError, match="--draft-weights 'int8'"):
+        export_bundle(tiny_dirs["llama"], tmp_path / "c", ExportOptions(
+            draft_model=tiny_dirs["qwen2"], draft_weights="int8", progress=False))
