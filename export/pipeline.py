@@ -213,13 +213,15 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
     if opts.verify == "chain" and args.sliding_window is not None:
         raise ValueError(f"--verify chain has no attention bias to carry this model's sliding "
                          f"window ({args.sliding_window}); use --verify tree")
-    layers = (default_feature_layers(args.n_layers) if opts.feature_layers is None
-              else tuple(opts.feature_layers))
+    trained = [(name, Path(folder), DrafterConfig.load(folder)) for name, folder in opts.drafters]
+    # the target exposes the layers its eagle3 drafters read (else the low/mid/high default)
+    eagle = [cfg.feature_layers for _, _, cfg in trained if cfg.kind == "eagle3"]
+    layers = (tuple(opts.feature_layers) if opts.feature_layers is not None else
+              eagle[0] if eagle else default_feature_layers(args.n_layers))
     if any(not 0 <= i < args.n_layers for i in layers):
         raise ValueError(f"feature layers {layers} must be in [0, {args.n_layers})")
-    trained = [(name, Path(folder), DrafterConfig.load(folder)) for name, folder in opts.drafters]
     for name, folder, cfg in trained:
-        if name in ("ngram", "draft_model", "none") or not name.isidentifier():
+        if name in ("ngram", "draft_model", "none", "auto") or not name.isidentifier():
             raise ValueError(f"drafter name {name!r} is reserved or not a plain name; use e.g. "
                              f"--drafter {cfg.kind}={folder}")
         if cfg.kind == "eagle3" and cfg.feature_layers != layers:

@@ -75,6 +75,20 @@ def test_a_drafter_for_another_target_is_refused(tiny_dirs, trained, tmp_path):
             drafters=(("eagle3", trained["eagle3"][1]),)))
 
 
+def test_export_exposes_the_layers_its_eagle3_drafter_reads(tiny_dirs, trained, tmp_path,
+                                                           monkeypatch):
+    from edgespec.export import pipeline
+
+    layers = DrafterConfig.load(trained["eagle3"][1]).feature_layers
+    monkeypatch.setattr(pipeline, "default_feature_layers", lambda n: (n - 1,))
+    m = export_bundle(tiny_dirs["llama"], tmp_path / "b", ExportOptions(
+        max_len=64, progress=False, drafters=(("eagle3", trained["eagle3"][1]),)))
+    assert tuple(m.target.feature_layers) == tuple(layers) != (1,)
+    m = export_bundle(tiny_dirs["llama"], tmp_path / "c", ExportOptions(max_len=64,
+                                                                        progress=False))
+    assert tuple(m.target.feature_layers) == (1,)  # no eagle3 drafter: the default
+
+
 def test_manifest_refuses_a_drafter_fit_to_another_target(drafter_bundle, tmp_path):
     import json
     import shutil
