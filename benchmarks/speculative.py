@@ -97,7 +97,7 @@ def bundle_engines(model: Model, prompts, n: int, tag: str, first: bool) -> dict
             engines[f"{tag}edgespec {name} tuned"] = run(model.drafter(name))
     engines[f"{tag}edgespec auto ({model.resolve_drafter('auto')})"] = run(model.drafter("auto"))
     if "draft_model" in model.manifest.drafters:
-        for g in (1, 2, 3, 4):
+        for g in (1, 2, 3, 4, 6, 8):
             engines[f"{tag}edgespec draft g{g}"] = run(model.drafter("draft_model", g))
     # trained drafters: (gamma, width, tree_size) settings; None = the bundle's default
     settings = {"medusa": [(None, None, t) for t in (4, 8, 16, 32, 64)],

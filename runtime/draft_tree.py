@@ -30,11 +30,10 @@ def pick(row: np.ndarray, sampling: SamplingParams, rng: np.random.Generator, id
     return int(ids[rng.choice(len(q), p=q)]), full
 
 
-def log_softmax(rows: np.ndarray) -> np.ndarray:
-    """log-probabilities of each row of logits ([..., V]), in float64."""
-    rows = rows.astype(np.float64)
+def logsumexp(rows: np.ndarray) -> np.ndarray:
+    """[k, V] logits -> [k, 1] float64 normalisers (log of each row's softmax denominator)."""
     top = rows.max(axis=-1, keepdims=True)
-    return rows - (np.log(np.exp(rows - top).sum(axis=-1, keepdims=True)) + top)
+    return np.log(np.exp(rows - top).sum(axis=-1, keepdims=True, dtype=np.float64)) + top
 
 
 def grow_tree(root: int, root_logits: np.ndarray, root_payload, depth: int, width: int,
@@ -51,10 +50,11 @@ def grow_tree(root: int, root_logits: np.ndarray, root_payload, depth: int, widt
     payload = {0: root_payload}
     frontier, logits = [0], root_logits[None]  # logits: [len(frontier), V]
     for d in range(1, depth + 1):
-        # every frontier node's `width` best children at once: lp, top: [k, V], [k, width]
-        lp = log_softmax(logits)
-        top = np.argpartition(-lp, width, axis=1)[:, :width]
-        cum = np.asarray([score[n] for n in frontier])[:, None] + np.take_along_axis(lp, top, 1)
+        # every frontier node's `width` best children at once: top: [k, width] columns of the
+        # logits [k, V] (log-softmax keeps a row's order: only the chosen ones are normalised)
+        top = np.argpartition(logits, -width, axis=1)[:, -width:]
+        lp = np.take_along_axis(logits, top, 1) - logsumexp(logits)  # [k, width]
+        cum = np.asarray([score[n] for n in frontier])[:, None] + lp
         ids = top if d2t is None else d2t[top]
         order = np.argsort(-cum, axis=None, kind="stable")  # best first, ties as enumerated
         cands = [(float(cum.flat[i]), frontier[i // width], int(ids.flat[i])) for i in order]

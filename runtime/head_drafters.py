@@ -11,6 +11,7 @@ outputs and stay cached, deeper rows read the drafter's own hidden and are dropp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 
@@ -145,12 +146,20 @@ class LayerDrafter:
     def _run(self, st: LayerState, ids, positions, bias, feats, own, last_only=False):
         """Logits [N, V] and hidden [N, d] of every fed row, or of the last one (N = 1)."""
         s = len(ids)
-        feats = np.zeros((1, s, self.feature_dim), np.float32) if feats is None else feats[None]
-        own = np.zeros((1, s, self.dim), np.float32) if own is None else own[None]
+        feats = self._zeros(s, self.feature_dim) if feats is None else feats[None]
+        own = self._zeros(s, self.dim) if own is None else own[None]
         rows = np.arange(s - 1 if last_only else 0, s, dtype=np.int64)
         out = st.runner.forward(np.asarray(ids, np.int64), np.asarray(positions, np.int64), bias,
                                 rows, {"features": feats, "hidden_in": own})
         return out.logits, out.hidden[rows].copy()
+
+    @staticmethod
+    @functools.lru_cache(maxsize=32)
+    def _zeros(s: int, width: int) -> np.ndarray:
+        """[1, s, width] zeros for the input a row does not read (shared, read-only)."""
+        z = np.zeros((1, s, width), np.float32)
+        z.flags.writeable = False
+        return z
 
     def propose(self, st: LayerState, tokens: list[int], sampling: SamplingParams,
                 rng: np.random.Generator) -> DraftTree:

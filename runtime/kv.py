@@ -56,14 +56,17 @@ class KVRows:
 
 
 class KVCache(KVRows):
-    """One host [1, Hkv, max_len, D] buffer per layer for K and for V, allocated once."""
+    """One host [1, Hkv, max_len, D] buffer per layer for K and for V, allocated once: views
+    into one [2 * layers, Hkv, max_len, D] block, so a tree compaction moves every layer's
+    rows in one numpy call (not 2 x layers of them)."""
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int,
                  dtype=np.float32):
         super().__init__(max_len)
-        shape = (1, n_kv_heads, max_len, head_dim)
-        self.keys = [np.zeros(shape, dtype) for _ in range(n_layers)]  # k: [1, Hkv, L, D]
-        self.values = [np.zeros(shape, dtype) for _ in range(n_layers)]
+        self._all = np.zeros((2 * n_layers, n_kv_heads, max_len, head_dim), dtype)
+        # each layer's view is contiguous (a leading-axis slice), as the IO binding needs
+        self.keys = [self._all[i:i + 1] for i in range(n_layers)]  # k: [1, Hkv, L, D]
+        self.values = [self._all[n_layers + i:n_layers + i + 1] for i in range(n_layers)]
 
     def append(self, new_keys: list[np.ndarray], new_values: list[np.ndarray]) -> None:
         """Write each layer's new K/V ([1, Hkv, S, D]) at offset `length`; O(S) per layer."""
@@ -83,7 +86,5 @@ class KVCache(KVRows):
         """
         keep = self._check_keep(start, keep)
         if keep.size and keep[-1] != keep.size - 1:  # a chain's accepted prefix needs no copy
-            src = start + keep
-            for buf in (*self.keys, *self.values):
-                buf[:, :, start:start + keep.size] = buf[:, :, src]
+            self._all[:, :, start:start + keep.size] = self._all[:, :, start + keep]
         self.length = start + keep.size
