@@ -90,7 +90,11 @@ def tune_one(ns, model, prompts, name: str) -> Tuned:
             raise ValueError(f"{ns.bundle} verifies chains only (--verify chain): it has no "
                              "tree to tune; tune eagle3 with --chain, or re-export with "
                              "--verify tree")
-        return _tune_tree(ns, model, prompts, name, spec.kind)
+        tree = _tune_tree(ns, model, prompts, name, spec.kind)
+        if spec.kind == "eagle3" and ns.drafter == "auto":  # a chain may beat any tree here
+            chain = _tune_chain(ns, model, prompts, name)
+            return max(tree, chain, key=lambda t: t.speedup)
+        return tree
     if spec is not None and spec.kind == "ngram":
         return _tune_ngram(ns, model, prompts, name)
     return _tune_chain(ns, model, prompts, name)

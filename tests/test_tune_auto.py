@@ -132,3 +132,25 @@ def test_a_drafter_named_auto_is_refused(bundle):
     (bundle / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="not 'none' or 'auto'"):
         Model(bundle)
+
+
+@pytest.mark.slow
+def test_tune_auto_over_trained_drafters_stores_only_winners(trimmed_bundle, tmp_path, capsys):
+    """Every drafter kind goes through its tuner (eagle3 as a tree and as a chain); whatever is
+    stored beat plain decoding, and the auto choice is one of them or none."""
+    bundle = tmp_path / "b"
+    shutil.copytree(trimmed_bundle, bundle)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"t{a} t{b} t{a} t{b}"}) + "\n"
+                               for a, b in ((5, 9), (7, 8))))
+    assert main(["tune", str(bundle), "--drafter", "auto", "--prompts", str(prompts),
+                 "--max-gamma", "3", "--max-nodes", "6", "--max-new-tokens", "8",
+                 "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in Model(bundle).manifest.drafters:
+        assert f"--- {name}" in out
+    assert "eagle3 on cpu: per-depth acceptance" in out  # its chain was tuned too
+    entry = load_tuning(bundle)["cpu"]
+    for name, setting in entry["drafters"].items():
+        assert setting["measured_tok_s"] > setting["measured_plain_tok_s"], name
+    assert entry["auto"]["drafter"] in {"none", *entry["drafters"]}

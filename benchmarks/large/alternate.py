@@ -63,9 +63,18 @@ def llamacpp(ns, out: Path) -> dict[str, float]:
            "--n-prompts", str(ns.n_prompts), "--max-new-tokens", str(ns.max_new_tokens),
            "--runs", "1", "--threads", str(ns.threads), "--modes", *ns.llamacpp_modes,
            "--json", str(out)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    # exit status 1 = a mode's text differs from its plain f32 greedy (its batched verify
+    # kernels can flip a near-tie): reported in the JSON and the summary, not fatal here
+    out.unlink(missing_ok=True)
+    subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
     res = json.loads(out.read_text())["modes"]
+    for m, r in res.items():
+        if not all(r["text_equals_plain_f32"]):
+            DIFFERS.add(f"llama.cpp {m}")
     return {f"llama.cpp {m}": r["tokens_per_s_median"] for m, r in res.items()}
+
+
+DIFFERS: set[str] = set()  # engines whose greedy text differed from their plain greedy
 
 
 def main() -> None:
@@ -116,8 +125,9 @@ def main() -> None:
     print(f"| engine | decode tok/s | vs our plain | min..max ratio |\n| --- | --- | --- | --- |")
     for name in sorted(rates, key=lambda k: -statistics.median(ratios[k])):
         rs = ratios[name]
-        print(f"| {name} | {statistics.median(rates[name]):.1f} | {statistics.median(rs):.2f} | "
-              f"{min(rs):.2f}..{max(rs):.2f} |")
+        note = " (output differs from its plain greedy on some prompt)" if name in DIFFERS else ""
+        print(f"| {name}{note} | {statistics.median(rates[name]):.1f} | "
+              f"{statistics.median(rs):.2f} | {min(rs):.2f}..{max(rs):.2f} |")
     (out / "summary.json").write_text(json.dumps({"rates": rates, "ratios": ratios}, indent=1))
 
 
