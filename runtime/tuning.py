@@ -40,20 +40,32 @@ def load_tuning(bundle_dir: Path) -> dict:
                               "drafters with a gamma (1..64), a tree_size (1..1024) or a Medusa "
                               "tree; run `edgespec tune` again")
         auto = entry.get("auto")
-        if auto is not None and not (isinstance(auto, dict) and (
+        if auto is not None and not (isinstance(auto, dict) and _rate(auto.get("speedup")) and (
                 auto.get("drafter") == "none" or auto.get("drafter") in entry["drafters"])):
             raise BundleError(f"{TUNING_FILE}: device {str(device)[:40]!r}: 'auto' must name "
-                              "'none' or one of its tuned drafters; run `edgespec tune "
-                              "--drafter auto` again")
+                              "'none' or one of its tuned drafters, with a positive speedup; run "
+                              "`edgespec tune --drafter auto` again")
     return devices
 
 
 _KEYS = {"gamma": "gamma", "width": "tree_width", "tree_size": "tree_size", "min_n": "min_n"}
 
 
+def _rate(value, optional: bool = False) -> bool:
+    """A measured speed or speedup: a positive finite number (JSON's, not a bool)."""
+    if value is None:
+        return optional
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        0 < value < float("inf")
+
+
 def _valid(setting: dict) -> bool:
-    """One drafter's setting: ints in the manifest options' ranges, a tree of rank paths."""
+    """One drafter's setting: ints in the manifest options' ranges, a tree of rank paths,
+    positive measured rates."""
     if not any(k in setting for k in (*_KEYS, "tree")):
+        return False
+    if not all(_rate(setting.get(k), optional=True)
+               for k in ("measured_tok_s", "measured_plain_tok_s")):
         return False
     if any(setting.get(k) is not None and not valid_int(option, setting[k])
            for k, option in _KEYS.items()):

@@ -118,11 +118,21 @@ def test_eval_rows_name_the_drafter_auto_chose(bundle, prompts, tmp_path):
     assert rows and all(r["drafter"] == "ngram" for r in rows)
 
 
-@pytest.mark.parametrize("auto", [{"drafter": "mtp"}, {"drafter": 3}, "ngram"])
+@pytest.mark.parametrize("auto", [{"drafter": "mtp", "speedup": 1.5}, {"drafter": 3},
+                                  "ngram", {"drafter": "ngram", "speedup": "fast"},
+                                  {"drafter": "ngram", "speedup": -1},
+                                  {"drafter": "ngram"}])
 def test_an_auto_choice_that_is_not_a_tuned_drafter_is_refused(bundle, auto):
     (bundle / "tuning.json").write_text(json.dumps({"format": 1, "devices": {"cpu": {
         "provider": "cpu", "drafters": {"ngram": {"gamma": 2}}, "auto": auto}}}))
     with pytest.raises(BundleError, match="'auto' must name"):
+        Model(bundle)
+
+
+def test_a_measured_rate_that_is_not_a_positive_number_is_refused(bundle):
+    (bundle / "tuning.json").write_text(json.dumps({"format": 1, "devices": {"cpu": {
+        "provider": "cpu", "drafters": {"ngram": {"gamma": 2, "measured_tok_s": "1e9"}}}}}))
+    with pytest.raises(BundleError, match="tuning.json"):
         Model(bundle)
 
 
