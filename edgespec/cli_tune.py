@@ -140,6 +140,10 @@ def _tune_auto(ns, model, prompts) -> int:
     for n, rates in a.rates.items():
         print(f"{n:>12}: median {a.medians[n]:.1f} tok/s ({a.medians[n] / a.medians['none']:.2f}x"
               f" plain), rounds {', '.join(f'{r:.1f}' for r in rates)}")
+    for n in winners:  # faster alone, not in the alternating rounds: not stored either
+        if a.medians[n] <= a.medians["none"]:
+            save_tuning(Path(ns.bundle), ns.device, ns.provider, n, None)
+            print(f"{n}: no faster than plain decoding in the alternating rounds; dropped")
     if a.drafter != "none":  # the rates of the final rounds replace the drafter's own
         save_tuning(Path(ns.bundle), ns.device, ns.provider, a.drafter, {
             **winners[a.drafter], "measured_tok_s": round(a.medians[a.drafter], 1),

@@ -164,3 +164,20 @@ def test_tune_auto_over_trained_drafters_stores_only_winners(trimmed_bundle, tmp
     for name, setting in entry["drafters"].items():
         assert setting["measured_tok_s"] > setting["measured_plain_tok_s"], name
     assert entry["auto"]["drafter"] in {"none", *entry["drafters"]}
+
+
+def test_a_winner_that_loses_the_alternating_rounds_is_dropped(bundle, prompts, monkeypatch,
+                                                                capsys):
+    from edgespec import cli_tune
+    from edgespec.devices import tune_auto as ta
+
+    # alone, n-gram lookup measured faster; in the alternating rounds it is slower
+    monkeypatch.setattr(cli_tune, "tune_one",
+                        lambda ns, model, p, name: cli_tune.Tuned({"gamma": 2}, 120.0, 100.0))
+    monkeypatch.setattr(ta, "decode", lambda model, drafter, p, n: (
+        [], 100.0 if drafter is None else 90.0))
+    assert main(["tune", str(bundle), "--drafter", "auto", "--prompts", str(prompts)]) == 0
+    assert "ngram: no faster than plain decoding in the alternating rounds" in \
+        capsys.readouterr().out
+    entry = load_tuning(bundle)["cpu"]
+    assert entry["drafters"] == {} and entry["auto"]["drafter"] == "none"
