@@ -48,6 +48,16 @@ def byte_decoder():
     return {chr(c): b for b, c in zip(bs, cs)}
 
 
+def load_prompts(path, k, tokenizer_file):
+    """The first k prompts of a jsonl and their ids (`tokenizers`, raw encode, no BOS): what
+    llama.cpp must be seen to use (checked against its --verbose-prompt ids)."""
+    tok = Tokenizer.from_file(tokenizer_file)
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()][:k]
+    prompts = [r["prompt"] for r in rows]
+    return rows, prompts, [tok.encode(p).ids for p in prompts]
+
+
 def run_llama(binary, model, prompt, n, threads, ctx):
     cmd = [binary, "-m", model, "-p", prompt, "--no-escape", "-n", str(n), "-t", str(threads),
            "-tb", str(threads), "-c", str(ctx), "--temp", "0", "--top-k", "1", "--ignore-eos",
@@ -119,11 +129,7 @@ def main():
     tok_file = a.tokenizer or (str(Path(a.model) / "tokenizer.json") if a.model and Path(a.model).is_dir() else None)
     if tok_file is None:
         raise SystemExit("pass --tokenizer (or --model HF_DIR holding tokenizer.json)")
-    tok = Tokenizer.from_file(tok_file)
-    with open(a.prompts) as f:
-        rows = [json.loads(line) for line in f if line.strip()][: a.n_prompts]
-    prompts = [r["prompt"] for r in rows]
-    prompt_ids = [tok.encode(p).ids for p in prompts]  # raw encode, no BOS
+    rows, prompts, prompt_ids = load_prompts(a.prompts, a.n_prompts, tok_file)
 
     load_start = os.getloadavg()[0]
     per_run = {t: [] for t in dtypes}
@@ -166,7 +172,7 @@ def main():
         "prompt_ids": [r["id"] for r in rows],
     }
     if a.hf_check:
-        bd = byte_decoder()
+        bd, tok = byte_decoder(), Tokenizer.from_file(tok_file)
         ref = hf_greedy(a.hf_check, prompt_ids, a.max_new_tokens, a.threads)
         ref_bytes = [[bytes(bd[c] for c in tok.id_to_token(i)) for i in ids] for ids in ref]
         res["hf_check"] = {}

@@ -60,7 +60,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from decode_bench import load_prompts  # beside this file: the same prompts, same ids
 
 EVAL_RE = re.compile(r"\beval time =\s*([\d.]+) ms /\s*(\d+) runs")
 SAMPLE_RE = re.compile(r"\bsampling time =\s*([\d.]+) ms")
@@ -198,11 +198,7 @@ def main():
         if p and not Path(p).is_file():
             raise SystemExit(f"{p}: no such GGUF")
 
-    tok = Tokenizer.from_file(a.tokenizer)
-    with open(a.prompts) as f:
-        rows = [json.loads(line) for line in f if line.strip()][: a.n_prompts]
-    prompts = [r["prompt"] for r in rows]
-    prompt_ids = [tok.encode(p).ids for p in prompts]  # raw encode, no BOS
+    rows, prompts, prompt_ids = load_prompts(a.prompts, a.n_prompts, a.tokenizer)
 
     load_start = os.getloadavg()[0]
     per_run = {m: [] for m in modes}
