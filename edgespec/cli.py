@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from edgespec.files import atomic_open, same_file
+
 
 def _session_config(ns):
     from edgespec.runtime.providers import SessionConfig
@@ -146,12 +148,12 @@ def cmd_eval(ns) -> int:
     from edgespec.runtime.evaluate import read_prompts, run_eval, summarize
     from edgespec.runtime.model import Model
 
+    if same_file(ns.out, ns.prompts):
+        raise ValueError(f"--out {ns.out} is the prompts file; write the results elsewhere")
     model = Model(ns.bundle, _session_config(ns))
     rows = read_prompts(ns.prompts)[: ns.limit or None]
     results = []
-    out = Path(ns.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as fh:
+    with atomic_open(ns.out) as fh:  # a failed run leaves the previous results in place
         for r in run_eval(model, rows, _params(ns), ns.drafter, ns.gamma, ns.tree_width,
                           ns.tree_size, ns.min_n):
             fh.write(json.dumps(r) + "\n")
@@ -288,10 +290,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return ns.fn(ns)
-    except (BundleError, FileNotFoundError, FileExistsError, ValueError, ImportError,
-            RuntimeError) as e:
+    except (BundleError, OSError, ValueError, ImportError, RuntimeError) as e:
+        if isinstance(e, BrokenPipeError):  # `edgespec run ... | head`: the reader left
+            sys.stderr.close()
+            return 0
         print(f"edgespec {ns.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the shell's convention, no traceback
+        print(f"edgespec {ns.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ _FIXED_DTYPES = {"input_ids": "int64", "position_ids": "int64", "logits_index": 
                  "hidden_in": "float32", "topk_ids": "int64", "topk_logits": "float32",
                  "seqlens_k": "int32"}
 KV_DTYPES = ("float32", "float16")
+_OPTIONAL_IN = {"attention_bias", "seqlens_k"}  # one of them, per graph kind (see check_graph)
 # weight formats; the "fp16" ones compute in float16 (activations, attention bias, K/V):
 # int4-fp16 is MatMulNBits over float16 activations, what a GPU runs an int4 model with
 WEIGHT_FORMATS = ("fp32", "fp16", "int4", "int4-fp16")
@@ -92,6 +93,13 @@ def check_graph(kind: str, spec, model, where: str, target=None, target_spec=Non
     missing = sorted((need_in - have_in) | (need_out - have_out))
     if missing:
         raise BundleError(f"manifest.json: {where} lacks {missing[:4]}; re-export the bundle")
+    # every input is fed each run: one the runtime does not know (e.g. the K/V of more layers
+    # than model.num_layers says) would fail the first decode, so it fails the load instead
+    unfed = sorted(have_in - need_in - _OPTIONAL_IN)
+    if unfed:
+        raise BundleError(f"manifest.json: {where} takes inputs the runtime does not feed "
+                          f"{[n[:40] for n in unfed[:4]]} (does model.num_layers match the "
+                          "graph?); re-export the bundle")
     _check_dtypes(spec, where, past, present)
     if spec.kv is not None and "attention_bias" not in have_in and "seqlens_k" not in have_in:
         raise BundleError(f"manifest.json: {where} has neither attention_bias nor seqlens_k; "

@@ -11,12 +11,13 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .drafter_options import check_options, fits_heads
-from .errors import BundleError
+from .errors import BundleError, excerpt
 from .graph_contract import WEIGHT_FORMATS, check_graph
 
 
@@ -142,17 +143,52 @@ class Manifest:
 
 def safe_path(bundle_dir: str | os.PathLike, rel: str) -> Path:
     """Resolve `rel` inside `bundle_dir`; refuse absolute paths, '..' and symlinks leaving it."""
-    if not isinstance(rel, str) or not rel:
-        raise BundleError(f"bundle path {rel!r} must be a non-empty relative path string")
-    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or ":" in rel:
-        raise BundleError(f"bundle path {rel!r} is absolute; manifest paths must be relative "
-                          "to the bundle folder")
-    root = Path(bundle_dir).resolve()
-    full = (root / rel).resolve()
+    if not isinstance(rel, str) or not rel or len(rel) > _MAX_PATH:
+        raise BundleError(f"bundle path {excerpt(rel)} must be a relative path string of 1 to "
+                          f"{_MAX_PATH} characters")
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or ":" in rel or "\0" in rel:
+        raise BundleError(f"bundle path {excerpt(rel)} is absolute; manifest paths must be "
+                          "relative to the bundle folder")
+    try:
+        root = Path(bundle_dir).resolve()
+        full = (root / rel).resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise BundleError(f"bundle path {excerpt(rel)} cannot be resolved ({type(e).__name__}:"
+                          " a symlink loop?); re-export the bundle") from e
     if full != root and root not in full.parents:
-        raise BundleError(f"bundle path {rel!r} leaves the bundle folder {root}; "
+        raise BundleError(f"bundle path {excerpt(rel)} leaves the bundle folder {root}; "
                           "re-export the bundle instead of editing its manifest")
     return full
+
+
+def bundle_file(bundle_dir: str | os.PathLike, rel: str) -> Path:
+    """The one checked opener's path: `rel` inside the bundle (safe_path) and a regular file
+    (not a FIFO or a device, which a read would block on or stream from)."""
+    path = safe_path(bundle_dir, rel)
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        raise BundleError(f"bundle {bundle_dir} is missing {excerpt(rel)} (or it is not a "
+                          "regular file); re-export the bundle")
+    return path
+
+
+def check_links(bundle: Path) -> None:
+    """Refuse a bundle that holds a symlink pointing outside it, or one that loops, before any
+    of its files is read."""
+    try:
+        root = bundle.resolve()
+        for link in (p for p in bundle.rglob("*") if p.is_symlink()):
+            target = link.resolve()
+            if target != root and root not in target.parents:
+                raise BundleError(f"bundle {bundle} holds a symlink {excerpt(link.name)} that "
+                                  "points outside it; a bundle must be self-contained: "
+                                  "re-export it")
+    except (OSError, RuntimeError) as e:
+        raise BundleError(f"bundle {bundle} holds a path that cannot be resolved "
+                          f"({type(e).__name__}: a symlink loop?); re-export it") from e
 
 
 def _need(d: Any, key: str, typ: type | tuple, where: str) -> Any:
@@ -160,7 +196,7 @@ def _need(d: Any, key: str, typ: type | tuple, where: str) -> Any:
         raise BundleError(f"manifest.json: missing key '{where}.{key}'; re-export the bundle")
     val = d[key]
     if typ is int and isinstance(val, bool) or not isinstance(val, typ):
-        raise BundleError(f"manifest.json: '{where}.{key}' = {val!r} has the wrong type "
+        raise BundleError(f"manifest.json: '{where}.{key}' = {excerpt(val)} has the wrong type "
                           f"(expected {getattr(typ, '__name__', typ)}); re-export the bundle")
     return val
 
@@ -169,12 +205,12 @@ def _tensor(d: dict, where: str) -> TensorSpec:
     name = _need(d, "name", str, where)
     dtype = _need(d, "dtype", str, where)
     if dtype not in DTYPES:
-        raise BundleError(f"manifest.json: {where} '{name}' has unknown dtype {dtype!r}")
+        raise BundleError(f"manifest.json: {where} {excerpt(name)} has unknown dtype {excerpt(dtype)}")
     shape = _need(d, "shape", list, where)
     for s in shape:
         if isinstance(s, bool) or not (isinstance(s, str) and len(s) < 32
                                        or isinstance(s, int) and 0 <= s <= _MAX_DIM):
-            raise BundleError(f"manifest.json: {where} '{name}' has a bad dim {s!r}")
+            raise BundleError(f"manifest.json: {where} {excerpt(name)} has a bad dim {excerpt(s)}")
     return TensorSpec(name, dtype, tuple(shape))
 
 
@@ -213,7 +249,7 @@ def _layers(v: Any, where: str) -> tuple[int, ...]:
 def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
     kv_spec = _kv(d, where, need_kv)
     if d.get("kind") not in ("plain", "fused"):
-        raise BundleError(f"manifest.json: {where}.kind {d.get('kind')!r} is not plain or "
+        raise BundleError(f"manifest.json: {where}.kind {excerpt(d.get('kind'))} is not plain or "
                           "fused; upgrade edgespec")
     parity = _optional(d, "parity_max_abs", (int, float), where)
     mask = float(_need(d, "mask_value", (int, float), where))
@@ -222,7 +258,7 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
                           "number (the additive bias of masked pairs); re-export the bundle")
     weights = d.get("weights", "fp32")
     if weights not in WEIGHT_FORMATS:
-        raise BundleError(f"manifest.json: {where}.weights {str(weights)[:40]!r} is not one of "
+        raise BundleError(f"manifest.json: {where}.weights {excerpt(weights)} is not one of "
                           f"{', '.join(WEIGHT_FORMATS)}; upgrade edgespec or re-export the bundle")
     return GraphSpec(
         file=_need(d, "file", str, where),
@@ -243,7 +279,7 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
 def _attention(d: dict, where: str) -> str:
     attention = d.get("attention", "gqa")
     if attention not in ("gqa", "matmul"):
-        raise BundleError(f"manifest.json: {where}.attention {str(attention)[:20]!r} is not gqa "
+        raise BundleError(f"manifest.json: {where}.attention {excerpt(attention)} is not gqa "
                           "or matmul; upgrade edgespec or re-export the bundle")
     if attention == "matmul" and not any(t.get("name") == "seqlens_k"
                                          for t in d.get("inputs", []) if isinstance(t, dict)):
@@ -256,6 +292,7 @@ _MAX_DIM = 1 << 24  # refuses absurd dims before anything is allocated
 _MAX_LAYER = 4096
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few kB; refuse to parse a huge one
+_MAX_PATH = 1024  # characters in a path the manifest names
 _INTS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
          "max_len")
 
@@ -282,7 +319,7 @@ def _model(m: dict, where: str) -> ModelInfo:
 def _drafter(d: Any, where: str, target: ModelInfo) -> DrafterSpec:
     kind = _need(d, "kind", str, where)
     if kind not in DRAFTER_KINDS:
-        raise BundleError(f"manifest.json: {where} has kind {kind!r}, which this edgespec does "
+        raise BundleError(f"manifest.json: {where} has kind {excerpt(kind)}, which this edgespec does "
                           f"not know ({', '.join(DRAFTER_KINDS)}); upgrade edgespec")
     options = d.get("options") or {}
     if not isinstance(options, dict):
@@ -303,6 +340,9 @@ def _drafter(d: Any, where: str, target: ModelInfo) -> DrafterSpec:
     d2t = d.get("d2t")
     if d2t is not None and not isinstance(d2t, str):
         raise BundleError(f"manifest.json: {where}.d2t must be a file name")
+    if d2t is not None and kind not in ("draft_model", "mtp", "eagle3"):  # no logits to map
+        raise BundleError(f"manifest.json: {where} ({kind}) has no logits a d2t map could "
+                          "index; re-export the bundle")
     return DrafterSpec(kind=kind, graph=graph, model=model, options=options, d2t=d2t)
 
 
@@ -333,7 +373,7 @@ def manifest_from_dict(d: Any) -> Manifest:
     if not isinstance(d, dict):
         raise BundleError("manifest.json must hold a JSON object; re-export the bundle")
     if d.get("format") != FORMAT_NAME:
-        raise BundleError(f"manifest.json: format {d.get('format')!r} is not {FORMAT_NAME!r}; "
+        raise BundleError(f"manifest.json: format {excerpt(d.get('format'))} is not {FORMAT_NAME!r}; "
                           "this folder is not an edgespec bundle")
     version = _need(d, "format_version", int, "manifest")
     if version > FORMAT_VERSION:
@@ -354,7 +394,7 @@ def manifest_from_dict(d: Any) -> Manifest:
         raise BundleError("manifest.json: 'drafters' must be an object (name -> entry)")
     for name in raw:
         if not _NAME.fullmatch(name) or name in ("none", "auto"):
-            raise BundleError(f"manifest.json: drafter name {name[:40]!r} must be 1-64 letters, "
+            raise BundleError(f"manifest.json: drafter name {excerpt(name)} must be 1-64 letters, "
                               "digits, '_' or '-' (and not 'none' or 'auto'); re-export the "
                               "bundle")
     drafters = {name: _drafter(entry, f"drafters.{name}", model) for name, entry in raw.items()}
@@ -373,31 +413,32 @@ def manifest_from_dict(d: Any) -> Manifest:
 
 
 def load_manifest(bundle_dir: str | os.PathLike) -> Manifest:
-    """Read and validate `bundle_dir/manifest.json`; every file it names must exist inside."""
+    """Read and validate `bundle_dir/manifest.json`; every file it names must exist inside.
+    Symlinks are checked before anything is read, manifest.json included."""
     bundle = Path(bundle_dir)
-    if not bundle.is_dir():
-        raise BundleError(f"bundle folder {bundle} does not exist; create one with "
-                          "`edgespec export HF_DIR -o BUNDLE` (or `edgespec export --demo`)")
-    path = bundle / MANIFEST_FILE
-    if not path.is_file():
+    try:
+        is_dir = bundle.is_dir()
+    except OSError:  # e.g. a name too long for the file system
+        is_dir = False
+    if not is_dir:
+        raise BundleError(f"bundle folder {excerpt(str(bundle), 200)} does not exist; create "
+                          "one with `edgespec export HF_DIR -o BUNDLE` (or `edgespec export "
+                          "--demo`)")
+    check_links(bundle)
+    try:
+        path = bundle_file(bundle, MANIFEST_FILE)
+    except BundleError:
         raise BundleError(f"{bundle} has no {MANIFEST_FILE}; it is not an edgespec bundle "
-                          "(create one with `edgespec export`)")
+                          "(create one with `edgespec export`)") from None
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise BundleError(f"{path} is {path.stat().st_size} bytes, more than a manifest can "
                           "be; re-export the bundle")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise BundleError(f"{path} is not valid JSON ({e}); re-export the bundle") from e
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, UTF-8, or a huge int
+        raise BundleError(f"{path} is not valid JSON ({str(e)[:80]}); re-export the "
+                          "bundle") from e
     manifest = manifest_from_dict(raw)
-    root = bundle.resolve()
-    for link in (p for p in bundle.rglob("*") if p.is_symlink()):
-        target = link.resolve()
-        if target != root and root not in target.parents:
-            raise BundleError(f"bundle {bundle} holds a symlink {link.name!r} that points outside "
-                              "it; a bundle must be self-contained: re-export it")
     for rel in manifest.files():
-        if not safe_path(bundle, rel).is_file():
-            raise BundleError(f"bundle {bundle} is missing {rel!r} named by its manifest; "
-                              "re-export the bundle")
+        bundle_file(bundle, rel)
     return manifest

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+MIN_TEMPERATURE = 1e-6  # below it, use 0: the same argmax without overflow
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.0  # 0 = greedy (argmax)
@@ -22,6 +25,9 @@ class SamplingParams:
             raise ValueError(f"top_k must be an integer (0 = off), got {self.top_k!r}")
         if not (self.temperature >= 0 and np.isfinite(self.temperature)):
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / T would overflow to inf
+            raise ValueError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE}, got "
+                             f"{self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -40,7 +46,11 @@ def probabilities(logits: np.ndarray, p: SamplingParams) -> np.ndarray:
         z = np.where(z < kth, -np.inf, z)
     z = z - z.max()
     probs = np.exp(z)
-    probs /= probs.sum()
+    total = probs.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError("the model's logits are not finite numbers (a broken graph?); "
+                         "re-export the bundle")
+    probs /= total
     if p.top_p < 1.0:
         order = np.argsort(-probs, kind="stable")
         cum = np.cumsum(probs[order])

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import glob
+import json
 import logging
 import os
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from edgespec.errors import BundleError
-from edgespec.manifest import load_manifest
+from edgespec.manifest import FORMAT_NAME, MANIFEST_FILE, load_manifest
 
 TWO_GB = 2 * 1024**3 - 1024**2  # protobuf's limit, less headroom for the graph itself
 
@@ -96,6 +97,33 @@ def _sweep(out: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """An export writes a new path, or with overwrite replaces an edgespec bundle or an empty
+    folder: never a file or a folder of something else (a typo in -o must not delete it)."""
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"{out} is not a folder; --overwrite replaces only an edgespec "
+                              "bundle: choose another -o")
+    if next(out.iterdir(), None) is not None and not _is_bundle(out):
+        raise FileExistsError(f"{out} is not an edgespec bundle (no manifest.json of format "
+                              f"{FORMAT_NAME!r}); --overwrite replaces only a bundle: choose "
+                              "another -o")
+
+
+def _is_bundle(folder: Path) -> bool:
+    """Whether `folder` holds an edgespec manifest (any version, even a broken bundle)."""
+    path = folder / MANIFEST_FILE
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 16 << 20:
+            return False
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT_NAME
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return False
+
+
 @contextlib.contextmanager
 def atomic_bundle(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces out_dir, on any error it is removed.
@@ -107,8 +135,7 @@ def atomic_bundle(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     _sweep(out)  # first: it may put a previous bundle back, which the check below then sees
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    check_replaceable(out, overwrite)
     pid = os.getpid()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{pid}-", dir=out.parent))
     try:

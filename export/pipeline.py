@@ -19,7 +19,7 @@ from edgespec.models.args import ModelArgs
 from edgespec.models.drafters import DrafterConfig
 from edgespec.models.weights import load_transformer, weights_fingerprint
 
-from .bundle import atomic_bundle, bytes_read, save_onnx
+from .bundle import atomic_bundle, bytes_read, check_replaceable, save_onnx
 from .kv_compact import with_compactor
 from .drafter_export import export_trained_drafter, low_rank, trim_map
 from .fused_graph import build_fused_graph
@@ -179,6 +179,7 @@ def _check_same_tokenizer(target_dir: Path, draft_dir: Path) -> None:
 def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                   opts: ExportOptions = ExportOptions()) -> Manifest:
     hf_dir = Path(hf_dir)
+    check_replaceable(Path(out_dir).resolve(), opts.overwrite)  # before minutes of work
     args = ModelArgs.from_hf_dir(hf_dir)  # unsupported architectures fail here, first
     tokenizer = hf_dir / "tokenizer.json"
     if not tokenizer.is_file():

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgespec.errors import excerpt
 from edgespec.graph_contract import check_session_io
-from edgespec.manifest import BundleError, DrafterSpec, GraphSpec, Manifest, ModelInfo, safe_path
+from edgespec.manifest import (BundleError, DrafterSpec, GraphSpec, Manifest, ModelInfo,
+                               bundle_file)
 
 from .mbsu import kv_itemsize
 from .providers import SessionConfig, create_session
@@ -22,17 +24,22 @@ from .text import Tokenizer
 
 def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
     """The bundle's tokenizer; it must fit the model's vocabulary and know its special ids."""
-    path = safe_path(bundle_dir, m.tokenizer.file)
+    path = bundle_file(bundle_dir, m.tokenizer.file)
     try:
         tok = Tokenizer(path)
     except Exception as e:  # tokenizers raises a plain Exception for any unreadable file
-        raise BundleError(f"{m.tokenizer.file} is not a tokenizer.json the tokenizers library "
+        raise BundleError(f"{excerpt(m.tokenizer.file)} is not a tokenizer.json the tokenizers library "
                           f"reads ({str(e)[:200]}); re-export the bundle") from e
     special = [*m.tokenizer.eos_token_ids, *filter(None, [m.tokenizer.bos_token_id])]
-    if tok.vocab_size > m.model.vocab_size or any(i >= tok.vocab_size for i in special):
-        raise BundleError(f"{m.tokenizer.file} has {tok.vocab_size} tokens for a model of "
-                          f"{m.model.vocab_size} with special ids {special}; the tokenizer does "
-                          "not belong to this model: re-export the bundle")
+    vocab = m.model.vocab_size
+    # a model's vocabulary may be padded past its tokenizer's (Qwen2.5: 271 ids, Phi-3: 53),
+    # never by much; ids past the tokenizer decode to no text
+    slack = max(256, vocab // 16)
+    if (tok.vocab_size > vocab or tok.vocab_size < vocab - slack
+            or any(i >= tok.vocab_size for i in special)):
+        raise BundleError(f"{excerpt(m.tokenizer.file)} has {tok.vocab_size} tokens for a "
+                          f"model of {vocab} with special ids {special[:4]}; the tokenizer "
+                          "does not belong to this model: re-export the bundle")
     return tok
 
 
@@ -42,7 +49,7 @@ def load_d2t(bundle_dir, spec: DrafterSpec, vocab: int) -> np.ndarray | None:
         return None
     width = next(t.shape[-1] for t in spec.graph.outputs if t.name == "logits")
     try:  # no pickle: an object array is refused, never unpickled
-        d2t = np.load(safe_path(bundle_dir, spec.d2t), allow_pickle=False)
+        d2t = np.load(bundle_file(bundle_dir, spec.d2t), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise BundleError(f"{spec.d2t} is not a plain .npy array ({str(e)[:120]}); re-export "
                           "the bundle") from e
@@ -56,7 +63,7 @@ def load_d2t(bundle_dir, spec: DrafterSpec, vocab: int) -> np.ndarray | None:
 def open_graph(bundle_dir, spec: GraphSpec, config: SessionConfig, capture: bool = False):
     """A session over one graph of the bundle, refused unless its IO is what the manifest says
     (the runtime sizes buffers from the manifest's dims); capture: CUDA graphs on."""
-    session = create_session(str(safe_path(bundle_dir, spec.file)), config, capture)
+    session = create_session(str(bundle_file(bundle_dir, spec.file)), config, capture)
     check_session_io(session, spec, spec.file)
     return session
 

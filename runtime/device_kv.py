@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgespec.graph_contract import ORT_TYPES
-from edgespec.manifest import BundleError, GraphSpec, KVSpec, ModelInfo, safe_path
+from edgespec.manifest import BundleError, GraphSpec, KVSpec, ModelInfo, bundle_file
 
 from .kv import KVCache, KVRows
 from .providers import PRESETS, SessionConfig, create_session, import_ort
@@ -85,7 +85,7 @@ class KVFactory:
                               "compaction graph; re-export the bundle with this edgespec "
                               "(--graph fused), or pass kv_device='host'")
         self.device = PRESETS[config.provider][1]  # "cpu" (tests), "cuda" or "dml"
-        self.compactor = create_session(str(safe_path(bundle_dir, spec.kv.compact)), config)
+        self.compactor = create_session(str(bundle_file(bundle_dir, spec.kv.compact)), config)
         n = 2 * model.num_layers  # its IO must be what DeviceKVCache.compact binds
         want_in = {*(f"kv_{j}" for j in range(n)), "src", "idx"}
         want_out = {f"out_{j}" for j in range(n)}

@@ -36,6 +36,21 @@ def logsumexp(rows: np.ndarray) -> np.ndarray:
     return np.log(np.exp(rows - top).sum(axis=-1, keepdims=True, dtype=np.float64)) + top
 
 
+def top_columns(logits: np.ndarray, width: int) -> np.ndarray:
+    """[k, V] logits -> [k, width] columns of each row's `width` largest. For the usual small
+    widths a few argmax passes (best first): numpy's argpartition over [4, 8192] float32 costs
+    ~13x more (measured 345 us against 26 us), and a tree calls this once per depth."""
+    if width > 8 or width >= logits.shape[1]:
+        return np.argpartition(logits, -width, axis=1)[:, -width:]
+    work = logits.copy()
+    rows = np.arange(len(logits))
+    cols = np.empty((len(logits), width), np.int64)
+    for j in range(width):
+        cols[:, j] = work.argmax(axis=1)
+        work[rows, cols[:, j]] = -np.inf
+    return cols
+
+
 def grow_tree(root: int, root_logits: np.ndarray, root_payload, depth: int, width: int,
               budget: int, base: int, mask_value: float,
               feed: Callable[[int, np.ndarray, np.ndarray, list], tuple[np.ndarray, list]],
@@ -52,7 +67,7 @@ def grow_tree(root: int, root_logits: np.ndarray, root_payload, depth: int, widt
     for d in range(1, depth + 1):
         # every frontier node's `width` best children at once: top: [k, width] columns of the
         # logits [k, V] (log-softmax keeps a row's order: only the chosen ones are normalised)
-        top = np.argpartition(logits, -width, axis=1)[:, -width:]
+        top = top_columns(logits, width)
         lp = np.take_along_axis(logits, top, 1) - logsumexp(logits)  # [k, width]
         cum = np.asarray([score[n] for n in frontier])[:, None] + lp
         ids = top if d2t is None else d2t[top]

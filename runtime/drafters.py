@@ -7,7 +7,6 @@ Generator owns and passes back in. The proposal is a DraftTree whose root is the
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,14 +139,9 @@ class DraftModelDrafter:
         if gamma < 1 or width < 1:
             raise ValueError(f"gamma and width must be >= 1, got {gamma}, {width}")
         self.spec, self.gamma, self.width = spec, gamma, width
-        # The draft runs between target forwards: a single thread that sleeps rather than spins
-        # keeps the two sessions' thread pools from fighting over the cores (measured on 2 cores:
-        # spinning pools made draft-model decoding ~1.5x slower).
-        own = dataclasses.replace(config, threads=1, extra_options={
-            **config.extra_options, "session.intra_op.allow_spinning": "0"})
         self.vocab = spec.model.vocab_size
         self.d2t = d2t  # None: columns = target ids
-        self.runners = RunnerPool(bundle_dir, spec.graph, spec.model, own)
+        self.runners = RunnerPool(bundle_dir, spec.graph, spec.model, config)
 
     def new_state(self) -> DraftModelState:
         return DraftModelState(self.runners.take(), [])

@@ -8,10 +8,13 @@ pending, so autoregressive and speculative decoding share this state.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import threading
 import time
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +36,25 @@ def _release(model: Model, runner, drafter, draft_state) -> None:
         release(draft_state)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _one_thread(method):
+    """Generators are per-thread (they share the Model): a second thread calling in while one
+    is inside gets a clear error instead of silently interleaved state."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this Generator is in use by another thread; create one "
+                               "Generator per thread (they share the Model)")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._busy.release()
+    return guarded
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     max_new_tokens: int = 128
@@ -49,14 +71,17 @@ class GenerationParams:
         if self.accept == "greedy" and not self.sampling.greedy:
             raise ValueError("accept=greedy needs temperature 0; use accept=sample (lossless) or "
                              "typical with a temperature")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
-        if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be an integer >= 1, got {self.prefill_chunk}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
+        for name in ("max_new_tokens", "prefill_chunk", "seed"):
+            value = getattr(self, name)
+            if value is None and name == "seed":
+                continue
+            if not _is_int(value) or value < (0 if name == "seed" else 1):
+                want = "None or an integer >= 0" if name == "seed" else "an integer >= 1"
+                raise ValueError(f"{name} must be {want}, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy integers become ints
         stops = self.stop_strings
-        if isinstance(stops, str) or not all(isinstance(s, str) and s for s in stops):
+        if not isinstance(stops, (tuple, list)) or not all(isinstance(s, str) and s
+                                                           for s in stops):
             raise ValueError(f"stop_strings must be a tuple of non-empty strings, got {stops!r} "
                              "(one stop string: stop_strings=('text',))")
         object.__setattr__(self, "stop_strings", tuple(stops))  # a list is fine too
@@ -82,7 +107,13 @@ class Generator:
                  drafter=None, cancel: threading.Event | None = None):
         """drafter: None (autoregressive) or a drafter from model.drafter(name); cancel: an
         event another thread may set to stop this generator (or call `cancel()`)."""
+        if isinstance(drafter, str):
+            raise ValueError(f"drafter must be a drafter object, got the name {drafter[:40]!r}: "
+                             "pass model.drafter(name)")
+        if not isinstance(params, GenerationParams):
+            raise ValueError(f"params must be GenerationParams, got {type(params).__name__}")
         self.model, self.params = model, params
+        self._busy = threading.Lock()  # see _one_thread
         self._cancelled = cancel if cancel is not None else threading.Event()
         self.drafter = drafter
         self.draft_state = drafter.new_state() if drafter is not None else None
@@ -105,9 +136,14 @@ class Generator:
 
     # ---------------------------------------------------------------- state
 
+    @_one_thread
     def append_tokens(self, ids) -> None:
-        """Add prompt (or user-turn) tokens; all but the last are prefilled into the cache now."""
-        ids = list(ids) if not isinstance(ids, (str, bytes)) else [ids]  # any iterable of ints
+        """Add prompt (or user-turn) tokens; all but the last are prefilled into the cache now.
+        If the prefill fails, the generator is left as it was."""
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise ValueError(f"append_tokens takes a list of token ids, got {type(ids).__name__}"
+                             "; encode text with model.tokenizer.encode(text) first")
+        ids = list(ids)
         if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
             raise ValueError("append_tokens takes token ids (integers); encode text with "
                              "model.tokenizer.encode(text) first")
@@ -123,22 +159,44 @@ class Generator:
                 f"{len(self.tokens) + len(ids)} tokens do not fit this bundle's max_len "
                 f"{self.model.max_len} (room is needed for at least one new token); shorten the "
                 "prompt or export with a larger --max-len")
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
         t = time.perf_counter()
-        self.tokens += ids
-        self.prompt_len = len(self.tokens)
-        self.stats.prompt_tokens = self.prompt_len
-        self.stop_reason = None
-        while self.kv.length < len(self.tokens) - 1:  # chunked prefill of all but the last
-            n = min(self.params.prefill_chunk, len(self.tokens) - 1 - self.kv.length)
-            self._forward(self.tokens[self.kv.length:self.kv.length + n], last_only=True)
+        with self._transaction():
+            if self._t0 is None:
+                self._t0 = t
+            self.tokens += ids
+            self.prompt_len = len(self.tokens)
+            self.stats.prompt_tokens = self.prompt_len
+            self.stop_reason = None
+            while self.kv.length < len(self.tokens) - 1:  # chunked prefill of all but the last
+                n = min(self.params.prefill_chunk, len(self.tokens) - 1 - self.kv.length)
+                self._forward(self.tokens[self.kv.length:self.kv.length + n], last_only=True)
         self.stats.prefill_seconds += time.perf_counter() - t
 
+    @contextmanager
+    def _transaction(self):
+        """A call that fails (an onnxruntime error, a sampling error) leaves the generator as
+        it was: tokens, K/V length, statistics, stop reason and random state."""
+        kv_len, n_tokens, prompt_len = self.kv.length, len(self.tokens), self.prompt_len
+        stats, n_steps = dataclasses.replace(self.stats), len(self.stats.accepted_lengths)
+        stop, t0 = self.stop_reason, self._t0
+        rng = None if self.params.sampling.greedy else self.rng.bit_generator.state
+        try:
+            yield
+        except BaseException:
+            if self.runner is not None:  # not closed meanwhile
+                self.kv.truncate(min(kv_len, self.kv.length))
+            del self.tokens[n_tokens:]
+            del stats.accepted_lengths[n_steps:]
+            self.stats, self.prompt_len, self.stop_reason, self._t0 = stats, prompt_len, stop, t0
+            if rng is not None:
+                self.rng.bit_generator.state = rng
+            raise
+
+    @_one_thread
     def rewind(self, n: int) -> None:
         """Drop the last n tokens (O(1) on the cache)."""
         self._check_open()
-        if not 0 <= n <= len(self.tokens):
+        if not _is_int(n) or not 0 <= n <= len(self.tokens):
             raise ValueError(f"cannot rewind {n} of {len(self.tokens)} tokens")
         del self.tokens[len(self.tokens) - n:]
         if not self.tokens:  # a new conversation on the same buffers: fresh statistics, so a
@@ -197,9 +255,15 @@ class Generator:
             self._observe(self.draft_state, past, out.hidden, out.features)
         return out
 
+    @_one_thread
     def next_token(self) -> int:
-        """One autoregressive step: feed the pending token, pick the next one, check stops."""
+        """One autoregressive step: feed the pending token, pick the next one, check stops.
+        It ignores the drafter (step() uses it); a failed call leaves the generator as it was."""
         self._check_can_step()
+        with self._transaction():
+            return self._next_token()
+
+    def _next_token(self) -> int:
         t, run0 = time.perf_counter(), self.runner.run_seconds
         out = self._forward(self.tokens[self.kv.length:], last_only=True)
         self.stats.target_run_seconds += self.runner.run_seconds - run0
@@ -222,6 +286,9 @@ class Generator:
                                "tokens to continue")
         if not self.tokens:
             raise RuntimeError("append_tokens (the prompt) before stepping")
+        if len(self.tokens) >= self.model.max_len:  # e.g. rewind(0) at the limit
+            raise RuntimeError(f"the sequence fills this bundle's max_len {self.model.max_len}; "
+                               "rewind(n) with n >= 1 (or export with a larger --max-len)")
 
     def _commit(self, new: list[int]) -> list[int]:
         """Append generated tokens up to the first stop; returns those kept."""
@@ -247,15 +314,19 @@ class Generator:
                 break
         return kept
 
+    @_one_thread
     def step(self) -> list[int]:
         """One decoding step; returns the tokens it added (one autoregressively, 1..n+1 when
-        a drafter's proposal of n tokens is verified)."""
+        a drafter's proposal of n tokens is verified). A failed step leaves the generator as
+        it was."""
         if self._cancelled.is_set():  # asked to stop between steps: a normal end, no error
             self.close()
             return []
-        if self.drafter is None:
-            return [self.next_token()]
         self._check_can_step()
+        with self._transaction():
+            return [self._next_token()] if self.drafter is None else self._speculative_step()
+
+    def _speculative_step(self) -> list[int]:
         t, draft0 = time.perf_counter(), self.drafter.forward_seconds(self.draft_state)
         tree = self.drafter.propose(self.draft_state, self.tokens, self.params.sampling,
                                     self.rng)
@@ -263,7 +334,7 @@ class Generator:
         room = min(self.kv.free, self.model.max_len - len(self.tokens) + 1)
         if tree.size == 1 or tree.size > room:
             self.stats.decode_seconds += time.perf_counter() - t
-            return [self.next_token()]
+            return [self._next_token()]
         run0 = self.runner.run_seconds
         new = self._verify(tree)
         self.stats.target_run_seconds += self.runner.run_seconds - run0

@@ -10,7 +10,6 @@ outputs and stay cached, deeper rows read the drafter's own hidden and are dropp
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -24,17 +23,9 @@ from edgespec.tree import DraftTree, static_tree
 
 from .bundle_checks import open_graph
 from .draft_tree import common_prefix, grow_tree, pick
-from .providers import SessionConfig
+from .providers import SessionConfig, ort_errors, run_failed
 from .runner_pool import RunnerPool
 from .target import TargetRunner
-
-
-def _quiet(config: SessionConfig, threads: int | None = None) -> SessionConfig:
-    """A drafter session that sleeps between runs, so that it does not fight the target's
-    thread pool for the cores (measured on 2 cores: spinning pools slow both)."""
-    return dataclasses.replace(config, threads=config.threads if threads is None else threads,
-                               extra_options={**config.extra_options,
-                                              "session.intra_op.allow_spinning": "0"})
 
 
 @dataclass
@@ -70,7 +61,8 @@ class MedusaDrafter:
             depth[i] = depth[self.parents[i]] + 1
         self.head, self.rank = depth[1:] - 1, ranks[1:]  # node i > 0: head depth-1, its rank
         self.dim, self.max_len = spec.graph.inputs[0].shape[1], max_len
-        self.session = open_graph(bundle_dir, spec.graph, _quiet(config))
+        self.session = open_graph(bundle_dir, spec.graph, config)
+        self.spec_file = spec.graph.file
 
     def new_state(self) -> TargetRows:
         return TargetRows(np.zeros((self.max_len, self.dim), np.float32))
@@ -83,7 +75,10 @@ class MedusaDrafter:
         if len(tokens) < 2:  # no cached position yet: nothing to read
             return DraftTree.chain(tokens[-1], [])
         t = time.perf_counter()
-        ids = self.session.run(["topk_ids"], {"hidden": st.rows[len(tokens) - 2][None]})[0]
+        try:
+            ids = self.session.run(["topk_ids"], {"hidden": st.rows[len(tokens) - 2][None]})[0]
+        except ort_errors() as e:
+            raise run_failed(self.spec_file, e) from None
         st.run_seconds += time.perf_counter() - t
         # ids: [K, 1, top_k]; deterministic proposals (lossless under accept_sample's one-hot q)
         return DraftTree(np.concatenate([[tokens[-1]], ids[self.head, 0, self.rank]]),
@@ -124,8 +119,7 @@ class LayerDrafter:
         self.feature_dim, self.dim = shapes["features"][2], shapes["hidden_in"][2]
         self.vocab = spec.model.vocab_size
         self.d2t = d2t  # None: columns = target ids
-        quiet = _quiet(config, threads=1)
-        self.runners = RunnerPool(bundle_dir, spec.graph, spec.model, quiet)
+        self.runners = RunnerPool(bundle_dir, spec.graph, spec.model, config)
 
     @property
     def forwards_per_step(self) -> int:  # the catch-up rows, then one per further depth

@@ -28,6 +28,7 @@ class Model:
         m = self.manifest
         self.tokenizer = load_tokenizer(self.dir, m)
         self._d2t = check_bundle(self.dir, m)  # VocabTrim maps by drafter name, checked
+        self.tuning = load_tuning(self.dir)  # per-device settings from `edgespec tune`
         _, device = resolve_providers(config)  # an unknown or missing provider: one clear error
         if device == "cpu" and config.provider != "cpu":  # allowed to fall back: run as the CPU
             config = dataclasses.replace(config, provider="cpu")
@@ -35,7 +36,6 @@ class Model:
         # the target's session and its runners (K/V buffers, IO bindings; CUDA graphs)
         self.runners = RunnerPool(self.dir, m.target, m.model, config)
         self.session = self.runners.session
-        self.tuning = load_tuning(self.dir)  # per-device settings from `edgespec tune`
         self._drafters: dict[tuple, object] = {}  # (name, gamma, width, tree_size) -> drafter
         self._lock = threading.Lock()  # generators in several threads may ask at once
 

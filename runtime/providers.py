@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -45,6 +46,14 @@ def capture_providers(providers: list) -> list:
     if name not in CAPTURE_OPTION:  # the CPU: nothing to capture with
         return providers
     return [(name, {**opts, CAPTURE_OPTION[name]: "1"}), *providers[1:]]
+
+
+# A target and its drafter take turns on the cores: the verify run, then the drafter's runs. Each
+# session's thread pool spins while its run lasts and stops when the run returns, so that no pool
+# steals the cores from the next session's run. Measured on 2 cores (pyref-large, int4 draft
+# model, gamma 8, 6 alternating rounds in one process): 1.94x plain decoding, against 1.76x with
+# the drafter on one thread that never spins; plain decoding and n-gram lookup within 2-3 %.
+TURN_TAKING = {"session.force_spinning_stop": "1"}
 
 
 @dataclass(frozen=True)
@@ -107,14 +116,33 @@ def create_session(onnx_path: str, cfg: SessionConfig, capture: bool = False):
     if cfg.threads:
         so.intra_op_num_threads = cfg.threads
     so.inter_op_num_threads = 1
-    for key, value in cfg.extra_options.items():
+    for key, value in {**TURN_TAKING, **cfg.extra_options}.items():
         so.add_session_config_entry(key, str(value))
     try:
         return ort.InferenceSession(onnx_path, sess_options=so, providers=providers)
-    except (ort.capi.onnxruntime_pybind11_state.Fail,
-            ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as e:
+    except ort_errors() as e:
         from edgespec.manifest import BundleError
 
-        raise BundleError(f"onnxruntime refused {onnx_path} ({str(e).splitlines()[0][:300]}); "
-                          "re-export the bundle with this edgespec") from e
+        raise BundleError(f"onnxruntime refused {os.path.basename(onnx_path)} ("
+                          f"{type(e).__name__}: {str(e).splitlines()[0][:200]}); re-export the "
+                          "bundle with this edgespec") from None
+
+
+@functools.cache
+def ort_errors() -> tuple[type[Exception], ...]:
+    """Every exception type onnxruntime raises for a graph it cannot load or run: its own
+    (Fail, InvalidArgument, NoSuchFile, NotImplemented, RuntimeException, ...) and the
+    RuntimeError its Python layer raises after a failed provider fallback."""
+    state = import_ort().capi.onnxruntime_pybind11_state
+    own = tuple(v for v in vars(state).values()
+                if isinstance(v, type) and issubclass(v, Exception))
+    return (*own, RuntimeError)
+
+
+def run_failed(file: str, e: Exception):
+    """The BundleError for a graph that loaded but failed in a run (its IO or ops disagree
+    with what the manifest declared)."""
+    from edgespec.manifest import BundleError
+
+    return BundleError(f"onnxruntime failed running {file} ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200]}); re-export the bundle")

@@ -15,7 +15,7 @@ from edgespec.masks import causal_bias, causal_block
 
 from .graph_capture import UNCAPTURED, static_graph
 from .kv import KVRows
-from .providers import import_ort
+from .providers import import_ort, ort_errors, run_failed
 
 
 def _is_causal(bias: np.ndarray, past: int, s: int) -> bool:
@@ -240,7 +240,10 @@ class TargetRunner:
         for name, value in binding.device_in.items():  # ids, positions, rows, bias, length
             value.update_inplace(bufs[name])  # the captured graph reads these addresses
         t = time.perf_counter()
-        self.session.run_with_iobinding(io, binding.run_options)
+        try:
+            self.session.run_with_iobinding(io, binding.run_options)
+        except ort_errors() as e:
+            raise run_failed(self.spec.file, e) from None
         self.run_seconds += time.perf_counter() - t
         if self.in_place:
             self.kv.advance(s)

@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from edgespec.errors import BundleError
+
+T = TypeVar("T")
+
+
+def contained(call: Callable[[], T], what: str) -> T:
+    """Run a call into the tokenizers library. A crafted tokenizer.json can make it panic (e.g.
+    a catastrophic regex hits Oniguruma's retry limit): pyo3 raises PanicException, which
+    derives from BaseException, so no `except Exception` would see it. It becomes one
+    BundleError; the tokenizer object stays usable (a panic unwinds one call)."""
+    try:
+        return call()
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:  # noqa: B036 - the panic is a BaseException by design
+        if isinstance(e, Exception) and not type(e).__module__.startswith("pyo3"):
+            raise
+        raise BundleError(f"the bundle's tokenizer failed to {what} ({str(e)[:120]}); its "
+                          "tokenizer.json is broken or crafted: re-export the bundle") from None
 
 
 class Tokenizer:
     def __init__(self, path: str | Path):
         from tokenizers import Tokenizer as HFTokenizer
 
-        self._tok = HFTokenizer.from_file(str(path))
+        self._tok = contained(lambda: HFTokenizer.from_file(str(path)), "load")
 
     @property
     def vocab_size(self) -> int:
@@ -31,10 +53,11 @@ class Tokenizer:
             raise ValueError(f"prompt holds bytes that are not UTF-8 (at character {e.start}); "
                              "pass UTF-8 text, or decode with errors='replace'") from None
         # the tokenizer.json post-processor adds BOS where the model expects it, as HF does
-        return self._tok.encode(text).ids
+        return contained(lambda: self._tok.encode(text).ids, "encode this text")
 
     def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=True)
+        return contained(lambda: self._tok.decode(list(ids), skip_special_tokens=True),
+                         "decode these ids")
 
 
 class TextStream:

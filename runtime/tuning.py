@@ -9,21 +9,26 @@ import os
 from pathlib import Path
 
 from edgespec.drafter_options import INT_OPTIONS, check_tree, valid_int
-from edgespec.manifest import BundleError, safe_path
+from edgespec.files import atomic_open
+from edgespec.manifest import BundleError, bundle_file
 
 TUNING_FILE = "tuning.json"
 FORMAT = 1
+MAX_BYTES = 1 << 20  # a real tuning.json is a few kB
 
 
 def load_tuning(bundle_dir: Path) -> dict:
     """{device: {"provider": str, "drafters": {name: {"gamma": int, ...}}}} or {}."""
-    if not (Path(bundle_dir) / TUNING_FILE).is_file():
+    if not os.path.lexists(Path(bundle_dir) / TUNING_FILE):
         return {}
-    path = safe_path(bundle_dir, TUNING_FILE)  # a symlink out of the bundle is refused
+    path = bundle_file(bundle_dir, TUNING_FILE)  # a symlink out of the bundle is refused
+    if path.stat().st_size > MAX_BYTES:
+        raise BundleError(f"{TUNING_FILE} is {path.stat().st_size} bytes, more than tuning "
+                          "can be; delete it or run `edgespec tune` again")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{TUNING_FILE} is not valid JSON ({e}); delete it or run "
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, UTF-8, or a huge int
+        raise BundleError(f"{TUNING_FILE} is not valid JSON ({str(e)[:80]}); delete it or run "
                           "`edgespec tune` again") from None
     devices = data.get("devices") if isinstance(data, dict) else None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(devices,
@@ -40,8 +45,10 @@ def load_tuning(bundle_dir: Path) -> dict:
                               "drafters with a gamma (1..64), a tree_size (1..1024) or a Medusa "
                               "tree; run `edgespec tune` again")
         auto = entry.get("auto")
-        if auto is not None and not (isinstance(auto, dict) and _rate(auto.get("speedup")) and (
-                auto.get("drafter") == "none" or auto.get("drafter") in entry["drafters"])):
+        choice = auto.get("drafter") if isinstance(auto, dict) else None
+        if auto is not None and not (isinstance(auto, dict) and _rate(auto.get("speedup"))
+                                     and isinstance(choice, str)
+                                     and (choice == "none" or choice in entry["drafters"])):
             raise BundleError(f"{TUNING_FILE}: device {str(device)[:40]!r}: 'auto' must name "
                               "'none' or one of its tuned drafters, with a positive speedup; run "
                               "`edgespec tune --drafter auto` again")
@@ -132,7 +139,6 @@ def _update(bundle_dir: Path, device: str, provider: str, change) -> Path:
     entry["provider"] = provider
     change(entry)
     path = Path(bundle_dir) / TUNING_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"format": FORMAT, "devices": devices}, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        fh.write(json.dumps({"format": FORMAT, "devices": devices}, indent=2) + "\n")
     return path

@@ -322,7 +322,7 @@ def test_without_the_swap_two_renames_do(tmp_path, monkeypatch):
     monkeypatch.setattr(bundle, "_renameat2", unsupported)
     out = tmp_path / "b"
     out.mkdir()
-    (out / "old.txt").write_text("old")
+    (out / "manifest.json").write_text('{"format": "edgespec-bundle"}')  # a (previous) bundle
     with bundle.atomic_bundle(out, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert os.listdir(tmp_path) == ["b"] and os.listdir(out) == ["new.txt"]

@@ -175,6 +175,10 @@ def _big_tokenizer(bundle, outside):
     save_tiny_tokenizer(bundle, vocab_size=5000)  # a tokenizer of another, larger model
 
 
+def _small_tokenizer(bundle, outside):
+    save_tiny_tokenizer(bundle, vocab_size=20)  # the model's 300 ids far past its 20
+
+
 def _symlinked_folder(bundle, outside):
     (bundle / "sub").symlink_to(outside, target_is_directory=True)
     _manifest(bundle, _set(["target", "file"], "sub/target.onnx"))
@@ -189,7 +193,40 @@ def _huge(bundle, outside):
         f.truncate(17 << 20)
 
 
+def _symlink_loop(bundle, outside):
+    (bundle / "loop").symlink_to(bundle / "loop")
+
+
+def _raw_manifest(edit):
+    """A manifest.json text edit (for what json.dumps cannot write)."""
+    def fn(bundle, outside):
+        path = bundle / "manifest.json"
+        text = path.read_text()
+        assert edit(text) != text, "the edit must change the manifest"
+        path.write_text(edit(text))
+    return fn
+
+
+def _fewer_layers(bundle, outside):
+    """model.num_layers one less than the graph's: the last layer's K/V inputs are unfed."""
+    _manifest(bundle, lambda d: d["model"].update(num_layers=d["model"]["num_layers"] - 1))
+
+
 FILE_CASES = [
+    ("symlink-manifest", _symlink("manifest.json", "manifest.json"), "symlink"),
+    ("symlink-loop", _symlink_loop, "cannot be resolved"),
+    ("file-name-5000", lambda b, o: _manifest(b, _set(["target", "file"], "a" * 5000)),
+     "1 to 1024 characters"),
+    ("int-5000-digits", _raw_manifest(lambda t: t.replace('"num_layers": 2',
+                                                          '"num_layers": ' + "9" * 5000)),
+     "not valid JSON"),
+    ("d2t-on-ngram", lambda b, o: _manifest(b, _set(["drafters", "ngram", "d2t"],
+                                                    "mtp.d2t.npy")), "no logits"),
+    ("num-layers-below-graph", _fewer_layers, "does not feed"),
+    ("tuning-not-json", _write("tuning.json", b"{oops"), "tuning.json is not valid JSON"),
+    ("tuning-int-5000-digits", _write("tuning.json", b'{"format": ' + b"1" * 5000 + b"}"),
+     "tuning.json is not valid JSON"),
+    ("tuning-symlink", _symlink("tuning.json", "manifest.json"), "symlink"),
     ("symlink-graph", _symlink("target.onnx", "target.onnx"), "symlink"),
     ("symlink-tokenizer", _symlink("tokenizer.json", "tokenizer.json"), "symlink"),
     ("symlink-d2t", _symlink("mtp.d2t.npy", "mtp.d2t.npy"), "symlink"),
@@ -204,6 +241,7 @@ FILE_CASES = [
     ("d2t-duplicates", _d2t(np.zeros(40, np.int64)), "distinct"),
     ("d2t-not-npy", _write("mtp.d2t.npy", b"\x80\x04garbage"), "plain .npy"),
     ("tokenizer-of-other-model", _big_tokenizer, "does not belong"),
+    ("tokenizer-of-smaller-model", _small_tokenizer, "has 20 tokens .*does not belong"),
     ("tokenizer-garbage", _write("tokenizer.json", b"{not json"), "not a tokenizer.json"),
     ("manifest-not-json", _write("manifest.json", b"\xff\xfe{"), "not valid JSON"),
     ("manifest-nested", _nested, "not valid JSON"),
@@ -219,6 +257,15 @@ def test_crafted_file_is_refused_before_any_session(crafted, case):
     craft(bundle, outside)
     with pytest.raises(BundleError, match=words):
         Model(bundle)
+
+
+def test_errors_echo_at_most_a_short_excerpt_of_a_file(crafted):
+    """A crafted value (or a secret file symlinked in) is never quoted at length."""
+    bundle, _ = crafted
+    _manifest(bundle, _set(["model", "num_layers"], "SECRET" * 200))
+    with pytest.raises(BundleError) as e:
+        Model(bundle)
+    assert "SECRET" in str(e.value) and str(e.value).count("SECRET") < 10
 
 
 def test_kv_buffers_larger_than_memory_are_refused(crafted, monkeypatch):
@@ -275,10 +322,31 @@ def _json_values():
                         | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=6)
 
 
+def _fuzz_settings(examples: int = 60):
+    """CI: a fixed set of `examples`; EDGESPEC_FUZZ_EXAMPLES=N for a longer, random run."""
+    from hypothesis import HealthCheck, settings
+
+    longer = os.environ.get("EDGESPEC_FUZZ_EXAMPLES")
+    return settings(max_examples=int(longer or examples), deadline=None, database=None,
+                    derandomize=not longer, suppress_health_check=list(HealthCheck))
+
+
+def _edit(original, path, delete, value):
+    d = json.loads(json.dumps(original))
+    parent = d
+    for k in path[:-1]:
+        parent = parent[k]
+    if delete:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return d
+
+
 def test_fuzzed_manifests_load_cleanly_or_raise_bundle_error(trimmed_bundle, tmp_path):
     """Any one-value change, deletion or type swap in manifest.json: the bundle loads, each
     drafter loads and decodes a few tokens, or one BundleError says why not; nothing else."""
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import given
     from hypothesis import strategies as st
 
     from edgespec.runtime.generator import GenerationParams, Generator
@@ -288,21 +356,10 @@ def test_fuzzed_manifests_load_cleanly_or_raise_bundle_error(trimmed_bundle, tmp
     original = json.loads((bundle / "manifest.json").read_text())
     paths = [p for p in _paths(original) if p]
 
-    # CI: a fixed set of 80; EDGESPEC_FUZZ_EXAMPLES=N for a longer, random run
-    longer = os.environ.get("EDGESPEC_FUZZ_EXAMPLES")
-
-    @settings(max_examples=int(longer or 80), deadline=None, database=None,
-              derandomize=not longer, suppress_health_check=list(HealthCheck))
+    @_fuzz_settings(80)
     @given(path=st.sampled_from(paths), delete=st.booleans(), value=_json_values())
     def check(path, delete, value):
-        d = json.loads(json.dumps(original))
-        parent = d
-        for k in path[:-1]:
-            parent = parent[k]
-        if delete:
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = value
+        d = _edit(original, path, delete, value)
         (bundle / "manifest.json").write_text(json.dumps(d))
         try:
             model = Model(bundle)
@@ -314,5 +371,74 @@ def test_fuzzed_manifests_load_cleanly_or_raise_bundle_error(trimmed_bundle, tmp
                     gen.step()
         except BundleError:
             pass
+
+    check()
+
+
+def test_fuzzed_tokenizers_load_and_encode_or_raise_bundle_error(trimmed_bundle, tmp_path):
+    """Any one-value change, deletion or type swap in tokenizer.json (vocabulary entries
+    sampled like every other path): it loads, encodes and decodes, or one BundleError."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from edgespec.manifest import load_manifest
+    from edgespec.runtime.bundle_checks import load_tokenizer
+
+    bundle = tmp_path / "b"
+    shutil.copytree(trimmed_bundle, bundle)
+    manifest = load_manifest(bundle)
+    original = json.loads((bundle / "tokenizer.json").read_text())
+    paths = [p for p in _paths(original) if p]
+
+    @_fuzz_settings()
+    @given(path=st.sampled_from(paths), delete=st.booleans(), value=_json_values(),
+           text=st.text(max_size=40))
+    def check(path, delete, value, text):
+        (bundle / "tokenizer.json").write_text(json.dumps(_edit(original, path, delete, value)))
+        try:
+            tok = load_tokenizer(bundle, manifest)
+            ids = tok.encode("def f(x):\n    return x\n" + text)
+            assert all(0 <= i < manifest.model.vocab_size for i in ids)
+            tok.decode(ids)
+        except BundleError:
+            pass
+
+    check()
+
+
+def test_fuzzed_tuning_files_load_and_decode_or_raise_bundle_error(trimmed_bundle, tmp_path):
+    """Any one-value change, deletion or type swap in a valid tuning.json: the bundle's tuned
+    and auto drafters load and decode, or one BundleError."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from edgespec.runtime.generator import GenerationParams, Generator
+    from edgespec.runtime.tuning import load_tuning
+
+    bundle = tmp_path / "b"
+    shutil.copytree(trimmed_bundle, bundle)
+    original = {"format": 1, "devices": {"cpu": {"provider": "cpu", "drafters": {
+        "mtp": {"gamma": 3, "measured_tok_s": 10.0, "measured_plain_tok_s": 8.0},
+        "eagle3": {"gamma": 3, "width": 2, "tree_size": 5},
+        "ngram": {"gamma": 4, "min_n": 2},
+        "medusa": {"tree": [[0], [1], [0, 0]]}},
+        "auto": {"drafter": "mtp", "speedup": 1.25}}}}
+    paths = [p for p in _paths(original) if p]
+    model = Model(bundle)
+
+    @_fuzz_settings()
+    @given(path=st.sampled_from(paths), delete=st.booleans(), value=_json_values())
+    def check(path, delete, value):
+        (bundle / "tuning.json").write_text(json.dumps(_edit(original, path, delete, value)))
+        try:
+            model.tuning = load_tuning(bundle)
+        except BundleError:
+            return
+        for name in ("auto", *model.manifest.drafters):
+            gen = Generator(model, GenerationParams(max_new_tokens=4, stop_on_eos=False),
+                            model.drafter(name))
+            gen.append_tokens([5, 9, 11])
+            while not gen.is_done():
+                gen.step()
 
     check()
