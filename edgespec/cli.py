@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from edgespec.files import atomic_open, same_file
+from .cli_types import Parser, integer, number
 
 
 def _session_config(ns):
@@ -86,28 +89,31 @@ def cmd_export(ns) -> int:
 
 
 def cmd_info(ns) -> int:
-    from edgespec.manifest import load_manifest
+    from edgespec.manifest import load_manifest, printable
+
+    def say(line: str) -> None:  # a bundle's strings, safe for a terminal
+        print(printable(line, 400))
 
     m = load_manifest(ns.bundle)
     mi = m.model
-    print(f"bundle      {ns.bundle} (format v{m.format_version}, {m.created_by})")
-    print(f"model       {mi.architecture}: {mi.num_layers} layers, d={mi.hidden_size}, "
+    say(f"bundle      {ns.bundle} (format v{m.format_version}, {m.created_by})")
+    say(f"model       {mi.architecture}: {mi.num_layers} layers, d={mi.hidden_size}, "
           f"heads {mi.num_heads}/{mi.num_kv_heads} kv, head_dim {mi.head_dim}, "
           f"vocab {mi.vocab_size}, {mi.dtype}")
-    print(f"max_len     {mi.max_len}")
-    print(f"target      {m.target.file} ({m.target.kind} graph, {m.target.weights} weights, "
+    say(f"max_len     {mi.max_len}")
+    say(f"target      {m.target.file} ({m.target.kind} graph, {m.target.weights} weights, "
           f"KV {m.target.kv.layout}, "
           f"update={m.target.kv.update}, parity {m.target.parity_max_abs})")
-    print(f"features    layers {list(m.target.feature_layers) or 'none'}")
-    print(f"tokenizer   {m.tokenizer.file}, eos {list(m.tokenizer.eos_token_ids)}")
-    print(f"drafters    {', '.join(m.drafters) or 'none'}")
+    say(f"features    layers {list(m.target.feature_layers) or 'none'}")
+    say(f"tokenizer   {m.tokenizer.file}, eos {list(m.tokenizer.eos_token_ids)}")
+    say(f"drafters    {', '.join(m.drafters) or 'none'}")
     for name, d in m.drafters.items():
         o = d.options
         extra = [f"{k} {o[k]}" for k in ("gamma", "tree_width", "tree_size", "top_k",
                                           "heldout_chain_tau") if k in o]
         if d.graph is not None:
             extra.append(f"{d.graph.file}, parity {d.graph.parity_max_abs}")
-        print(f"  {name:<12}{d.kind}{': ' + ', '.join(extra) if extra else ''}")
+        say(f"  {name:<12}{d.kind}{': ' + ', '.join(extra) if extra else ''}")
     return 0
 
 
@@ -150,8 +156,8 @@ def cmd_eval(ns) -> int:
 
     if same_file(ns.out, ns.prompts):
         raise ValueError(f"--out {ns.out} is the prompts file; write the results elsewhere")
+    rows = read_prompts(ns.prompts)[: ns.limit or None]  # a bad file fails before the load
     model = Model(ns.bundle, _session_config(ns))
-    rows = read_prompts(ns.prompts)[: ns.limit or None]
     results = []
     with atomic_open(ns.out) as fh:  # a failed run leaves the previous results in place
         for r in run_eval(model, rows, _params(ns), ns.drafter, ns.gamma, ns.tree_width,
@@ -163,14 +169,14 @@ def cmd_eval(ns) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgespec", description=__doc__)
+    p = Parser(prog="edgespec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("export", help="local HF checkpoint -> bundle folder")
     e.add_argument("hf_dir", nargs="?", help="local Hugging Face model folder")
     e.add_argument("-o", "--out", required=True, help="bundle folder to write")
     e.add_argument("--demo", action="store_true", help="export the bundled reference model")
-    e.add_argument("--max-len", type=int, default=None, help="KV length (prompt + new tokens)")
+    e.add_argument("--max-len", type=integer(2), default=None, help="KV length (prompt + new tokens)")
     e.add_argument("--feature-layers", default=None,
                    help="comma-separated decoder layers exposed as `features` ('' for none)")
     e.add_argument("--graph", default="fused", choices=["fused", "plain"],
@@ -186,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the draft model's weights (default: --weights); int4 reads ~1/7 of "
                         "fp32's bytes per draft token, what a draft model costs where decoding "
                         "is memory-bound (verification stays on the target's weights)")
-    e.add_argument("--block-size", type=int, default=32, help="int4 block size")
+    e.add_argument("--block-size", type=integer(16), default=32, help="int4 block size")
     e.add_argument("--shapes", default=None, choices=["static", "dynamic"],
                    help="static (the default for fused graphs): shapes depend on the new "
                         "tokens only (the bias spans the whole K/V buffer), what CUDA graphs "
@@ -233,18 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime_args(q):
         q.add_argument("bundle")
-        q.add_argument("--max-new-tokens", type=int, default=128)
+        q.add_argument("--max-new-tokens", type=integer(1), default=128)
         q.add_argument("--greedy", action="store_true", help="argmax decoding (the default "
                                                                "unless --temperature > 0)")
-        q.add_argument("--temperature", type=float, default=0.0)
-        q.add_argument("--top-k", type=int, default=0)
-        q.add_argument("--top-p", type=float, default=1.0)
-        q.add_argument("--seed", type=int, default=None)
+        q.add_argument("--temperature", type=number(), default=0.0)
+        q.add_argument("--top-k", type=integer(0), default=0)
+        q.add_argument("--top-p", type=number(0.0, 1.0, above_low=True), default=1.0)
+        q.add_argument("--seed", type=integer(0), default=None)
         q.add_argument("--stop", action="append", help="stop string (repeatable)")
         q.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
         q.add_argument("--allow-cpu-fallback", action="store_true",
                        help="run on CPU (with a warning) if the provider is not installed")
-        q.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = default)")
+        q.add_argument("--threads", type=integer(0), default=0, help="intra-op threads (0 = default)")
         q.add_argument("--kv-device", default="auto", choices=("auto", "device", "host"),
                        help="K/V buffers on the provider's device (auto: on GPUs) or the host")
         q.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
@@ -255,13 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "auto (the default): the fastest choice `edgespec tune --drafter "
                             "auto` measured on this device (possibly none), else n-gram lookup, "
                             "which runs no network and costs at most a plain step when it misses")
-        q.add_argument("--gamma", type=int, default=None, help="draft length (tree depth)")
-        q.add_argument("--tree-width", type=int, default=None,
+        q.add_argument("--gamma", type=integer(1), default=None, help="draft length (tree depth)")
+        q.add_argument("--tree-width", type=integer(1), default=None,
                        help="draft_model / mtp / eagle3: nodes expanded per depth (1 = a chain; "
                             "default: the bundle's)")
-        q.add_argument("--tree-size", type=int, default=None,
+        q.add_argument("--tree-size", type=integer(1), default=None,
                        help="medusa / eagle3: nodes kept in the draft tree (default: the bundle's)")
-        q.add_argument("--min-n", type=int, default=None,
+        q.add_argument("--min-n", type=integer(1), default=None,
                        help="ngram: shortest suffix match worth a proposal (default: the tuned "
                             "or bundle's setting, else 1)")
         q.add_argument("--accept", default="auto", choices=["auto", "greedy", "sample", "typical"],
@@ -279,13 +285,32 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_args(v)
     v.add_argument("--prompts", required=True, help="jsonl with a 'prompt' (and 'id') field")
     v.add_argument("--out", required=True, help="results jsonl")
-    v.add_argument("--limit", type=int, default=0, help="first N prompts only (0 = all)")
+    v.add_argument("--limit", type=integer(0), default=0, help="first N prompts only (0 = all)")
     v.set_defaults(fn=cmd_eval)
     return p
 
 
+def _terminate(signum, frame):
+    """SIGTERM unwinds like Ctrl-C (temporary files are removed), then exits 143."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    try:
+        ns = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
+        return e.code if isinstance(e.code, int) else 2
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return _run(ns)
+    finally:
+        if previous is not None:  # a caller's handler (main() may be called in-process)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(ns) -> int:
+    """The command; every expected error is one line on stderr and exit status 2."""
     from edgespec.manifest import BundleError
 
     try:
@@ -299,7 +324,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: the shell's convention, no traceback
         print(f"edgespec {ns.command}: interrupted", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .cli_types import integer, number
+
 
 def _show(p) -> None:
     print(f"{p.name}: {p.description}")
@@ -138,8 +140,8 @@ def add_commands(sub) -> None:
     d.add_argument("--drafter", help="with --eval: the chain drafter the eval ran")
     d.add_argument("--eval", help="`edgespec eval` results of that drafter (per-depth "
                                   "acceptance comes from its accepted_lengths)")
-    d.add_argument("--context", type=int, default=512, help="tokens in the KV cache")
-    d.add_argument("--overhead-ms", type=float, default=0.1,
+    d.add_argument("--context", type=integer(1), default=512, help="tokens in the KV cache")
+    d.add_argument("--overhead-ms", type=number(), default=0.1,
                    help="assumed fixed cost per forward (launches; CUDA graphs shrink it)")
     d.set_defaults(fn=cmd_devices)
 
@@ -152,12 +154,12 @@ def add_commands(sub) -> None:
     b.add_argument("--tree-sizes", default="", help="tree sizes of a medusa / eagle3 drafter "
                                                     "(comma-separated), e.g. 4,8,16,32")
     b.add_argument("--prompts", help="jsonl with a 'prompt' field (default: shipped prompts)")
-    b.add_argument("--limit", type=int, default=8, help="first N prompts (0 = all)")
-    b.add_argument("--runs", type=int, default=3, help="runs; medians with min and max")
-    b.add_argument("--max-new-tokens", type=int, default=64)
+    b.add_argument("--limit", type=integer(0), default=8, help="first N prompts (0 = all)")
+    b.add_argument("--runs", type=integer(1), default=3, help="runs; medians with min and max")
+    b.add_argument("--max-new-tokens", type=integer(1), default=64)
     b.add_argument("--device", help="a device profile: its provider is used")
     b.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
-    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--threads", type=integer(0), default=0)
     b.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
                    help="CUDA graph per verify shape (auto: on --provider cuda, bundles "
                         "with static shapes: the default)")

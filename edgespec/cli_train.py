@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .cli_types import integer, number
+
 
 def _distill(ns, bundle, out) -> None:
     from edgespec.models.distill import (generate_data, prompts_from_sources, read_jsonl_prompts,
@@ -159,13 +161,13 @@ def add_commands(sub) -> None:
         q.add_argument("--exclude", action="append", help="glob of relative paths to skip "
                                                            "(repeatable), e.g. held-out files")
         q.add_argument("--prompts", help="jsonl with a 'prompt' field, instead of --sources")
-        q.add_argument("--n", type=int, default=512, help="number of prompts")
-        q.add_argument("--prompt-tokens", type=int, default=64)
-        q.add_argument("--max-new-tokens", type=int, default=128)
-        q.add_argument("--temperature", type=float, default=0.0, help="0 = greedy continuations")
-        q.add_argument("--seed", type=int, default=0, help="prompts, sampling and training")
+        q.add_argument("--n", type=integer(1), default=512, help="number of prompts")
+        q.add_argument("--prompt-tokens", type=integer(1), default=64)
+        q.add_argument("--max-new-tokens", type=integer(1), default=128)
+        q.add_argument("--temperature", type=number(), default=0.0, help="0 = greedy continuations")
+        q.add_argument("--seed", type=integer(0), default=0, help="prompts, sampling and training")
         q.add_argument("--provider", default="cpu", help="onnxruntime provider for generation")
-        q.add_argument("--threads", type=int, default=0)
+        q.add_argument("--threads", type=integer(0), default=0)
         q.add_argument("--allow-cpu-fallback", action="store_true")
 
     d = sub.add_parser("distill", help="self-distillation data: the target's own continuations")
@@ -182,13 +184,13 @@ def add_commands(sub) -> None:
     t.add_argument("--data", help="self-distillation data from `edgespec distill` "
                                    "(.safetensors); without it, made from --sources / --prompts")
     distill_args(t)
-    t.add_argument("--steps", type=int, default=600)
-    t.add_argument("--batch", type=int, default=8, help="sequences per step")
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--minutes", type=float, default=0.0, help="stop after this long (0 = never)")
-    t.add_argument("--heads", type=int, default=4, help="medusa: heads (tokens drafted)")
-    t.add_argument("--blocks", type=int, default=1, help="medusa: residual blocks per head")
-    t.add_argument("--unroll", type=int, default=3, help="mtp/eagle3: training-time-test steps")
+    t.add_argument("--steps", type=integer(1), default=600)
+    t.add_argument("--batch", type=integer(1), default=8, help="sequences per step")
+    t.add_argument("--lr", type=number(0.0, above_low=True), default=2e-3)
+    t.add_argument("--minutes", type=number(), default=0.0, help="stop after this long (0 = never)")
+    t.add_argument("--heads", type=integer(1), default=4, help="medusa: heads (tokens drafted)")
+    t.add_argument("--blocks", type=integer(1), default=1, help="medusa: residual blocks per head")
+    t.add_argument("--unroll", type=integer(1), default=3, help="mtp/eagle3: training-time-test steps")
     t.add_argument("--feature-layers", default=None, help="eagle3: target layers it reads")
     t.add_argument("--own-head", action="store_true",
                    help="train an own LM head (default: share the target's, frozen)")
@@ -196,7 +198,7 @@ def add_commands(sub) -> None:
                    help="start from a trained drafter of the same kind and shapes, e.g. one "
                         "trained for a smaller sibling of this target (medusa2: its Medusa-1 "
                         "heads)")
-    t.add_argument("--backbone-lr-ratio", type=float, default=0.01,
+    t.add_argument("--backbone-lr-ratio", type=number(), default=0.01,
                    help="medusa2: backbone learning rate / heads learning rate (on the demo "
                         "target 0.01 kept held-out loss within +0.5 %%; 0.03: +1.1 %%, "
                         "0.1: +2.3 %%)")
@@ -215,7 +217,7 @@ def add_commands(sub) -> None:
     w.add_argument("--head-rank", default="32,64,128", help="r values (comma-separated)")
     w.add_argument("--calibration", required=True, help="distill data (.safetensors)")
     w.add_argument("--prompts", required=True, help="jsonl of prompts for tau and MBSU")
-    w.add_argument("--limit", type=int, default=20)
-    w.add_argument("--max-new-tokens", type=int, default=64)
+    w.add_argument("--limit", type=integer(0), default=20)
+    w.add_argument("--max-new-tokens", type=integer(1), default=64)
     w.add_argument("-o", "--out", required=True, help="folder for sweep.md / .json / .png")
     w.set_defaults(fn=cmd_sweep)

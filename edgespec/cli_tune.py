@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cli_types import integer
+
 
 @dataclass(frozen=True)
 class Tuned:
@@ -185,15 +187,15 @@ def add_commands(sub) -> None:
     t.add_argument("--device", default="cpu", help="profile name the setting is stored under")
     t.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
     t.add_argument("--prompts", required=True, help="jsonl with a 'prompt' field")
-    t.add_argument("--limit", type=int, default=16, help="first N prompts (0 = all)")
-    t.add_argument("--max-gamma", type=int, default=8)
-    t.add_argument("--max-nodes", type=int, default=64, help="medusa: largest tree grown")
+    t.add_argument("--limit", type=integer(0), default=16, help="first N prompts (0 = all)")
+    t.add_argument("--max-gamma", type=integer(1), default=8)
+    t.add_argument("--max-nodes", type=integer(1), default=64, help="medusa: largest tree grown")
     t.add_argument("--chain", action="store_true", help="eagle3: tune a chain, not the budget")
-    t.add_argument("--max-new-tokens", type=int, default=64)
-    t.add_argument("--rounds", type=int, default=3,
+    t.add_argument("--max-new-tokens", type=integer(1), default=64)
+    t.add_argument("--rounds", type=integer(1), default=3,
                    help="auto: alternating rounds of the final comparison (median kept)")
     t.add_argument("--keep-slower", action="store_true",
                    help="store a drafter's best setting even when plain decoding was faster "
                         "(auto never picks it)")
-    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--threads", type=integer(0), default=0)
     t.set_defaults(fn=cmd_tune)

@@ -7,6 +7,7 @@ Unknown keys are kept (a newer exporter may add informational ones); known keys 
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from .errors import BundleError
@@ -26,7 +27,8 @@ MAX_TREE_DEPTH = 64
 
 
 def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer (numpy's too: callers pass them), never a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def valid_int(option: str, value: Any) -> bool:

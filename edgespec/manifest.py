@@ -11,11 +11,11 @@ import json
 import math
 import os
 import re
-import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bundle_paths import bundle_file, check_links, printable
 from .drafter_options import check_options, fits_heads
 from .errors import BundleError, excerpt
 from .graph_contract import WEIGHT_FORMATS, check_graph
@@ -141,54 +141,11 @@ class Manifest:
 # ---------------------------------------------------------------- reading and validation
 
 
-def safe_path(bundle_dir: str | os.PathLike, rel: str) -> Path:
-    """Resolve `rel` inside `bundle_dir`; refuse absolute paths, '..' and symlinks leaving it."""
-    if not isinstance(rel, str) or not rel or len(rel) > _MAX_PATH:
-        raise BundleError(f"bundle path {excerpt(rel)} must be a relative path string of 1 to "
-                          f"{_MAX_PATH} characters")
-    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or ":" in rel or "\0" in rel:
-        raise BundleError(f"bundle path {excerpt(rel)} is absolute; manifest paths must be "
-                          "relative to the bundle folder")
-    try:
-        root = Path(bundle_dir).resolve()
-        full = (root / rel).resolve()
-    except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13)
-        raise BundleError(f"bundle path {excerpt(rel)} cannot be resolved ({type(e).__name__}:"
-                          " a symlink loop?); re-export the bundle") from e
-    if full != root and root not in full.parents:
-        raise BundleError(f"bundle path {excerpt(rel)} leaves the bundle folder {root}; "
-                          "re-export the bundle instead of editing its manifest")
-    return full
-
-
-def bundle_file(bundle_dir: str | os.PathLike, rel: str) -> Path:
-    """The one checked opener's path: `rel` inside the bundle (safe_path) and a regular file
-    (not a FIFO or a device, which a read would block on or stream from)."""
-    path = safe_path(bundle_dir, rel)
-    try:
-        regular = stat.S_ISREG(path.stat().st_mode)
-    except OSError:
-        regular = False
-    if not regular:
-        raise BundleError(f"bundle {bundle_dir} is missing {excerpt(rel)} (or it is not a "
-                          "regular file); re-export the bundle")
-    return path
-
-
-def check_links(bundle: Path) -> None:
-    """Refuse a bundle that holds a symlink pointing outside it, or one that loops, before any
-    of its files is read."""
-    try:
-        root = bundle.resolve()
-        for link in (p for p in bundle.rglob("*") if p.is_symlink()):
-            target = link.resolve()
-            if target != root and root not in target.parents:
-                raise BundleError(f"bundle {bundle} holds a symlink {excerpt(link.name)} that "
-                                  "points outside it; a bundle must be self-contained: "
-                                  "re-export it")
-    except (OSError, RuntimeError) as e:
-        raise BundleError(f"bundle {bundle} holds a path that cannot be resolved "
-                          f"({type(e).__name__}: a symlink loop?); re-export it") from e
+def _word(value: str, where: str) -> str:
+    if not _WORD.fullmatch(value):
+        raise BundleError(f"manifest.json: {where} {excerpt(value)} must be 1-64 letters, "
+                          "digits, '_', '.' or '-'; re-export the bundle")
+    return value
 
 
 def _need(d: Any, key: str, typ: type | tuple, where: str) -> Any:
@@ -292,14 +249,14 @@ _MAX_DIM = 1 << 24  # refuses absurd dims before anything is allocated
 _MAX_LAYER = 4096
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few kB; refuse to parse a huge one
-_MAX_PATH = 1024  # characters in a path the manifest names
+_WORD = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _INTS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
          "max_len")
 
 
 def _model(m: dict, where: str) -> ModelInfo:
     model = ModelInfo(
-        architecture=_need(m, "architecture", str, where),
+        architecture=_word(_need(m, "architecture", str, where), f"{where}.architecture"),
         **{k: _need(m, k, int, where) for k in _INTS},
         dtype=_need(m, "dtype", str, where),
         sliding_window=_optional_int(m.get("sliding_window"), f"{where}.sliding_window", 1),
@@ -409,12 +366,15 @@ def manifest_from_dict(d: Any) -> Manifest:
             _check_medusa_tree(spec, f"drafters.{name}")
     return Manifest(model=model, tokenizer=tok, target=target,
                     drafters=drafters, format_version=version,
-                    created_by=str(d.get("created_by", "")))
+                    created_by=printable(str(d.get("created_by", "")), 120))
 
 
 def load_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     """Read and validate `bundle_dir/manifest.json`; every file it names must exist inside.
     Symlinks are checked before anything is read, manifest.json included."""
+    if not isinstance(bundle_dir, (str, os.PathLike)):
+        raise BundleError(f"a bundle is a folder path (str or pathlib.Path), got "
+                          f"{type(bundle_dir).__name__}")
     bundle = Path(bundle_dir)
     try:
         is_dir = bundle.is_dir()

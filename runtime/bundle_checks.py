@@ -12,21 +12,28 @@ from pathlib import Path
 
 import numpy as np
 
+from edgespec.bundle_paths import bundle_file
 from edgespec.errors import excerpt
 from edgespec.graph_contract import check_session_io
-from edgespec.manifest import (BundleError, DrafterSpec, GraphSpec, Manifest, ModelInfo,
-                               bundle_file)
+from edgespec.manifest import BundleError, DrafterSpec, GraphSpec, Manifest, ModelInfo
 
 from .mbsu import kv_itemsize
 from .providers import SessionConfig, create_session
 from .text import Tokenizer
 
 
+MAX_TOKENIZER_BYTES = 64 << 20  # Gemma 3's tokenizer.json, among the largest, is 33 MB
+
+
 def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
     """The bundle's tokenizer; it must fit the model's vocabulary and know its special ids."""
     path = bundle_file(bundle_dir, m.tokenizer.file)
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise BundleError(f"{excerpt(m.tokenizer.file)} is {path.stat().st_size >> 20} MB, "
+                          f"more than a tokenizer can be ({MAX_TOKENIZER_BYTES >> 20} MB); "
+                          "re-export the bundle")
     try:
-        tok = Tokenizer(path)
+        tok = Tokenizer(path, m.model.vocab_size)
     except Exception as e:  # tokenizers raises a plain Exception for any unreadable file
         raise BundleError(f"{excerpt(m.tokenizer.file)} is not a tokenizer.json the tokenizers library "
                           f"reads ({str(e)[:200]}); re-export the bundle") from e
@@ -40,6 +47,7 @@ def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
         raise BundleError(f"{excerpt(m.tokenizer.file)} has {tok.vocab_size} tokens for a "
                           f"model of {vocab} with special ids {special[:4]}; the tokenizer "
                           "does not belong to this model: re-export the bundle")
+    tok.encode("a")  # a post-processor adding ids past the model's vocabulary fails here
     return tok
 
 
@@ -48,14 +56,22 @@ def load_d2t(bundle_dir, spec: DrafterSpec, vocab: int) -> np.ndarray | None:
     if spec.d2t is None:
         return None
     width = next(t.shape[-1] for t in spec.graph.outputs if t.name == "logits")
-    try:  # no pickle: an object array is refused, never unpickled
-        d2t = np.load(bundle_file(bundle_dir, spec.d2t), allow_pickle=False)
+    fmt = np.lib.format
+    try:  # the header first: a claimed shape is checked before anything is allocated
+        with open(bundle_file(bundle_dir, spec.d2t), "rb") as fh:
+            major, _ = fmt.read_magic(fh)  # a zip (.npz) or any other file fails here
+            read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+            if dtype != np.dtype(np.int64) or shape != (width,) or fortran:
+                raise ValueError(f"header says {dtype} {shape}")
+            fh.seek(0)
+            d2t = fmt.read_array(fh, allow_pickle=False)  # no pickle: never unpickled
     except (ValueError, OSError, EOFError) as e:
-        raise BundleError(f"{spec.d2t} is not a plain .npy array ({str(e)[:120]}); re-export "
-                          "the bundle") from e
+        raise BundleError(f"{excerpt(spec.d2t)} is not a plain .npy array of {width} int64 ids "
+                          f"({str(e)[:120]}); re-export the bundle") from None
     if (d2t.dtype != np.int64 or d2t.shape != (width,) or d2t.min() < 0
             or d2t.max() >= vocab or len(np.unique(d2t)) != width):
-        raise BundleError(f"{spec.d2t} must hold {width} distinct int64 target ids in [0, "
+        raise BundleError(f"{excerpt(spec.d2t)} must hold {width} distinct int64 target ids in [0, "
                           f"{vocab}) (got {d2t.dtype} {d2t.shape}); re-export the bundle")
     return d2t
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgespec.bundle_paths import bundle_file
 from edgespec.graph_contract import ORT_TYPES
-from edgespec.manifest import BundleError, GraphSpec, KVSpec, ModelInfo, bundle_file
+from edgespec.manifest import BundleError, GraphSpec, KVSpec, ModelInfo
 
 from .kv import KVCache, KVRows
 from .providers import PRESETS, SessionConfig, create_session, import_ort

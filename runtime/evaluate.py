@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +40,11 @@ class EvalSummary:
 
 
 def read_prompts(path: str | Path) -> list[dict]:
+    """Rows {"id", "prompt"} of a jsonl file (a regular file: a device or a FIFO such as
+    /dev/zero would be read forever)."""
     rows = []
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path} is not a regular file; pass a jsonl file of prompts")
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
             try:

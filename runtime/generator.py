@@ -218,9 +218,14 @@ class Generator:
         sets stop_reason 'cancelled' and releases the buffers."""
         self._cancelled.set()
 
+    @_one_thread
     def close(self) -> None:
         """Release the KV buffers, IO bindings and drafter state now (from the thread that
-        steps); the generator cannot be used afterwards."""
+        steps: from another one while it steps this is an error; call cancel()); the
+        generator cannot be used afterwards."""
+        self._close()
+
+    def _close(self) -> None:
         if self.runner is not None:
             self.runner = self.kv = self.draft_state = None
             self._release()
@@ -279,7 +284,7 @@ class Generator:
 
     def _check_can_step(self) -> None:
         if self._cancelled.is_set():
-            self.close()
+            self._close()
         self._check_open()
         if self.stop_reason is not None:
             raise RuntimeError(f"generation has stopped ({self.stop_reason}); rewind or append "
@@ -320,7 +325,7 @@ class Generator:
         a drafter's proposal of n tokens is verified). A failed step leaves the generator as
         it was."""
         if self._cancelled.is_set():  # asked to stop between steps: a normal end, no error
-            self.close()
+            self._close()
             return []
         self._check_can_step()
         with self._transaction():

@@ -6,7 +6,8 @@ import dataclasses
 import threading
 from pathlib import Path
 
-from edgespec.drafter_options import INT_OPTIONS, valid_int
+from edgespec.drafter_options import INT_OPTIONS, check_tree, valid_int
+from edgespec.errors import BundleError
 from edgespec.graph_contract import verifies_trees
 from edgespec.manifest import Manifest, load_manifest
 
@@ -15,20 +16,23 @@ from .drafters import make_drafter
 from .runner_pool import RunnerPool
 from .providers import SessionConfig, resolve_providers
 from .target import TargetRunner
-from .tuning import auto_choice, load_tuning, tuned_setting
+from .tuning import auto_choice, check_tuning_fits, load_tuning, tuned_setting
 
 
 class Model:
     """Load once, then create a Generator per conversation (sessions are shared, state is not)."""
 
     def __init__(self, bundle_dir: str | Path, config: SessionConfig = SessionConfig()):
-        self.dir = Path(bundle_dir)
         # every check that reads the bundle runs before onnxruntime opens any of its graphs
-        self.manifest: Manifest = load_manifest(self.dir)
+        self.manifest: Manifest = load_manifest(bundle_dir)
+        self.dir = Path(bundle_dir)
         m = self.manifest
+        if not isinstance(config, SessionConfig):
+            raise ValueError(f"config must be a SessionConfig, got {type(config).__name__}")
         self.tokenizer = load_tokenizer(self.dir, m)
         self._d2t = check_bundle(self.dir, m)  # VocabTrim maps by drafter name, checked
         self.tuning = load_tuning(self.dir)  # per-device settings from `edgespec tune`
+        check_tuning_fits(self.tuning, m)
         _, device = resolve_providers(config)  # an unknown or missing provider: one clear error
         if device == "cpu" and config.provider != "cpu":  # allowed to fall back: run as the CPU
             config = dataclasses.replace(config, provider="cpu")
@@ -83,15 +87,27 @@ class Model:
         tree_size: nodes kept in a tree (medusa, eagle3); tree: Medusa rank paths; min_n:
         ngram's shortest match worth a proposal. All None = the setting `edgespec tune` chose
         for this provider, if any, else the bundle's."""
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"a drafter name is a str (or None), got {type(name).__name__}")
         name = self.resolve_drafter(name)
         if name == "none":
             return None
+        ints = {}
         for what, value, option in (("gamma", gamma, "gamma"), ("width", width, "tree_width"),
                                     ("tree_size", tree_size, "tree_size"),
                                     ("min_n", min_n, "min_n")):
             if value is not None and not valid_int(option, value):
                 low, high = INT_OPTIONS[option]
                 raise ValueError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+            ints[what] = None if value is None else int(value)  # numpy integers too
+        gamma, width, tree_size, min_n = (ints[k] for k in ("gamma", "width", "tree_size",
+                                                            "min_n"))
+        if tree is not None:  # Medusa rank paths from a caller: the manifest's rules
+            try:
+                check_tree(tree, "tree", INT_OPTIONS["tree_size"][1])
+            except BundleError:
+                raise ValueError(f"tree must be a list of rank paths, each path's parent "
+                                 f"listed, ranks >= 0 (got {str(tree)[:60]})") from None
         if gamma is None and width is None and tree_size is None and tree is None \
                 and min_n is None:
             tuned = tuned_setting(self.tuning, self.config.provider, name)

@@ -28,10 +28,16 @@ def contained(call: Callable[[], T], what: str) -> T:
 
 
 class Tokenizer:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, model_vocab: int | None = None):
+        """model_vocab: ids the model knows; an encoding past them is the tokenizer's fault."""
         from tokenizers import Tokenizer as HFTokenizer
 
         self._tok = contained(lambda: HFTokenizer.from_file(str(path)), "load")
+        # a bundle's tokenizer.json may ask to truncate or pad every encoding: a prompt is
+        # never cut or padded behind the caller's back
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self.model_vocab = model_vocab
 
     @property
     def vocab_size(self) -> int:
@@ -53,7 +59,12 @@ class Tokenizer:
             raise ValueError(f"prompt holds bytes that are not UTF-8 (at character {e.start}); "
                              "pass UTF-8 text, or decode with errors='replace'") from None
         # the tokenizer.json post-processor adds BOS where the model expects it, as HF does
-        return contained(lambda: self._tok.encode(text).ids, "encode this text")
+        ids = contained(lambda: self._tok.encode(text).ids, "encode this text")
+        if self.model_vocab is not None and any(i >= self.model_vocab for i in ids):
+            raise BundleError(f"the bundle's tokenizer encoded an id >= the model's vocabulary "
+                              f"{self.model_vocab} (a special or padding id past it?); its "
+                              "tokenizer.json does not fit the model: re-export the bundle")
+        return ids
 
     def decode(self, ids: list[int]) -> str:
         return contained(lambda: self._tok.decode(list(ids), skip_special_tokens=True),

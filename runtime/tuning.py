@@ -8,9 +8,10 @@ import json
 import os
 from pathlib import Path
 
-from edgespec.drafter_options import INT_OPTIONS, check_tree, valid_int
+from edgespec.bundle_paths import bundle_file
+from edgespec.drafter_options import INT_OPTIONS, check_tree, fits_heads, valid_int
+from edgespec.errors import BundleError
 from edgespec.files import atomic_open
-from edgespec.manifest import BundleError, bundle_file
 
 TUNING_FILE = "tuning.json"
 FORMAT = 1
@@ -58,12 +59,34 @@ def load_tuning(bundle_dir: Path) -> dict:
 _KEYS = {"gamma": "gamma", "width": "tree_width", "tree_size": "tree_size", "min_n": "min_n"}
 
 
+def check_tuning_fits(devices: dict, manifest) -> None:
+    """Every tuned drafter (and auto choice) is one of the bundle's, and a tuned Medusa tree
+    fits its graph's heads x top-k: else the first run with it would fail, blaming no file."""
+    for device, entry in devices.items():
+        auto = (entry.get("auto") or {}).get("drafter")
+        for name in [*entry["drafters"], *([auto] if auto not in (None, "none") else [])]:
+            spec = manifest.drafters.get(name)
+            if spec is None:
+                raise BundleError(f"{TUNING_FILE}: device {str(device)[:40]!r} names drafter "
+                                  f"{name[:40]!r}, which the bundle lacks; run `edgespec tune` "
+                                  "again")
+            tree = entry["drafters"].get(name, {}).get("tree")
+            if tree is not None and spec.kind == "medusa":
+                heads, _, top_k = next(t.shape for t in spec.graph.outputs
+                                       if t.name == "topk_ids")
+                if not fits_heads(tree, heads, top_k):
+                    raise BundleError(f"{TUNING_FILE}: the {name!r} tree does not fit its "
+                                      f"graph's {heads} heads x top-{top_k}; run `edgespec "
+                                      "tune` again")
+
+
 def _rate(value, optional: bool = False) -> bool:
-    """A measured speed or speedup: a positive finite number (JSON's, not a bool)."""
+    """A measured speed or speedup: a number (JSON's, not a bool) in [1e-6, 1e9], so that a
+    ratio of two of them is finite."""
     if value is None:
         return optional
     return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        0 < value < float("inf")
+        1e-6 <= value <= 1e9
 
 
 def _valid(setting: dict) -> bool:

@@ -107,9 +107,9 @@ def test_a_tiny_temperature_is_refused_up_front():
         SamplingParams(temperature=1e-320)
 
 
-def test_a_generator_used_from_two_threads_is_a_clear_error(model, monkeypatch):
-    gen = Generator(model, GREEDY)
-    gen.append_tokens([5, 9, 11])
+def _step_in_another_thread(gen, monkeypatch):
+    """Start gen.step() in a thread and hold it inside the target's forward; returns the
+    thread and the event that lets it finish."""
     inside, release = threading.Event(), threading.Event()
     real = gen.runner.forward
 
@@ -122,6 +122,13 @@ def test_a_generator_used_from_two_threads_is_a_clear_error(model, monkeypatch):
     worker = threading.Thread(target=gen.step)
     worker.start()
     assert inside.wait(10)
+    return worker, release
+
+
+def test_a_generator_used_from_two_threads_is_a_clear_error(model, monkeypatch):
+    gen = Generator(model, GREEDY)
+    gen.append_tokens([5, 9, 11])
+    worker, release = _step_in_another_thread(gen, monkeypatch)
     for call in (gen.step, gen.next_token, lambda: gen.rewind(1),
                  lambda: gen.append_tokens([4])):
         with pytest.raises(RuntimeError, match="in use by another thread"):
@@ -160,6 +167,14 @@ MISUSE = [
      "params must be GenerationParams"),
     ("max-new-float", lambda m: GenerationParams(max_new_tokens=2.5),
      "max_new_tokens must be an integer >= 1"),
+    ("bundle-none", lambda m: Model(None), "a bundle is a folder path .* got NoneType"),
+    ("bundle-bytes", lambda m: Model(bytes(m.dir)), "a bundle is a folder path .* got bytes"),
+    ("config-not-config", lambda m: Model(m.dir, {"threads": 2}),
+     "config must be a SessionConfig"),
+    ("drafter-name-a-list", lambda m: m.drafter(["ngram"]), "a drafter name is a str"),
+    ("medusa-tree-a-string", lambda m: m.drafter("medusa", tree="abc"), "tree must be a list"),
+    ("medusa-tree-negative", lambda m: m.drafter("medusa", tree=[[-1]]), "tree must be a list"),
+    ("medusa-tree-empty-path", lambda m: m.drafter("medusa", tree=[[]]), "tree must be a list"),
 ]
 
 
@@ -174,6 +189,34 @@ def test_numpy_integers_are_integers(model):
     params = GenerationParams(max_new_tokens=np.int64(5), seed=np.int32(2), stop_on_eos=False)
     assert type(params.max_new_tokens) is int and type(params.seed) is int
     assert len(run_to_end(model, params, [5, 9]).new_tokens) == 5
+    drafter = model.drafter("ngram", gamma=np.int64(3))
+    assert drafter is model.drafter("ngram", gamma=3)  # the same cached drafter
+
+
+def test_close_from_another_thread_while_stepping_is_refused(model, monkeypatch):
+    gen = Generator(model, GREEDY, model.drafter("eagle3"))
+    gen.append_tokens([5, 9, 11])
+    worker, release = _step_in_another_thread(gen, monkeypatch)
+    with pytest.raises(RuntimeError, match="in use by another thread"):
+        gen.close()
+    gen.cancel()  # the cross-thread way: the next step ends it
+    release.set()
+    worker.join(10)
+    assert gen.step() == [] and gen.stop_reason == "cancelled"
+
+
+def test_the_bundle_tokenizer_cannot_truncate_or_pad_a_prompt(trimmed_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(trimmed_bundle, bundle)
+    path = bundle / "tokenizer.json"
+    tok = json.loads(path.read_text())
+    tok["truncation"] = {"direction": "Right", "max_length": 1, "strategy": "LongestFirst",
+                         "stride": 0}
+    tok["padding"] = {"strategy": {"Fixed": 32}, "direction": "Left", "pad_to_multiple_of": None,
+                      "pad_id": 5, "pad_type_id": 0, "pad_token": "t5"}
+    path.write_text(json.dumps(tok))
+    assert Model(bundle).tokenizer.encode("t7 t8 t9") == Model(trimmed_bundle).tokenizer.encode(
+        "t7 t8 t9")
 
 
 # ------------------------------------------------------------------ the bundle's tokenizer
@@ -194,6 +237,25 @@ def test_a_catastrophic_tokenizer_regex_is_contained(trimmed_bundle, tmp_path):
 
 
 # ------------------------------------------------------------------ the CLI
+
+def test_eval_writes_through_a_link_keeps_modes_and_refuses_devices(trimmed_bundle, tmp_path,
+                                                                   capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "t5 t6"}\n')
+    target, link = tmp_path / "results.jsonl", tmp_path / "link.jsonl"
+    target.write_text("old\n")
+    target.chmod(0o644)
+    link.symlink_to(target)
+    args = ["eval", str(trimmed_bundle), "--prompts", str(prompts), "--max-new-tokens", "2"]
+    assert main([*args, "--out", str(link)]) == 0
+    assert link.is_symlink() and "old" not in target.read_text()
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert main([*args, "--out", str(tmp_path)]) == 2  # a folder
+    assert "not a regular file" in capsys.readouterr().err
+    assert main(["eval", str(trimmed_bundle), "--prompts", "/dev/zero", "--out",
+                 str(target)]) == 2  # read forever before
+    assert "not a regular file" in capsys.readouterr().err
+
 
 def test_eval_refuses_to_write_over_its_prompts(trimmed_bundle, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
@@ -241,3 +303,55 @@ def test_ctrl_c_exits_130_without_a_traceback(monkeypatch, capsys):
     assert main(["eval", "b", "--prompts", "p", "--out", "o"]) == 130
     assert capsys.readouterr().err.strip() == "edgespec eval: interrupted"
 
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "B", "p", "--gamma", "0"], ["run", "B", "p", "--threads", "-1"],
+    ["run", "B", "p", "--temperature", "nan"], ["run", "B", "p", "--top-p", "2"],
+    ["run", "B", "p", "--max-new-tokens", "x"], ["eval", "B", "--prompts", "p", "--out", "o",
+                                                  "--limit", "-3"],
+    ["export", "H", "-o", "o", "--max-len", "1"], ["train", "mtp", "H", "-o", "o", "--data",
+                                                    "d", "--lr", "0"],
+    ["tune", "B", "--prompts", "p", "--rounds", "0"], ["bench", "B", "--runs", "0"]])
+def test_bad_numbers_are_refused_while_parsing(argv, capsys):
+    """Before any file is opened (the paths here do not exist): one line naming the option."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert err.startswith(f"edgespec {argv[0]}: error: argument --"), err
+
+
+def test_sigterm_unwinds_and_leaves_no_temporary_file(monkeypatch, tmp_path):
+    import os
+    import signal
+
+    import edgespec.cli as cli
+    from edgespec.files import atomic_open
+
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous\n")
+
+    def terminated_mid_write(ns):
+        with atomic_open(out) as fh:
+            fh.write("half")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_eval", terminated_mid_write)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "b", "--prompts", "p", "--out", str(out)])
+    assert e.value.code == 143 and signal.getsignal(signal.SIGTERM) == before
+    assert out.read_text() == "previous\n" and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_info_prints_no_control_characters(trimmed_bundle, tmp_path, capsys):
+    bundle = tmp_path / "b"
+    shutil.copytree(trimmed_bundle, bundle)
+    path = bundle / "manifest.json"
+    d = json.loads(path.read_text())
+    d["created_by"] = "x\x1b]0;PWNED\x07\x1b[2J" * 100_000
+    path.write_text(json.dumps(d))
+    assert main(["info", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and max(map(len, out.splitlines())) < 500

@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from edgespec.manifest import BundleError, load_manifest, safe_path
+from edgespec.bundle_paths import safe_path
+from edgespec.manifest import BundleError, load_manifest
 
 
 @pytest.fixture

@@ -73,4 +73,4 @@ def test_eval_takes_min_n(bundle, tmp_path, capsys):
     assert outs[0] == outs[6]  # lossless with the option
     assert main(["eval", str(bundle), "--prompts", str(prompts), "--out", str(tmp_path / "x"),
                  "--drafter", "ngram", "--min-n", "0"]) != 0
-    assert "min_n must be an integer" in capsys.readouterr().err
+    assert "--min-n: must be an integer >= 1" in capsys.readouterr().err

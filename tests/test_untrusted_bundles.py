@@ -212,7 +212,67 @@ def _fewer_layers(bundle, outside):
     _manifest(bundle, lambda d: d["model"].update(num_layers=d["model"]["num_layers"] - 1))
 
 
+def _giant_d2t_header(bundle, outside):
+    """A .npy header claiming 2^40 ids: np.load would allocate 8 TiB before reading."""
+    h = b"{'descr': '<i8', 'fortran_order': False, 'shape': (1099511627776,), }"
+    h += b" " * (63 - (10 + len(h)) % 64) + b"\n"
+    (bundle / "mtp.d2t.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little")
+                                         + h + b"\0" * 64)
+
+
+def _npz_d2t(bundle, outside):
+    np.savez(bundle / "mtp.d2t.npz", a=np.arange(40))
+    os.replace(bundle / "mtp.d2t.npz", bundle / "mtp.d2t.npy")
+
+
+def _hard_link(bundle, outside):
+    (bundle / "tokenizer.json").unlink()
+    os.link(outside / "tokenizer.json", bundle / "tokenizer.json")
+
+
+def _tokenizer_edit(fn):
+    def craft(bundle, outside):
+        path = bundle / "tokenizer.json"
+        tok = json.loads(path.read_text())
+        fn(tok)
+        path.write_text(json.dumps(tok))
+    return craft
+
+
+def _pad_past_vocab(tok):
+    tok["post_processor"] = {"type": "TemplateProcessing",
+                             "single": [{"SpecialToken": {"id": "<x>", "type_id": 0}},
+                                        {"Sequence": {"id": "A", "type_id": 0}}],
+                             "pair": [{"Sequence": {"id": "A", "type_id": 0}}],
+                             "special_tokens": {"<x>": {"id": "<x>", "ids": [99999],
+                                                        "tokens": ["<x>"]}}}
+
+
+def _escape_architecture(bundle, outside):
+    _manifest(bundle, _set(["model", "architecture"], "llama\x1b]0;PWNED\x07"))
+
+
 FILE_CASES = [
+    ("d2t-giant-header", _giant_d2t_header, "not a plain .npy array"),
+    ("d2t-npz", _npz_d2t, "not a plain .npy array"),
+    ("hard-link", _hard_link, "hard-linked file"),
+    ("tokenizer-special-past-vocab", _tokenizer_edit(_pad_past_vocab), "vocabulary"),
+    ("architecture-escape", _escape_architecture, "architecture"),
+    ("path-lone-surrogate", lambda b, o: _manifest(b, _set(["target", "file"], "t\udcff.onnx")),
+     "control characters or invalid Unicode"),
+    ("path-control-chars", lambda b, o: _manifest(b, _set(["target", "file"], "t\x1b[2J.onnx")),
+     "control characters"),
+    ("tuning-unknown-drafter", _write("tuning.json", json.dumps({"format": 1, "devices": {
+        "cpu": {"provider": "cpu", "drafters": {"ghost": {"gamma": 3}},
+                "auto": {"drafter": "ghost", "speedup": 1.2}}}}).encode()),
+     "names drafter 'ghost', which the bundle lacks"),
+    ("tuning-medusa-tree-too-wide", _write("tuning.json", json.dumps({"format": 1, "devices": {
+        "cpu": {"provider": "cpu", "drafters": {"medusa": {"tree": [[0], [500]]}}}}}).encode()),
+     "does not fit"),
+    ("tuning-infinite-speedup", _write("tuning.json", json.dumps({"format": 1, "devices": {
+        "cpu": {"provider": "cpu", "drafters": {"mtp": {
+            "gamma": 3, "measured_tok_s": 1e308, "measured_plain_tok_s": 1e-308}}}}}).encode()),
+     "tuning.json"),
     ("symlink-manifest", _symlink("manifest.json", "manifest.json"), "symlink"),
     ("symlink-loop", _symlink_loop, "cannot be resolved"),
     ("file-name-5000", lambda b, o: _manifest(b, _set(["target", "file"], "a" * 5000)),
@@ -413,7 +473,7 @@ def test_fuzzed_tuning_files_load_and_decode_or_raise_bundle_error(trimmed_bundl
     from hypothesis import strategies as st
 
     from edgespec.runtime.generator import GenerationParams, Generator
-    from edgespec.runtime.tuning import load_tuning
+    from edgespec.runtime.tuning import check_tuning_fits, load_tuning
 
     bundle = tmp_path / "b"
     shutil.copytree(trimmed_bundle, bundle)
@@ -432,6 +492,7 @@ def test_fuzzed_tuning_files_load_and_decode_or_raise_bundle_error(trimmed_bundl
         (bundle / "tuning.json").write_text(json.dumps(_edit(original, path, delete, value)))
         try:
             model.tuning = load_tuning(bundle)
+            check_tuning_fits(model.tuning, model.manifest)
         except BundleError:
             return
         for name in ("auto", *model.manifest.drafters):
