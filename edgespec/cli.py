@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from edgespec.files import atomic_open, same_file
-from .cli_types import Parser, integer, number
+from .cli_types import Parser, integer, layer_list, number
 
 
 def _session_config(ns):
@@ -58,8 +58,7 @@ def cmd_export(ns) -> int:
         raise SystemExit("edgespec export: give a local HF folder or --demo (one of the two)")
     hf_dir = demo_checkpoint() if ns.demo else Path(ns.hf_dir)
     draft = ns.draft_model or (demo_checkpoint("pyref-draft") if ns.demo else None)
-    layers = None if ns.feature_layers is None else tuple(
-        int(x) for x in ns.feature_layers.split(",") if x.strip())
+    layers = ns.feature_layers  # None, or a tuple (cli_types.layer_list)
     trained = list(demo_drafters()) if ns.demo else []
     for item in ns.drafter or ():
         name, _, folder = item.rpartition("=")
@@ -177,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--out", required=True, help="bundle folder to write")
     e.add_argument("--demo", action="store_true", help="export the bundled reference model")
     e.add_argument("--max-len", type=integer(2), default=None, help="KV length (prompt + new tokens)")
-    e.add_argument("--feature-layers", default=None,
+    e.add_argument("--feature-layers", default=None, type=layer_list,
                    help="comma-separated decoder layers exposed as `features` ('' for none)")
     e.add_argument("--graph", default="fused", choices=["fused", "plain"],
                    help="fused: onnxruntime contrib ops (GQA, in-place KV; default); "

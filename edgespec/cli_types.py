@@ -42,3 +42,15 @@ def number(low: float = 0.0, high: float = math.inf, above_low: bool = False):
         return value
     parse.__name__ = "number"
     return parse
+
+
+def layer_list(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated layer indices >= 0 ('' for none)."""
+    try:
+        layers = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a comma-separated list of layer "
+                                         "numbers") from None
+    if any(i < 0 for i in layers):
+        raise argparse.ArgumentTypeError(f"layer numbers are >= 0, got {text[:40]}")
+    return layers

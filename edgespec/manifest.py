@@ -381,9 +381,10 @@ def load_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     except OSError:  # e.g. a name too long for the file system
         is_dir = False
     if not is_dir:
-        raise BundleError(f"bundle folder {excerpt(str(bundle), 200)} does not exist; create "
-                          "one with `edgespec export HF_DIR -o BUNDLE` (or `edgespec export "
-                          "--demo`)")
+        what = "is not a folder" if os.path.lexists(bundle) else "does not exist"
+        raise BundleError(f"bundle folder {excerpt(str(bundle), 200)} {what}; a bundle is the "
+                          "folder `edgespec export HF_DIR -o BUNDLE` (or `edgespec export "
+                          "--demo`) writes")
     check_links(bundle)
     try:
         path = bundle_file(bundle, MANIFEST_FILE)

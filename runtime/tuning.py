@@ -44,15 +44,16 @@ def load_tuning(bundle_dir: Path) -> dict:
         if not ok:
             raise BundleError(f"{TUNING_FILE}: device {str(device)[:40]!r} needs a provider and "
                               "drafters with a gamma (1..64), a tree_size (1..1024) or a Medusa "
-                              "tree; run `edgespec tune` again")
+                              "tree, and measured rates in [1e-6, 1e9]; run `edgespec tune` "
+                              "again")
         auto = entry.get("auto")
         choice = auto.get("drafter") if isinstance(auto, dict) else None
         if auto is not None and not (isinstance(auto, dict) and _rate(auto.get("speedup"))
                                      and isinstance(choice, str)
                                      and (choice == "none" or choice in entry["drafters"])):
             raise BundleError(f"{TUNING_FILE}: device {str(device)[:40]!r}: 'auto' must name "
-                              "'none' or one of its tuned drafters, with a positive speedup; run "
-                              "`edgespec tune --drafter auto` again")
+                              "'none' or one of its tuned drafters, with a speedup in [1e-6, "
+                              "1e9]; run `edgespec tune --drafter auto` again")
     return devices
 
 

@@ -355,3 +355,11 @@ def test_info_prints_no_control_characters(trimmed_bundle, tmp_path, capsys):
     assert main(["info", str(bundle)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and max(map(len, out.splitlines())) < 500
+
+
+def test_a_file_given_as_the_bundle_is_named_as_such(trimmed_bundle, capsys):
+    assert main(["info", str(trimmed_bundle / "tokenizer.json")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["export", "--demo", "-o", "x", "--feature-layers", "a,b"]) == 2
+    assert "argument --feature-layers: 'a,b' is not a comma-separated list" in \
+        capsys.readouterr().err
