@@ -5,3 +5,25 @@
 """
 
 __version__ = "0.1.0"
+
+# The flat API, loaded on first use so that `import edgespec` stays light (no onnxruntime):
+#   model = edgespec.Model("bundles/demo"); print(model.generate("def f(x):").text)
+_LAZY = {
+    "Model": "edgespec.runtime.model",
+    "SessionConfig": "edgespec.runtime.providers",
+    "Generator": "edgespec.runtime.generator",
+    "GenerationParams": "edgespec.runtime.generator",
+    "StopReason": "edgespec.runtime.generator",
+    "Completion": "edgespec.runtime.completions",
+    "SamplingParams": "edgespec.sampling",
+    "BundleError": "edgespec.errors",
+}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'edgespec' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -129,7 +129,8 @@ def timings(drafter: str, asked: str, stats, speedup: float | None) -> str:
 
 
 def cmd_run(ns) -> int:
-    from edgespec.runtime.generator import Generator, stream_text
+    from edgespec.runtime.completions import stream_text
+    from edgespec.runtime.generator import Generator
     from edgespec.runtime.model import Model
 
     model = Model(ns.bundle, _session_config(ns))

@@ -9,11 +9,11 @@ pending, so autoregressive and speculative decoding share this state.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -34,6 +34,20 @@ def _release(model: Model, runner, drafter, draft_state) -> None:
     release = getattr(drafter, "release", None)  # drafters with a K/V cache of their own
     if release is not None:
         release(draft_state)
+
+
+class StopReason(str, enum.Enum):
+    """Why a Generator stopped; a str, so `gen.stop_reason == "eos"` holds too."""
+
+    EOS = "eos"
+    STOP_STRING = "stop_string"
+    MAX_NEW_TOKENS = "max_new_tokens"
+    MAX_LENGTH = "max_length"  # the bundle's K/V buffer is full
+    CANCELLED = "cancelled"
+    CLOSED = "closed"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def _is_int(value) -> bool:
@@ -128,7 +142,7 @@ class Generator:
         self.rng = np.random.default_rng(params.seed)
         self.tokens: list[int] = []
         self.prompt_len = 0
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.stats = Stats()
         # decoded text of the new tokens, kept only when stop strings must be matched
         self.stop_text = TextStream(model.tokenizer) if params.stop_strings else None
@@ -192,6 +206,13 @@ class Generator:
                 self.rng.bit_generator.state = rng
             raise
 
+    def rewind_to(self, length: int) -> None:
+        """Keep the first `length` tokens (onnxruntime-genai's rewind_to): O(1) on the cache."""
+        if not _is_int(length) or not 0 <= length <= len(self.tokens):
+            raise ValueError(f"cannot rewind to length {length!r}: the sequence holds "
+                             f"{len(self.tokens)} tokens")
+        self.rewind(len(self.tokens) - int(length))
+
     @_one_thread
     def rewind(self, n: int) -> None:
         """Drop the last n tokens (O(1) on the cache)."""
@@ -229,7 +250,8 @@ class Generator:
         if self.runner is not None:
             self.runner = self.kv = self.draft_state = None
             self._release()
-            self.stop_reason = "cancelled" if self._cancelled.is_set() else "closed"
+            self.stop_reason = (StopReason.CANCELLED if self._cancelled.is_set()
+                                else StopReason.CLOSED)
 
     def __enter__(self) -> Generator:
         return self
@@ -307,14 +329,14 @@ class Generator:
             if self.stop_text is not None:
                 self.stop_text.push(token)
             if self.params.stop_on_eos and token in self.model.eos_token_ids:
-                self.stop_reason = "eos"
+                self.stop_reason = StopReason.EOS
             elif self.stop_text is not None and any(
                     s in self.stop_text.text for s in self.params.stop_strings):
-                self.stop_reason = "stop_string"
+                self.stop_reason = StopReason.STOP_STRING
             elif len(self.tokens) - self.prompt_len >= self.params.max_new_tokens:
-                self.stop_reason = "max_new_tokens"
+                self.stop_reason = StopReason.MAX_NEW_TOKENS
             elif len(self.tokens) >= self.model.max_len:
-                self.stop_reason = "max_length"
+                self.stop_reason = StopReason.MAX_LENGTH
             if self.stop_reason:
                 break
         return kept
@@ -388,48 +410,3 @@ class Generator:
             self._observe(self.draft_state, past, out.hidden[kept],
                           None if out.features is None else out.features[kept])
         return verdict.emitted(tree.tokens)
-
-
-# -------------------------------------------------------------------- app conveniences
-
-
-def _clip(text: str, stops: tuple[str, ...]) -> str:
-    cut = min((text.find(s) for s in stops if s in text), default=-1)
-    return text if cut < 0 else text[:cut]
-
-
-def stream_text(gen: Generator, prompt: str | bytes) -> Iterator[str]:
-    """Append `prompt` to an open Generator and yield text pieces until it is done (its stats
-    stay readable afterwards); a stop string is not included."""
-    stops = gen.params.stop_strings
-    gen.append_tokens(gen.model.tokenizer.encode(prompt))
-    out = TextStream(gen.model.tokenizer)
-    shown = 0
-    while not gen.is_done():
-        for token in gen.step():
-            out.push(token)
-        text = _clip(out.text, stops)
-        hold = max((len(s) - 1 for s in stops), default=0)  # could still become a stop string
-        safe = len(text) if gen.is_done() else max(shown, len(text) - hold)
-        if safe > shown:
-            yield text[shown:safe]
-            shown = safe
-    out.flush()
-    tail = _clip(out.text, stops)[shown:]
-    if tail:
-        yield tail
-
-
-def stream(model: Model, prompt: str | bytes, params: GenerationParams = GenerationParams(),
-           drafter=None, cancel: threading.Event | None = None) -> Iterator[str]:
-    """Yield text pieces as they are generated; a stop string is not included.
-
-    cancel: set it from another thread to stop within one step; the buffers are released
-    when the stream ends, is cancelled or is dropped unfinished."""
-    with Generator(model, params, drafter, cancel) as gen:
-        yield from stream_text(gen, prompt)
-
-
-def generate(model: Model, prompt: str | bytes, params: GenerationParams = GenerationParams(),
-             drafter=None, cancel: threading.Event | None = None) -> str:
-    return "".join(stream(model, prompt, params, drafter, cancel))

@@ -43,6 +43,21 @@ class Model:
         self._drafters: dict[tuple, object] = {}  # (name, gamma, width, tree_size) -> drafter
         self._lock = threading.Lock()  # generators in several threads may ask at once
 
+    def generate(self, prompt: str | bytes, *, drafter: str = "auto", **keywords):
+        """The completion of `prompt` (text, ids, stop reason, statistics). Keywords:
+        max_new_tokens, temperature, top_k, top_p, seed, stop, accept; drafter: 'auto' (what
+        `edgespec tune` chose here, else n-gram lookup), 'none' or one of the bundle's."""
+        from .completions import complete
+
+        return complete(self, prompt, drafter, **keywords)
+
+    def stream(self, prompt: str | bytes, *, drafter: str = "auto", **keywords):
+        """Iterate text pieces as they are generated; afterwards `.completion` holds what
+        generate() returns. Same keywords as generate()."""
+        from .completions import CompletionStream, params_from
+
+        return CompletionStream(self, prompt, params_from(**keywords), drafter)
+
     @property
     def max_len(self) -> int:
         return self.manifest.model.max_len

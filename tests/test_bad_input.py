@@ -7,7 +7,8 @@ import pytest
 from conftest import run_to_end
 
 from edgespec.cli import main
-from edgespec.runtime.generator import GenerationParams, Generator, generate
+from edgespec.runtime.completions import generate
+from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 from edgespec.runtime.providers import SessionConfig
 from edgespec.sampling import SamplingParams

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from conftest import run_to_end
 
-from edgespec.runtime.generator import GenerationParams, Generator, stream
+from edgespec.runtime.completions import stream
+from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 from edgespec.sampling import SamplingParams
 

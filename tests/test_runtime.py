@@ -7,7 +7,8 @@ import transformers
 from conftest import REF_TARGET
 
 from edgespec.runtime.evaluate import run_eval
-from edgespec.runtime.generator import GenerationParams, Generator, generate, stream
+from edgespec.runtime.completions import generate, stream
+from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 from edgespec.sampling import SamplingParams
 
