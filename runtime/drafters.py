@@ -1,4 +1,4 @@
-"""Drafters behind one interface: propose a tree of candidate tokens, learn what was accepted.
+"""Drafters behind one interface (runtime/drafter_base.py): propose a tree of candidate tokens.
 
 A drafter is shared by every Generator of a Model; whatever it must remember about one sequence
 (a draft model's own KV cache) lives in the state object `new_state()` returns, which the
@@ -17,6 +17,7 @@ from edgespec.masks import window_bias
 from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree
 
+from .drafter_base import Drafter
 from .draft_tree import common_prefix, grow_tree, pick
 from .providers import SessionConfig
 from .runner_pool import RunnerPool
@@ -33,7 +34,7 @@ class NgramState:
     ends: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
 
 
-class NgramDrafter:
+class NgramDrafter(Drafter):
     """Prompt lookup: find the latest earlier occurrence of the last n tokens (n = max_n..1) and
     propose what followed it. Up to `branches` different continuations become a tree (a trie)."""
 
@@ -105,12 +106,6 @@ class NgramDrafter:
         return DraftTree(np.array(nodes, np.int64), np.array(parents, np.int64),
                          draft_probs=None)
 
-    def accepted(self, state, tokens: list[int]) -> None:
-        pass  # the next propose() indexes the new tokens
-
-    def forward_seconds(self, state) -> float:
-        return 0.0  # no network
-
 
 @dataclass
 class DraftModelState:
@@ -118,7 +113,7 @@ class DraftModelState:
     cached: list[int]  # tokens whose K/V are in runner.kv (runner.kv.length == len(cached))
 
 
-class DraftModelDrafter:
+class DraftModelDrafter(Drafter):
     """A separate small LM with the target's tokenizer.
 
     width 1: a chain of gamma autoregressive draft tokens (greedy, or sampled from q). width k > 1
@@ -201,9 +196,6 @@ class DraftModelDrafter:
                          self.spec.graph.mask_value, feed, self.d2t)
         st.runner.kv.truncate(base)
         return tree
-
-    def accepted(self, st: DraftModelState, tokens: list[int]) -> None:
-        pass  # the next propose() rewinds to the common prefix
 
     def forward_seconds(self, st: DraftModelState) -> float:
         """Seconds this state's draft forwards spent in onnxruntime so far."""

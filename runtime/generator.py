@@ -24,6 +24,7 @@ from edgespec.masks import window_bias
 from edgespec.sampling import SamplingParams, probabilities, sample
 from edgespec.tree import DraftTree, depths, tree_bias
 
+from .drafter_base import Drafter
 from .model import Model
 from .text import TextStream
 
@@ -31,9 +32,8 @@ from .text import TextStream
 def _release(model: Model, runner, drafter, draft_state) -> None:
     """Hand a finished Generator's runners back: the target's and its drafter's state's."""
     model.release_runner(runner)
-    release = getattr(drafter, "release", None)  # drafters with a K/V cache of their own
-    if release is not None:
-        release(draft_state)
+    if drafter is not None:
+        drafter.release(draft_state)
 
 
 class StopReason(str, enum.Enum):
@@ -124,6 +124,9 @@ class Generator:
         if isinstance(drafter, str):
             raise ValueError(f"drafter must be a drafter object, got the name {drafter[:40]!r}: "
                              "pass model.drafter(name)")
+        if drafter is not None and not isinstance(drafter, Drafter):
+            raise ValueError(f"drafter must come from model.drafter(name) (a Drafter), got "
+                             f"{type(drafter).__name__}")
         if not isinstance(params, GenerationParams):
             raise ValueError(f"params must be GenerationParams, got {type(params).__name__}")
         self.model, self.params = model, params
@@ -132,7 +135,8 @@ class Generator:
         self.drafter = drafter
         self.draft_state = drafter.new_state() if drafter is not None else None
         # drafters that read the target's hidden states see every row the cache keeps
-        self._observe = getattr(drafter, "observe", None)
+        self._observe = drafter.observe if drafter is not None and drafter.reads_target \
+            else None
         self.runner = model.new_runner()
         self.kv = self.runner.kv
         # the runners go back on close() or when this generator is collected (under CUDA
@@ -367,7 +371,6 @@ class Generator:
         self.stats.target_run_seconds += self.runner.run_seconds - run0
         kept = self._commit(new)
         self.kv.truncate(len(self.tokens) - 1)  # drop K/V of tokens cut by a stop condition
-        self.drafter.accepted(self.draft_state, self.tokens)
         self.stats.target_forwards += 1
         self.stats.accepted_lengths.append(len(kept))
         self.stats.decode_seconds += time.perf_counter() - t

@@ -22,6 +22,7 @@ from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree, static_tree
 
 from .bundle_checks import open_graph
+from .drafter_base import Drafter
 from .draft_tree import common_prefix, grow_tree, pick
 from .providers import SessionConfig, ort_errors, run_failed
 from .runner_pool import RunnerPool
@@ -37,9 +38,10 @@ class TargetRows:
     run_seconds: float = 0.0  # Medusa: time in its head graph's runs
 
 
-class MedusaDrafter:
+class MedusaDrafter(Drafter):
     name = "medusa"
     reads = "hidden"
+    reads_target = True
     forwards_per_step = 1  # all heads in one run
 
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, max_len: int,
@@ -84,9 +86,6 @@ class MedusaDrafter:
         return DraftTree(np.concatenate([[tokens[-1]], ids[self.head, 0, self.rank]]),
                          self.parents)
 
-    def accepted(self, st, tokens: list[int]) -> None:
-        pass
-
     def forward_seconds(self, st: TargetRows) -> float:
         return st.run_seconds
 
@@ -98,10 +97,12 @@ class LayerState:
     cached: list[int]  # x_0..x_c: rows 1..c (read from target outputs) are in runner.kv
 
 
-class LayerDrafter:
+class LayerDrafter(Drafter):
     """MTP (reads the target's final hidden) or EAGLE-3 (reads low/mid/high features): a chain
     of gamma tokens, or with width > 1 and greedy decoding an EAGLE-2 dynamic tree of depth
     gamma, `width` nodes expanded per depth and the `tree_size` best nodes kept."""
+
+    reads_target = True
 
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig,
                  gamma: int | None = None, width: int | None = None,
@@ -203,9 +204,6 @@ class LayerDrafter:
         kv.truncate(base)
         q = np.stack([np.zeros_like(probs[0]), *probs]) if probs else None
         return DraftTree.chain(tokens[-1], draft, q)
-
-    def accepted(self, st, tokens: list[int]) -> None:
-        pass  # the next propose() keeps the rows whose tokens still match
 
     def forward_seconds(self, st: LayerState) -> float:
         return st.runner.run_seconds

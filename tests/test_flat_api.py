@@ -77,3 +77,30 @@ def test_the_readme_python_examples_run(demo_bundle, capsys):
              {})
     out = capsys.readouterr().out
     assert re.search(r"(max_new_tokens|eos) \w+ \d+ tokens", out), out
+
+
+def test_a_drafter_is_one_subclass_of_the_protocol(model):
+    """A toy kind (repeat the pending token) is a Drafter subclass with two methods, and the
+    Generator runs it losslessly; an object that is not a Drafter is refused."""
+    from edgespec.runtime.drafter_base import Drafter
+    from edgespec.tree import DraftTree
+
+    class RepeatLast(Drafter):
+        name, forwards_per_step = "repeat", 0
+
+        def new_state(self):
+            return None
+
+        def propose(self, state, tokens, sampling, rng):
+            return DraftTree.chain(tokens[-1], [tokens[-1]] * 3)
+
+    params = GenerationParams(max_new_tokens=12, stop_on_eos=False)
+    assert run_to_end(model, params, [5, 9, 11], RepeatLast()).tokens == \
+        run_to_end(model, params, [5, 9, 11]).tokens
+
+    class Duck:
+        def new_state(self):
+            return None
+
+    with pytest.raises(ValueError, match="must come from model.drafter"):
+        edgespec.Generator(model, params, Duck())
