@@ -10,17 +10,7 @@ import threading
 from pathlib import Path
 
 from edgespec.files import atomic_open, same_file
-from .cli_types import Parser, integer, layer_list, number
-
-
-def _session_config(ns):
-    from edgespec.runtime.providers import SessionConfig
-
-    return SessionConfig(provider=ns.provider, threads=ns.threads,
-                         allow_fallback=ns.allow_cpu_fallback,
-                         # not every command has these two
-                         kv_device=getattr(ns, "kv_device", "auto"),
-                         cuda_graphs=getattr(ns, "cuda_graphs", "auto"))
+from .cli_types import Parser, integer, layer_list, number, session_config
 
 
 def _params(ns):
@@ -133,7 +123,7 @@ def cmd_run(ns) -> int:
     from edgespec.runtime.generator import Generator
     from edgespec.runtime.model import Model
 
-    model = Model(ns.bundle, _session_config(ns))
+    model = Model(ns.bundle, session_config(ns))
     name = model.resolve_drafter(ns.drafter)
     drafter = model.drafter(name, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
     with Generator(model, _params(ns), drafter) as gen:
@@ -157,7 +147,7 @@ def cmd_eval(ns) -> int:
     if same_file(ns.out, ns.prompts):
         raise ValueError(f"--out {ns.out} is the prompts file; write the results elsewhere")
     rows = read_prompts(ns.prompts)[: ns.limit or None]  # a bad file fails before the load
-    model = Model(ns.bundle, _session_config(ns))
+    model = Model(ns.bundle, session_config(ns))
     results = []
     with atomic_open(ns.out) as fh:  # a failed run leaves the previous results in place
         for r in run_eval(model, rows, _params(ns), ns.drafter, ns.gamma, ns.tree_width,

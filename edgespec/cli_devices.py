@@ -3,7 +3,6 @@ decoding speed and chain-drafting speedup on each from the cost model (devices/)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .cli_types import integer, number
@@ -16,63 +15,6 @@ def _show(p) -> None:
         print(f"  {key}: {getattr(p, key)}")
     for key, src in p.sources.items():
         print(f"  source of {key}: {src}")
-
-
-def _lengths(path: str) -> list[int]:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    lengths = [n for r in rows for n in r.get("accepted_lengths", [])]
-    if not lengths:
-        raise ValueError(f"{path} has no accepted_lengths: write it with `edgespec eval BUNDLE "
-                         "--drafter NAME --gamma G --out FILE`")
-    return lengths
-
-
-def project(bundle: str, profiles, drafter: str | None, eval_file: str | None,
-            context: int, overhead_ms: float) -> list[dict]:
-    """Projected per-token time of plain decoding and, given an eval of a chain drafter, the
-    best draft length and speedup, per profile. Assumes fp16 weights and K/V on GPU profiles
-    (the bundle's fp32 byte counts halved; an fp16 graph's counted as they are) and
-    `overhead_ms` per forward."""
-    from edgespec.graph_contract import FP16_WEIGHTS
-    from edgespec.manifest import load_manifest
-    from edgespec.runtime.mbsu import kv_bytes, kv_itemsize
-
-    from .devices.cost_model import acceptance_per_depth, best_gamma, project_curve
-
-    m = load_manifest(bundle)
-    if m.target.bytes_read is None:
-        raise ValueError(f"{bundle} predates byte counts; re-export it")
-    accept, spec = None, None
-    if eval_file:
-        if drafter is None:
-            raise ValueError("--eval needs --drafter NAME (the drafter the eval ran)")
-        spec = m.drafters.get(drafter)
-        if spec is None or spec.kind not in ("mtp", "eagle3", "draft_model", "ngram"):
-            raise ValueError(f"--drafter {drafter!r}: projection covers the bundle's chain "
-                             "drafters (mtp, eagle3, draft_model, ngram)")
-        lengths = _lengths(eval_file)
-        accept = acceptance_per_depth(lengths, max(lengths) - 1)
-    rows = []
-    for p in profiles:
-        gpu = p.kind == "gpu"
-
-        def cost(graph, info):  # GPUs: fp16 weights (what an fp32 / int4 export counted, halved)
-            halve = gpu and graph.weights not in FP16_WEIGHTS
-            weights = (graph.bytes_read or 0) * (0.5 if halve else 1)
-            kv = kv_bytes(info, context, 2 if gpu else kv_itemsize(graph))  # and fp16 K/V
-            return project_curve(p, weights, kv, overhead_ms / 1e3)
-
-        curve = cost(m.target, m.model)
-        row = {"device": p.name, "ar_ms_per_token": 1e3 * float(curve.time(1)),
-               "verify_8_vs_1": curve.ratio(8)}
-        if accept is not None:
-            draft_s = 0.0
-            if spec.graph is not None:
-                draft_s = float(cost(spec.graph, spec.model).time(1))
-            gamma, rate = best_gamma(curve, draft_s, accept)
-            row.update(best_gamma=gamma, speedup=rate * float(curve.time(1)))
-        rows.append(row)
-    return rows
 
 
 def cmd_devices(ns) -> int:
@@ -90,6 +32,8 @@ def cmd_devices(ns) -> int:
             print(f"{p.name:<22}{p.kind:>5}{p.memory_bandwidth_gbs:>9.1f}"
                   f"{p.peak_fp16_tflops:>13.2f}{p.memory_gb:>11.1f}{p.provider:>10}")
         return 0
+    from .devices.projection import project
+
     rows = project(ns.bundle, profiles, ns.drafter, ns.eval, ns.context, ns.overhead_ms)
     print(f"projected for {ns.bundle} at a {ns.context}-token context, {ns.overhead_ms} ms per "
           "forward of overhead, fp16 weights and K/V on GPUs (peak bandwidth and throughput: "

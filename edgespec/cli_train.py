@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .cli_types import integer, number
+from .cli_types import integer, number, session_config
 
 
 def _distill(ns, bundle, out) -> None:
@@ -13,12 +13,10 @@ def _distill(ns, bundle, out) -> None:
                                          save_data, source_files)
     from edgespec.runtime.model import Model
 
-    from .cli import _session_config
-
     if bool(ns.sources) == bool(ns.prompts):
         raise SystemExit(f"edgespec {ns.command}: give --sources (text files / folders) or "
                          "--prompts (a jsonl) to make self-distillation data, one of the two")
-    model = Model(bundle, _session_config(ns))
+    model = Model(bundle, session_config(ns))
     if ns.prompts:
         prompts = read_jsonl_prompts(ns.prompts, model.tokenizer)[: ns.n or None]
     else:

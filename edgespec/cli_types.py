@@ -54,3 +54,14 @@ def layer_list(text: str) -> tuple[int, ...]:
     if any(i < 0 for i in layers):
         raise argparse.ArgumentTypeError(f"layer numbers are >= 0, got {text[:40]}")
     return layers
+
+
+def session_config(ns):
+    """The SessionConfig the runtime options of a parsed command line ask for."""
+    from edgespec.runtime.providers import SessionConfig
+
+    return SessionConfig(provider=ns.provider, threads=ns.threads,
+                         allow_fallback=ns.allow_cpu_fallback,
+                         # not every command has these two
+                         kv_device=getattr(ns, "kv_device", "auto"),
+                         cuda_graphs=getattr(ns, "cuda_graphs", "auto"))

@@ -6,12 +6,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edgespec.sampling import SamplingParams
 
 from .generator import GenerationParams, Generator, Stats, StopReason
-from .model import Model
 from .text import TextStream
+
+if TYPE_CHECKING:  # the Model imports this module's callers lazily
+    from .model import Model
 
 
 @dataclass(frozen=True)

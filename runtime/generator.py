@@ -16,6 +16,7 @@ import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,8 +26,10 @@ from edgespec.sampling import SamplingParams, probabilities, sample
 from edgespec.tree import DraftTree, depths, tree_bias
 
 from .drafter_base import Drafter
-from .model import Model
 from .text import TextStream
+
+if TYPE_CHECKING:  # the Model imports this module's callers lazily
+    from .model import Model
 
 
 def _release(model: Model, runner, drafter, draft_state) -> None:

@@ -60,3 +60,55 @@ def test_built_wheel_imports_runtime(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()).is_relative_to(site)
+
+
+def _imports(tree):
+    """Import nodes of a module, function-level ones included, except `if TYPE_CHECKING:`."""
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = []
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def test_no_import_cycles():
+    """Between the package's modules, lazy (function-level) imports counted too."""
+    import ast
+
+    folders = {"edgespec": "edgespec", "edgespec.runtime": "runtime", "edgespec.export": "export",
+               "edgespec.models": "models", "edgespec.devices": "devices"}
+    mods = {(pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"): f
+            for pkg, folder in folders.items() for f in (REPO / folder).glob("*.py")}
+    graph = {}
+    for name, path in mods.items():
+        package = name if path.stem == "__init__" else name.rpartition(".")[0]
+        targets = set()
+        for node in _imports(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+                continue
+            base = package
+            for _ in range(max(node.level - 1, 0)):
+                base = base.rpartition(".")[0]
+            module = (f"{base}.{node.module}" if node.module else base) if node.level \
+                else node.module
+            targets |= {module, *(f"{module}.{a.name}" for a in node.names)}
+        graph[name] = {t for t in targets if t in mods and t != name}
+    done, path_stack = set(), []
+
+    def visit(node):
+        if node in path_stack:
+            raise AssertionError("import cycle: " + " -> ".join(
+                path_stack[path_stack.index(node):] + [node]))
+        if node in done:
+            return
+        path_stack.append(node)
+        for nxt in sorted(graph[node]):
+            visit(nxt)
+        path_stack.pop()
+        done.add(node)
+
+    for name in sorted(graph):
+        visit(name)
+    assert len(mods) > 50
