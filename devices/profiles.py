@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 KINDS = ("gpu", "cpu")
-PROVIDERS = ("cpu", "cuda", "tensorrt", "dml")  # runtime.providers.PRESETS
+PROVIDERS = ("cpu", "cuda", "tensorrt", "dml")  # runtime.providers.PROVIDERS
 KV_DTYPES = ("float16", "float32")
 CPU_CACHE_ENV = "EDGESPEC_CACHE"  # folder for the probed `cpu` profile (default ~/.cache/edgespec)
 

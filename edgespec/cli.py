@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from edgespec.files import atomic_open, same_file
-from .cli_types import Parser, integer, layer_list, number, session_config
+from .cli_types import Parser, add_provider, integer, layer_list, number, session_config
 
 
 def _params(ns):
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--top-p", type=number(0.0, 1.0, above_low=True), default=1.0)
         q.add_argument("--seed", type=integer(0), default=None)
         q.add_argument("--stop", action="append", help="stop string (repeatable)")
-        q.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
+        add_provider(q)
         q.add_argument("--allow-cpu-fallback", action="store_true",
                        help="run on CPU (with a warning) if the provider is not installed")
         q.add_argument("--threads", type=integer(0), default=0, help="intra-op threads (0 = default)")

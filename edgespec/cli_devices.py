@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_types import integer, number
+from .cli_types import add_provider, integer, number
 
 
 def _show(p) -> None:
@@ -102,7 +102,7 @@ def add_commands(sub) -> None:
     b.add_argument("--runs", type=integer(1), default=3, help="runs; medians with min and max")
     b.add_argument("--max-new-tokens", type=integer(1), default=64)
     b.add_argument("--device", help="a device profile: its provider is used")
-    b.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
+    add_provider(b)
     b.add_argument("--threads", type=integer(0), default=0)
     b.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
                    help="CUDA graph per verify shape (auto: on --provider cuda, bundles "

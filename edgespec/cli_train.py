@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .cli_types import integer, number, session_config
+from .cli_types import add_provider, integer, number, session_config
 
 
 def _distill(ns, bundle, out) -> None:
@@ -164,7 +164,7 @@ def add_commands(sub) -> None:
         q.add_argument("--max-new-tokens", type=integer(1), default=128)
         q.add_argument("--temperature", type=number(), default=0.0, help="0 = greedy continuations")
         q.add_argument("--seed", type=integer(0), default=0, help="prompts, sampling and training")
-        q.add_argument("--provider", default="cpu", help="onnxruntime provider for generation")
+        add_provider(q, "onnxruntime execution provider for generation")
         q.add_argument("--threads", type=integer(0), default=0)
         q.add_argument("--allow-cpu-fallback", action="store_true")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_types import integer
+from .cli_types import add_provider, integer
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def add_commands(sub) -> None:
                         "auto; or one drafter: chains: ngram, draft_model, mtp (eagle3 with "
                         "--chain); trees: medusa, eagle3")
     t.add_argument("--device", default="cpu", help="profile name the setting is stored under")
-    t.add_argument("--provider", default="cpu", help="cpu | cuda | tensorrt | dml")
+    add_provider(t)
     t.add_argument("--prompts", required=True, help="jsonl with a 'prompt' field")
     t.add_argument("--limit", type=integer(0), default=16, help="first N prompts (0 = all)")
     t.add_argument("--max-gamma", type=integer(1), default=8)

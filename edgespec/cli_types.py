@@ -65,3 +65,11 @@ def session_config(ns):
                          # not every command has these two
                          kv_device=getattr(ns, "kv_device", "auto"),
                          cuda_graphs=getattr(ns, "cuda_graphs", "auto"))
+
+
+def add_provider(parser, what: str = "onnxruntime execution provider") -> None:
+    """--provider, its choices read from the runtime's provider table."""
+    from edgespec.runtime.providers import PROVIDERS
+
+    parser.add_argument("--provider", default="cpu", choices=list(PROVIDERS),
+                        help=f"{what} (default cpu)")

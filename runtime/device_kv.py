@@ -17,7 +17,7 @@ from edgespec.graph_contract import ORT_TYPES
 from edgespec.manifest import BundleError, GraphSpec, KVSpec, ModelInfo
 
 from .kv import KVCache, KVRows
-from .providers import PRESETS, SessionConfig, create_session, import_ort
+from .providers import SessionConfig, create_session, import_ort, provider
 
 def kv_dtype(kv: KVSpec) -> np.dtype:
     """The numpy dtype of a graph's K/V buffers: the manifest's kv.dtype, which graph_contract
@@ -68,7 +68,7 @@ def wants_device_kv(config: SessionConfig) -> bool:
     """auto: K/V on the device for the GPU presets (host buffers would be copied to the device
     and back every forward), on the host for the CPU."""
     if config.kv_device == "auto":
-        return PRESETS[config.provider][1] == "cuda"
+        return provider(config).kv_on_device
     return config.kv_device == "device"
 
 
@@ -85,7 +85,7 @@ class KVFactory:
             raise BundleError(f"{spec.file}: K/V on the device needs the fused graph and its "
                               "compaction graph; re-export the bundle with this edgespec "
                               "(--graph fused), or pass kv_device='host'")
-        self.device = PRESETS[config.provider][1]  # "cpu" (tests), "cuda" or "dml"
+        self.device = provider(config).device  # "cpu" (tests), "cuda" or "dml"
         self.compactor = create_session(str(bundle_file(bundle_dir, spec.kv.compact)), config)
         n = 2 * model.num_layers  # its IO must be what DeviceKVCache.compact binds
         want_in = {*(f"kv_{j}" for j in range(n)), "src", "idx"}

@@ -21,7 +21,7 @@ import threading
 
 from edgespec.graph_contract import verifies_trees
 
-from .providers import SessionConfig
+from .providers import SessionConfig, provider
 
 UNCAPTURED = -1  # onnxruntime's gpu_graph_id for "run without capture or replay"
 # captured graphs per session: a decode shape and a few verify shapes per Generator, for as
@@ -50,7 +50,7 @@ def wants_capture(config: SessionConfig, spec, kv_on_device: bool) -> bool:
         return True
     # the cuda preset, and a graph whose attention CUDA runs (float16, no bias: see
     # runtime/runner_pool.check_cuda_fit): capture needs every node on the GPU
-    return (able and config.provider == "cuda" and spec.kv.dtype == "float16"
+    return (able and provider(config).captures and spec.kv.dtype == "float16"
             and (spec.attention == "matmul" or not verifies_trees(spec)))
 
 

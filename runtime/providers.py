@@ -19,20 +19,41 @@ def import_ort():
     return onnxruntime
 
 
-# name -> (onnxruntime provider list, device type for buffers). Provider options are the
-# ones that matter for decode: device-resident buffers, CUDA graphs stay off unless asked for
-# (shapes change every step on the plain graph), TensorRT engine caching in the bundle's folder.
-PRESETS: dict[str, tuple[list, str]] = {
-    "cpu": (["CPUExecutionProvider"], "cpu"),
-    "cuda": ([("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested",
-                                         "cudnn_conv_algo_search": "HEURISTIC",
-                                         "do_copy_in_default_stream": "1"}),
-              "CPUExecutionProvider"], "cuda"),
-    "tensorrt": ([("TensorrtExecutionProvider", {"trt_fp16_enable": "1",
-                                                 "trt_engine_cache_enable": "1"}),
-                  ("CUDAExecutionProvider", {}), "CPUExecutionProvider"], "cuda"),
-    "dml": ([("DmlExecutionProvider", {}), "CPUExecutionProvider"], "dml"),
+@dataclass(frozen=True)
+class Provider:
+    """What the runtime knows about one execution provider: adding one is a table entry."""
+
+    sessions: list  # onnxruntime's provider list, with the options that matter for decode
+    device: str  # where onnxruntime allocates its buffers: cpu | cuda | dml
+    kv_on_device: bool  # kv_device "auto": K/V buffers stay on the device
+    captures: bool  # cuda_graphs "auto": a CUDA graph per verify shape (runtime/graph_capture)
+    gqa_takes_bias: bool  # its GroupQueryAttention accepts an attention_bias (tree verify)
+    cache_option: str | None = None  # the provider option SessionConfig.cache_dir fills
+
+
+# Provider options: device-resident buffers; CUDA graphs stay off unless asked for (shapes
+# change every step on the plain graph); TensorRT caches its engines (in the bundle's folder).
+PROVIDERS: dict[str, Provider] = {
+    "cpu": Provider(["CPUExecutionProvider"], "cpu", kv_on_device=False, captures=False,
+                    gqa_takes_bias=True),
+    "cuda": Provider([("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested",
+                                                 "cudnn_conv_algo_search": "HEURISTIC",
+                                                 "do_copy_in_default_stream": "1"}),
+                      "CPUExecutionProvider"], "cuda", kv_on_device=True, captures=True,
+                     gqa_takes_bias=False),  # CUDA GQA: float16, no bias (runner_pool)
+    "tensorrt": Provider([("TensorrtExecutionProvider", {"trt_fp16_enable": "1",
+                                                         "trt_engine_cache_enable": "1"}),
+                          ("CUDAExecutionProvider", {}), "CPUExecutionProvider"], "cuda",
+                         kv_on_device=True, captures=False, gqa_takes_bias=False,
+                         cache_option="trt_engine_cache_path"),
+    "dml": Provider([("DmlExecutionProvider", {}), "CPUExecutionProvider"], "dml",
+                    kv_on_device=False, captures=False, gqa_takes_bias=True),
 }
+
+
+def provider(cfg) -> Provider:
+    """The table entry of a SessionConfig's provider (resolve_providers refused unknown ones)."""
+    return PROVIDERS[cfg.provider]
 
 
 # the provider option that turns CUDA graph capture on (runtime/graph_capture.py)
@@ -84,10 +105,11 @@ class SessionConfig:
 def resolve_providers(cfg: SessionConfig) -> tuple[list, str]:
     """Provider list and buffer device for `cfg`; a missing provider is a clear error."""
     ort = import_ort()
-    if cfg.provider not in PRESETS:
+    if cfg.provider not in PROVIDERS:
         raise ValueError(f"unknown provider {cfg.provider!r}; choose one of "
-                         f"{', '.join(PRESETS)}")
-    providers, device = PRESETS[cfg.provider]
+                         f"{', '.join(PROVIDERS)}")
+    entry = PROVIDERS[cfg.provider]
+    providers = entry.sessions
     first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
     available = ort.get_available_providers()
     if first not in available:
@@ -97,11 +119,11 @@ def resolve_providers(cfg: SessionConfig) -> tuple[list, str]:
         if not cfg.allow_fallback:
             raise RuntimeError(msg)
         warnings.warn(msg + "; falling back to CPU", RuntimeWarning, stacklevel=2)
-        return PRESETS["cpu"]
-    if cfg.provider == "tensorrt" and cfg.cache_dir:
-        providers = [(providers[0][0], {**providers[0][1], "trt_engine_cache_path":
+        return PROVIDERS["cpu"].sessions, PROVIDERS["cpu"].device
+    if entry.cache_option and cfg.cache_dir:
+        providers = [(providers[0][0], {**providers[0][1], entry.cache_option:
                                         os.fspath(cfg.cache_dir)}), *providers[1:]]
-    return providers, device
+    return providers, entry.device
 
 
 def create_session(onnx_path: str, cfg: SessionConfig, capture: bool = False):

@@ -12,7 +12,7 @@ from edgespec.manifest import BundleError, GraphSpec, ModelInfo
 from .bundle_checks import open_graph
 from .device_kv import KVFactory, wants_device_kv
 from .graph_capture import MAX_GRAPHS, GraphIds, wants_capture
-from .providers import PRESETS, SessionConfig
+from .providers import SessionConfig, provider
 from .target import TargetRunner
 
 
@@ -21,7 +21,7 @@ def check_cuda_fit(spec: GraphSpec, config: SessionConfig) -> None:
     bfloat16 kernels only and refuses an attention_bias: on the GPU presets a fused graph with
     a bias is refused here (it would fail at its first run), a float32 one warned about (its
     attention would run on the CPU)."""
-    if PRESETS[config.provider][1] != "cuda" or spec.kind != "fused":
+    if provider(config).gqa_takes_bias or spec.kind != "fused":
         return
     if verifies_trees(spec) and spec.attention == "gqa":
         raise BundleError(f"{spec.file} gives GroupQueryAttention an attention bias (tree "
