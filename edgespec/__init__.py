@@ -14,6 +14,7 @@ _LAZY = {
     "Generator": "edgespec.runtime.generator",
     "GenerationParams": "edgespec.runtime.generator",
     "StopReason": "edgespec.runtime.generator",
+    "Accept": "edgespec.runtime.generator",
     "Completion": "edgespec.runtime.completions",
     "SamplingParams": "edgespec.sampling",
     "BundleError": "edgespec.errors",

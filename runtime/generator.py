@@ -39,6 +39,18 @@ def _release(model: Model, runner, drafter, draft_state) -> None:
         drafter.release(draft_state)
 
 
+class Accept(str, enum.Enum):
+    """The acceptance rule of a verify step; a str, so "sample" works where Accept.SAMPLE does."""
+
+    AUTO = "auto"  # greedy at temperature 0, else sample
+    GREEDY = "greedy"  # the target's argmax: output equals plain greedy decoding
+    SAMPLE = "sample"  # speculative sampling: the target's distribution exactly
+    TYPICAL = "typical"  # Medusa's typical acceptance: faster, not lossless
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class StopReason(str, enum.Enum):
     """Why a Generator stopped; a str, so `gen.stop_reason == "eos"` holds too."""
 
@@ -80,11 +92,12 @@ class GenerationParams:
     stop_strings: tuple[str, ...] = ()
     stop_on_eos: bool = True
     prefill_chunk: int = 512  # bounds the [S, P+S] bias and activations of a long prompt
-    accept: str = "auto"  # greedy | sample | typical; auto = greedy at T=0, else sample
+    accept: Accept | str = Accept.AUTO  # a str names one of Accept's members
 
     def __post_init__(self):
-        if self.accept not in ("auto", "greedy", "sample", "typical"):
+        if self.accept not in tuple(Accept):
             raise ValueError(f"accept must be auto, greedy, sample or typical, got {self.accept!r}")
+        object.__setattr__(self, "accept", Accept(self.accept))
         if self.accept == "greedy" and not self.sampling.greedy:
             raise ValueError("accept=greedy needs temperature 0; use accept=sample (lossless) or "
                              "typical with a temperature")

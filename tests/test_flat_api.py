@@ -104,3 +104,13 @@ def test_a_drafter_is_one_subclass_of_the_protocol(model):
 
     with pytest.raises(ValueError, match="must come from model.drafter"):
         edgespec.Generator(model, params, Duck())
+
+
+def test_the_acceptance_rule_is_an_enum_that_takes_its_names(model):
+    sampled = GenerationParams(max_new_tokens=6, seed=2, accept="sample",
+                               sampling=edgespec.SamplingParams(temperature=0.9))
+    assert sampled.accept is edgespec.Accept.SAMPLE and sampled.accept == "sample"
+    by_enum = GenerationParams(max_new_tokens=6, seed=2, accept=edgespec.Accept.SAMPLE,
+                               sampling=edgespec.SamplingParams(temperature=0.9))
+    assert run_to_end(model, sampled, [5, 9], model.drafter("mtp")).tokens == \
+        run_to_end(model, by_enum, [5, 9], model.drafter("mtp")).tokens
