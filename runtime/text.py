@@ -21,7 +21,9 @@ def contained(call: Callable[[], T], what: str) -> T:
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as e:  # noqa: B036 - the panic is a BaseException by design
-        if isinstance(e, Exception) and not type(e).__module__.startswith("pyo3"):
+        # tokenizers' own errors are plain Exception (or pyo3's panic); anything else (e.g.
+        # a MemoryError, a ValueError of ours) keeps its type
+        if type(e) is not Exception and not type(e).__module__.startswith("pyo3"):
             raise
         raise BundleError(f"the bundle's tokenizer failed to {what} ({str(e)[:120]}); its "
                           "tokenizer.json is broken or crafted: re-export the bundle") from None
