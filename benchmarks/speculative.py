@@ -89,7 +89,7 @@ def bundle_engines(model: Model, prompts, n: int, tag: str, first: bool) -> dict
             engines[f"edgespec ngram g{g}"] = run(NgramDrafter(gamma=g))
         for g in (4, 6, 8):  # only suffix matches of >= 2 tokens proposed
             engines[f"edgespec ngram g{g} min2"] = run(NgramDrafter(gamma=g, min_n=2))
-        for g, b in ((4, 2), (6, 3)):
+        for g, b in ((4, 2), (6, 3)) if model.verifies_trees else ():
             engines[f"edgespec ngram tree g{g}x{b}"] = run(NgramDrafter(gamma=g, branches=b))
     # `edgespec tune`'s choices: each tuned drafter at its setting, and auto
     for name in model.manifest.drafters:
@@ -106,6 +106,8 @@ def bundle_engines(model: Model, prompts, n: int, tag: str, first: bool) -> dict
                     (4, 2, 8), (5, 3, 12), (6, 4, 16), (6, 4, 24), (8, 4, 32)]}
     for name, spec in model.manifest.drafters.items():
         for g, w, t in settings.get(spec.kind, []):
+            if not model.verifies_trees and (t or (w or 1) > 1):  # a --verify chain bundle
+                continue
             label = f"{tag}edgespec {name}" + (f" g{g}" if g else "") + (
                 f"x{w}" if w and w > 1 else "") + (f" n{t}" if t else "")
             engines[label] = run(model.drafter(name, g, w, t))
@@ -188,12 +190,13 @@ def main() -> None:
     table = {}
     for name in engines:
         med, dmed = statistics.median(rate[name]), statistics.median(decode[name])
+        dmed = dmed if dbase else float("nan")  # no decode step: the prompts ended at once
         same = sum(a == b for a, b in zip(ref, outs[name]))
         table[name] = {"tok_s": med, "decode_tok_s": dmed, "tau": tau[name],
                        "same_output": same, "prompts": len(ref),
                        "other_share": statistics.median(other[name])}
         print(f"{name:<40}{med:>10.1f}{min(rate[name]):>9.1f}{max(rate[name]):>9.1f}"
-              f"{tau[name]:>7.2f}{med / base:>9.2f}{dmed:>14.1f}{dmed / dbase:>9.2f}"
+              f"{tau[name]:>7.2f}{med / base:>9.2f}{dmed:>14.1f}{dmed / (dbase or 1):>9.2f}"
               f"{same:>9}/{len(ref)}{100 * statistics.median(other[name]):>9.1f}")
 
     if ns.json:

@@ -34,6 +34,8 @@ def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
                           "re-export the bundle")
     try:
         tok = Tokenizer(path, m.model.vocab_size)
+    except ImportError:  # the library, not the bundle: its own message names the module
+        raise
     except Exception as e:  # tokenizers raises a plain Exception for any unreadable file
         raise BundleError(f"{excerpt(m.tokenizer.file)} is not a tokenizer.json the tokenizers library "
                           f"reads ({str(e)[:200]}); re-export the bundle") from e

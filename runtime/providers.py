@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -110,7 +112,7 @@ def resolve_providers(cfg: SessionConfig) -> tuple[list, str]:
                          f"{', '.join(PROVIDERS)}")
     entry = PROVIDERS[cfg.provider]
     providers = entry.sessions
-    first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    first = _first(providers)
     available = ort.get_available_providers()
     if first not in available:
         msg = (f"provider {cfg.provider!r} needs {first}, which this onnxruntime lacks "
@@ -126,9 +128,11 @@ def resolve_providers(cfg: SessionConfig) -> tuple[list, str]:
     return providers, entry.device
 
 
-def create_session(onnx_path: str, cfg: SessionConfig, capture: bool = False):
+def create_session(onnx_path: str, cfg: SessionConfig, capture: bool = False,
+                   errors_only: bool = False):
     """An InferenceSession with full graph optimisation and the configured providers; capture:
-    with CUDA graph capture on (runtime/graph_capture.py; the CPU has none)."""
+    with CUDA graph capture on (runtime/graph_capture.py; the CPU has none); errors_only:
+    onnxruntime logs errors only (its warnings about this graph are known noise)."""
     ort = import_ort()
     providers, _ = resolve_providers(cfg)
     if capture:
@@ -138,16 +142,66 @@ def create_session(onnx_path: str, cfg: SessionConfig, capture: bool = False):
     if cfg.threads:
         so.intra_op_num_threads = cfg.threads
     so.inter_op_num_threads = 1
+    if errors_only:
+        so.log_severity_level = 3
     for key, value in {**TURN_TAKING, **cfg.extra_options}.items():
         so.add_session_config_entry(key, str(value))
+    preload_gpu_libraries(providers)
     try:
-        return ort.InferenceSession(onnx_path, sess_options=so, providers=providers)
+        session = ort.InferenceSession(onnx_path, sess_options=so, providers=providers)
     except ort_errors() as e:
         from edgespec.manifest import BundleError
 
         raise BundleError(f"onnxruntime refused {os.path.basename(onnx_path)} ("
                           f"{type(e).__name__}: {str(e).splitlines()[0][:200]}); re-export the "
                           "bundle with this edgespec") from None
+    check_provider_loaded(session, providers, cfg)
+    return session
+
+
+def _first(providers: list) -> str:
+    return providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+
+
+@functools.cache
+def _preload(first: str) -> str:
+    """onnxruntime-gpu's CUDA provider links libcublas, libcudart and cuDNN, which pip's
+    `onnxruntime-gpu[cuda,cudnn]` installs as nvidia-* packages that the loader does not search:
+    onnxruntime's preload_dlls (>= 1.21) loads them first. What it prints about libraries it
+    could not load is kept for the error below, not written to the caller's stdout."""
+    ort = import_ort()
+    preload = getattr(ort, "preload_dlls", None)  # absent before onnxruntime 1.21
+    said = io.StringIO()
+    if preload is not None:
+        with contextlib.redirect_stdout(said):
+            try:
+                preload()
+            except Exception as e:  # noqa: BLE001 - best effort: the session check decides
+                print(f"preload_dlls failed: {e}")
+    return " ".join(said.getvalue().split())[:300]
+
+
+def preload_gpu_libraries(providers: list) -> str:
+    """Load the CUDA libraries before the first CUDA or TensorRT session (once per process)."""
+    first = _first(providers)
+    return _preload(first) if first in CAPTURE_OPTION else ""
+
+
+def check_provider_loaded(session, providers: list, cfg: SessionConfig) -> None:
+    """onnxruntime falls back to the CPU, with only a logged message, when a GPU provider's
+    library fails to load (a missing libcublas, say): a decode that the caller asked to run on
+    the GPU must not run on the CPU unnoticed."""
+    first = _first(providers)
+    if first in session.get_providers():
+        return
+    said = preload_gpu_libraries(providers)
+    msg = (f"onnxruntime could not start {first}: it needs the CUDA and cuDNN libraries its "
+           "build links (`pip install onnxruntime-gpu[cuda,cudnn]`, or their folder on "
+           "LD_LIBRARY_PATH)"
+           + (f"; {said}" if said else ""))
+    if not cfg.allow_fallback:
+        raise RuntimeError(msg)
+    warnings.warn(msg + "; running on the CPU", RuntimeWarning, stacklevel=3)
 
 
 @functools.cache

@@ -66,8 +66,8 @@ class _Binding:
 
     io: object
     bufs: dict  # name -> host array (inputs refilled each forward; outputs) or device OrtValue
-    device_in: dict  # input name -> its device OrtValue (CUDA graphs: bufs holds the staging)
-    device_extra: dict  # a drafter's features / hidden_in -> its device OrtValue (CUDA graphs)
+    device_in: dict  # input name -> its device OrtValue (K/V on a device: bufs stages it)
+    device_extra: dict  # a drafter's features / hidden_in -> its device OrtValue (likewise)
     run_options: object  # None, or the RunOptions that name this shape's CUDA graph
     bias_end: int = 0  # static bias: columns [0, bias_end) were written by the last forward
     past_open: int = 0  # static bias: columns [0, past_open) are 0 in every row
@@ -183,7 +183,12 @@ class TargetRunner:
         bufs = {name: on_device(shape, self.dtypes[name]) if name in device_out
                 else np.empty(shape, self.dtypes[name]) for name, shape in shapes.items()}
         device_in, device_extra = {}, {}
-        if self.graph_ids is not None:  # the host arrays stage what each forward copies over
+        # K/V on a device: inputs live there too, refilled in place from the host arrays each
+        # forward. A bound host input is no substitute: onnxruntime's IO binding copies it to
+        # the device when it is bound, so a later refill of the host array never reaches the
+        # graph (seen on an H200: greedy decoding went wrong within a step or two). CUDA graphs
+        # also need the fixed addresses.
+        if self.kv.on_device:
             device_in = {name: on_device(a.shape, a.dtype) for name, a in ins.items()}
             device_extra = {name: on_device((1, s, width), np.float32)
                             for name, width in self.extra_widths.items()}
@@ -195,8 +200,8 @@ class TargetRunner:
         value = ort.OrtValue.ortvalue_from_numpy
         for name, buf in ins.items():
             io.bind_ortvalue_input(name, device_in[name] if device_in else value(buf))
-        for name, value in device_extra.items():
-            io.bind_ortvalue_input(name, value)
+        for name, extra in device_extra.items():
+            io.bind_ortvalue_input(name, extra)
         for name, buf in bufs.items():
             io.bind_ortvalue_output(name, buf if isinstance(buf, ort.OrtValue) else value(buf))
         bufs.update(ins)
@@ -233,7 +238,7 @@ class TargetRunner:
         keep = []  # the bound arrays must outlive the run
         for name, arr in (extra or {}).items():
             keep.append(np.ascontiguousarray(arr, np.float32))
-            if name in binding.device_extra:  # CUDA graphs: copied into the captured address
+            if name in binding.device_extra:  # copied into the bound device buffer
                 binding.device_extra[name].update_inplace(keep[-1])
             else:
                 io.bind_input(name, "cpu", 0, np.float32, keep[-1].shape, keep[-1].ctypes.data)

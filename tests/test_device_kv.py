@@ -110,3 +110,21 @@ def test_greedy_decoding_on_device_kv_leaves_the_logits_there(trimmed_bundle, mo
     a = run_to_end(host, sampled, [5, 9, 11], host.drafter("ngram"))
     b = run_to_end(dev, sampled, [5, 9, 11], dev.drafter("ngram"))
     assert a.tokens == b.tokens and [s for s in fetched if s[-1] == vocab]  # fetched to sample
+
+
+def test_device_kv_binds_every_refilled_input_as_a_device_buffer(trimmed_bundle):
+    """onnxruntime's IO binding copies a host input to the device when it is bound, so an
+    input the runner refills in place every forward must be a device buffer of its own: on an
+    H200 the bound host arrays decoded the first steps' stale inputs (wrong greedy output,
+    CUDA graphs off). Here the device is the CPU, where a host array would have worked."""
+    import onnxruntime as ort
+
+    dev = Model(trimmed_bundle, SessionConfig(kv_device="device"))
+    runner = dev.new_runner()
+    kv_inputs = {past for past, _, _ in runner._kv_bound}
+    for s, n in ((1, 1), (4, 4), (3, 1)):
+        binding = runner._binding(s, n)
+        refilled = {t.name for t in runner.spec.inputs} - kv_inputs - set(runner.extra_widths)
+        assert set(binding.device_in) == refilled
+        assert all(isinstance(v, ort.OrtValue) for v in binding.device_in.values())
+    dev.release_runner(runner)
