@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgespec.drafter_kinds import chain_kinds
 from edgespec.graph_contract import FP16_WEIGHTS
 from edgespec.manifest import load_manifest
 from edgespec.runtime.mbsu import kv_bytes, kv_itemsize
@@ -36,9 +37,9 @@ def project(bundle: str, profiles, drafter: str | None, eval_file: str | None,
         if drafter is None:
             raise ValueError("--eval needs --drafter NAME (the drafter the eval ran)")
         spec = m.drafters.get(drafter)
-        if spec is None or spec.kind not in ("mtp", "eagle3", "draft_model", "ngram"):
+        if spec is None or spec.kind not in chain_kinds():
             raise ValueError(f"--drafter {drafter!r}: projection covers the bundle's chain "
-                             "drafters (mtp, eagle3, draft_model, ngram)")
+                             f"drafters ({', '.join(chain_kinds())})")
         lengths = _lengths(eval_file)
         accept = acceptance_per_depth(lengths, max(lengths) - 1)
     rows = []

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgespec.drafter_kinds import chain_kinds
 from edgespec.masks import causal_bias
 
 from .cost_model import acceptance_per_depth, chain_tokens_per_step
 
-CHAIN_KINDS = ("ngram", "draft_model", "mtp", "eagle3")
+CHAIN_KINDS = chain_kinds()  # edgespec/drafter_kinds.py
 
 
 def measure_target_curve(model, sizes, past: int = 256, runs: int = 3, reps: int = 10

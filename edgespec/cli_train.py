@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .cli_types import add_provider, integer, number, session_config
+from .drafter_kinds import trainable
 
 
 def _distill(ns, bundle, out) -> None:
@@ -174,8 +175,8 @@ def add_commands(sub) -> None:
     distill_args(d)
     d.set_defaults(fn=cmd_distill)
 
-    t = sub.add_parser("train", help="train a drafter (medusa, mtp, eagle3) for a target")
-    t.add_argument("kind", choices=["medusa", "medusa2", "mtp", "eagle3"],
+    t = sub.add_parser("train", help=f"train a drafter ({', '.join(trainable())}) for a target")
+    t.add_argument("kind", choices=[*trainable(), "medusa2"],
                    help="medusa2 also trains the target (writes OUT/target, a new checkpoint)")
     t.add_argument("hf_dir", help="local HF folder of the target")
     t.add_argument("-o", "--out", required=True, help="drafter folder to write")

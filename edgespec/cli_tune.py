@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli_types import add_provider, integer
+from .drafter_kinds import KINDS
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,14 @@ def _tune_ngram(ns, model, prompts, name: str) -> Tuned:
                  t.measured_tok_s, t.measured_plain_tok_s)
 
 
-def _tune_tree(ns, model, prompts, name: str, kind: str) -> Tuned:
-    """Medusa: the tree grown by per-node acceptance; EAGLE-3: the node budget."""
+def _tune_tree(ns, model, prompts, name: str, grown: bool) -> Tuned:
+    """A static tree (Medusa's heads): the tree grown by per-node acceptance; a tree grown per
+    step by a decoder drafter (EAGLE-3): the node budget."""
     from .devices.tune_tree import tune_eagle, tune_medusa
 
-    t = (tune_medusa(model, name, prompts, ns.max_nodes, ns.max_new_tokens)
-         if kind == "medusa" else tune_eagle(model, name, prompts,
-                                             max_new_tokens=ns.max_new_tokens))
-    shown = [n for n in t.expected if kind == "eagle3" or n in (1, 2, 4, 8, 16, 24, 32, 48, 64)
+    t = (tune_eagle(model, name, prompts, max_new_tokens=ns.max_new_tokens) if grown
+         else tune_medusa(model, name, prompts, ns.max_nodes, ns.max_new_tokens))
+    shown = [n for n in t.expected if grown or n in (1, 2, 4, 8, 16, 24, 32, 48, 64)
              or n in (t.nodes, max(t.expected))]
     print(f"{name} on {ns.device}: loop overhead {1e3 * t.overhead_s:.3f} ms per step")
     print(f"{'nodes':>6}{'tokens/step':>13}{'verify ms':>11}{'expected tok/s':>16}"
@@ -83,21 +84,23 @@ def _tune_tree(ns, model, prompts, name: str, kind: str) -> Tuned:
 
 
 def tune_one(ns, model, prompts, name: str) -> Tuned:
-    """The tuner for drafter `name`'s kind (eagle3: its node budget unless --chain)."""
+    """The tuner for drafter `name`'s kind (its `tune` entry in edgespec/drafter_kinds.py; a
+    decoder's tree budget unless --chain, and under auto its best chain too)."""
     spec = model.manifest.drafters.get(name)
-    if spec is not None and (spec.kind == "medusa" or spec.kind == "eagle3" and not ns.chain):
+    kind = KINDS[spec.kind] if spec is not None else None
+    if kind is not None and kind.tune == "tree" and not (ns.chain and kind.model):
         if not model.verifies_trees:
             if ns.drafter == "auto":  # a chain bundle: its trees draft chains
-                return _tune_chain(ns, model, prompts, name) if spec.kind == "eagle3" else None
+                return _tune_chain(ns, model, prompts, name) if kind.model else None
             raise ValueError(f"{ns.bundle} verifies chains only (--verify chain): it has no "
                              "tree to tune; tune eagle3 with --chain, or re-export with "
                              "--verify tree")
-        tree = _tune_tree(ns, model, prompts, name, spec.kind)
-        if spec.kind == "eagle3" and ns.drafter == "auto":  # a chain may beat any tree here
+        tree = _tune_tree(ns, model, prompts, name, grown=kind.model)
+        if kind.model and ns.drafter == "auto":  # a chain may beat any tree here
             chain = _tune_chain(ns, model, prompts, name)
             return max(tree, chain, key=lambda t: t.speedup)
         return tree
-    if spec is not None and spec.kind == "ngram":
+    if kind is not None and kind.tune == "ngram":
         return _tune_ngram(ns, model, prompts, name)
     return _tune_chain(ns, model, prompts, name)
 

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import re
 
+from .drafter_kinds import KINDS, STEP_INPUTS
 from .errors import BundleError
 
-# the inputs / outputs each kind of graph must declare (K/V names come from its KVSpec)
+# the inputs / outputs each kind of graph must declare (K/V names come from its KVSpec):
+# the target's, and each drafter kind's from its table entry (edgespec/drafter_kinds.py);
 # attention_bias is required unless the graph takes seqlens_k and verifies chains (see below)
-_STEP_IN = ("input_ids", "position_ids", "logits_index")
-REQUIRED = {
-    "target": (_STEP_IN, ("logits", "hidden")),
-    "draft_model": (_STEP_IN, ("logits", "hidden")),
-    "mtp": ((*_STEP_IN, "features", "hidden_in"), ("logits", "hidden")),
-    "eagle3": ((*_STEP_IN, "features", "hidden_in"), ("logits", "hidden")),
-    "medusa": (("hidden",), ("topk_ids",)),
-}
+def required(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The inputs and outputs a graph of `kind` ("target" or a drafter kind) must declare."""
+    if kind == "target":
+        return STEP_INPUTS, ("logits", "hidden")
+    return KINDS[kind].inputs, KINDS[kind].outputs
 # a K/V name pattern: plain characters around one "{i}" (no other format fields)
 _KV_PATTERN = re.compile(r"[A-Za-z0-9_.\-/]*\{i\}[A-Za-z0-9_.\-/]*")
 # the dtypes the runtime binds: ids int64, what drafters and acceptance read float32; a graph's
@@ -78,7 +77,7 @@ def _want(where: str, name: str, shape: tuple, want: tuple) -> None:
 def check_graph(kind: str, spec, model, where: str, target=None, target_spec=None) -> None:
     """The declared IO of a graph of `kind` fits `model` (its own dims) and, for drafters, the
     target they read (`target`: ModelInfo, `target_spec`: the target's GraphSpec)."""
-    names_in, names_out = REQUIRED[kind]
+    names_in, names_out = required(kind)
     have_in = {t.name for t in spec.inputs}
     have_out = {t.name for t in spec.outputs}
     if len(have_in) != len(spec.inputs) or len(have_out) != len(spec.outputs):
@@ -135,8 +134,8 @@ def check_graph(kind: str, spec, model, where: str, target=None, target_spec=Non
     if "features" in have_out:
         _want(where, "features", _dims(spec, "features"),
               (1, None, len(spec.feature_layers) * model.hidden_size))
-    if kind in ("mtp", "eagle3"):
-        read = (target_spec.outputs if kind == "eagle3" else ())
+    if kind in KINDS and KINDS[kind].reads:  # a layer drafter: it takes what the target gives
+        read = (target_spec.outputs if KINDS[kind].reads == "features" else ())
         feats = next((t.shape[2] for t in read if t.name == "features"), target.hidden_size)
         _want(where, "features", _dims(spec, "features"), (1, None, feats))
         _want(where, "hidden_in", _dims(spec, "hidden_in"), (1, None, model.hidden_size))

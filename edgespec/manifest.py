@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundle_paths import bundle_file, check_links, printable
+from .drafter_kinds import KINDS
 from .drafter_options import check_options, fits_heads
 from .errors import BundleError, excerpt
 from .graph_contract import WEIGHT_FORMATS, check_graph
@@ -98,10 +99,7 @@ class TokenizerInfo:
     bos_token_id: int | None = None
 
 
-DRAFTER_KINDS = ("draft_model", "ngram", "medusa", "mtp", "eagle3")
-# kinds that carry a graph, and which also a model (dims of their own KV cache)
-_NEEDS_GRAPH = ("draft_model", "medusa", "mtp", "eagle3")
-_NEEDS_MODEL = ("draft_model", "mtp", "eagle3")
+DRAFTER_KINDS = tuple(KINDS)  # edgespec/drafter_kinds.py says what each one is
 
 
 @dataclass(frozen=True)
@@ -275,29 +273,33 @@ def _model(m: dict, where: str) -> ModelInfo:
 
 def _drafter(d: Any, where: str, target: ModelInfo) -> DrafterSpec:
     kind = _need(d, "kind", str, where)
-    if kind not in DRAFTER_KINDS:
+    if kind not in KINDS:
         raise BundleError(f"manifest.json: {where} has kind {excerpt(kind)}, which this edgespec does "
-                          f"not know ({', '.join(DRAFTER_KINDS)}); upgrade edgespec")
+                          f"not know ({', '.join(KINDS)}); upgrade edgespec")
+    entry = KINDS[kind]
     options = d.get("options") or {}
     if not isinstance(options, dict):
         raise BundleError(f"manifest.json: {where}.options must be an object")
     check_options(options, where, target.num_layers)
     graph = _optional(d, "graph", dict, where)
     if graph is not None:
-        graph = _graph(graph, f"{where}.graph", need_kv=kind in _NEEDS_MODEL)
+        graph = _graph(graph, f"{where}.graph", need_kv=entry.model)
     model = _optional(d, "model", dict, where)
     if model is not None:
         model = _model(model, f"{where}.model")
-    if (kind in _NEEDS_GRAPH and graph is None) or (kind in _NEEDS_MODEL and model is None):
-        need = "'graph' and 'model'" if kind in _NEEDS_MODEL else "'graph'"
+    if (entry.graph and graph is None) or (entry.model and model is None):
+        need = "'graph' and 'model'" if entry.model else "'graph'"
         raise BundleError(f"manifest.json: {where} ({kind}) needs {need}")
+    if not entry.graph and (graph is not None or model is not None):
+        raise BundleError(f"manifest.json: {where} ({kind}) runs no network, yet names a graph "
+                          "or a model; re-export the bundle")
     if model is not None and model.vocab_size != target.vocab_size:
         raise BundleError(f"manifest.json: {where} has vocab {model.vocab_size}, the target "
                           f"{target.vocab_size}; a drafter must share the target's vocabulary")
     d2t = d.get("d2t")
     if d2t is not None and not isinstance(d2t, str):
         raise BundleError(f"manifest.json: {where}.d2t must be a file name")
-    if d2t is not None and kind not in ("draft_model", "mtp", "eagle3"):  # no logits to map
+    if d2t is not None and not entry.vocab_logits:  # no logits to map
         raise BundleError(f"manifest.json: {where} ({kind}) has no logits a d2t map could "
                           "index; re-export the bundle")
     return DrafterSpec(kind=kind, graph=graph, model=model, options=options, d2t=d2t)
@@ -310,7 +312,7 @@ def _check_fits_target(spec: DrafterSpec, where: str, model: ModelInfo,
     if fp and model.fingerprint and fp != model.fingerprint:
         raise BundleError(f"manifest.json: {where} was trained for another target (weights "
                           "fingerprint differs); re-export with a drafter trained for this one")
-    if spec.kind == "eagle3":
+    if KINDS[spec.kind].reads == "features":
         layers = tuple(spec.options.get("feature_layers", ()))
         if layers != target.feature_layers:
             raise BundleError(f"manifest.json: {where} reads target layers {list(layers)} but the "

@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgespec.drafter_kinds import trainable
+
 from .args import ModelArgs, rope_cos_sin
 from .llama import Block, RMSNorm
 
 DRAFTER_FILE = "drafter.json"
 WEIGHTS_FILE = "model.safetensors"
-KINDS = ("medusa", "mtp", "eagle3")
+KINDS = trainable()  # edgespec/drafter_kinds.py
 
 
 @dataclass(frozen=True)

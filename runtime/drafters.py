@@ -7,17 +7,18 @@ Generator owns and passes back in. The proposal is a DraftTree whose root is the
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgespec.graph_contract import verifies_trees
+from edgespec.drafter_kinds import KINDS
 from edgespec.manifest import DrafterSpec
 from edgespec.masks import window_bias
 from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree
 
-from .drafter_base import Drafter
+from .drafter_base import BundleDrafter, DraftSetting, Drafter
 from .draft_tree import common_prefix, grow_tree, pick
 from .providers import SessionConfig
 from .runner_pool import RunnerPool
@@ -49,6 +50,14 @@ class NgramDrafter(Drafter):
         # proposes the latest; a tree looks no further back for distinct continuations, so a
         # long run of one repeated continuation is not searched to its start every step
         self._keep = 4 * branches
+
+    @classmethod
+    def from_bundle(cls, bundle: BundleDrafter, setting: DraftSetting) -> NgramDrafter:
+        opts = bundle.spec.options
+        max_n = int(opts.get("max_n", 4))
+        min_n = setting.min_n or int(opts.get("min_n", 1))
+        return cls(gamma=setting.gamma or int(opts.get("gamma", 4)), max_n=max_n,
+                   min_n=min(min_n, max_n))
 
     def new_state(self) -> NgramState:
         return NgramState()
@@ -138,6 +147,13 @@ class DraftModelDrafter(Drafter):
         self.d2t = d2t  # None: columns = target ids
         self.runners = RunnerPool(bundle_dir, spec.graph, spec.model, config)
 
+    @classmethod
+    def from_bundle(cls, bundle: BundleDrafter, setting: DraftSetting) -> DraftModelDrafter:
+        width = 1 if bundle.chains_only else (setting.width or 1)
+        return cls(bundle.bundle_dir, bundle.spec, bundle.config,
+                   gamma=setting.gamma or int(bundle.spec.options.get("gamma", 4)),
+                   width=width, d2t=bundle.d2t)
+
     def new_state(self) -> DraftModelState:
         return DraftModelState(self.runners.take(), [])
 
@@ -202,36 +218,12 @@ class DraftModelDrafter(Drafter):
         return st.runner.run_seconds
 
 
-def make_drafter(name: str, bundle_dir, drafters: dict[str, DrafterSpec],
-                 config: SessionConfig, max_len: int, gamma: int | None = None,
-                 width: int | None = None, tree_size: int | None = None,
-                 tree: list | None = None, d2t: np.ndarray | None = None,
-                 min_n: int | None = None, chains_only: bool = False):
-    """gamma: draft depth; width: nodes expanded per depth (draft_model, eagle3, mtp; 1 = a
-    chain); tree_size: nodes kept (medusa's static tree, the dynamic trees); tree: medusa's
-    rank paths instead of the bundle's; d2t: the drafter's checked VocabTrim map (Model loads
-    it with the bundle's other checks); min_n: ngram's shortest suffix match worth a
-    proposal; chains_only: the target verifies chains only (`--verify chain`), so does every
-    drafter (Medusa: its top-1 path), as one whose own graph has no attention bias."""
-    from .head_drafters import LayerDrafter, MedusaDrafter
-
-    if name not in drafters:
-        raise ValueError(f"unknown drafter {name!r}; this bundle has: "
-                         f"{', '.join(['none', *drafters])}")
-    spec = drafters[name]
-    own = spec.graph
-    if chains_only or (own is not None and own.kv is not None and not verifies_trees(own)):
-        width = 1
-        if spec.kind == "medusa":  # the top-1 path: one node per head
-            heads = next(t.shape for t in own.outputs if t.name == "topk_ids")[0]
-            tree, tree_size = [[0] * (i + 1) for i in range(heads)], None
-    g = gamma or int(spec.options.get("gamma", 4))
-    if spec.kind == "ngram":
-        max_n = int(spec.options.get("max_n", 4))
-        min_n = min_n or int(spec.options.get("min_n", 1))
-        return NgramDrafter(gamma=g, max_n=max_n, min_n=min(min_n, max_n))
-    if spec.kind == "medusa":
-        return MedusaDrafter(bundle_dir, spec, config, max_len, gamma, tree_size, tree)
-    if spec.kind in ("mtp", "eagle3"):
-        return LayerDrafter(bundle_dir, spec, config, gamma, width, tree_size, d2t)
-    return DraftModelDrafter(bundle_dir, spec, config, gamma=g, width=width or 1, d2t=d2t)
+def make_drafter(bundle: BundleDrafter, setting: DraftSetting) -> Drafter:
+    """The runtime drafter of a manifest entry: its kind's class (edgespec/drafter_kinds.py)
+    builds itself from the bundle."""
+    path = KINDS[bundle.spec.kind].runtime
+    module, _, name = path.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, Drafter)):
+        raise TypeError(f"drafter kind {bundle.spec.kind!r}: {path} is not a Drafter class")
+    return cls.from_bundle(bundle, setting)

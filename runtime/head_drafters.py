@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgespec.drafter_kinds import KINDS
 from edgespec.drafter_options import fits_heads
 from edgespec.manifest import DrafterSpec
 from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree, static_tree
 
 from .bundle_checks import open_graph
-from .drafter_base import Drafter
+from .drafter_base import BundleDrafter, DraftSetting, Drafter
 from .draft_tree import common_prefix, grow_tree, pick
 from .providers import SessionConfig, ort_errors, run_failed
 from .runner_pool import RunnerPool
@@ -43,6 +44,15 @@ class MedusaDrafter(Drafter):
     reads = "hidden"
     reads_target = True
     forwards_per_step = 1  # all heads in one run
+
+    @classmethod
+    def from_bundle(cls, bundle: BundleDrafter, setting: DraftSetting) -> MedusaDrafter:
+        tree, tree_size = setting.tree, setting.tree_size
+        if bundle.chains_only:  # the top-1 path: one node per head
+            heads = next(t.shape for t in bundle.spec.graph.outputs if t.name == "topk_ids")[0]
+            tree, tree_size = [[0] * (i + 1) for i in range(heads)], None
+        return cls(bundle.bundle_dir, bundle.spec, bundle.config, bundle.max_len,
+                   setting.gamma, tree_size, tree and [list(p) for p in tree])
 
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, max_len: int,
                  gamma: int | None = None, tree_size: int | None = None,
@@ -104,13 +114,19 @@ class LayerDrafter(Drafter):
 
     reads_target = True
 
+    @classmethod
+    def from_bundle(cls, bundle: BundleDrafter, setting: DraftSetting) -> LayerDrafter:
+        width = 1 if bundle.chains_only else setting.width
+        return cls(bundle.bundle_dir, bundle.spec, bundle.config, setting.gamma, width,
+                   setting.tree_size, bundle.d2t)
+
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig,
                  gamma: int | None = None, width: int | None = None,
                  tree_size: int | None = None, d2t: np.ndarray | None = None):
         opts = spec.options
         self.name = spec.kind
         self.spec = spec
-        self.reads = "features" if spec.kind == "eagle3" else "hidden"  # what it was fit on
+        self.reads = KINDS[spec.kind].reads  # what it was fit on: "hidden" or "features"
         self.gamma = gamma or int(opts.get("gamma", 4))
         self.width = width or int(opts.get("tree_width", 1))
         self.tree_size = tree_size or int(opts.get("tree_size", self.gamma * self.width))

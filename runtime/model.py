@@ -12,6 +12,7 @@ from edgespec.graph_contract import verifies_trees
 from edgespec.manifest import Manifest, load_manifest
 
 from .bundle_checks import check_bundle, load_tokenizer
+from .drafter_base import BundleDrafter, DraftSetting
 from .drafters import make_drafter
 from .runner_pool import RunnerPool
 from .providers import SessionConfig, resolve_providers
@@ -40,7 +41,7 @@ class Model:
         # the target's session and its runners (K/V buffers, IO bindings; CUDA graphs)
         self.runners = RunnerPool(self.dir, m.target, m.model, config)
         self.session = self.runners.session
-        self._drafters: dict[tuple, object] = {}  # (name, gamma, width, tree_size) -> drafter
+        self._drafters: dict[tuple, object] = {}  # (name, DraftSetting) -> drafter
         self._lock = threading.Lock()  # generators in several threads may ask at once
 
     def generate(self, prompt: str | bytes, *, drafter: str = "auto", **keywords):
@@ -128,14 +129,16 @@ class Model:
             tuned = tuned_setting(self.tuning, self.config.provider, name)
             gamma, width, tree_size, tree, min_n = (tuned.get(k) for k in (
                 "gamma", "width", "tree_size", "tree", "min_n"))
-        key = (name, gamma, width, tree_size, tree and tuple(map(tuple, tree)), min_n)
+        if name not in self.manifest.drafters:
+            raise ValueError(f"unknown drafter {name!r}; this bundle has: "
+                             f"{', '.join(['none', *self.manifest.drafters])}")
+        setting = DraftSetting(gamma, width, tree_size, tree and tuple(map(tuple, tree)), min_n)
         with self._lock:
-            if key not in self._drafters:
-                self._drafters[key] = make_drafter(name, self.dir, self.manifest.drafters,
-                                                   self.config, self.max_len, gamma, width,
-                                                   tree_size, tree, self._d2t.get(name),
-                                                   min_n, chains_only=not self.verifies_trees)
-            return self._drafters[key]
+            if (name, setting) not in self._drafters:
+                bundle = BundleDrafter(self.dir, self.manifest.drafters[name], self.config,
+                                       self.max_len, self._d2t.get(name), self.verifies_trees)
+                self._drafters[name, setting] = make_drafter(bundle, setting)
+            return self._drafters[name, setting]
 
     @property
     def verifies_trees(self) -> bool:

@@ -80,13 +80,18 @@ def test_the_readme_python_examples_run(demo_bundle, capsys):
 
 
 def test_a_drafter_is_one_subclass_of_the_protocol(model):
-    """A toy kind (repeat the pending token) is a Drafter subclass with two methods, and the
-    Generator runs it losslessly; an object that is not a Drafter is refused."""
+    """A toy drafter (repeat the pending token) is a Drafter subclass with three methods, and
+    the Generator runs it losslessly; an object that is not a Drafter is refused. (A kind a
+    bundle can name: tests/test_drafter_kinds.py.)"""
     from edgespec.runtime.drafter_base import Drafter
     from edgespec.tree import DraftTree
 
     class RepeatLast(Drafter):
         name, forwards_per_step = "repeat", 0
+
+        @classmethod
+        def from_bundle(cls, bundle, setting):
+            return cls()
 
         def new_state(self):
             return None
