@@ -4,11 +4,11 @@ with VocabTrim applied to its head when asked."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgespec.graph_contract import compute_dtype
 from edgespec.manifest import DrafterSpec, ModelInfo
 from edgespec.models.drafters import load_drafter
 from edgespec.models.weights import load_transformer
@@ -16,6 +16,7 @@ from edgespec.models.weights import load_transformer
 from .bundle import bytes_read, save_onnx
 from .drafter_graphs import build_layer_graph, build_medusa_graph
 from .validate import check_layer_parity, check_medusa_parity
+from .variant import GraphVariant
 
 MEDUSA_TOP_K = 10  # top tokens per head the graph returns: the deepest rank a tree may use
 
@@ -58,22 +59,29 @@ def low_rank(m, target_model, k: int, calibration, d2t: np.ndarray | None) -> di
     return report
 
 
+@dataclass(frozen=True)
+class HeadCompression:
+    """One drafter's head compression: VocabTrim to trim_vocab tokens, SlimSpec rank head_rank
+    (0: off), distilled or counted on calibration data (`edgespec distill`)."""
+
+    trim_vocab: int = 0
+    head_rank: int = 0
+    calibration: str | Path | None = None
+
+
 def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, target: ModelInfo,
-                           trim_vocab: int = 0, calibration=None,
-                           head_rank: int = 0, fused: bool = True,
-                           weights: str = "fp32", static: bool = False,
-                           trees: bool = True, attention: str = "gqa") -> DrafterSpec:
-    """tmp/{name}.onnx (and tmp/{name}.d2t.npy when trimmed) -> the drafter's manifest entry;
-    trim_vocab: VocabTrim to that many tokens; head_rank: SlimSpec low-rank head; fused: a
-    layer drafter's block with onnxruntime's fused ops, as the fused target graph; weights
-    "fp16": the graph in float16 (as an fp16 target), else float32 (int4 targets too); static:
-    a layer drafter's static-shape variant (export/fused_graph.py), as the target's; trees False:
-    its chain graph (no attention bias), as a `--verify chain` target's; attention "matmul":
-    as a `--verify tree-gpu` target's."""
+                           variant: GraphVariant,
+                           compress: HeadCompression = HeadCompression()) -> DrafterSpec:
+    """tmp/{name}.onnx (and tmp/{name}.d2t.npy when trimmed) -> the drafter's manifest entry.
+    variant: the target's (its weights are what a drafter runs in: fp32 beside int4, fp16
+    beside int4-fp16); a layer drafter's block follows its graph, shapes and verify mode, so
+    it runs where the target does."""
     model = load_transformer(hf_dir, max_len=target.max_len)
     m = load_drafter(folder, model, target.fingerprint)
     cfg = m.cfg
-    dtype = compute_dtype(weights)
+    dtype = variant.dtype
+    trim_vocab, head_rank, calibration = (compress.trim_vocab, compress.head_rank,
+                                          compress.calibration)
     file = f"{name}.onnx"
     options = {k: v for k, v in cfg.options.items() if k != "training"}
     options["target_fingerprint"] = target.fingerprint
@@ -97,8 +105,8 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
             [0] * (i + 1) for i in range(cfg.num_heads)]
         options.update(top_k=MEDUSA_TOP_K, tree=tree, tree_size=min(len(tree), 16))
         return DrafterSpec(kind="medusa", graph=spec, options=options)  # d2t is in the graph
-    proto, spec = build_layer_graph(m, target.max_len, file, d2t, fused, dtype, static,
-                                    trees, attention)
+    proto, spec = build_layer_graph(m, target.max_len, file, d2t, variant.fused,
+                                    **variant.builder_args)
     save_onnx(proto, tmp / file)
     info = dataclasses.replace(target, num_layers=1, dtype=dtype)
     spec = dataclasses.replace(spec, parity_max_abs=check_layer_parity(tmp, spec, info, m,

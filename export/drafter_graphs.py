@@ -25,8 +25,9 @@ from edgespec.models.args import ModelArgs
 from edgespec.models.low_rank import LowRankHead
 
 from .fused_graph import FP16_MASK, FP32_MASK, FUSED_KV, MS, FusedEmitter, static_inputs
+from .decoder import emit_decoder
 from .onnx_builder import Builder
-from .target_graph import KV, _Emitter, matmul_weight
+from .target_graph import KV, PlainEmitter, matmul_weight
 
 
 WEIGHTS = {"float32": "fp32", "float16": "fp16"}  # a graph's dtype -> its manifest `weights`
@@ -117,23 +118,6 @@ def layer_spec(cfg, a: ModelArgs, file: str, vocab: int, fused: bool,
                      weights=WEIGHTS[dtype], attention=attention)
 
 
-def _plain_block(b: Builder, e: _Emitter, layer, x: str, norm) -> str:
-    y = e.rms_norm(x, layer.input_layernorm.weight, "layer.input_layernorm")
-    x = b.op("Add", x, e.attention(y, layer.self_attn, 0, "layer.self_attn"))
-    y = e.rms_norm(x, layer.post_attention_layernorm.weight, "layer.post_attention_layernorm")
-    x = b.op("Add", x, e.mlp(y, layer.mlp, "layer.mlp"))
-    return e.rms_norm(x, norm, "norm")
-
-
-def _fused_block(e: FusedEmitter, layer, x: str, norm) -> str:
-    y = e.norm(x, layer.input_layernorm.weight, "layer.input_layernorm.weight")
-    o = e.attention(y, layer.self_attn, 0, "layer")
-    y, x = e.skip_norm(x, o, layer.post_attention_layernorm.weight,
-                       "layer.post_attention_layernorm.weight")
-    hidden, _ = e.skip_norm(x, e.mlp(y, layer.mlp, "layer"), norm, "norm.weight")
-    return hidden
-
-
 def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None,
                       fused: bool = True, dtype: str = "float32", static: bool = False,
                       trees: bool = True, attention: str = "gqa"):
@@ -150,21 +134,18 @@ def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None,
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
     e = FusedEmitter(b, a, max_len, static, trees, attention) if fused else \
-        _Emitter(b, a, max_len)
-    norm = (lambda x, w, p: e.norm(x, w, f"{p}.weight")) if fused else e.rms_norm
+        PlainEmitter(b, a, max_len)
     h = b.from_float32("features")
     if m.fc is not None:
         h = b.op("MatMul", h, b.weight("fc.weight_t", matmul_weight(m.fc.weight)))
     h = b.op("Add", h, b.from_float32("hidden_in"))
     emb = b.op("Gather", b.weight("embed_tokens.weight", _np(m.embed_tokens.weight)), "input_ids")
-    x = b.op("Concat", norm(h, m.hnorm.weight, "hnorm"), norm(emb, m.enorm.weight, "enorm"),
+    x = b.op("Concat", e.norm(h, m.hnorm.weight, "hnorm"), e.norm(emb, m.enorm.weight, "enorm"),
              axis=-1)
     x = b.op("MatMul", x, b.weight("in_proj.weight_t", matmul_weight(m.in_proj.weight)))
+    hidden, _ = emit_decoder(e, [m.layer], x, m.norm.weight, prefix="layer")
     if fused:
-        hidden = _fused_block(e, m.layer, x, m.norm.weight)
         e.declare_present(1)
-    else:
-        hidden = _plain_block(b, e, m.layer, x, m.norm.weight)
     b.output(b.to_float32(hidden), "hidden", "float32", [1, "S", cfg.dim])
     rows = b.op("Reshape", b.op("Gather", hidden, "logits_index", axis=1), b.const([-1, cfg.dim]))
     logits, _ = _emit_head(b, rows, m, d2t, gemm=True)

@@ -37,6 +37,7 @@ import numpy as np
 from edgespec.manifest import GraphSpec, TensorSpec
 from edgespec.models.args import ModelArgs, rope_cos_sin
 
+from .decoder import emit_decoder
 from .onnx_builder import Builder
 from .target_graph import KV, emit_outputs, graph_spec, matmul_weight
 
@@ -79,7 +80,8 @@ def _np(t) -> np.ndarray:
 
 
 class FusedEmitter:
-    """Emits fused decoder-layer pieces into a Builder whose graph has the target contract's
+    """The fused backend of export/decoder.py's loop: decoder-layer pieces in onnxruntime's
+    contrib ops, into a Builder whose graph has the target contract's
     position_ids and attention_bias inputs; layer i reads and writes past/present K/V i.
     Computes in the Builder's float dtype (weights are rounded to it as they are added)."""
 
@@ -132,14 +134,17 @@ class FusedEmitter:
         y = b.op("Transpose", b.op("Reshape", y, b.const([0, h, -1, hd])), perm=[0, 2, 1, 3])
         return b.op("Reshape", y, b.const([0, 0, h * hd]))  # [1, S, H*D]
 
-    def norm(self, x: str, weight, name: str) -> str:
-        return self.b.op("RMSNormalization", x, self.b.weight(name, _np(weight)), axis=-1,
-                         epsilon=self.eps)
+    def norm(self, x: str, weight, prefix: str) -> str:
+        return self.b.op("RMSNormalization", x, self.b.weight(f"{prefix}.weight", _np(weight)),
+                         axis=-1, epsilon=self.eps)
 
-    def skip_norm(self, resid: str, delta: str, weight, name: str) -> tuple[str, str]:
-        """(norm(resid + delta), resid + delta) in one op."""
+    def add_norm(self, resid: str, delta: str | None, weight, prefix: str) -> tuple[str, str]:
+        """(norm(resid + delta), resid + delta) in one op; delta None: nothing to add yet."""
+        if delta is None:
+            return self.norm(resid, weight, prefix), resid
         out = self.b.op("SkipSimplifiedLayerNormalization", resid, delta,
-                        self.b.weight(name, _np(weight)), domain=MS, epsilon=self.eps, n_out=4)
+                        self.b.weight(f"{prefix}.weight", _np(weight)), domain=MS,
+                        epsilon=self.eps, n_out=4)
         return out[0], out[3]
 
     def _head_norm(self, x: str, weight, name: str, heads: int) -> str:
@@ -216,26 +221,9 @@ def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
     e = FusedEmitter(b, a, max_len, static, trees, attention)
-    resid = b.op("Gather", b.weight("embed_tokens.weight", _np(model.embed_tokens.weight)),
-                 "input_ids")
-    delta = None
-    feats = []
-    for i, layer in enumerate(model.layers):
-        p = f"layers.{i}"
-        if delta is None:
-            x = e.norm(resid, layer.input_layernorm.weight, f"{p}.input_layernorm.weight")
-        else:
-            x, resid = e.skip_norm(resid, delta, layer.input_layernorm.weight,
-                                   f"{p}.input_layernorm.weight")
-            if i - 1 in feature_layers:
-                feats.append(resid)
-        o = e.attention(x, layer.self_attn, i, p)
-        x, resid = e.skip_norm(resid, o, layer.post_attention_layernorm.weight,
-                               f"{p}.post_attention_layernorm.weight")
-        delta = e.mlp(x, layer.mlp, p)
-    hidden, resid = e.skip_norm(resid, delta, model.norm.weight, "norm.weight")
-    if a.n_layers - 1 in feature_layers:
-        feats.append(resid)
+    h = b.op("Gather", b.weight("embed_tokens.weight", _np(model.embed_tokens.weight)),
+             "input_ids")
+    hidden, feats = emit_decoder(e, model.layers, h, model.norm.weight, feature_layers)
     e.declare_present(a.n_layers)
     emit_outputs(b, model, spec, hidden, feats, head_as_matmul)
     # opset 23 for the standard RMSNormalization (onnxruntime >= 1.22)

@@ -12,7 +12,6 @@ import numpy as np
 from tqdm import tqdm
 
 from edgespec import __version__
-from edgespec.graph_contract import FP16_WEIGHTS, compute_dtype
 from edgespec.manifest import (MANIFEST_FILE, DrafterSpec, GraphSpec, Manifest, ModelInfo,
                                TokenizerInfo, load_manifest)
 from edgespec.models.args import ModelArgs
@@ -21,10 +20,11 @@ from edgespec.models.weights import load_transformer, weights_fingerprint
 
 from .bundle import atomic_bundle, bytes_read, check_replaceable, save_onnx
 from .kv_compact import with_compactor
-from .drafter_export import export_trained_drafter, low_rank, trim_map
+from .drafter_export import HeadCompression, export_trained_drafter, low_rank, trim_map
 from .fused_graph import build_fused_graph
-from .quantize import WEIGHT_DTYPES, quantize_int4
+from .quantize import quantize_int4
 from .target_graph import build_plain_graph, default_feature_layers
+from .variant import GraphVariant
 
 from .validate import check_parity
 
@@ -58,14 +58,10 @@ class ExportOptions:
     verify: str = "tree"
 
     @property
-    def graph_kind(self) -> dict:
-        """The fused builders' trees / attention arguments for `verify`."""
-        return {"trees": self.verify != "chain",
-                "attention": "matmul" if self.verify == "tree-gpu" else "gqa"}
+    def variant(self) -> GraphVariant:
+        """graph, weights, shapes and verify as one checked value (export/variant.py)."""
+        return GraphVariant.from_flags(self.graph, self.weights, self.shapes, self.verify)
 
-    @property
-    def static(self) -> bool:
-        return (self.shapes or ("static" if self.graph == "fused" else "dynamic")) == "static"
     drafters: tuple[tuple[str, str | Path], ...] = ()  # (name, trained drafter folder)
     # VocabTrim to K tokens / SlimSpec rank r (0 = off): one int for every drafter head (the
     # draft model's too), or ((name, value), ...) per drafter, "*" for the rest
@@ -125,11 +121,12 @@ def _model_info(hf_dir: Path, args: ModelArgs, max_len: int, dtype: str) -> Mode
 
 
 def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tuple[int, ...],
-                  opts: ExportOptions, d2t=None, head_rank: int = 0
+                  variant: GraphVariant, opts: ExportOptions, d2t=None, head_rank: int = 0
                   ) -> tuple[GraphSpec, ModelInfo, dict]:
-    """One language model -> tmp/file, checked against torch; returns its spec, dims and the
-    head's SlimSpec report. For a draft model: d2t (VocabTrim) keeps those head rows and the
-    graph emits K logits; head_rank factors the head (distilled on opts.calibration)."""
+    """One language model -> tmp/file as `variant` says, checked against torch; returns its
+    spec, dims and the head's SlimSpec report. For a draft model: d2t (VocabTrim) keeps those
+    head rows and the graph emits K logits; head_rank factors the head (distilled on
+    opts.calibration)."""
     model = load_transformer(hf_dir, max_len=max_len)
     full_args = model.args
     report = {}
@@ -146,14 +143,12 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
         model.args = dataclasses.replace(full_args, tie_embeddings=False,
                                          vocab_size=full_args.vocab_size if d2t is None
                                          else len(d2t))
-    weights = opts.weights
-    int4 = weights.startswith("int4")
-    fused = {"dtype": compute_dtype(weights), "static": opts.static, **opts.graph_kind}
-    proto, spec = GRAPH_BUILDERS[opts.graph](model, max_len, layers, file, head_as_matmul=int4,
-                                             **(fused if opts.graph == "fused" else {}))
-    if int4:
+    proto, spec = GRAPH_BUILDERS[variant.graph](model, max_len, layers, file,
+                                                head_as_matmul=variant.int4,
+                                                **variant.builder_args)
+    if variant.int4:
         proto = quantize_int4(proto, opts.block_size)
-    spec = dataclasses.replace(spec, weights=weights, bytes_read=bytes_read(proto),
+    spec = dataclasses.replace(spec, weights=variant.weights, bytes_read=bytes_read(proto),
                                external_data=save_onnx(proto, tmp / file))
     del proto
     info = _model_info(hf_dir, full_args, max_len, spec.kv.dtype)  # the activations' dtype
@@ -188,29 +183,9 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
     max_len = opts.max_len or min(args.max_position_embeddings, 4096)
     if max_len < 2:
         raise ValueError(f"--max-len must be >= 2, got {max_len}")
-    for flag, w in (("--weights", opts.weights), ("--draft-weights", opts.draft_weights)):
-        if w is not None and w not in WEIGHT_DTYPES:
-            raise ValueError(f"{flag} {w!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-    if opts.draft_weights in FP16_WEIGHTS and opts.graph != "fused":
-        raise ValueError(f"--draft-weights {opts.draft_weights} builds the fused graph only; "
-                         "use --graph fused (the default)")
-    if opts.graph not in GRAPH_BUILDERS:
-        raise ValueError(f"--graph {opts.graph!r} is not one of {', '.join(GRAPH_BUILDERS)}")
-    if opts.weights in FP16_WEIGHTS and opts.graph != "fused":
-        raise ValueError(f"--weights {opts.weights} builds the fused graph only, not --graph "
-                         f"{opts.graph}; "
-                         "use --graph fused (the default)")
-    if opts.shapes not in (None, "static", "dynamic"):
-        raise ValueError(f"--shapes {opts.shapes!r} is not one of static, dynamic")
-    if opts.static and opts.graph != "fused":
-        raise ValueError("--shapes static builds the fused graph only (GroupQueryAttention "
-                         "takes the length as an input); use --graph fused (the default)")
-    if opts.verify not in ("tree", "chain", "tree-gpu"):
-        raise ValueError(f"--verify {opts.verify!r} is not one of tree, chain, tree-gpu")
-    if opts.verify != "tree" and not opts.static:
-        raise ValueError(f"--verify {opts.verify} builds fused graphs with static shapes only "
-                         "(the length is an input, the bias spans the buffer); drop --graph "
-                         "plain / --shapes dynamic")
+    variant = opts.variant  # every rule between the flags (export/variant.py)
+    draft_variant = variant.with_weights(opts.draft_weights or opts.weights, "--draft-weights")
+    head_variant = variant.with_weights(drafter_weights(opts.weights))
     if opts.verify == "chain" and args.sliding_window is not None:
         raise ValueError(f"--verify chain has no attention bias to carry this model's sliding "
                          f"window ({args.sliding_window}); use --verify tree")
@@ -249,7 +224,8 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                         bos_token_id=args.bos_token_id)
     with atomic_bundle(out_dir, overwrite=opts.overwrite) as tmp:
         steps.set_postfix_str("target: build, onnx checker, parity vs torch")
-        spec, info, _ = _export_graph(hf_dir, tmp, "target.onnx", max_len, layers, opts)
+        spec, info, _ = _export_graph(hf_dir, tmp, "target.onnx", max_len, layers, variant,
+                                      opts)
         steps.update()
         drafters = {"ngram": DrafterSpec(kind="ngram", options={"gamma": 4, "max_n": 4})}
         if draft_dir is not None:
@@ -261,9 +237,8 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                                       opts.calibration, args.vocab_size)
                 np.save(tmp / "draft_model.d2t.npy", d2t, allow_pickle=False)
                 options.update(trim_vocab=k, trim_coverage=round(cover, 4))
-            dopts = dataclasses.replace(opts, weights=opts.draft_weights or opts.weights)
             dspec, dinfo, report = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len,
-                                                 (), dopts, d2t,
+                                                 (), draft_variant, opts, d2t,
                                                  for_drafter(opts.head_rank, "draft_model"))
             options.update(report)
             drafters["draft_model"] = DrafterSpec(
@@ -272,14 +247,10 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
             steps.update()
         for name, folder, _ in trained:
             steps.set_postfix_str(f"{name}: build, onnx checker, parity vs torch")
-            drafters[name] = export_trained_drafter(hf_dir, folder, tmp, name, info,
-                                                    for_drafter(opts.trim_vocab, name),
-                                                    opts.calibration,
-                                                    for_drafter(opts.head_rank, name),
-                                                    fused=opts.graph == "fused",
-                                                    weights=drafter_weights(opts.weights),
-                                                    static=opts.static,
-                                                    **opts.graph_kind)
+            drafters[name] = export_trained_drafter(
+                hf_dir, folder, tmp, name, info, head_variant,
+                HeadCompression(for_drafter(opts.trim_vocab, name),
+                                for_drafter(opts.head_rank, name), opts.calibration))
             steps.update()
         # the K/V compaction graphs that let the runtime keep K/V on a device (fused graphs)
         spec = with_compactor(tmp, spec, info)

@@ -6,11 +6,8 @@ import logging
 
 import onnx
 
-from edgespec.graph_contract import WEIGHT_FORMATS
-
 # fp16 is not a quantisation: the fused graph is built in float16 (export/fused_graph.py);
-# int4-fp16 quantises that float16 graph's MatMuls
-WEIGHT_DTYPES = WEIGHT_FORMATS
+# int4-fp16 quantises that float16 graph's MatMuls (the formats: export/variant.py)
 
 
 def quantize_int4(proto: onnx.ModelProto, block_size: int = 32,

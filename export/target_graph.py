@@ -20,6 +20,7 @@ import numpy as np
 from edgespec.manifest import GraphSpec, KVSpec, TensorSpec
 from edgespec.models.args import ModelArgs, rope_cos_sin
 
+from .decoder import emit_decoder
 from .onnx_builder import Builder
 
 KV = KVSpec(layout="BNSH", dtype="float32", past_key="past_key.{i}", past_value="past_value.{i}",
@@ -63,8 +64,9 @@ def matmul_weight(w) -> np.ndarray:
     return w.detach().float().numpy().T.copy()
 
 
-class _Emitter:
-    """Emits one plain-graph forward; holds the per-graph shared values (S, P, cos/sin, mask)."""
+class PlainEmitter:
+    """The plain backend of export/decoder.py's loop (standard ONNX ops only); holds the
+    per-graph shared values (S, P, cos/sin, mask)."""
 
     def __init__(self, b: Builder, a: ModelArgs, max_len: int):
         self.b, self.a = b, a
@@ -81,13 +83,19 @@ class _Emitter:
         self.bias = b.op("Tile", "attention_bias", b.const([1, 1, a.n_rep, 1]))
         self.scale = b.const(np.float32(1.0 / np.sqrt(a.head_dim)), np.float32)
 
-    def rms_norm(self, x: str, weight, prefix: str) -> str:
+    def norm(self, x: str, weight, prefix: str) -> str:
         b = self.b
         var = b.op("ReduceMean", b.op("Mul", x, x), b.const([-1]), keepdims=1)
         eps = b.const(np.float32(self.a.norm_eps), np.float32)
         inv = b.op("Reciprocal", b.op("Sqrt", b.op("Add", var, eps)))
         return b.op("Mul", b.op("Mul", x, inv), b.weight(f"{prefix}.weight",
                                                           weight.detach().float().numpy()))
+
+    def add_norm(self, resid: str, delta: str | None, weight, prefix: str) -> tuple[str, str]:
+        """(norm(resid + delta), resid + delta); delta None: nothing to add yet."""
+        if delta is not None:
+            resid = self.b.op("Add", resid, delta)
+        return self.norm(resid, weight, prefix), resid
 
     def linear(self, x: str, lin, prefix: str) -> str:
         b = self.b
@@ -103,15 +111,16 @@ class _Emitter:
         rot = b.op("Concat", b.op("Neg", x2), x1, axis=-1)
         return b.op("Add", b.op("Mul", x, self.cos), b.op("Mul", rot, self.sin))
 
-    def attention(self, x: str, attn, i: int, p: str) -> str:
+    def attention(self, x: str, attn, i: int, layer: str) -> str:
         a, b = self.a, self.b
+        p = f"{layer}.self_attn"
         hd, hkv = a.head_dim, a.n_kv_heads
         q = b.op("Reshape", self.linear(x, attn.q_proj, f"{p}.q_proj"), b.const([0, 0, -1, hd]))
         k = b.op("Reshape", self.linear(x, attn.k_proj, f"{p}.k_proj"), b.const([0, 0, -1, hd]))
         v = b.op("Reshape", self.linear(x, attn.v_proj, f"{p}.v_proj"), b.const([0, 0, -1, hd]))
         if a.qk_norm:  # Qwen3: RMSNorm over head_dim before RoPE
-            q = self.rms_norm(q, attn.q_norm.weight, f"{p}.q_norm")
-            k = self.rms_norm(k, attn.k_norm.weight, f"{p}.k_norm")
+            q = self.norm(q, attn.q_norm.weight, f"{p}.q_norm")
+            k = self.norm(k, attn.k_norm.weight, f"{p}.k_norm")
         q = self.rope(b.op("Transpose", q, perm=[0, 2, 1, 3]))  # q: [1, H, S, D]
         k = self.rope(b.op("Transpose", k, perm=[0, 2, 1, 3]))  # k: [1, Hkv, S, D]
         v = b.op("Transpose", v, perm=[0, 2, 1, 3])  # v: [1, Hkv, S, D]
@@ -131,8 +140,8 @@ class _Emitter:
         y = b.op("Reshape", b.op("Transpose", y, perm=[0, 2, 1, 3]), b.const([0, 0, -1]))
         return self.linear(y, attn.o_proj, f"{p}.o_proj")
 
-    def mlp(self, x: str, mlp, p: str) -> str:
-        b = self.b
+    def mlp(self, x: str, mlp, layer: str) -> str:
+        b, p = self.b, f"{layer}.mlp"
         gate = self.linear(x, mlp.gate_proj, f"{p}.gate_proj")
         up = self.linear(x, mlp.up_proj, f"{p}.up_proj")
         act = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)
@@ -184,18 +193,9 @@ def build_plain_graph(model, max_len: int, feature_layers: tuple[int, ...],
     b = Builder()
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
-    e = _Emitter(b, a, max_len)
     h = b.op("Gather", b.weight("embed_tokens.weight",
                                 model.embed_tokens.weight.detach().float().numpy()), "input_ids")
-    feats = []
-    for i, layer in enumerate(model.layers):
-        p = f"layers.{i}"
-        x = e.rms_norm(h, layer.input_layernorm.weight, f"{p}.input_layernorm")
-        h = b.op("Add", h, e.attention(x, layer.self_attn, i, f"{p}.self_attn"))
-        x = e.rms_norm(h, layer.post_attention_layernorm.weight, f"{p}.post_attention_layernorm")
-        h = b.op("Add", h, e.mlp(x, layer.mlp, f"{p}.mlp"))
-        if i in feature_layers:
-            feats.append(h)
-    hidden = e.rms_norm(h, model.norm.weight, "norm")
+    hidden, feats = emit_decoder(PlainEmitter(b, a, max_len), model.layers, h,
+                                 model.norm.weight, feature_layers)
     emit_outputs(b, model, spec, hidden, feats, head_as_matmul)
     return b.model("edgespec_target", "edgespec"), spec

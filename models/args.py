@@ -1,4 +1,5 @@
-"""ModelArgs: one frozen dataclass read from a Hugging Face config.json (Llama family)."""
+"""ModelArgs: one frozen dataclass read from a Hugging Face config.json and its family's entry
+(models/families.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-# HF `architectures[0]` -> our family name. Each differs only in the flags ModelArgs carries.
-SUPPORTED = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-}
+from .families import FAMILIES
 
 
 class UnsupportedModelError(ValueError):
@@ -69,11 +64,11 @@ class ModelArgs:
     @classmethod
     def from_hf_config(cls, cfg: dict) -> "ModelArgs":
         archs = cfg.get("architectures") or []
-        arch = SUPPORTED.get(archs[0] if archs else "")
-        if arch is None:
+        family = FAMILIES.get(archs[0] if archs else "")
+        if family is None:
             raise UnsupportedModelError(
                 f"architecture {archs or cfg.get('model_type')!r} is not supported; edgespec "
-                f"supports {', '.join(sorted(SUPPORTED))}")
+                f"supports {', '.join(sorted(FAMILIES))}")
         heads = cfg["num_attention_heads"]
         dim = cfg["hidden_size"]
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
@@ -81,11 +76,11 @@ class ModelArgs:
         eos = cfg.get("eos_token_id")
         eos = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
         window = cfg.get("sliding_window")
-        if arch in ("qwen2", "qwen3") and not cfg.get("use_sliding_window", False):
-            window = None  # Qwen configs carry a window that is off unless use_sliding_window
-        attn_bias = bool(cfg.get("attention_bias", False))
+        if family.window_switch and not cfg.get(family.window_switch, False):
+            window = None
+        bias = bool(family.bias_flag and cfg.get(family.bias_flag, False))
         return cls(
-            arch=arch,
+            arch=family.name,
             vocab_size=cfg["vocab_size"],
             dim=dim,
             n_layers=cfg["num_hidden_layers"],
@@ -98,10 +93,10 @@ class ModelArgs:
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             rope_scaling=_rope_scaling(rope),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=arch == "qwen2" or attn_bias,
-            o_bias=arch in ("llama", "mistral") and attn_bias,
+            qkv_bias=family.qkv_bias or bias,
+            o_bias=bias,
             mlp_bias=bool(cfg.get("mlp_bias", False)),
-            qk_norm=arch == "qwen3",
+            qk_norm=family.qk_norm,
             sliding_window=window,
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos,

@@ -24,6 +24,9 @@ CONFIGS = {
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
               dict(tie_word_embeddings=True)),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(head_dim=32)),
+    # Qwen3's attention_bias puts a bias on q/k/v and o (models/families.py bias_flag)
+    "qwen3_bias": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
+                   dict(head_dim=32, attention_bias=True)),
 }
 
 

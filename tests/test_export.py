@@ -117,3 +117,21 @@ def test_an_int4_draft_model_beside_an_fp32_target_stays_lossless(tiny_dirs, tmp
     with pytest.raises(ValueError, match="--draft-weights 'int8'"):
         export_bundle(tiny_dirs["llama"], tmp_path / "c", ExportOptions(
             draft_model=tiny_dirs["qwen2"], draft_weights="int8", progress=False))
+
+
+def test_a_graph_variant_checks_its_flags_once():
+    from edgespec.export.variant import GraphVariant
+
+    assert GraphVariant.from_flags("fused", "fp16", None, "tree-gpu").builder_args == {
+        "dtype": "float16", "static": True, "trees": True, "attention": "matmul"}
+    assert GraphVariant.from_flags("plain", "fp32", None, "tree").builder_args == {}
+    for flags, why in ((("plain", "fp16", None, "tree"), "fused graph only"),
+                       (("plain", "fp32", "static", "tree"), "--shapes static"),
+                       (("fused", "fp32", "dynamic", "chain"), "static shapes only"),
+                       (("fused", "fp8", None, "tree"), "--weights 'fp8'"),
+                       (("fused", "fp32", "wide", "tree"), "--shapes 'wide'")):
+        with pytest.raises(ValueError, match=why):
+            GraphVariant.from_flags(*flags)
+    plain = GraphVariant("plain", "fp32", False, "tree")
+    with pytest.raises(ValueError, match="--draft-weights fp16 builds the fused graph only"):
+        plain.with_weights("fp16", "--draft-weights")

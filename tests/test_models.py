@@ -49,6 +49,8 @@ def test_flags_follow_the_config(tiny_dirs):
     assert q2.qkv_bias and not q2.qk_norm and q2.tie_embeddings
     assert q3.qk_norm and q3.head_dim == 32
     assert l3.rope_scaling.kind == "llama3" and l3.tie_embeddings and l3.o_bias
+    q3b = ModelArgs.from_hf_dir(tiny_dirs["qwen3_bias"])
+    assert q3b.qkv_bias and q3b.o_bias and q3b.qk_norm and not q2.o_bias
 
 
 def test_unsupported_architecture_lists_supported():

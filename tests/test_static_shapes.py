@@ -206,7 +206,7 @@ def test_static_shapes_need_the_fused_graph(tiny_dirs, tmp_path):
                                     progress=False))
     assert not (tmp_path / "b").exists()
     # the defaults: static for the fused graph, dynamic for the plain one
-    assert ExportOptions().static and not ExportOptions(graph="plain").static
+    assert ExportOptions().variant.static and not ExportOptions(graph="plain").variant.static
 
 
 def test_static_bias_rows_match_the_dynamic_bias(static_pair):

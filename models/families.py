@@ -1,0 +1,33 @@
+"""Model families: what sets each architecture apart, one entry per Hugging Face class.
+
+ModelArgs.from_hf_config (models/args.py) turns an entry plus the checkpoint's config.json into
+the flags that our torch model (models/llama.py) and both ONNX backends (export/decoder.py's
+PlainEmitter and FusedEmitter) read. Adding a family whose differences they already read is an
+entry here plus its parity test against transformers (tests/test_models.py); a new kind of
+difference is a field here and the few lines in models/llama.py and the two backends that read
+it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # what the manifest records as model.architecture
+    qkv_bias: bool = False  # q/k/v projections always carry a bias (Qwen2)
+    bias_flag: str | None = None  # the config key that puts a bias on q/k/v and o (Llama's
+    # attention_bias); None: the family has no such switch
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE (Qwen3)
+    window_switch: str | None = None  # the config key that turns sliding_window on (Qwen's
+    # use_sliding_window: their configs carry a window that is off); None: on when given
+
+
+FAMILIES: dict[str, Family] = {
+    "LlamaForCausalLM": Family("llama", bias_flag="attention_bias"),
+    "MistralForCausalLM": Family("mistral", bias_flag="attention_bias"),
+    "Qwen2ForCausalLM": Family("qwen2", qkv_bias=True, window_switch="use_sliding_window"),
+    "Qwen3ForCausalLM": Family("qwen3", bias_flag="attention_bias", qk_norm=True,
+                               window_switch="use_sliding_window"),
+}
