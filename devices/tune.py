@@ -55,7 +55,7 @@ def measure_propose(model, drafter, prompts: list[list[int]], repeats: int = 5) 
         gen.next_token()
         for _ in range(repeats):
             t = time.perf_counter()
-            drafter.propose(gen.draft_state, gen.tokens, gen.params.sampling, gen.rng)
+            drafter.propose(gen.draft_state, list(gen.tokens), gen.params.sampling, gen.rng)
             times.append(time.perf_counter() - t)
     return statistics.median(times)
 

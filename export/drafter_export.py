@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgespec.drafter_kinds import KINDS
 from edgespec.manifest import DrafterSpec, ModelInfo
 from edgespec.models.drafters import load_drafter
 from edgespec.models.weights import load_transformer
@@ -94,7 +95,7 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
         options.update(trim_vocab=trim_vocab, trim_coverage=round(cover, 4))
     if head_rank:
         options.update(low_rank(m, model, head_rank, calibration, d2t))
-    if cfg.kind == "medusa":
+    if not KINDS[cfg.kind].model:  # heads over the target's hidden: Medusa
         proto, spec = build_medusa_graph(m, file, MEDUSA_TOP_K, d2t, dtype)
         save_onnx(proto, tmp / file)
         spec = dataclasses.replace(spec, parity_max_abs=check_medusa_parity(tmp, spec, m,
@@ -117,7 +118,7 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
         d2t_file = f"{name}.d2t.npy"
         np.save(tmp / d2t_file, d2t.astype(np.int64), allow_pickle=False)
     options.setdefault("gamma", 4)
-    options["input"] = "features" if cfg.kind == "eagle3" else "hidden"
-    if cfg.kind == "eagle3":
+    options["input"] = KINDS[cfg.kind].reads
+    if KINDS[cfg.kind].reads == "features":
         options.update(feature_layers=list(cfg.feature_layers), tree_width=4, tree_size=16)
     return DrafterSpec(kind=cfg.kind, graph=spec, model=info, options=options, d2t=d2t_file)

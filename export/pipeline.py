@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgespec import __version__
+from edgespec.drafter_kinds import KINDS
 from edgespec.manifest import (MANIFEST_FILE, DrafterSpec, GraphSpec, Manifest, ModelInfo,
                                TokenizerInfo, load_manifest)
 from edgespec.models.args import ModelArgs
@@ -191,17 +192,18 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
                          f"window ({args.sliding_window}); use --verify tree")
     trained = [(name, Path(folder), DrafterConfig.load(folder)) for name, folder in opts.drafters]
     # the target exposes the layers its eagle3 drafters read (else the low/mid/high default)
-    eagle = [cfg.feature_layers for _, _, cfg in trained if cfg.kind == "eagle3"]
+    eagle = [cfg.feature_layers for _, _, cfg in trained if KINDS[cfg.kind].reads == "features"]
     layers = (tuple(opts.feature_layers) if opts.feature_layers is not None else
               eagle[0] if eagle else default_feature_layers(args.n_layers))
     if any(not 0 <= i < args.n_layers for i in layers):
         raise ValueError(f"feature layers {layers} must be in [0, {args.n_layers})")
     for name, folder, cfg in trained:
-        if name in ("ngram", "draft_model", "none", "auto") or not name.isidentifier():
+        builtin = [k for k, v in KINDS.items() if not v.trainable]  # export adds these itself
+        if name in (*builtin, "none", "auto") or not name.isidentifier():
             raise ValueError(f"drafter name {name!r} is reserved or not a plain name; use e.g. "
                              f"--drafter {cfg.kind}={folder}")
-        if cfg.kind == "eagle3" and cfg.feature_layers != layers:
-            raise ValueError(f"eagle3 drafter {folder} reads target layers "
+        if KINDS[cfg.kind].reads == "features" and cfg.feature_layers != layers:
+            raise ValueError(f"{cfg.kind} drafter {folder} reads target layers "
                              f"{list(cfg.feature_layers)} but the export exposes {list(layers)}; "
                              f"pass --feature-layers {','.join(map(str, cfg.feature_layers))}")
     draft_dir = Path(opts.draft_model) if opts.draft_model else None

@@ -9,13 +9,11 @@ pending, so autoregressive and speculative decoding share this state.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 import threading
 import time
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +24,11 @@ from edgespec.sampling import SamplingParams, probabilities, sample
 from edgespec.tree import DraftTree, depths, tree_bias
 
 from .drafter_base import Drafter
+from .generation_params import Accept, GenerationParams, Stats, StopReason, _is_int
 from .text import TextStream
+
+# the parameter and result types live in generation_params; importable from here as before
+__all__ = ["Accept", "GenerationParams", "Generator", "Stats", "StopReason"]
 
 if TYPE_CHECKING:  # the Model imports this module's callers lazily
     from .model import Model
@@ -37,36 +39,6 @@ def _release(model: Model, runner, drafter, draft_state) -> None:
     model.release_runner(runner)
     if drafter is not None:
         drafter.release(draft_state)
-
-
-class Accept(str, enum.Enum):
-    """The acceptance rule of a verify step; a str, so "sample" works where Accept.SAMPLE does."""
-
-    AUTO = "auto"  # greedy at temperature 0, else sample
-    GREEDY = "greedy"  # the target's argmax: output equals plain greedy decoding
-    SAMPLE = "sample"  # speculative sampling: the target's distribution exactly
-    TYPICAL = "typical"  # Medusa's typical acceptance: faster, not lossless
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class StopReason(str, enum.Enum):
-    """Why a Generator stopped; a str, so `gen.stop_reason == "eos"` holds too."""
-
-    EOS = "eos"
-    STOP_STRING = "stop_string"
-    MAX_NEW_TOKENS = "max_new_tokens"
-    MAX_LENGTH = "max_length"  # the bundle's K/V buffer is full
-    CANCELLED = "cancelled"
-    CLOSED = "closed"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _one_thread(method):
@@ -82,54 +54,6 @@ def _one_thread(method):
         finally:
             self._busy.release()
     return guarded
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    max_new_tokens: int = 128
-    sampling: SamplingParams = SamplingParams()
-    seed: int | None = None
-    stop_strings: tuple[str, ...] = ()
-    stop_on_eos: bool = True
-    prefill_chunk: int = 512  # bounds the [S, P+S] bias and activations of a long prompt
-    accept: Accept | str = Accept.AUTO  # a str names one of Accept's members
-
-    def __post_init__(self):
-        if self.accept not in tuple(Accept):
-            raise ValueError(f"accept must be auto, greedy, sample or typical, got {self.accept!r}")
-        object.__setattr__(self, "accept", Accept(self.accept))
-        if self.accept == "greedy" and not self.sampling.greedy:
-            raise ValueError("accept=greedy needs temperature 0; use accept=sample (lossless) or "
-                             "typical with a temperature")
-        for name in ("max_new_tokens", "prefill_chunk", "seed"):
-            value = getattr(self, name)
-            if value is None and name == "seed":
-                continue
-            if not _is_int(value) or value < (0 if name == "seed" else 1):
-                want = "None or an integer >= 0" if name == "seed" else "an integer >= 1"
-                raise ValueError(f"{name} must be {want}, got {value!r}")
-            object.__setattr__(self, name, int(value))  # numpy integers become ints
-        stops = self.stop_strings
-        if not isinstance(stops, (tuple, list)) or not all(isinstance(s, str) and s
-                                                           for s in stops):
-            raise ValueError(f"stop_strings must be a tuple of non-empty strings, got {stops!r} "
-                             "(one stop string: stop_strings=('text',))")
-        object.__setattr__(self, "stop_strings", tuple(stops))  # a list is fine too
-
-
-@dataclass
-class Stats:
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    target_forwards: int = 0  # forwards after the prompt (decode / verify)
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    # of decode_seconds: inside onnxruntime's runs of the target and of the drafter; the rest
-    # is the loop's own work (bookkeeping, acceptance, IO binding)
-    target_run_seconds: float = 0.0
-    draft_run_seconds: float = 0.0
-    first_token_seconds: float | None = None  # time to first token, from the first append
-    accepted_lengths: list[int] = field(default_factory=list)  # tokens per forward
 
 
 class Generator:
@@ -160,7 +84,7 @@ class Generator:
         self._release = weakref.finalize(self, _release, model, self.runner, drafter,
                                          self.draft_state)
         self.rng = np.random.default_rng(params.seed)
-        self.tokens: list[int] = []
+        self._tokens: list[int] = []
         self.prompt_len = 0
         self.stop_reason: StopReason | None = None
         self.stats = Stats()
@@ -188,29 +112,29 @@ class Generator:
             raise ValueError("append_tokens got no tokens (an empty prompt?); pass at least one")
         if any(not 0 <= i < vocab for i in ids):
             raise ValueError(f"token ids must be in [0, {vocab}); got {min(ids)}..{max(ids)}")
-        if len(self.tokens) + len(ids) > self.model.max_len - 1:
+        if len(self._tokens) + len(ids) > self.model.max_len - 1:
             raise ValueError(
-                f"{len(self.tokens) + len(ids)} tokens do not fit this bundle's max_len "
+                f"{len(self._tokens) + len(ids)} tokens do not fit this bundle's max_len "
                 f"{self.model.max_len} (room is needed for at least one new token); shorten the "
                 "prompt or export with a larger --max-len")
         t = time.perf_counter()
         with self._transaction():
             if self._t0 is None:
                 self._t0 = t
-            self.tokens += ids
-            self.prompt_len = len(self.tokens)
+            self._tokens += ids
+            self.prompt_len = len(self._tokens)
             self.stats.prompt_tokens = self.prompt_len
             self.stop_reason = None
-            while self.kv.length < len(self.tokens) - 1:  # chunked prefill of all but the last
-                n = min(self.params.prefill_chunk, len(self.tokens) - 1 - self.kv.length)
-                self._forward(self.tokens[self.kv.length:self.kv.length + n], last_only=True)
+            while self.kv.length < len(self._tokens) - 1:  # chunked prefill of all but the last
+                n = min(self.params.prefill_chunk, len(self._tokens) - 1 - self.kv.length)
+                self._forward(self._tokens[self.kv.length:self.kv.length + n], last_only=True)
         self.stats.prefill_seconds += time.perf_counter() - t
 
     @contextmanager
     def _transaction(self):
         """A call that fails (an onnxruntime error, a sampling error) leaves the generator as
         it was: tokens, K/V length, statistics, stop reason and random state."""
-        kv_len, n_tokens, prompt_len = self.kv.length, len(self.tokens), self.prompt_len
+        kv_len, n_tokens, prompt_len = self.kv.length, len(self._tokens), self.prompt_len
         stats, n_steps = dataclasses.replace(self.stats), len(self.stats.accepted_lengths)
         stop, t0 = self.stop_reason, self._t0
         rng = None if self.params.sampling.greedy else self.rng.bit_generator.state
@@ -219,7 +143,7 @@ class Generator:
         except BaseException:
             if self.runner is not None:  # not closed meanwhile
                 self.kv.truncate(min(kv_len, self.kv.length))
-            del self.tokens[n_tokens:]
+            del self._tokens[n_tokens:]
             del stats.accepted_lengths[n_steps:]
             self.stats, self.prompt_len, self.stop_reason, self._t0 = stats, prompt_len, stop, t0
             if rng is not None:
@@ -228,23 +152,23 @@ class Generator:
 
     def rewind_to(self, length: int) -> None:
         """Keep the first `length` tokens (onnxruntime-genai's rewind_to): O(1) on the cache."""
-        if not _is_int(length) or not 0 <= length <= len(self.tokens):
+        if not _is_int(length) or not 0 <= length <= len(self._tokens):
             raise ValueError(f"cannot rewind to length {length!r}: the sequence holds "
-                             f"{len(self.tokens)} tokens")
-        self.rewind(len(self.tokens) - int(length))
+                             f"{len(self._tokens)} tokens")
+        self.rewind(len(self._tokens) - int(length))
 
     @_one_thread
     def rewind(self, n: int) -> None:
         """Drop the last n tokens (O(1) on the cache)."""
         self._check_open()
-        if not _is_int(n) or not 0 <= n <= len(self.tokens):
-            raise ValueError(f"cannot rewind {n} of {len(self.tokens)} tokens")
-        del self.tokens[len(self.tokens) - n:]
-        if not self.tokens:  # a new conversation on the same buffers: fresh statistics, so a
+        if not _is_int(n) or not 0 <= n <= len(self._tokens):
+            raise ValueError(f"cannot rewind {n} of {len(self._tokens)} tokens")
+        del self._tokens[len(self._tokens) - n:]
+        if not self._tokens:  # a new conversation on the same buffers: fresh statistics, so a
             self.stats = Stats()  # long-lived generator's per-step list does not grow forever
             self._t0 = None
-        self.kv.truncate(max(len(self.tokens) - 1, 0))
-        self.prompt_len = min(self.prompt_len, len(self.tokens))
+        self.kv.truncate(max(len(self._tokens) - 1, 0))
+        self.prompt_len = min(self.prompt_len, len(self._tokens))
         self.stop_reason = None
 
     def is_done(self) -> bool:
@@ -286,7 +210,13 @@ class Generator:
 
     @property
     def new_tokens(self) -> list[int]:
-        return self.tokens[self.prompt_len:]
+        return self._tokens[self.prompt_len:]
+
+    @property
+    def tokens(self) -> tuple[int, ...]:
+        """The sequence so far (prompt and new tokens), read-only: the K/V cache holds all but
+        the last, so only append_tokens / step / rewind_to may change it."""
+        return tuple(self._tokens)
 
     # ---------------------------------------------------------------- decoding
 
@@ -312,7 +242,7 @@ class Generator:
 
     def _next_token(self) -> int:
         t, run0 = time.perf_counter(), self.runner.run_seconds
-        out = self._forward(self.tokens[self.kv.length:], last_only=True)
+        out = self._forward(self._tokens[self.kv.length:], last_only=True)
         self.stats.target_run_seconds += self.runner.run_seconds - run0
         if self.params.sampling.greedy and out.argmax is not None:
             token = int(out.argmax[-1])  # the graph's argmax: same token, no [V] scan here
@@ -331,9 +261,9 @@ class Generator:
         if self.stop_reason is not None:
             raise RuntimeError(f"generation has stopped ({self.stop_reason}); rewind or append "
                                "tokens to continue")
-        if not self.tokens:
+        if not self._tokens:
             raise RuntimeError("append_tokens (the prompt) before stepping")
-        if len(self.tokens) >= self.model.max_len:  # e.g. rewind(0) at the limit
+        if len(self._tokens) >= self.model.max_len:  # e.g. rewind(0) at the limit
             raise RuntimeError(f"the sequence fills this bundle's max_len {self.model.max_len}; "
                                "rewind(n) with n >= 1 (or export with a larger --max-len)")
 
@@ -341,7 +271,7 @@ class Generator:
         """Append generated tokens up to the first stop; returns those kept."""
         kept = []
         for token in new:
-            self.tokens.append(token)
+            self._tokens.append(token)
             kept.append(token)
             self.stats.new_tokens += 1
             if self.stats.first_token_seconds is None and self._t0 is not None:
@@ -353,9 +283,9 @@ class Generator:
             elif self.stop_text is not None and any(
                     s in self.stop_text.text for s in self.params.stop_strings):
                 self.stop_reason = StopReason.STOP_STRING
-            elif len(self.tokens) - self.prompt_len >= self.params.max_new_tokens:
+            elif len(self._tokens) - self.prompt_len >= self.params.max_new_tokens:
                 self.stop_reason = StopReason.MAX_NEW_TOKENS
-            elif len(self.tokens) >= self.model.max_len:
+            elif len(self._tokens) >= self.model.max_len:
                 self.stop_reason = StopReason.MAX_LENGTH
             if self.stop_reason:
                 break
@@ -375,10 +305,10 @@ class Generator:
 
     def _speculative_step(self) -> list[int]:
         t, draft0 = time.perf_counter(), self.drafter.forward_seconds(self.draft_state)
-        tree = self.drafter.propose(self.draft_state, self.tokens, self.params.sampling,
+        tree = self.drafter.propose(self.draft_state, self._tokens, self.params.sampling,
                                     self.rng)
         self.stats.draft_run_seconds += self.drafter.forward_seconds(self.draft_state) - draft0
-        room = min(self.kv.free, self.model.max_len - len(self.tokens) + 1)
+        room = min(self.kv.free, self.model.max_len - len(self._tokens) + 1)
         if tree.size == 1 or tree.size > room:
             self.stats.decode_seconds += time.perf_counter() - t
             return [self._next_token()]
@@ -386,7 +316,7 @@ class Generator:
         new = self._verify(tree)
         self.stats.target_run_seconds += self.runner.run_seconds - run0
         kept = self._commit(new)
-        self.kv.truncate(len(self.tokens) - 1)  # drop K/V of tokens cut by a stop condition
+        self.kv.truncate(len(self._tokens) - 1)  # drop K/V of tokens cut by a stop condition
         self.stats.target_forwards += 1
         self.stats.accepted_lengths.append(len(kept))
         self.stats.decode_seconds += time.perf_counter() - t

@@ -150,4 +150,4 @@ def test_append_tokens_takes_any_iterable_of_ints(model):
     a.append_tokens([5, 9, 11])
     b.append_tokens(iter([5, 9, 11]))  # consumed once, not lost to the type check
     c.append_tokens(np.array([5, 9, 11]))
-    assert a.tokens == b.tokens == c.tokens == [5, 9, 11]
+    assert a.tokens == b.tokens == c.tokens == (5, 9, 11)

@@ -29,4 +29,4 @@ def test_distill_data_round_trip_and_determinism(ref_bundle, tmp_path):
     gen.append_tokens(prompts[0])
     while not gen.is_done():
         gen.step()
-    assert greedy.sequence(0).tolist() == gen.tokens
+    assert greedy.sequence(0).tolist() == list(gen.tokens)

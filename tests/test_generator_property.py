@@ -57,7 +57,7 @@ class Reference:
 
 
 def _invariants(gen: Generator, expected: list[int]) -> None:
-    assert gen.tokens == expected
+    assert list(gen.tokens) == expected
     assert gen.kv.length == max(len(expected) - 1, 0)  # all but the pending token cached
     assert gen.prompt_len <= len(expected)
 
