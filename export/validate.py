@@ -13,7 +13,7 @@ from edgespec.masks import causal_bias
 from edgespec.runtime.device_kv import kv_dtype
 from edgespec.runtime.kv import KVCache
 from edgespec.runtime.providers import SessionConfig, create_session
-from edgespec.runtime.target import TargetRunner
+from edgespec.runtime.graph_runner import GraphRunner
 
 FP32_TOLERANCE = 1e-3  # max |logit difference|; fp32 graphs measure ~1e-5 on the reference model
 # fp16 graphs round weights, activations and K/V to 11 significant bits, so their error scales
@@ -53,7 +53,7 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed
     session = create_session(str(Path(bundle_dir) / spec.file), SessionConfig())
     kv = KVCache(info.num_layers, info.num_kv_heads, info.head_dim, info.max_len,
                  kv_dtype(spec.kv))
-    runner = TargetRunner(session, spec, info, kv)
+    runner = GraphRunner(session, spec, info, kv)
     mask = spec.mask_value
     prompt_len = min(prompt_len, info.max_len - 4)
     ids = rng.integers(0, a.vocab_size, prompt_len)
@@ -125,7 +125,7 @@ def check_layer_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, m,
     cfg, a = m.cfg, m.args
     session = create_session(str(Path(bundle_dir) / spec.file), SessionConfig())
     cache = KVCache(1, a.n_kv_heads, a.head_dim, info.max_len, kv_dtype(spec.kv))
-    runner = TargetRunner(session, spec, info, cache)
+    runner = GraphRunner(session, spec, info, cache)
     n0, n1 = 6, 3
     ids = rng.integers(0, cfg.vocab_size, n0 + n1)
     feats = rng.standard_normal((1, n0, cfg.feature_dim)).astype(np.float32)

@@ -22,7 +22,7 @@ from .drafter_base import BundleDrafter, DraftSetting, Drafter
 from .draft_tree import common_prefix, grow_tree, pick
 from .providers import SessionConfig
 from .runner_pool import RunnerPool
-from .target import TargetRunner
+from .graph_runner import GraphRunner
 
 
 @dataclass
@@ -118,7 +118,7 @@ class NgramDrafter(Drafter):
 
 @dataclass
 class DraftModelState:
-    runner: TargetRunner
+    runner: GraphRunner
     cached: list[int]  # tokens whose K/V are in runner.kv (runner.kv.length == len(cached))
 
 

@@ -8,7 +8,7 @@ replay reads and writes the very addresses and shapes it was captured with, so:
 - the graph must have static shapes per (S, N) (`edgespec export`'s default), whose
   attention_bias spans the whole K/V buffer and whose length is the input seqlens_k;
 - every input and output is a device buffer bound once per shape and refilled in place
-  (runtime/target.py); K/V are the device buffers the graph updates in place;
+  (runtime/graph_runner.py); K/V are the device buffers the graph updates in place;
 - an id is replayed only by the runner (K/V buffers and bindings) that captured it: ids are
   never handed out twice, and runners go back to the Model's pool when their Generator closes,
   so the next Generator replays the same graphs over the same buffers;

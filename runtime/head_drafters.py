@@ -27,7 +27,7 @@ from .drafter_base import BundleDrafter, DraftSetting, Drafter
 from .draft_tree import common_prefix, grow_tree, pick
 from .providers import SessionConfig, ort_errors, run_failed
 from .runner_pool import RunnerPool
-from .target import TargetRunner
+from .graph_runner import GraphRunner
 
 
 @dataclass
@@ -102,7 +102,7 @@ class MedusaDrafter(Drafter):
 
 @dataclass
 class LayerState:
-    runner: TargetRunner  # the drafter's own one-layer KV cache
+    runner: GraphRunner  # the drafter's own one-layer KV cache
     target: TargetRows
     cached: list[int]  # x_0..x_c: rows 1..c (read from target outputs) are in runner.kv
 

@@ -16,7 +16,7 @@ from .drafter_base import BundleDrafter, DraftSetting
 from .drafters import make_drafter
 from .runner_pool import RunnerPool
 from .providers import SessionConfig, resolve_providers
-from .target import TargetRunner
+from .graph_runner import GraphRunner
 from .tuning import auto_choice, check_tuning_fits, load_tuning, tuned_setting
 
 
@@ -150,12 +150,12 @@ class Model:
         """The target's CUDA graph ids (runtime/graph_capture.py), or None: no capture."""
         return self.runners.graph_ids
 
-    def new_runner(self) -> TargetRunner:
+    def new_runner(self) -> GraphRunner:
         """KV buffers and IO bindings for one Generator: fresh ones, or under CUDA graphs a
         closed Generator's (its captured graphs replay those very buffers)."""
         return self.runners.take()
 
-    def release_runner(self, runner: TargetRunner) -> None:
+    def release_runner(self, runner: GraphRunner) -> None:
         """A closed (or collected) Generator's runner: kept for the next Generator under CUDA
         graphs, else dropped with its buffers."""
         self.runners.give(runner)

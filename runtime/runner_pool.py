@@ -1,4 +1,4 @@
-"""The TargetRunners (K/V buffers + IO bindings) of one session: the target's or a drafter's."""
+"""The GraphRunners (K/V buffers + IO bindings) of one session: the target's or a drafter's."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .bundle_checks import open_graph
 from .device_kv import KVFactory, wants_device_kv
 from .graph_capture import MAX_GRAPHS, GraphIds, wants_capture
 from .providers import SessionConfig, provider
-from .target import TargetRunner
+from .graph_runner import GraphRunner
 
 
 def check_cuda_fit(spec: GraphSpec, config: SessionConfig) -> None:
@@ -50,19 +50,19 @@ class RunnerPool:
         self.graph_ids = GraphIds(MAX_GRAPHS) if capture else None
         self.session = open_graph(bundle_dir, spec, config, capture)
         self.new_kv = KVFactory(bundle_dir, spec, model, config)  # host or device buffers
-        self._idle: list[TargetRunner] = []
+        self._idle: list[GraphRunner] = []
         self._lock = threading.Lock()  # generators in several threads take and give
 
-    def take(self) -> TargetRunner:
+    def take(self) -> GraphRunner:
         if self.graph_ids is not None:
             with self._lock:
                 if self._idle:
                     runner = self._idle.pop()
                     runner.kv.truncate(0)
                     return runner
-        return TargetRunner(self.session, self.spec, self.model, self.new_kv(), self.graph_ids)
+        return GraphRunner(self.session, self.spec, self.model, self.new_kv(), self.graph_ids)
 
-    def give(self, runner: TargetRunner) -> None:
+    def give(self, runner: GraphRunner) -> None:
         if self.graph_ids is not None:
             with self._lock:
                 self._idle.append(runner)

@@ -120,9 +120,9 @@ def test_each_kept_shape_replays_its_own_graph_over_its_own_buffers(static_pair)
 
 def test_past_the_budget_and_for_long_prefills_shapes_run_uncaptured(static_pair,
                                                                     monkeypatch):
-    from edgespec.runtime.target import TargetRunner
+    from edgespec.runtime.graph_runner import GraphRunner
 
-    monkeypatch.setattr(TargetRunner, "MAX_KEPT_S", 32)  # a longer prefill chunk: no graph
+    monkeypatch.setattr(GraphRunner, "MAX_KEPT_S", 32)  # a longer prefill chunk: no graph
     model = Model(static_pair[True], CAPTURE)
     model.runners.graph_ids = GraphIds(budget=1)
     rec = model.runners.session = Recorder(model.runners.session)
@@ -217,7 +217,7 @@ def test_static_bias_rows_match_the_dynamic_bias(static_pair):
     gen.step()
     binding = gen.runner.captured.get((1, 1)) or gen.runner._bindings[(1, 1)]
     rows = binding.bufs["attention_bias"][0, 0]
-    end = binding.bias_end
+    end = binding.static.end
     assert end == gen.kv.length and binding.bufs["seqlens_k"][0] == end - 1
     assert np.all(rows[:, :end] == 0) and np.all(rows[:, end:] == model.manifest.target.mask_value)
 
@@ -265,9 +265,9 @@ def test_the_static_bias_is_always_the_step_bias_then_masked(static_pair):
         want = causal_bias(p, s, mask)[0, 0]
         if rng.random() < 0.3:  # a tree (or window) bias: some past and new columns masked
             want = np.where(rng.random(want.shape) < 0.3, np.float32(mask), want)
-            runner._fill_static_bias(binding, want[None, None], s)
+            binding.static.fill(want[None, None], p, s)
         else:
-            runner._fill_static_bias(binding, None, s)
+            binding.static.fill(None, p, s)
         rows = binding.bufs["attention_bias"][0, 0]
         np.testing.assert_array_equal(rows[:, :p + s], want)
         assert np.all(rows[:, p + s:] == mask) and binding.bufs["seqlens_k"][0] == p + s - 1
