@@ -172,13 +172,28 @@ def _check_same_tokenizer(target_dir: Path, draft_dir: Path) -> None:
                          "model must share the target's tokenizer")
 
 
-def export_bundle(hf_dir: str | Path, out_dir: str | Path,
-                  opts: ExportOptions = ExportOptions()) -> Manifest:
+@dataclass(frozen=True)
+class ExportPlan:
+    """What export_bundle will build, every input checked before minutes of work begin."""
+
+    hf_dir: Path
+    args: ModelArgs
+    max_len: int
+    layers: tuple[int, ...]  # the target's feature layers
+    variant: GraphVariant  # the target's graphs
+    draft_variant: GraphVariant  # the draft model's
+    head_variant: GraphVariant  # trained drafters'
+    trained: tuple  # (name, folder, DrafterConfig) per trained drafter
+    draft_dir: Path | None
+
+
+def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions) -> ExportPlan:
+    """Check the checkpoint, the options and the drafters against each other; raise the first
+    problem (ValueError / FileNotFoundError / UnsupportedModelError) with one clear line."""
     hf_dir = Path(hf_dir)
     check_replaceable(Path(out_dir).resolve(), opts.overwrite)  # before minutes of work
     args = ModelArgs.from_hf_dir(hf_dir)  # unsupported architectures fail here, first
-    tokenizer = hf_dir / "tokenizer.json"
-    if not tokenizer.is_file():
+    if not (hf_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{hf_dir} has no tokenizer.json (a fast tokenizer); save one "
                                 "with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`")
     max_len = opts.max_len or min(args.max_position_embeddings, 4096)
@@ -190,22 +205,9 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
     if opts.verify == "chain" and args.sliding_window is not None:
         raise ValueError(f"--verify chain has no attention bias to carry this model's sliding "
                          f"window ({args.sliding_window}); use --verify tree")
-    trained = [(name, Path(folder), DrafterConfig.load(folder)) for name, folder in opts.drafters]
-    # the target exposes the layers its eagle3 drafters read (else the low/mid/high default)
-    eagle = [cfg.feature_layers for _, _, cfg in trained if KINDS[cfg.kind].reads == "features"]
-    layers = (tuple(opts.feature_layers) if opts.feature_layers is not None else
-              eagle[0] if eagle else default_feature_layers(args.n_layers))
-    if any(not 0 <= i < args.n_layers for i in layers):
-        raise ValueError(f"feature layers {layers} must be in [0, {args.n_layers})")
-    for name, folder, cfg in trained:
-        builtin = [k for k, v in KINDS.items() if not v.trainable]  # export adds these itself
-        if name in (*builtin, "none", "auto") or not name.isidentifier():
-            raise ValueError(f"drafter name {name!r} is reserved or not a plain name; use e.g. "
-                             f"--drafter {cfg.kind}={folder}")
-        if KINDS[cfg.kind].reads == "features" and cfg.feature_layers != layers:
-            raise ValueError(f"{cfg.kind} drafter {folder} reads target layers "
-                             f"{list(cfg.feature_layers)} but the export exposes {list(layers)}; "
-                             f"pass --feature-layers {','.join(map(str, cfg.feature_layers))}")
+    trained = tuple((name, Path(folder), DrafterConfig.load(folder))
+                    for name, folder in opts.drafters)
+    layers = _feature_layers(args, trained, opts.feature_layers)
     draft_dir = Path(opts.draft_model) if opts.draft_model else None
     names = {n for n, _, _ in trained} | ({"draft_model"} if draft_dir else set()) | {"*"}
     for flag, setting in (("--trim-vocab", opts.trim_vocab), ("--head-rank", opts.head_rank)):
@@ -219,38 +221,73 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
             raise ValueError(f"draft model vocab {draft_args.vocab_size} != target vocab "
                              f"{args.vocab_size}; a draft model must share the target's vocab")
         _check_same_tokenizer(hf_dir, draft_dir)
+    return ExportPlan(hf_dir, args, max_len, layers, variant, draft_variant, head_variant,
+                      trained, draft_dir)
 
-    steps = tqdm(total=3 + bool(draft_dir) + len(trained), desc="export", unit="graph",
+
+def _feature_layers(args: ModelArgs, trained: tuple, asked) -> tuple[int, ...]:
+    """The layers the target exposes: asked, else those its feature-reading drafters (eagle3)
+    were trained on, else low / mid / high; each trained drafter's name checked too."""
+    readers = [cfg.feature_layers for _, _, cfg in trained
+               if KINDS[cfg.kind].reads == "features"]
+    layers = (tuple(asked) if asked is not None else
+              readers[0] if readers else default_feature_layers(args.n_layers))
+    if any(not 0 <= i < args.n_layers for i in layers):
+        raise ValueError(f"feature layers {layers} must be in [0, {args.n_layers})")
+    builtin = [k for k, v in KINDS.items() if not v.trainable]  # export adds these itself
+    for name, folder, cfg in trained:
+        if name in (*builtin, "none", "auto") or not name.isidentifier():
+            raise ValueError(f"drafter name {name!r} is reserved or not a plain name; use e.g. "
+                             f"--drafter {cfg.kind}={folder}")
+        if KINDS[cfg.kind].reads == "features" and cfg.feature_layers != layers:
+            raise ValueError(f"{cfg.kind} drafter {folder} reads target layers "
+                             f"{list(cfg.feature_layers)} but the export exposes {list(layers)}; "
+                             f"pass --feature-layers {','.join(map(str, cfg.feature_layers))}")
+    return layers
+
+
+def _export_draft_model(plan: ExportPlan, tmp: Path, opts: ExportOptions) -> DrafterSpec:
+    """tmp/draft_model.onnx (VocabTrim / SlimSpec as asked) and its manifest entry."""
+    vocab = plan.args.vocab_size
+    d2t, options = None, {"gamma": 4}
+    k = for_drafter(opts.trim_vocab, "draft_model")
+    if k and k < vocab:
+        d2t, cover = trim_map([f for _, f, _ in plan.trained], k, opts.calibration, vocab)
+        np.save(tmp / "draft_model.d2t.npy", d2t, allow_pickle=False)
+        options.update(trim_vocab=k, trim_coverage=round(cover, 4))
+    spec, info, report = _export_graph(plan.draft_dir, tmp, "draft_model.onnx", plan.max_len,
+                                       (), plan.draft_variant, opts, d2t,
+                                       for_drafter(opts.head_rank, "draft_model"))
+    options.update(report)
+    return DrafterSpec(kind="draft_model", graph=spec, model=info, options=options,
+                       d2t=None if d2t is None else "draft_model.d2t.npy")
+
+
+def export_bundle(hf_dir: str | Path, out_dir: str | Path,
+                  opts: ExportOptions = ExportOptions()) -> Manifest:
+    """Check (plan_export), then write the bundle atomically: the target, the drafters, the
+    K/V compaction graphs, the tokenizer and manifest.json, which is loaded back as the
+    runtime would before the folder appears."""
+    plan = plan_export(hf_dir, out_dir, opts)
+    hf_dir, trained = plan.hf_dir, plan.trained
+    steps = tqdm(total=3 + bool(plan.draft_dir) + len(trained), desc="export", unit="graph",
                  disable=not opts.progress)
-    tok = TokenizerInfo(file="tokenizer.json", eos_token_ids=_eos_ids(hf_dir, args),
-                        bos_token_id=args.bos_token_id)
+    tok = TokenizerInfo(file="tokenizer.json", eos_token_ids=_eos_ids(hf_dir, plan.args),
+                        bos_token_id=plan.args.bos_token_id)
     with atomic_bundle(out_dir, overwrite=opts.overwrite) as tmp:
         steps.set_postfix_str("target: build, onnx checker, parity vs torch")
-        spec, info, _ = _export_graph(hf_dir, tmp, "target.onnx", max_len, layers, variant,
-                                      opts)
+        spec, info, _ = _export_graph(hf_dir, tmp, "target.onnx", plan.max_len, plan.layers,
+                                      plan.variant, opts)
         steps.update()
         drafters = {"ngram": DrafterSpec(kind="ngram", options={"gamma": 4, "max_n": 4})}
-        if draft_dir is not None:
+        if plan.draft_dir is not None:
             steps.set_postfix_str("draft model: build, onnx checker, parity vs torch")
-            d2t, options = None, {"gamma": 4}
-            k = for_drafter(opts.trim_vocab, "draft_model")
-            if k and k < args.vocab_size:
-                d2t, cover = trim_map([f for _, f, _ in trained], k,
-                                      opts.calibration, args.vocab_size)
-                np.save(tmp / "draft_model.d2t.npy", d2t, allow_pickle=False)
-                options.update(trim_vocab=k, trim_coverage=round(cover, 4))
-            dspec, dinfo, report = _export_graph(draft_dir, tmp, "draft_model.onnx", max_len,
-                                                 (), draft_variant, opts, d2t,
-                                                 for_drafter(opts.head_rank, "draft_model"))
-            options.update(report)
-            drafters["draft_model"] = DrafterSpec(
-                kind="draft_model", graph=dspec, model=dinfo, options=options,
-                d2t=None if d2t is None else "draft_model.d2t.npy")
+            drafters["draft_model"] = _export_draft_model(plan, tmp, opts)
             steps.update()
         for name, folder, _ in trained:
             steps.set_postfix_str(f"{name}: build, onnx checker, parity vs torch")
             drafters[name] = export_trained_drafter(
-                hf_dir, folder, tmp, name, info, head_variant,
+                hf_dir, folder, tmp, name, info, plan.head_variant,
                 HeadCompression(for_drafter(opts.trim_vocab, name),
                                 for_drafter(opts.head_rank, name), opts.calibration))
             steps.update()
@@ -258,7 +295,7 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
         spec = with_compactor(tmp, spec, info)
         drafters = {n: dataclasses.replace(d, graph=with_compactor(tmp, d.graph, d.model))
                     for n, d in drafters.items()}
-        shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+        shutil.copyfile(hf_dir / "tokenizer.json", tmp / "tokenizer.json")
         manifest = Manifest(model=info, tokenizer=tok, target=spec, drafters=drafters,
                             created_by=f"edgespec {__version__}")
         (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
