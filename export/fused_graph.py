@@ -39,7 +39,8 @@ from edgespec.models.args import ModelArgs, rope_cos_sin
 
 from .decoder import emit_decoder
 from .onnx_builder import Builder
-from .target_graph import KV, emit_outputs, graph_spec, matmul_weight
+from .target_graph import (KV, emit_activation, emit_embedding, emit_outputs, graph_spec,
+                           matmul_weight, norm_scale)
 
 MS = "com.microsoft"
 FUSED_KV = dataclasses.replace(KV, update="in_graph")
@@ -135,7 +136,8 @@ class FusedEmitter:
         return b.op("Reshape", y, b.const([0, 0, h * hd]))  # [1, S, H*D]
 
     def norm(self, x: str, weight, prefix: str) -> str:
-        return self.b.op("RMSNormalization", x, self.b.weight(f"{prefix}.weight", _np(weight)),
+        return self.b.op("RMSNormalization", x,
+                         self.b.weight(f"{prefix}.weight", norm_scale(weight, self.a)),
                          axis=-1, epsilon=self.eps)
 
     def add_norm(self, resid: str, delta: str | None, weight, prefix: str) -> tuple[str, str]:
@@ -143,15 +145,16 @@ class FusedEmitter:
         if delta is None:
             return self.norm(resid, weight, prefix), resid
         out = self.b.op("SkipSimplifiedLayerNormalization", resid, delta,
-                        self.b.weight(f"{prefix}.weight", _np(weight)), domain=MS,
-                        epsilon=self.eps, n_out=4)
+                        self.b.weight(f"{prefix}.weight", norm_scale(weight, self.a)),
+                        domain=MS, epsilon=self.eps, n_out=4)
         return out[0], out[3]
 
     def _head_norm(self, x: str, weight, name: str, heads: int) -> str:
         # RMSNorm over head_dim of x [1, S, heads*D] (Qwen3 q/k norm)
         b, hd = self.b, self.a.head_dim
         x4 = b.op("Reshape", x, b.const([0, 0, heads, hd]))
-        y = b.op("RMSNormalization", x4, b.weight(name, _np(weight)), axis=-1, epsilon=self.eps)
+        y = b.op("RMSNormalization", x4, b.weight(name, norm_scale(weight, self.a)), axis=-1,
+                 epsilon=self.eps)
         return b.op("Reshape", y, b.const([0, 0, heads * hd]))
 
     def _linear(self, x: str, weight_t, bias, name: str) -> str:
@@ -196,7 +199,7 @@ class FusedEmitter:
     def mlp(self, x: str, mlp, p: str) -> str:
         gate = self.project(x, mlp.gate_proj, f"{p}.gate_proj")
         up = self.project(x, mlp.up_proj, f"{p}.up_proj")
-        act = self.b.op("Mul", self.b.op("Mul", gate, self.b.op("Sigmoid", gate)), up)
+        act = self.b.op("Mul", emit_activation(self.b, gate, self.a), up)
         return self.project(act, mlp.down_proj, f"{p}.down_proj")
 
     def declare_present(self, layers: int) -> None:
@@ -221,9 +224,8 @@ def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
     e = FusedEmitter(b, a, max_len, static, trees, attention)
-    h = b.op("Gather", b.weight("embed_tokens.weight", _np(model.embed_tokens.weight)),
-             "input_ids")
-    hidden, feats = emit_decoder(e, model.layers, h, model.norm.weight, feature_layers)
+    hidden, feats = emit_decoder(e, model.layers, emit_embedding(b, model), model.norm.weight,
+                                 feature_layers)
     e.declare_present(a.n_layers)
     emit_outputs(b, model, spec, hidden, feats, head_as_matmul)
     # opset 23 for the standard RMSNormalization (onnxruntime >= 1.22)

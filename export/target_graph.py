@@ -64,6 +64,33 @@ def matmul_weight(w) -> np.ndarray:
     return w.detach().float().numpy().T.copy()
 
 
+def norm_scale(weight, a: ModelArgs) -> np.ndarray:
+    """An RMSNorm's effective scale, fp32 numpy: offset + weight (Gemma stores w, uses 1 + w)."""
+    return weight.detach().float().numpy() + np.float32(a.norm_offset)
+
+
+def emit_activation(b: Builder, gate: str, a: ModelArgs) -> str:
+    """The MLP gate's activation (models/llama.ACTIVATIONS) in standard ops."""
+    if a.activation == "silu":
+        return b.op("Mul", gate, b.op("Sigmoid", gate))
+    # gelu_tanh: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+    def c(v):
+        return b.const(np.array(v, b.float_dtype), b.float_dtype)
+    cube = b.op("Mul", b.op("Mul", gate, gate), gate)
+    inner = b.op("Mul", c(np.sqrt(2.0 / np.pi)), b.op("Add", gate, b.op("Mul", c(0.044715), cube)))
+    return b.op("Mul", b.op("Mul", c(0.5), gate), b.op("Add", c(1.0), b.op("Tanh", inner)))
+
+
+def emit_embedding(b: Builder, model) -> str:
+    """The input tokens' embeddings [1, S, d] (times the family's scale: Gemma's sqrt(d))."""
+    a: ModelArgs = model.args
+    h = b.op("Gather", b.weight("embed_tokens.weight",
+                                model.embed_tokens.weight.detach().float().numpy()), "input_ids")
+    if a.embed_scale != 1.0:
+        h = b.op("Mul", h, b.const(np.array(a.embed_scale, b.float_dtype), b.float_dtype))
+    return h
+
+
 class PlainEmitter:
     """The plain backend of export/decoder.py's loop (standard ONNX ops only); holds the
     per-graph shared values (S, P, cos/sin, mask)."""
@@ -89,7 +116,7 @@ class PlainEmitter:
         eps = b.const(np.float32(self.a.norm_eps), np.float32)
         inv = b.op("Reciprocal", b.op("Sqrt", b.op("Add", var, eps)))
         return b.op("Mul", b.op("Mul", x, inv), b.weight(f"{prefix}.weight",
-                                                          weight.detach().float().numpy()))
+                                                          norm_scale(weight, self.a)))
 
     def add_norm(self, resid: str, delta: str | None, weight, prefix: str) -> tuple[str, str]:
         """(norm(resid + delta), resid + delta); delta None: nothing to add yet."""
@@ -144,7 +171,7 @@ class PlainEmitter:
         b, p = self.b, f"{layer}.mlp"
         gate = self.linear(x, mlp.gate_proj, f"{p}.gate_proj")
         up = self.linear(x, mlp.up_proj, f"{p}.up_proj")
-        act = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)
+        act = b.op("Mul", emit_activation(b, gate, self.a), up)
         return self.linear(act, mlp.down_proj, f"{p}.down_proj")
 
 
@@ -193,8 +220,7 @@ def build_plain_graph(model, max_len: int, feature_layers: tuple[int, ...],
     b = Builder()
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
-    h = b.op("Gather", b.weight("embed_tokens.weight",
-                                model.embed_tokens.weight.detach().float().numpy()), "input_ids")
+    h = emit_embedding(b, model)
     hidden, feats = emit_decoder(PlainEmitter(b, a, max_len), model.layers, h,
                                  model.norm.weight, feature_layers)
     emit_outputs(b, model, spec, hidden, feats, head_as_matmul)

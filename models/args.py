@@ -45,6 +45,9 @@ class ModelArgs:
     o_bias: bool = False  # bias on o_proj (Llama attention_bias)
     mlp_bias: bool = False
     qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE (Qwen3)
+    activation: str = "silu"  # the MLP's gate activation (models/families.py)
+    norm_offset: float = 0.0  # RMSNorm scales by (norm_offset + weight)
+    embed_scale: float = 1.0  # token embeddings are multiplied by it
     sliding_window: int | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -97,6 +100,9 @@ class ModelArgs:
             o_bias=bias,
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             qk_norm=family.qk_norm,
+            activation=family.activation,
+            norm_offset=family.norm_offset,
+            embed_scale=float(dim) ** 0.5 if family.embed_scale else 1.0,
             sliding_window=window,
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos,

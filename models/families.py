@@ -22,6 +22,9 @@ class Family:
     qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE (Qwen3)
     window_switch: str | None = None  # the config key that turns sliding_window on (Qwen's
     # use_sliding_window: their configs carry a window that is off); None: on when given
+    activation: str = "silu"  # the MLP's gate: "silu" or "gelu_tanh" (models/llama.ACTIVATIONS)
+    norm_offset: float = 0.0  # RMSNorm scales by (offset + weight): Gemma stores w, uses 1 + w
+    embed_scale: bool = False  # embeddings times sqrt(hidden_size) (Gemma)
 
 
 FAMILIES: dict[str, Family] = {
@@ -30,4 +33,6 @@ FAMILIES: dict[str, Family] = {
     "Qwen2ForCausalLM": Family("qwen2", qkv_bias=True, window_switch="use_sliding_window"),
     "Qwen3ForCausalLM": Family("qwen3", bias_flag="attention_bias", qk_norm=True,
                                window_switch="use_sliding_window"),
+    "GemmaForCausalLM": Family("gemma", bias_flag="attention_bias", activation="gelu_tanh",
+                               norm_offset=1.0, embed_scale=True),
 }

@@ -1,7 +1,8 @@
 """Llama-family transformer in torch, gpt-fast style: modules only, HF parameter names.
 
-One definition serves Llama (incl. Llama-3 rope scaling), Mistral, Qwen2 (qkv bias) and Qwen3
-(q/k norm); ModelArgs flags switch the differences. Its forward has the bundle's graph contract
+One definition serves Llama (incl. Llama-3 rope scaling), Mistral, Qwen2 (qkv bias), Qwen3
+(q/k norm) and Gemma (GELU, (1 + w) norms, sqrt(d) embedding scale); ModelArgs flags, read from
+models/families.py, switch the differences. Its forward has the bundle's graph contract
 (new tokens + arbitrary positions + additive bias over past+new, new K/V out), so it is the
 reference the exported ONNX is checked against and the backbone drafters train on.
 """
@@ -18,16 +19,22 @@ from .args import ModelArgs, rope_cos_sin
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, offset: float = 0.0):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.offset = eps, offset  # scale = offset + weight (Gemma: 1 + w)
+        self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))  # a scale of 1 at init
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:  # Gemma scales in float32, then casts
+            return ((self.offset + self.weight.float()) * x).to(dtype)
         return self.weight * x.to(dtype)
+
+
+# the MLP's gate activations (ModelArgs.activation); the ONNX backends emit the same ones
+ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -44,8 +51,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(a.dim, a.n_kv_heads * a.head_dim, bias=a.qkv_bias)
         self.o_proj = nn.Linear(a.n_heads * a.head_dim, a.dim, bias=a.o_bias)
         if a.qk_norm:
-            self.q_norm = RMSNorm(a.head_dim, a.norm_eps)
-            self.k_norm = RMSNorm(a.head_dim, a.norm_eps)
+            self.q_norm = RMSNorm(a.head_dim, a.norm_eps, a.norm_offset)
+            self.k_norm = RMSNorm(a.head_dim, a.norm_eps, a.norm_offset)
 
     def forward(self, x, cos, sin, bias, past_k, past_v):
         # x: [B, S, d]; cos/sin: [B, 1, S, D]; bias: [B, 1, S, P+S]; past_k/v: [B, Hkv, P, D]
@@ -74,17 +81,18 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(a.dim, a.intermediate_size, bias=a.mlp_bias)
         self.up_proj = nn.Linear(a.dim, a.intermediate_size, bias=a.mlp_bias)
         self.down_proj = nn.Linear(a.intermediate_size, a.dim, bias=a.mlp_bias)
+        self.act = ACTIVATIONS[a.activation]
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nn.Module):
     def __init__(self, a: ModelArgs):
         super().__init__()
-        self.input_layernorm = RMSNorm(a.dim, a.norm_eps)
+        self.input_layernorm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
         self.self_attn = Attention(a)
-        self.post_attention_layernorm = RMSNorm(a.dim, a.norm_eps)
+        self.post_attention_layernorm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
         self.mlp = MLP(a)
 
     def forward(self, x, cos, sin, bias, past_k, past_v):
@@ -99,7 +107,7 @@ class Transformer(nn.Module):
         self.args = a
         self.embed_tokens = nn.Embedding(a.vocab_size, a.dim)
         self.layers = nn.ModuleList(Block(a) for _ in range(a.n_layers))
-        self.norm = RMSNorm(a.dim, a.norm_eps)
+        self.norm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
         self.lm_head = nn.Linear(a.dim, a.vocab_size, bias=False)
         if a.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -118,6 +126,8 @@ class Transformer(nn.Module):
         cos = self.rope_cos[position_ids].unsqueeze(1).to(self.embed_tokens.weight.dtype)
         sin = self.rope_sin[position_ids].unsqueeze(1).to(self.embed_tokens.weight.dtype)
         x = self.embed_tokens(input_ids)
+        if self.args.embed_scale != 1.0:  # Gemma: sqrt(d), in the embeddings' dtype as HF
+            x = x * torch.tensor(self.args.embed_scale, dtype=x.dtype)
         new_kv, feats = [], []
         for i, layer in enumerate(self.layers):
             x, k, v = layer(x, cos, sin, bias, *past[i])

@@ -27,6 +27,8 @@ CONFIGS = {
     # Qwen3's attention_bias puts a bias on q/k/v and o (models/families.py bias_flag)
     "qwen3_bias": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
                    dict(head_dim=32, attention_bias=True)),
+    # GELU-tanh, (1 + w) RMSNorms, sqrt(d) embedding scale, tied head (models/families.py)
+    "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, dict(head_dim=16)),
 }
 
 

@@ -32,12 +32,28 @@ def _greedy(model, ids, n, **kw):
 
 @pytest.mark.parametrize("graph", ["fused", "plain"])
 @pytest.mark.parametrize("kind", ["llama", "qwen3", "llama3_rope_tied", "qwen2",
-                                  "mistral_window"])
+                                  "mistral_window", "qwen3_bias", "gemma"])
 def test_tiny_greedy_equals_transformers(tiny_dirs, tiny_bundles, kind, graph):
     model = Model(tiny_bundles[kind if graph == "fused" else (kind, graph)][1])
     ids = list(np.random.default_rng(3).integers(3, 300, 7))
     ours = _greedy(model, ids, 24, stop_on_eos=False).new_tokens
     assert ours == _hf_greedy(tiny_dirs[kind], ids, 24, eos=None)
+
+
+def test_a_family_added_as_one_entry_decodes_like_transformers(tiny_dirs, tiny_bundles):
+    """Gemma (GELU-tanh, (1 + w) norms, sqrt(d) embeddings): one models/families.py entry.
+    Greedy decoding equals transformers' on 3 prompts, plain and with n-gram drafts."""
+    model = Model(tiny_bundles["gemma"][1])
+    rng = np.random.default_rng(5)
+    for ids in ([5, 9, 11, 5, 9, 11, 5], *(list(rng.integers(3, 300, 6)) for _ in range(2))):
+        want = _hf_greedy(tiny_dirs["gemma"], ids, 20, eos=None)
+        for drafter in (None, model.drafter("ngram")):
+            gen = Generator(model, GenerationParams(max_new_tokens=20, stop_on_eos=False),
+                            drafter)
+            gen.append_tokens(ids)
+            while not gen.is_done():
+                gen.step()
+            assert gen.new_tokens == want, (ids, drafter)
 
 
 def test_reference_eval_equals_transformers(ref_bundle, prompts):
