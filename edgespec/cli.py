@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tune_commands(sub)  # tune
 
+    from .cli_serve import add_commands as add_serve_commands
+
+    add_serve_commands(sub)  # serve
+
     i = sub.add_parser("info", help="describe a bundle")
     i.add_argument("bundle")
     i.set_defaults(fn=cmd_info)

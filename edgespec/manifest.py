@@ -97,6 +97,7 @@ class TokenizerInfo:
     file: str
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None = None
+    chat_template: str | None = None  # a Jinja file (the checkpoint's), rendered sandboxed
 
 
 DRAFTER_KINDS = tuple(KINDS)  # edgespec/drafter_kinds.py says what each one is
@@ -130,7 +131,8 @@ class Manifest:
     def files(self) -> list[str]:
         """Every file the bundle must hold, relative to its folder."""
         graphs = [self.target, *(d.graph for d in self.drafters.values() if d.graph)]
-        return [MANIFEST_FILE, self.tokenizer.file, *(g.file for g in graphs),
+        template = [self.tokenizer.chat_template] if self.tokenizer.chat_template else []
+        return [MANIFEST_FILE, self.tokenizer.file, *template, *(g.file for g in graphs),
                 *(g.external_data for g in graphs if g.external_data),
                 *(g.kv.compact for g in graphs if g.kv and g.kv.compact),
                 *(d.d2t for d in self.drafters.values() if d.d2t)]
@@ -346,8 +348,11 @@ def manifest_from_dict(d: Any) -> Manifest:
     bos = _optional_int(t.get("bos_token_id"), "tokenizer.bos_token_id")
     if bos is not None and bos >= model.vocab_size:
         raise BundleError(f"manifest.json: tokenizer.bos_token_id {bos} must be < vocab_size")
+    template = t.get("chat_template")
+    if template is not None and not isinstance(template, str):
+        raise BundleError("manifest.json: tokenizer.chat_template must be a file name")
     tok = TokenizerInfo(file=_need(t, "file", str, "tokenizer"), eos_token_ids=tuple(eos),
-                        bos_token_id=bos)
+                        bos_token_id=bos, chat_template=template)
     raw = d.get("drafters", {})
     if not isinstance(raw, dict):
         raise BundleError("manifest.json: 'drafters' must be an object (name -> entry)")

@@ -157,6 +157,25 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
     return dataclasses.replace(spec, parity_max_abs=diff), info, report
 
 
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+def chat_template(hf_dir: Path) -> str | None:
+    """The checkpoint's chat template, where transformers keeps it: chat_template.jinja, or
+    tokenizer_config.json's chat_template (a string, or named templates: the "default")."""
+    own = hf_dir / CHAT_TEMPLATE_FILE
+    if own.is_file():
+        return own.read_text(encoding="utf-8")
+    config = hf_dir / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    t = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+    if isinstance(t, list):
+        t = next((x.get("template") for x in t if isinstance(x, dict)
+                  and x.get("name") == "default"), None)
+    return t if isinstance(t, str) and t.strip() else None
+
+
 def _check_same_tokenizer(target_dir: Path, draft_dir: Path) -> None:
     from tokenizers import Tokenizer
 
@@ -296,6 +315,10 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
         drafters = {n: dataclasses.replace(d, graph=with_compactor(tmp, d.graph, d.model))
                     for n, d in drafters.items()}
         shutil.copyfile(hf_dir / "tokenizer.json", tmp / "tokenizer.json")
+        template = chat_template(hf_dir)
+        if template is not None:  # the runtime renders it sandboxed (runtime/chat.py)
+            (tmp / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
+            tok = dataclasses.replace(tok, chat_template=CHAT_TEMPLATE_FILE)
         manifest = Manifest(model=info, tokenizer=tok, target=spec, drafters=drafters,
                             created_by=f"edgespec {__version__}")
         (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")

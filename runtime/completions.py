@@ -77,11 +77,12 @@ def _clip(text: str, stops: tuple[str, ...]) -> str:
     return text if cut < 0 else text[:cut]
 
 
-def stream_text(gen: Generator, prompt: str | bytes) -> Iterator[str]:
-    """Append `prompt` to an open Generator and yield text pieces until it is done (its stats
+def stream_text(gen: Generator, prompt: str | bytes | list[int]) -> Iterator[str]:
+    """Append `prompt` (text, UTF-8 bytes, or token ids) to an open Generator and yield text pieces until it is done (its stats
     stay readable afterwards); a stop string is not included."""
     stops = gen.params.stop_strings
-    gen.append_tokens(gen.model.tokenizer.encode(prompt))
+    gen.append_tokens(prompt if isinstance(prompt, (list, tuple)) else
+                      gen.model.tokenizer.encode(prompt))
     out = TextStream(gen.model.tokenizer)
     shown = 0
     while not gen.is_done():

@@ -12,6 +12,7 @@ from edgespec.graph_contract import verifies_trees
 from edgespec.manifest import Manifest, load_manifest
 
 from .bundle_checks import check_bundle, load_tokenizer
+from .chat import load_chat_template
 from .drafter_base import BundleDrafter, DraftSetting
 from .drafters import make_drafter
 from .runner_pool import RunnerPool
@@ -32,6 +33,7 @@ class Model:
             raise ValueError(f"config must be a SessionConfig, got {type(config).__name__}")
         self.tokenizer = load_tokenizer(self.dir, m)
         self._d2t = check_bundle(self.dir, m)  # VocabTrim maps by drafter name, checked
+        self._chat = load_chat_template(self.dir, m, self.tokenizer)  # None: the bundle has none
         self.tuning = load_tuning(self.dir)  # per-device settings from `edgespec tune`
         check_tuning_fits(self.tuning, m)
         _, device = resolve_providers(config)  # an unknown or missing provider: one clear error
@@ -51,6 +53,16 @@ class Model:
         from .completions import complete
 
         return complete(self, prompt, drafter, **keywords)
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """The token ids of chat `messages` ([{"role", "content"}, ...]) rendered by the
+        bundle's chat template, with the assistant's turn opened; pass them to generate() or
+        stream(). A bundle without a template: a ValueError that says so."""
+        if self._chat is None:
+            raise ValueError("this bundle has no chat template (its checkpoint had none); "
+                             "use a plain completion, or export a checkpoint whose "
+                             "tokenizer_config.json has a chat_template")
+        return self.tokenizer.encode(self._chat.render(messages), special=False)
 
     def stream(self, prompt: str | bytes, *, drafter: str = "auto", **keywords):
         """Iterate text pieces as they are generated; afterwards `.completion` holds what

@@ -45,8 +45,9 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size()
 
-    def encode(self, text: str | bytes) -> list[int]:
-        """Token ids of `text` (str, or bytes that must be UTF-8)."""
+    def encode(self, text: str | bytes, special: bool = True) -> list[int]:
+        """Token ids of `text` (str, or bytes that must be UTF-8); special False: without the
+        special tokens the post-processor adds (a rendered chat template has its own)."""
         if isinstance(text, (bytes, bytearray)):
             try:
                 text = bytes(text).decode("utf-8")
@@ -61,12 +62,19 @@ class Tokenizer:
             raise ValueError(f"prompt holds bytes that are not UTF-8 (at character {e.start}); "
                              "pass UTF-8 text, or decode with errors='replace'") from None
         # the tokenizer.json post-processor adds BOS where the model expects it, as HF does
-        ids = contained(lambda: self._tok.encode(text).ids, "encode this text")
+        ids = contained(lambda: self._tok.encode(text, add_special_tokens=special).ids,
+                        "encode this text")
         if self.model_vocab is not None and any(i >= self.model_vocab for i in ids):
             raise BundleError(f"the bundle's tokenizer encoded an id >= the model's vocabulary "
                               f"{self.model_vocab} (a special or padding id past it?); its "
                               "tokenizer.json does not fit the model: re-export the bundle")
         return ids
+
+    def token_text(self, token: int | None) -> str:
+        """A token's own text ("" for None or an id the tokenizer lacks): bos / eos in chat."""
+        if token is None:
+            return ""
+        return contained(lambda: self._tok.id_to_token(int(token)), "look up a token") or ""
 
     def decode(self, ids: list[int]) -> str:
         return contained(lambda: self._tok.decode(list(ids), skip_special_tokens=True),

@@ -1,0 +1,102 @@
+"""Chat templates: a bundle's Jinja template (the checkpoint's `chat_template`), rendered the
+way transformers' apply_chat_template does, in Jinja's immutable sandbox.
+
+A bundle is untrusted: its template may not reach Python objects (the sandbox refuses
+attribute access to internals and any mutation of the values it is given), may not read
+files (no loader: `include` / `import` have nothing to load), and gets only the names below.
+jinja2 comes with the `serve` extra; without it a bundle still loads, and chat says why not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from datetime import datetime
+from pathlib import Path
+
+from edgespec.bundle_paths import bundle_file
+from edgespec.errors import BundleError, excerpt
+
+MAX_TEMPLATE_BYTES = 256 << 10  # real templates are a few KB
+
+
+class ChatTemplate:
+    """build: compile the bundle's template (refused at load if it does not compile)."""
+
+    def __init__(self, bundle_dir: Path, file: str, bos: str, eos: str):
+        try:
+            from jinja2 import TemplateError
+            from jinja2.ext import loopcontrols
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+        except ImportError as e:
+            raise ImportError("chat templates need jinja2: pip install edgespec[serve]") from e
+        path = bundle_file(bundle_dir, file)
+        if path.stat().st_size > MAX_TEMPLATE_BYTES:
+            raise BundleError(f"{excerpt(file)} is larger than a chat template can be "
+                              f"({MAX_TEMPLATE_BYTES >> 10} KB); re-export the bundle")
+        source = path.read_text(encoding="utf-8", errors="replace")
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=[loopcontrols])
+        env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False,
+                                                                   indent=indent)
+        env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(str(fmt)[:64])
+        self._errors = (TemplateError, RecursionError, TypeError, ValueError)
+        try:
+            self._template = env.from_string(source)
+        except self._errors as e:
+            raise BundleError(f"{excerpt(file)} is not a Jinja template this edgespec renders "
+                              f"({type(e).__name__}: {str(e)[:120]}); re-export the bundle") from None
+        self.bos, self.eos = bos, eos
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt text of `messages` ([{"role": ..., "content": str}, ...]). A template's
+        own refusal (raise_exception) or failure is a ValueError with its message."""
+        check_messages(messages)
+        try:
+            return self._template.render(messages=messages, bos_token=self.bos,
+                                         eos_token=self.eos,
+                                         add_generation_prompt=add_generation_prompt)
+        except TemplateRefusal as e:
+            raise ValueError(f"the chat template refused these messages: {str(e)[:200]}") from None
+        except self._errors as e:
+            raise ValueError(f"the chat template failed on these messages ({type(e).__name__}: "
+                             f"{str(e)[:160]})") from None
+
+
+class TemplateRefusal(Exception):
+    pass
+
+
+def _raise(message):
+    raise TemplateRefusal(str(message))
+
+
+def check_messages(messages) -> None:
+    """Chat messages as OpenAI's API sends them: a non-empty list of {role, content: str}."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {role, content} objects")
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)):
+            raise ValueError(f"messages[{i}] must be an object with a string role and content")
+
+
+class _NoJinja:
+    """A bundle with a template on an install without jinja2: it loads; chat says why not."""
+
+    def render(self, messages, add_generation_prompt=True):
+        raise ImportError("chat templates need jinja2: pip install edgespec[serve]")
+
+
+def load_chat_template(bundle_dir: Path, manifest, tokenizer):
+    """The bundle's ChatTemplate (compiled now: a broken one fails the load), None when it has
+    none."""
+    file = manifest.tokenizer.chat_template
+    if file is None:
+        return None
+    if importlib.util.find_spec("jinja2") is None:
+        return _NoJinja()
+    t = manifest.tokenizer
+    return ChatTemplate(bundle_dir, file, tokenizer.token_text(t.bos_token_id),
+                        tokenizer.token_text(t.eos_token_ids[0] if t.eos_token_ids else None))

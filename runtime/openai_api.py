@@ -1,0 +1,123 @@
+"""OpenAI's completions and chat completions API over a Model: request checks and response
+bodies (runtime/server.py serves them over HTTP). Stdlib only besides the runtime.
+
+Each response carries `usage` and, as an extra field, `edgespec`: the drafter that ran, the
+tokens per target forward (tau) and the decode tokens/s.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from .completions import Completion
+
+
+class RequestError(ValueError):
+    """A request the API refuses: its HTTP status and OpenAI's error body."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.status, self.param = status, param
+
+    def body(self) -> dict:
+        return {"error": {"message": str(self), "type": "invalid_request_error",
+                          "param": self.param, "code": None}}
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: object  # text (completions) or chat messages (chat completions)
+    keywords: dict  # Model.generate's: max_new_tokens, temperature, top_p, seed, stop
+    stream: bool
+
+
+def _number(body: dict, key: str, default, low: float, high: float, integer: bool = False):
+    value = body.get(key, default)
+    if value is None:
+        return default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        want = "an integer" if integer else "a number"
+        raise RequestError(f"{key} must be {want} in [{low}, {high}], got {str(value)[:40]}", key)
+    return value
+
+
+def parse(body, chat: bool, max_len: int) -> Request:
+    """A completions (chat False) or chat completions request body, checked."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    if chat:
+        prompt = body.get("messages")
+        if not isinstance(prompt, list) or not prompt:
+            raise RequestError("messages must be a non-empty list", "messages")
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]  # one prompt in a list, as clients often send it
+        if not isinstance(prompt, str):
+            raise RequestError("prompt must be a string (one prompt per request)", "prompt")
+    if body.get("n", 1) != 1:
+        raise RequestError("n must be 1", "n")
+    stop = body.get("stop") or ()
+    stop = (stop,) if isinstance(stop, str) else stop
+    if not (isinstance(stop, (list, tuple)) and len(stop) <= 4
+            and all(isinstance(s, str) and s for s in stop)):
+        raise RequestError("stop must be a string or a list of up to 4 strings", "stop")
+    limit = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    keywords = {"max_new_tokens": _number(body, limit, 16 if not chat else max_len, 1,
+                                          max_len, integer=True),
+                "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
+                "top_p": _number(body, "top_p", 1.0, 1e-6, 1.0),
+                "seed": _number(body, "seed", None, 0, 2 ** 63 - 1, integer=True),
+                "stop": tuple(stop)}
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError("stream must be true or false", "stream")
+    return Request(prompt, keywords, stream)
+
+
+def new_id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+FINISH = {"max_new_tokens": "length", "max_length": "length"}  # the rest: "stop"
+
+
+def edgespec_stats(done: Completion) -> dict:
+    s = done.stats
+    decode = s.new_tokens - 1
+    return {"drafter": done.drafter,
+            "tokens_per_forward": round(s.new_tokens / max(s.target_forwards, 1), 3),
+            "decode_tokens_per_second": round(decode / s.decode_seconds, 1)
+            if decode > 0 and s.decode_seconds > 0 else None}
+
+
+def usage(done: Completion) -> dict:
+    prompt, new = done.stats.prompt_tokens, done.stats.new_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new}
+
+
+def response(rid: str, model: str, chat: bool, done: Completion) -> dict:
+    """The whole (non-streamed) response body."""
+    finish = FINISH.get(str(done.stop_reason), "stop")
+    choice = ({"index": 0, "message": {"role": "assistant", "content": done.text},
+               "finish_reason": finish} if chat else
+              {"index": 0, "text": done.text, "logprobs": None, "finish_reason": finish})
+    return {"id": rid, "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": model, "choices": [choice],
+            "usage": usage(done), "edgespec": edgespec_stats(done)}
+
+
+def chunk(rid: str, model: str, chat: bool, text: str | None, finish: str | None = None,
+          first: bool = False) -> dict:
+    """One streamed piece (OpenAI's chunk format); the last one has finish set, no text."""
+    if chat:
+        delta = {"role": "assistant", "content": text or ""} if first else (
+            {"content": text} if text else {})
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()), "model": model, "choices": [choice]}

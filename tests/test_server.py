@@ -1,0 +1,158 @@
+"""`edgespec serve` (issue 19): OpenAI's API over a bundle, tested with the official `openai`
+client as the client; chat templates rendered in Jinja's sandbox; export copies a checkpoint's
+template into the bundle."""
+
+import json
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import uvicorn
+
+from edgespec.errors import BundleError
+from edgespec.runtime.model import Model
+from edgespec.runtime.server import create_app
+
+TEMPLATE = ("{% for m in messages %}t{{ 5 if m.role == 'user' else 9 }} {{ m.content }} "
+            "{% endfor %}{% if add_generation_prompt %}t11{% endif %}")
+
+
+def with_template(src, dst, template: str):
+    shutil.copytree(src, dst)
+    (dst / "chat_template.jinja").write_text(template)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["tokenizer"]["chat_template"] = "chat_template.jinja"
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def chat_bundle(trimmed_bundle, tmp_path_factory):
+    return with_template(trimmed_bundle, tmp_path_factory.mktemp("chat") / "b", TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def server(chat_bundle):
+    """The app on a free loopback port in a thread; yields (client, model)."""
+    model = Model(chat_bundle)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(model, "tiny"), host="127.0.0.1",
+                                       port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+                           max_retries=0, timeout=120)
+    yield client, model
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_models_lists_the_bundle(server):
+    client, _ = server
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
+def test_a_completion_plain_and_streamed_equals_generate(server):
+    client, model = server
+    want = model.generate("t5 t9 t11", max_new_tokens=12, temperature=0)
+    got = client.completions.create(model="tiny", prompt="t5 t9 t11", max_tokens=12,
+                                    temperature=0)
+    assert got.choices[0].text == want.text
+    assert got.usage.completion_tokens == len(want.ids)
+    assert got.model_extra["edgespec"]["drafter"] == want.drafter
+    pieces = client.completions.create(model="tiny", prompt="t5 t9 t11", max_tokens=12,
+                                       temperature=0, stream=True)
+    chunks = list(pieces)
+    assert "".join(c.choices[0].text for c in chunks) == want.text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_a_chat_completion_renders_the_bundles_template(server):
+    client, model = server
+    messages = [{"role": "user", "content": "t3 t4"}]
+    want = model.generate(model.chat_prompt(messages), max_new_tokens=10, temperature=0)
+    got = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10,
+                                         temperature=0)
+    assert got.choices[0].message.content == want.text
+    assert got.usage.prompt_tokens == len(model.chat_prompt(messages))
+    streamed = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10,
+                                              temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == want.text
+
+
+def test_concurrent_streamed_requests_each_equal_their_solo_output(server):
+    client, model = server
+    prompts = [f"t{5 + i} t{9 + i} t{11 + i}" for i in range(8)]
+    solo = [model.generate(p, max_new_tokens=10, temperature=0).text for p in prompts]
+
+    def one(prompt):
+        s = client.completions.create(model="tiny", prompt=prompt, max_tokens=10,
+                                      temperature=0, stream=True)
+        return "".join(c.choices[0].text for c in s)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, prompts)) == solo
+
+
+def test_bad_requests_get_openai_error_bodies(server):
+    client, _ = server
+    with pytest.raises(openai.BadRequestError, match="temperature must be"):
+        client.completions.create(model="tiny", prompt="t5", temperature=7)
+    with pytest.raises(openai.BadRequestError, match="prompt must be a string"):
+        client.completions.create(model="tiny", prompt=["t5", "t9"])
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.completions.create(model="gpt-4", prompt="t5")
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user"}])
+
+
+def test_chat_without_a_template_is_a_clear_400(trimmed_bundle):
+    from starlette.testclient import TestClient
+
+    http = TestClient(create_app(Model(trimmed_bundle), "tiny"))
+    r = http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "user", "content": "t5"}]})
+    assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("template, why", [
+    ("{{ messages.__class__.__mro__ }}", "failed"),  # the sandbox's SecurityError
+    ("{{ cycler.__init__.__globals__ }}", "failed"),
+    ("{% include '/etc/passwd' %}", "failed"),  # no loader: nothing to include
+    ("{{ raise_exception('no system role') }}", "refused these messages: no system role"),
+    ("{% set x = messages.append(1) %}", "failed"),  # immutable: no mutation of our values
+])
+def test_a_template_cannot_reach_python_or_files(trimmed_bundle, tmp_path, template, why):
+    model = Model(with_template(trimmed_bundle, tmp_path / "b", template))
+    with pytest.raises(ValueError, match=why):
+        model.chat_prompt([{"role": "user", "content": "hi"}])
+
+
+def test_a_template_that_does_not_compile_fails_the_load(trimmed_bundle, tmp_path):
+    with pytest.raises(BundleError, match="not a Jinja template"):
+        Model(with_template(trimmed_bundle, tmp_path / "b", "{% for %}"))
+
+
+def test_export_copies_the_checkpoints_chat_template(tiny_dirs, tmp_path):
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_dirs["llama"], hf)
+    config = hf / "tokenizer_config.json"
+    cfg = json.loads(config.read_text()) if config.is_file() else {}
+    config.write_text(json.dumps({**cfg, "chat_template": TEMPLATE}))
+    export_bundle(hf, tmp_path / "b", ExportOptions(max_len=32, progress=False))
+    model = Model(tmp_path / "b")
+    assert (tmp_path / "b" / "chat_template.jinja").read_text() == TEMPLATE
+    assert model.chat_prompt([{"role": "user", "content": "t3"}]) == \
+        model.tokenizer.encode("t5 t3 t11", special=False)
