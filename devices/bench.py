@@ -92,6 +92,7 @@ def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: in
             "engines": rows, "acceptance_per_depth": accept, "ttft_s": _ttft(model, prompts),
             "peak_host_mb": _peak_rss_mb(), "device_mb": device_memory_mb(model.config.provider),
             "runs": runs, "prompts": len(prompts), "provider": model.config.provider,
+            "bundle": model.dir.resolve().name, "threads": model.config.threads,
             "cuda_graphs": model.graph_ids is not None,
             "max_new_tokens": max_new_tokens, "drafter": drafter}
 
@@ -157,9 +158,11 @@ def plots(r: dict, out: Path) -> list[Path]:
     axes[0].set(xscale="log", xlabel="new tokens per forward S", ylabel="T(S) (ms)",
                 title="target cost curve")
     eng = r["engines"]
-    axes[1].bar(range(len(eng)), [e["tok_s"] for e in eng],
-                yerr=[[e["tok_s"] - e["min"] for e in eng], [e["max"] - e["tok_s"] for e in eng]],
-                capsize=3)  # min..max over runs
+    bars = axes[1].bar(range(len(eng)), [e["tok_s"] for e in eng],
+                       yerr=[[e["tok_s"] - e["min"] for e in eng],
+                             [e["max"] - e["tok_s"] for e in eng]], capsize=3)  # min..max
+    axes[1].bar_label(bars, [f"{e['vs_plain']:.2f}x" for e in eng], fontsize=7,
+                      label_type="center")  # the speedup over plain decoding
     axes[1].set_xticks(range(len(eng)), [e["engine"] for e in eng], rotation=30, fontsize=7)
     axes[1].set(ylabel="decode tokens/s", title="decode rate by draft length (g) / tree (n)")
     acc = r["acceptance_per_depth"]
@@ -173,6 +176,11 @@ def plots(r: dict, out: Path) -> list[Path]:
         axes[2].set_xticks(range(len(eng)), [e["engine"] for e in eng], rotation=30, fontsize=7)
         axes[2].set(ylabel="tokens per target forward (tau)", title="tau by engine")
     axes[0].legend()
+    threads = r.get("threads") or "default"
+    fig.suptitle(f"{r.get('bundle', 'bundle')} on {r['provider']}"
+                 f"{' with CUDA graphs' if r.get('cuda_graphs') else ''}: {r['prompts']} "
+                 f"prompts x {r['max_new_tokens']} tokens, median of {r['runs']} runs, "
+                 f"{threads} threads")
     fig.tight_layout()
     path = out / "bench.png"
     fig.savefig(path, dpi=110)

@@ -1,4 +1,11 @@
-"""`edgespec` command line: argument parsing only; each command calls one function elsewhere."""
+"""edgespec: lossless speculative decoding for small language models on CPUs and GPUs.
+
+Export a Hugging Face checkpoint to a bundle (ONNX graphs, drafters, tokenizer), then run,
+serve, tune or benchmark it. Start with:
+
+  edgespec export --demo -o bundles/demo && edgespec run bundles/demo "def fibonacci(n):"
+"""
+# The command line only parses arguments; each command calls one function elsewhere.
 
 from __future__ import annotations
 
@@ -10,7 +17,8 @@ import threading
 from pathlib import Path
 
 from edgespec.files import atomic_open, same_file
-from .cli_types import Parser, add_provider, integer, layer_list, number, session_config
+from .cli_types import (Parser, add_provider, integer, layer_list, number, session_config,
+                        timings)
 
 
 def _params(ns):
@@ -41,12 +49,18 @@ def per_drafter(items: list[str] | None, flag: str) -> int | tuple[tuple[str, in
 
 
 def cmd_export(ns) -> int:
-    from edgespec.export.pipeline import (ExportOptions, demo_checkpoint, demo_drafters,
-                                          export_bundle)
+    from edgespec.checkpoints import resolve_checkpoint
+    from edgespec.files import check_replaceable
 
     if ns.demo == bool(ns.hf_dir):
         raise SystemExit("edgespec export: give a local HF folder or --demo (one of the two)")
-    hf_dir = demo_checkpoint() if ns.demo else Path(ns.hf_dir)
+    # the checks that need no torch run before it loads (seconds): the checkpoint, the output
+    hf_dir = None if ns.demo else resolve_checkpoint(ns.hf_dir)
+    check_replaceable(Path(ns.out).resolve(), ns.overwrite)
+    from edgespec.export.pipeline import (ExportOptions, demo_checkpoint, demo_drafters,
+                                          export_bundle)
+
+    hf_dir = hf_dir or demo_checkpoint()
     draft = ns.draft_model or (demo_checkpoint("pyref-draft") if ns.demo else None)
     layers = ns.feature_layers  # None, or a tuple (cli_types.layer_list)
     trained = list(demo_drafters()) if ns.demo else []
@@ -106,16 +120,19 @@ def cmd_info(ns) -> int:
     return 0
 
 
-def timings(drafter: str, asked: str, stats, speedup: float | None) -> str:
-    """The line `run` prints on stderr after the text (llama.cpp prints its timings the same
-    way): which drafter ran, decode speed, tokens per target forward, the tuned speedup."""
-    new, forwards = stats.new_tokens, max(stats.target_forwards, 1)
-    rate = new / stats.decode_seconds if stats.decode_seconds else 0.0
-    how = f" ({asked})" if asked != drafter else ""
-    known = "" if speedup is None else f", {speedup:.2f}x plain decoding as tuned here"
-    return (f"edgespec: drafter {drafter}{how}: {new} new tokens, {rate:.1f} tokens/s decoding, "
-            f"{new / forwards:.2f} tokens per target forward{known}; prompt "
-            f"{stats.prompt_tokens} tokens in {1e3 * stats.prefill_seconds:.1f} ms")
+def _chat(ns) -> int:
+    from .cli_serve import cmd_chat
+
+    return cmd_chat(ns, _params(ns))
+
+
+def _prompt(ns) -> str:
+    """run's prompt: the argument, a file (-f), or stdin ('-')."""
+    if (ns.prompt is None) == (ns.file is None):
+        raise ValueError("give a PROMPT, or -f FILE, or '-' to read stdin (one of them)")
+    if ns.file is not None:
+        return Path(ns.file).read_text(encoding="utf-8")
+    return sys.stdin.read() if ns.prompt == "-" else ns.prompt
 
 
 def cmd_run(ns) -> int:
@@ -123,11 +140,12 @@ def cmd_run(ns) -> int:
     from edgespec.runtime.generator import Generator
     from edgespec.runtime.model import Model
 
+    prompt = _prompt(ns)  # before the model loads: a missing file fails at once
     model = Model(ns.bundle, session_config(ns))
     name = model.resolve_drafter(ns.drafter)
     drafter = model.drafter(name, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
     with Generator(model, _params(ns), drafter) as gen:
-        for piece in stream_text(gen, ns.prompt):
+        for piece in stream_text(gen, prompt):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -159,11 +177,17 @@ def cmd_eval(ns) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="edgespec", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from edgespec import __version__
+
+    p = Parser(prog="edgespec", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"edgespec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     e = sub.add_parser("export", help="local HF checkpoint -> bundle folder")
-    e.add_argument("hf_dir", nargs="?", help="local Hugging Face model folder")
+    e.add_argument("hf_dir", nargs="?", metavar="CHECKPOINT",
+                   help="a local Hugging Face model folder, or an ORG/NAME model id already in "
+                        "the local Hugging Face cache (never downloaded)")
     e.add_argument("-o", "--out", required=True, help="bundle folder to write")
     e.add_argument("--demo", action="store_true", help="export the bundled reference model")
     e.add_argument("--max-len", type=integer(2), default=None, help="KV length (prompt + new tokens)")
@@ -233,13 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime_args(q):
         q.add_argument("bundle")
-        q.add_argument("--max-new-tokens", type=integer(1), default=128)
+        q.add_argument("--max-new-tokens", type=integer(1), default=128,
+                       help="tokens to generate at most")
         q.add_argument("--greedy", action="store_true", help="argmax decoding (the default "
                                                                "unless --temperature > 0)")
-        q.add_argument("--temperature", type=number(), default=0.0)
-        q.add_argument("--top-k", type=integer(0), default=0)
-        q.add_argument("--top-p", type=number(0.0, 1.0, above_low=True), default=1.0)
-        q.add_argument("--seed", type=integer(0), default=None)
+        q.add_argument("--temperature", type=number(), default=0.0,
+                       help="sampling temperature (0: greedy)")
+        q.add_argument("--top-k", type=integer(0), default=0,
+                       help="sample from the K most likely tokens only (0: all)")
+        q.add_argument("--top-p", type=number(0.0, 1.0, above_low=True), default=1.0,
+                       help="sample from the smallest set of tokens whose probability "
+                            "reaches P")
+        q.add_argument("--seed", type=integer(0), default=None,
+                       help="random seed for sampling (default: fresh each run)")
         q.add_argument("--stop", action="append", help="stop string (repeatable)")
         add_provider(q)
         q.add_argument("--allow-cpu-fallback", action="store_true",
@@ -270,10 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="stream a completion of PROMPT")
     runtime_args(r)
-    r.add_argument("prompt")
+    r.add_argument("prompt", nargs="?", help="the text to continue ('-': read it from stdin)")
+    r.add_argument("-f", "--file", default=None, help="read the prompt from this file")
     r.add_argument("-q", "--quiet", action="store_true",
                    help="print only the text (no timings line on stderr)")
     r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("chat", help="talk with a bundle that has a chat template (a REPL)")
+    runtime_args(c)
+    c.add_argument("--system", default=None, help="a system message to start with")
+    c.add_argument("-q", "--quiet", action="store_true",
+                   help="no timings line on stderr after each reply")
+    c.set_defaults(fn=_chat)
 
     v = sub.add_parser("eval", help="run a jsonl of prompts, write one row per prompt")
     runtime_args(v)
@@ -282,6 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--limit", type=integer(0), default=0, help="first N prompts only (0 = all)")
     v.set_defaults(fn=cmd_eval)
     return p
+
+
+# the extra that installs a module a command may need
+EXTRAS = {**dict.fromkeys(("torch", "transformers", "onnx", "onnxscript", "safetensors",
+                           "tqdm", "huggingface_hub"), "export"),
+          "matplotlib": "export", "onnxruntime": "cpu] or edgespec[gpu",
+          **dict.fromkeys(("starlette", "uvicorn", "jinja2"), "serve")}
+
+
+def missing_extra(e: ModuleNotFoundError) -> str:
+    """One line naming the pip extra that installs the missing module."""
+    root = (e.name or "").split(".")[0]
+    extra = EXTRAS.get(root)
+    if extra is None:
+        return str(e)
+    return f"this command needs {root}: pip install 'edgespec[{extra}]'"
 
 
 def _terminate(signum, frame):
@@ -309,6 +363,9 @@ def _run(ns) -> int:
 
     try:
         return ns.fn(ns)
+    except ModuleNotFoundError as e:  # an extra that is not installed
+        print(f"edgespec {ns.command}: error: {missing_extra(e)}", file=sys.stderr)
+        return 2
     except (BundleError, OSError, ValueError, ImportError, RuntimeError) as e:
         if isinstance(e, BrokenPipeError):  # `edgespec run ... | head`: the reader left
             sys.stderr.close()

@@ -1,11 +1,16 @@
-"""`edgespec serve`: the OpenAI-compatible server (runtime/server.py; the `serve` extra)."""
+"""The conversational front ends: `edgespec serve` (the OpenAI-compatible server,
+runtime/server.py; the `serve` extra) and `edgespec chat` (a REPL over the bundle's chat
+template)."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
-from .cli_types import add_provider, integer, session_config
+from .cli_types import add_provider, integer, session_config, timings
+
+CHAT_HELP = "/reset starts over, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply"
 
 
 def cmd_serve(ns) -> int:
@@ -39,3 +44,58 @@ def add_commands(sub) -> None:
     s.add_argument("--allow-cpu-fallback", action="store_true",
                    help="run on the CPU if the provider is missing")
     s.set_defaults(fn=cmd_serve)
+
+
+def cmd_chat(ns, params) -> int:
+    """Read a user turn per line, stream the reply, keep the conversation (line editing and
+    history through readline where Python has it)."""
+    from edgespec.runtime.completions import stream_text
+    from edgespec.runtime.generator import Generator
+    from edgespec.runtime.model import Model
+
+    model = Model(ns.bundle, session_config(ns))
+    start = [{"role": "system", "content": ns.system}] if ns.system else []
+    model.chat_prompt([*start, {"role": "user", "content": "hi"}])  # no template: fail now
+    name = model.resolve_drafter(ns.drafter)
+    drafter = model.drafter(name, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
+    if importlib.util.find_spec("readline"):  # input() gains line editing and history
+        importlib.import_module("readline")
+    tty = sys.stdin.isatty()
+    if tty:
+        print(f"edgespec chat: {Path(ns.bundle).name} ({CHAT_HELP})", file=sys.stderr)
+    messages = list(start)
+    while True:
+        try:
+            line = input("> " if tty else "")
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            messages = list(start)
+            continue
+        if not line.strip():
+            continue
+        turn = [*messages, {"role": "user", "content": line}]
+        try:
+            prompt = model.chat_prompt(turn)
+        except ValueError as e:  # the template refused the turn: say so, keep the REPL
+            print(f"edgespec chat: {e}", file=sys.stderr)
+            continue
+        reply = []
+        with Generator(model, params, drafter) as gen:
+            try:
+                for piece in stream_text(gen, prompt):
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                    reply.append(piece)
+            except KeyboardInterrupt:  # stop this reply, keep the conversation
+                print(" [stopped]", end="")
+            except ValueError as e:  # e.g. the conversation outgrew the bundle's max_len
+                print(f"\nedgespec chat: {e}; /reset to start over", file=sys.stderr)
+                continue
+            print()
+            if not ns.quiet:
+                print(timings(name, ns.drafter, gen.stats, None), file=sys.stderr)
+        messages = [*turn, {"role": "assistant", "content": "".join(reply)}]
+    return 0

@@ -7,8 +7,26 @@ import argparse
 import math
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """--help shows each option's default, unless its help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False
+                or default == argparse.SUPPRESS
+                or action.option_strings == [] or isinstance(default, (list, tuple))):
+            return text
+        return f"{text} (default: {default})"
+
+
 class Parser(argparse.ArgumentParser):
-    """Usage errors as one line (`edgespec run: error: ...`), exit status 2 as argparse's."""
+    """Usage errors as one line (`edgespec run: error: ...`), exit status 2 as argparse's;
+    --help with defaults shown (its subcommands' too)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -73,3 +91,15 @@ def add_provider(parser, what: str = "onnxruntime execution provider") -> None:
 
     parser.add_argument("--provider", default="cpu", choices=list(PROVIDERS),
                         help=f"{what} (default cpu)")
+
+
+def timings(drafter: str, asked: str, stats, speedup: float | None) -> str:
+    """The line `run` prints on stderr after the text (llama.cpp prints its timings the same
+    way): which drafter ran, decode speed, tokens per target forward, the tuned speedup."""
+    new, forwards = stats.new_tokens, max(stats.target_forwards, 1)
+    rate = new / stats.decode_seconds if stats.decode_seconds else 0.0
+    how = f" ({asked})" if asked != drafter else ""
+    known = "" if speedup is None else f", {speedup:.2f}x plain decoding as tuned here"
+    return (f"edgespec: drafter {drafter}{how}: {new} new tokens, {rate:.1f} tokens/s decoding, "
+            f"{new / forwards:.2f} tokens per target forward{known}; prompt "
+            f"{stats.prompt_tokens} tokens in {1e3 * stats.prefill_seconds:.1f} ms")

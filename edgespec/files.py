@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
+
+from .manifest import FORMAT_NAME, MANIFEST_FILE
 
 
 @contextlib.contextmanager
@@ -51,3 +54,30 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return Path(a).resolve() == Path(b).resolve()
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """An export writes a new path, or with overwrite replaces an edgespec bundle or an empty
+    folder: never a file or a folder of something else (a typo in -o must not delete it)."""
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"{out} is not a folder; --overwrite replaces only an edgespec "
+                              "bundle: choose another -o")
+    if next(out.iterdir(), None) is not None and not _is_bundle(out):
+        raise FileExistsError(f"{out} is not an edgespec bundle (no manifest.json of format "
+                              f"{FORMAT_NAME!r}); --overwrite replaces only a bundle: choose "
+                              "another -o")
+
+
+def _is_bundle(folder: Path) -> bool:
+    """Whether `folder` holds an edgespec manifest (any version, even a broken bundle)."""
+    path = folder / MANIFEST_FILE
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 16 << 20:
+            return False
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT_NAME
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return False

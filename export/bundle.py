@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import errno
 import glob
-import json
 import logging
 import os
 import shutil
@@ -18,7 +17,8 @@ from pathlib import Path
 import onnx
 
 from edgespec.errors import BundleError
-from edgespec.manifest import FORMAT_NAME, MANIFEST_FILE, load_manifest
+from edgespec.files import check_replaceable
+from edgespec.manifest import load_manifest
 
 TWO_GB = 2 * 1024**3 - 1024**2  # protobuf's limit, less headroom for the graph itself
 
@@ -95,33 +95,6 @@ def _sweep(out: Path) -> None:
                 os.replace(parked, out)
                 log.warning("restored %s, which an interrupted export had moved aside", out)
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def check_replaceable(out: Path, overwrite: bool) -> None:
-    """An export writes a new path, or with overwrite replaces an edgespec bundle or an empty
-    folder: never a file or a folder of something else (a typo in -o must not delete it)."""
-    if not os.path.lexists(out):
-        return
-    if not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    if out.is_symlink() or not out.is_dir():
-        raise FileExistsError(f"{out} is not a folder; --overwrite replaces only an edgespec "
-                              "bundle: choose another -o")
-    if next(out.iterdir(), None) is not None and not _is_bundle(out):
-        raise FileExistsError(f"{out} is not an edgespec bundle (no manifest.json of format "
-                              f"{FORMAT_NAME!r}); --overwrite replaces only a bundle: choose "
-                              "another -o")
-
-
-def _is_bundle(folder: Path) -> bool:
-    """Whether `folder` holds an edgespec manifest (any version, even a broken bundle)."""
-    path = folder / MANIFEST_FILE
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > 16 << 20:
-            return False
-        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT_NAME
-    except (OSError, ValueError, RecursionError, AttributeError):
-        return False
 
 
 @contextlib.contextmanager

@@ -156,3 +156,34 @@ def test_export_copies_the_checkpoints_chat_template(tiny_dirs, tmp_path):
     assert (tmp_path / "b" / "chat_template.jinja").read_text() == TEMPLATE
     assert model.chat_prompt([{"role": "user", "content": "t3"}]) == \
         model.tokenizer.encode("t5 t3 t11", special=False)
+
+
+def test_chat_keeps_the_conversation(chat_bundle):
+    """`edgespec chat` fed two turns on stdin: each reply equals generate() on the template's
+    rendering of the conversation so far."""
+    import subprocess
+    import sys
+
+    model = Model(chat_bundle)
+    turns = ["t3 t4", "t7"]
+    r = subprocess.run([sys.executable, "-m", "edgespec.cli", "chat", str(chat_bundle),
+                        "--max-new-tokens", "6", "-q"], input="\n".join(turns) + "\n",
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-500:]
+    messages, want = [], []
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        reply = model.generate(model.chat_prompt(messages), max_new_tokens=6,
+                               temperature=0).text
+        messages.append({"role": "assistant", "content": reply})
+        want.append(reply)
+    assert r.stdout == "".join(f"{w}\n" for w in want)
+
+
+def test_chat_without_a_template_says_so(trimmed_bundle):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "edgespec.cli", "chat", str(trimmed_bundle)],
+                       input="t5\n", capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "no chat template" in r.stderr

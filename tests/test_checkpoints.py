@@ -1,0 +1,60 @@
+"""`edgespec export ORG/NAME` (issue 19): a model id resolved from the local Hugging Face cache,
+laid out exactly as huggingface_hub lays it out (blobs, snapshots of symlinks, refs/main);
+never a download. Run as a user runs it: the CLI in a subprocess with HF_HUB_CACHE set."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+from edgespec.manifest import load_manifest
+
+
+def fake_cache(cache, repo: str, src) -> None:
+    """huggingface_hub's layout: models--ORG--NAME/{blobs/SHA, snapshots/COMMIT/FILE ->
+    ../../blobs/SHA, refs/main = COMMIT}."""
+    root = cache / ("models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (root / "blobs").mkdir(parents=True)
+    (root / "snapshots" / commit).mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    for f in src.iterdir():
+        data = f.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        (root / "blobs" / sha).write_bytes(data)
+        os.symlink(f"../../blobs/{sha}", root / "snapshots" / commit / f.name)
+
+
+def export(args, cache):
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "edgespec.cli", "export", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_export_a_model_id_from_the_local_cache(tiny_dirs, tmp_path):
+    cache = tmp_path / "hub"
+    fake_cache(cache, "tiny-org/tiny-llama", tiny_dirs["llama"])
+    r = export(["tiny-org/tiny-llama", "-o", str(tmp_path / "b"), "--max-len", "32"], cache)
+    assert r.returncode == 0, r.stderr[-600:]
+    assert load_manifest(tmp_path / "b").model.architecture == "llama"
+
+
+def test_a_missing_id_is_one_line_that_says_where_it_looked(tmp_path):
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    r = export(["nobody/nothing", "-o", str(tmp_path / "b")], cache)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "nor in the local Hugging Face cache" in r.stderr and str(cache) in r.stderr
+    assert "never downloads" in r.stderr and not (tmp_path / "b").exists()
+
+
+def test_an_existing_output_fails_before_torch_loads(tiny_dirs, tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    code = ("import sys; from edgespec.cli import main; rc = main(sys.argv[1:]); "
+            "print('torch' in sys.modules); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "export", str(tiny_dirs["llama"]), "-o",
+                        str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "already exists" in r.stderr
+    assert r.stdout.strip() == "False"  # refused before torch was imported
