@@ -155,7 +155,28 @@ def cmd_run(ns) -> int:
                                                    ns.min_n))
             speedup = None if explicit else model.tuned_speedup(name)
             print(timings(name, ns.drafter, gen.stats, speedup), file=sys.stderr)
+        if ns.compare and drafter is not None:
+            print(compare_plain(model, prompt, gen), file=sys.stderr)
     return 0
+
+
+def compare_plain(model, prompt: str, spec) -> str:
+    """Decode the prompt again without a drafter: the measured speedup, and (greedy) whether
+    the text is the same, as it must be."""
+    from edgespec.runtime.completions import stream_text
+    from edgespec.runtime.generator import Generator
+
+    with Generator(model, spec.params) as plain:
+        for _ in stream_text(plain, prompt):
+            pass
+        rate = [g.stats.new_tokens / g.stats.decode_seconds if g.stats.decode_seconds else 0.0
+                for g in (spec, plain)]
+        same = ("; same text as plain decoding" if plain.new_tokens == spec.new_tokens
+                else "; text differs from plain decoding (sampled)"
+                if not spec.params.sampling.greedy else "; TEXT DIFFERS from plain decoding")
+    return (f"edgespec: plain decoding of the same prompt: {rate[1]:.1f} tokens/s; "
+            f"speculation {rate[0] / rate[1]:.2f}x{same}" if rate[1] else
+            "edgespec: plain decoding produced no decode steps to compare")
 
 
 def cmd_eval(ns) -> int:
@@ -304,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-f", "--file", default=None, help="read the prompt from this file")
     r.add_argument("-q", "--quiet", action="store_true",
                    help="print only the text (no timings line on stderr)")
+    r.add_argument("--compare", action="store_true",
+                   help="then decode the prompt again without a drafter and print the "
+                        "measured speedup (and that greedy text is identical)")
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("chat", help="talk with a bundle that has a chat template (a REPL)")

@@ -97,3 +97,14 @@ def test_static_shapes_export_and_cuda_graphs_flags(tiny_dirs, tmp_path, capsys)
     rc = main(["run", str(dynamic), "t5", "--cuda-graphs", "on"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--shapes static" in err
+
+
+def test_run_compare_reports_the_speedup_and_the_same_text(trimmed_bundle, capsys, tmp_path):
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("t5 t9 t11 t5 t9 t11 t5")
+    assert main(["run", str(trimmed_bundle), "-f", str(prompt), "--drafter", "ngram",
+                 "--max-new-tokens", "20", "--compare"]) == 0
+    err = capsys.readouterr().err
+    assert "speculation" in err and "same text as plain decoding" in err
+    assert main(["run", str(trimmed_bundle), "t5", "-f", str(prompt)]) == 2  # one source only
+    assert "one of them" in capsys.readouterr().err

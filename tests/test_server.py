@@ -187,3 +187,38 @@ def test_chat_without_a_template_says_so(trimmed_bundle):
     r = subprocess.run([sys.executable, "-m", "edgespec.cli", "chat", str(trimmed_bundle)],
                        input="t5\n", capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no chat template" in r.stderr
+
+
+def test_a_disconnected_stream_cancels_its_decode(server, monkeypatch):
+    """The client reads one chunk and hangs up: the decode stops within a step or two instead
+    of running to max_tokens (each step slowed to 50 ms so that the difference shows)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    from edgespec.runtime.generator import Generator
+
+    client, _ = server
+    steps = []
+    real = Generator.step
+
+    def slow(self):
+        steps.append(time.perf_counter())
+        time.sleep(0.05)
+        return real(self)
+
+    monkeypatch.setattr(Generator, "step", slow)
+    body = {"model": "tiny", "prompt": "t5", "max_tokens": 60, "temperature": 0.9,
+            "seed": 1, "stream": True}
+    url = urlparse(str(client.base_url))
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.request("POST", "/v1/completions", json.dumps(body),
+                 {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    while not r.readline().startswith(b"data: "):
+        pass  # read up to the first chunk, then hang up
+    conn.sock.close()
+    conn.close()
+    time.sleep(1.0)
+    seen = len(steps)
+    time.sleep(0.5)
+    assert len(steps) == seen and seen < 30, seen  # stopped, long before 60 steps
