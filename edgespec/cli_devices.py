@@ -3,6 +3,7 @@ decoding speed and chain-drafting speedup on each from the cost model (devices/)
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .cli_types import add_provider, integer, number
@@ -74,6 +75,9 @@ def cmd_bench(ns) -> int:
     files = write(r, Path(ns.out))
     print(markdown(r))
     print("wrote " + ", ".join(map(str, files)))
+    if not any(str(f).endswith(".png") for f in files):
+        print("edgespec bench: no bench.png: the plot needs matplotlib "
+              "(pip install 'edgespec[export]')", file=sys.stderr)
     return 0
 
 
