@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from edgespec.files import atomic_open, same_file
-from .cli_types import (Parser, add_provider, integer, layer_list, number, session_config,
+from .cli_types import (Parser, add_runtime_args, integer, layer_list, session_config,
                         timings)
 
 
@@ -276,51 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("bundle")
     i.set_defaults(fn=cmd_info)
 
-    def runtime_args(q):
-        q.add_argument("bundle")
-        q.add_argument("--max-new-tokens", type=integer(1), default=128,
-                       help="tokens to generate at most")
-        q.add_argument("--greedy", action="store_true", help="argmax decoding (the default "
-                                                               "unless --temperature > 0)")
-        q.add_argument("--temperature", type=number(), default=0.0,
-                       help="sampling temperature (0: greedy)")
-        q.add_argument("--top-k", type=integer(0), default=0,
-                       help="sample from the K most likely tokens only (0: all)")
-        q.add_argument("--top-p", type=number(0.0, 1.0, above_low=True), default=1.0,
-                       help="sample from the smallest set of tokens whose probability "
-                            "reaches P")
-        q.add_argument("--seed", type=integer(0), default=None,
-                       help="random seed for sampling (default: fresh each run)")
-        q.add_argument("--stop", action="append", help="stop string (repeatable)")
-        add_provider(q)
-        q.add_argument("--allow-cpu-fallback", action="store_true",
-                       help="run on CPU (with a warning) if the provider is not installed")
-        q.add_argument("--threads", type=integer(0), default=0, help="intra-op threads (0 = default)")
-        q.add_argument("--kv-device", default="auto", choices=("auto", "device", "host"),
-                       help="K/V buffers on the provider's device (auto: on GPUs) or the host")
-        q.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
-                       help="CUDA graph per verify shape (auto: on --provider cuda, for bundles "
-                            "with static shapes: the default)")
-        q.add_argument("--drafter", default="auto",
-                       help="drafter name from the bundle (edgespec info lists them), none, or "
-                            "auto (the default): the fastest choice `edgespec tune --drafter "
-                            "auto` measured on this device (possibly none), else n-gram lookup, "
-                            "which runs no network and costs at most a plain step when it misses")
-        q.add_argument("--gamma", type=integer(1), default=None, help="draft length (tree depth)")
-        q.add_argument("--tree-width", type=integer(1), default=None,
-                       help="draft_model / mtp / eagle3: nodes expanded per depth (1 = a chain; "
-                            "default: the bundle's)")
-        q.add_argument("--tree-size", type=integer(1), default=None,
-                       help="medusa / eagle3: nodes kept in the draft tree (default: the bundle's)")
-        q.add_argument("--min-n", type=integer(1), default=None,
-                       help="ngram: shortest suffix match worth a proposal (default: the tuned "
-                            "or bundle's setting, else 1)")
-        q.add_argument("--accept", default="auto", choices=["auto", "greedy", "sample", "typical"],
-                       help="acceptance rule: auto = greedy at T=0, lossless sampling otherwise; "
-                            "typical (Medusa) is not lossless")
-
     r = sub.add_parser("run", help="stream a completion of PROMPT")
-    runtime_args(r)
+    add_runtime_args(r)
     r.add_argument("prompt", nargs="?", help="the text to continue ('-': read it from stdin)")
     r.add_argument("-f", "--file", default=None, help="read the prompt from this file")
     r.add_argument("-q", "--quiet", action="store_true",
@@ -331,14 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("chat", help="talk with a bundle that has a chat template (a REPL)")
-    runtime_args(c)
+    add_runtime_args(c)
     c.add_argument("--system", default=None, help="a system message to start with")
     c.add_argument("-q", "--quiet", action="store_true",
                    help="no timings line on stderr after each reply")
     c.set_defaults(fn=_chat)
 
     v = sub.add_parser("eval", help="run a jsonl of prompts, write one row per prompt")
-    runtime_args(v)
+    add_runtime_args(v)
     v.add_argument("--prompts", required=True, help="jsonl with a 'prompt' (and 'id') field")
     v.add_argument("--out", required=True, help="results jsonl")
     v.add_argument("--limit", type=integer(0), default=0, help="first N prompts only (0 = all)")

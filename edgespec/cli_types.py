@@ -103,3 +103,48 @@ def timings(drafter: str, asked: str, stats, speedup: float | None) -> str:
     return (f"edgespec: drafter {drafter}{how}: {new} new tokens, {rate:.1f} tokens/s decoding, "
             f"{new / forwards:.2f} tokens per target forward{known}; prompt "
             f"{stats.prompt_tokens} tokens in {1e3 * stats.prefill_seconds:.1f} ms")
+
+
+def add_runtime_args(q) -> None:
+    """The options of the commands that decode (run, chat, eval)."""
+    q.add_argument("bundle")
+    q.add_argument("--max-new-tokens", type=integer(1), default=128,
+                   help="tokens to generate at most")
+    q.add_argument("--greedy", action="store_true", help="argmax decoding (the default "
+                                                           "unless --temperature > 0)")
+    q.add_argument("--temperature", type=number(), default=0.0,
+                   help="sampling temperature (0: greedy)")
+    q.add_argument("--top-k", type=integer(0), default=0,
+                   help="sample from the K most likely tokens only (0: all)")
+    q.add_argument("--top-p", type=number(0.0, 1.0, above_low=True), default=1.0,
+                   help="sample from the smallest set of tokens whose probability "
+                        "reaches P")
+    q.add_argument("--seed", type=integer(0), default=None,
+                   help="random seed for sampling (default: fresh each run)")
+    q.add_argument("--stop", action="append", help="stop string (repeatable)")
+    add_provider(q)
+    q.add_argument("--allow-cpu-fallback", action="store_true",
+                   help="run on CPU (with a warning) if the provider is not installed")
+    q.add_argument("--threads", type=integer(0), default=0, help="intra-op threads (0 = default)")
+    q.add_argument("--kv-device", default="auto", choices=("auto", "device", "host"),
+                   help="K/V buffers on the provider's device (auto: on GPUs) or the host")
+    q.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
+                   help="CUDA graph per verify shape (auto: on --provider cuda, for bundles "
+                        "with static shapes: the default)")
+    q.add_argument("--drafter", default="auto",
+                   help="drafter name from the bundle (edgespec info lists them), none, or "
+                        "auto (the default): the fastest choice `edgespec tune --drafter "
+                        "auto` measured on this device (possibly none), else n-gram lookup, "
+                        "which runs no network and costs at most a plain step when it misses")
+    q.add_argument("--gamma", type=integer(1), default=None, help="draft length (tree depth)")
+    q.add_argument("--tree-width", type=integer(1), default=None,
+                   help="draft_model / mtp / eagle3: nodes expanded per depth (1 = a chain; "
+                        "default: the bundle's)")
+    q.add_argument("--tree-size", type=integer(1), default=None,
+                   help="medusa / eagle3: nodes kept in the draft tree (default: the bundle's)")
+    q.add_argument("--min-n", type=integer(1), default=None,
+                   help="ngram: shortest suffix match worth a proposal (default: the tuned "
+                        "or bundle's setting, else 1)")
+    q.add_argument("--accept", default="auto", choices=["auto", "greedy", "sample", "typical"],
+                   help="acceptance rule: auto = greedy at T=0, lossless sampling otherwise; "
+                        "typical (Medusa) is not lossless")
