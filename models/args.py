@@ -48,6 +48,7 @@ class ModelArgs:
     activation: str = "silu"  # the MLP's gate activation (models/families.py)
     norm_offset: float = 0.0  # RMSNorm scales by (norm_offset + weight)
     embed_scale: float = 1.0  # token embeddings are multiplied by it
+    packed: bool = False  # the checkpoint stores qkv_proj / gate_up_proj packed
     sliding_window: int | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -75,6 +76,10 @@ class ModelArgs:
         heads = cfg["num_attention_heads"]
         dim = cfg["hidden_size"]
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        partial = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+        if partial != 1.0:
+            raise UnsupportedModelError(f"partial rotary embeddings (partial_rotary_factor "
+                                        f"{partial}) are not supported yet")
         theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
         eos = cfg.get("eos_token_id")
         eos = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
@@ -103,6 +108,7 @@ class ModelArgs:
             activation=family.activation,
             norm_offset=family.norm_offset,
             embed_scale=float(dim) ** 0.5 if family.embed_scale else 1.0,
+            packed=family.packed,
             sliding_window=window,
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos,

@@ -25,6 +25,8 @@ class Family:
     activation: str = "silu"  # the MLP's gate: "silu" or "gelu_tanh" (models/llama.ACTIVATIONS)
     norm_offset: float = 0.0  # RMSNorm scales by (offset + weight): Gemma stores w, uses 1 + w
     embed_scale: bool = False  # embeddings times sqrt(hidden_size) (Gemma)
+    packed: bool = False  # q/k/v and gate/up stored as one qkv_proj / gate_up_proj (Phi-3):
+    # the loader splits them (models/weights.py), so nothing else sees the packing
 
 
 FAMILIES: dict[str, Family] = {
@@ -35,4 +37,5 @@ FAMILIES: dict[str, Family] = {
                                window_switch="use_sliding_window"),
     "GemmaForCausalLM": Family("gemma", bias_flag="attention_bias", activation="gelu_tanh",
                                norm_offset=1.0, embed_scale=True),
+    "Phi3ForCausalLM": Family("phi3", packed=True),
 }

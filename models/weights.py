@@ -39,6 +39,25 @@ def weights_fingerprint(hf_dir: str | Path) -> str:
     return h.hexdigest()
 
 
+def unpack(sd: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    """Phi-3's packed projections as our separate ones: qkv_proj rows are q (H*D), k and v
+    (Hkv*D each); gate_up_proj rows are gate, then up (HF's chunk(2))."""
+    q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+    out = {}
+    for name, t in sd.items():
+        if name.endswith("self_attn.qkv_proj.weight"):
+            base = name.removesuffix("qkv_proj.weight")
+            for part, rows in zip(("q_proj", "k_proj", "v_proj"), t.split([q, kv, kv])):
+                out[f"{base}{part}.weight"] = rows
+        elif name.endswith("mlp.gate_up_proj.weight"):
+            base = name.removesuffix("gate_up_proj.weight")
+            gate, up = t.chunk(2, dim=0)
+            out[f"{base}gate_proj.weight"], out[f"{base}up_proj.weight"] = gate, up
+        else:
+            out[name] = t
+    return out
+
+
 def load_state_dict(hf_dir: str | Path) -> dict[str, torch.Tensor]:
     sd: dict[str, torch.Tensor] = {}
     for f in safetensors_files(hf_dir):
@@ -53,6 +72,8 @@ def load_transformer(hf_dir: str | Path, max_len: int | None = None,
     args = ModelArgs.from_hf_dir(hf_dir)
     model = Transformer(args, max_len=max_len)
     sd = load_state_dict(hf_dir)
+    if args.packed:
+        sd = unpack(sd, args)
     if args.tie_embeddings:
         sd.pop("lm_head.weight", None)
     # rotary inv_freq buffers some old checkpoints carry are recomputed from the config

@@ -29,6 +29,8 @@ CONFIGS = {
                    dict(head_dim=32, attention_bias=True)),
     # GELU-tanh, (1 + w) RMSNorms, sqrt(d) embedding scale, tied head (models/families.py)
     "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, dict(head_dim=16)),
+    # packed qkv_proj / gate_up_proj, split by the loader (models/families.py packed)
+    "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {}),
 }
 
 

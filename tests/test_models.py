@@ -65,3 +65,13 @@ def test_pickle_checkpoint_refused(tmp_path, tiny_dirs):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(FileNotFoundError, match="pickle checkpoints are refused"):
         load_transformer(tmp_path)
+
+
+def test_phi3_packed_weights_are_split_and_partial_rotary_is_refused(tiny_dirs):
+    a = ModelArgs.from_hf_dir(tiny_dirs["phi3"])
+    assert a.packed and a.arch == "phi3"
+    with pytest.raises(UnsupportedModelError, match="partial rotary"):
+        ModelArgs.from_hf_config({"architectures": ["Phi3ForCausalLM"], "vocab_size": 300,
+                                  "hidden_size": 64, "num_hidden_layers": 2,
+                                  "num_attention_heads": 4, "intermediate_size": 96,
+                                  "partial_rotary_factor": 0.75})
