@@ -99,9 +99,9 @@ def run_to_end(model, params, ids, drafter=None):
 DRAFTER_KINDS = ("medusa", "mtp", "eagle3")  # the trained kinds
 
 
-@pytest.fixture(scope="session")
-def trained(tiny_dirs, tiny_bundles, tmp_path_factory):
-    """kind -> (report, folder): each drafter trained briefly on the tiny llama's own outputs."""
+def train_tiny_drafters(hf, bundle, root, steps: int = 40) -> dict:
+    """kind -> (report, folder): each trained kind fit briefly to the target at `hf` (its
+    bundle generates the self-distillation data)."""
     import numpy as np
 
     from edgespec.models.distill import generate_data
@@ -110,14 +110,12 @@ def trained(tiny_dirs, tiny_bundles, tmp_path_factory):
     from edgespec.models.weights import load_transformer, weights_fingerprint
     from edgespec.runtime.model import Model
 
-    hf = tiny_dirs["llama"]
-    model = Model(tiny_bundles["llama"][1])
+    model = Model(bundle)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, 300, 8).tolist() for _ in range(24)]
     data = generate_data(model, prompts, max_new_tokens=24)
     target = load_transformer(hf)
     a, fp = target.args, weights_fingerprint(hf)
-    root = tmp_path_factory.mktemp("drafters")
     out = {}
     for kind in DRAFTER_KINDS:
         layers = tuple(model.manifest.target.feature_layers) if kind == "eagle3" else ()
@@ -125,9 +123,16 @@ def trained(tiny_dirs, tiny_bundles, tmp_path_factory):
                             feature_dim=a.dim * max(len(layers), 1), feature_layers=layers,
                             target_fingerprint=fp)
         report = train_drafter(cfg, target, data, root / kind,
-                               TrainConfig(steps=40, batch=4, lr=5e-3, progress=False))
+                               TrainConfig(steps=steps, batch=4, lr=5e-3, progress=False))
         out[kind] = (report, root / kind)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_dirs, tiny_bundles, tmp_path_factory):
+    """kind -> (report, folder): each drafter trained briefly on the tiny llama's own outputs."""
+    return train_tiny_drafters(tiny_dirs["llama"], tiny_bundles["llama"][1],
+                               tmp_path_factory.mktemp("drafters"))
 
 
 @pytest.fixture(scope="session")
