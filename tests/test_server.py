@@ -222,3 +222,22 @@ def test_a_disconnected_stream_cancels_its_decode(server, monkeypatch):
     seen = len(steps)
     time.sleep(0.5)
     assert len(steps) == seen and seen < 30, seen  # stopped, long before 60 steps
+
+
+def test_serve_refuses_an_unknown_drafter_before_it_listens(trimmed_bundle, capsys):
+    from edgespec.cli import main
+
+    assert main(["serve", str(trimmed_bundle), "--drafter", "nope"]) == 2
+    assert "unknown drafter 'nope'" in capsys.readouterr().err
+
+
+def test_serve_without_its_extra_says_which_to_install(trimmed_bundle, capsys, monkeypatch):
+    import importlib.util
+
+    from edgespec.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    assert main(["serve", str(trimmed_bundle)]) == 2
+    assert "pip install edgespec[serve]" in capsys.readouterr().err
