@@ -41,7 +41,8 @@ class CompletionStream:
     """Text pieces as they are generated; once exhausted, `completion` holds the result (the
     stop reason and statistics included). `cancel()` works from any thread."""
 
-    def __init__(self, model, prompt: str | bytes, params: GenerationParams, drafter: str):
+    def __init__(self, model, prompt: str | bytes | list[int], params: GenerationParams,
+                 drafter: str):
         self.drafter = model.resolve_drafter(drafter)
         self._gen = Generator(model, params, model.drafter(self.drafter),
                               threading.Event())
@@ -61,7 +62,8 @@ class CompletionStream:
         self._gen.cancel()
 
 
-def complete(model, prompt: str | bytes, drafter: str = "auto", **keywords) -> Completion:
+def complete(model, prompt: str | bytes | list[int], drafter: str = "auto",
+             **keywords) -> Completion:
     """The whole completion of `prompt` (keywords: see params_from)."""
     s = CompletionStream(model, prompt, params_from(**keywords), drafter)
     for _ in s:

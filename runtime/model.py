@@ -46,8 +46,9 @@ class Model:
         self._drafters: dict[tuple, object] = {}  # (name, DraftSetting) -> drafter
         self._lock = threading.Lock()  # generators in several threads may ask at once
 
-    def generate(self, prompt: str | bytes, *, drafter: str = "auto", **keywords):
-        """The completion of `prompt` (text, ids, stop reason, statistics). Keywords:
+    def generate(self, prompt: str | bytes | list[int], *, drafter: str = "auto", **keywords):
+        """The completion of `prompt` (text, UTF-8 bytes, or token ids such as chat_prompt's):
+        its text, ids, stop reason and statistics. Keywords:
         max_new_tokens, temperature, top_k, top_p, seed, stop, accept; drafter: 'auto' (what
         `edgespec tune` chose here, else n-gram lookup), 'none' or one of the bundle's."""
         from .completions import complete
@@ -64,7 +65,7 @@ class Model:
                              "tokenizer_config.json has a chat_template")
         return self.tokenizer.encode(self._chat.render(messages), special=False)
 
-    def stream(self, prompt: str | bytes, *, drafter: str = "auto", **keywords):
+    def stream(self, prompt: str | bytes | list[int], *, drafter: str = "auto", **keywords):
         """Iterate text pieces as they are generated; afterwards `.completion` holds what
         generate() returns. Same keywords as generate()."""
         from .completions import CompletionStream, params_from

@@ -37,11 +37,16 @@ def create_app(model: Model, name: str, drafter: str = "auto") -> Starlette:
             return _error(api.RequestError("the request body is not valid JSON"))
         try:
             req = api.parse(body, chat, model.max_len)
-            prompt = model.chat_prompt(req.prompt) if chat else req.prompt
             if str(body.get("model", name)) != name:
                 raise api.RequestError(f"model {str(body.get('model'))[:60]!r} is not served "
                                        f"here; this server has {name!r}", "model", 404)
-            stream = model.stream(prompt, drafter=drafter, **req.keywords)
+            ids = (model.chat_prompt(req.prompt) if chat
+                   else model.tokenizer.encode(req.prompt))
+            if len(ids) >= model.max_len:  # refused now, not after a stream has begun
+                raise api.RequestError(f"the prompt is {len(ids)} tokens; this model takes "
+                                       f"at most {model.max_len - 1}",
+                                       "messages" if chat else "prompt")
+            stream = model.stream(ids, drafter=drafter, **req.keywords)
         except ValueError as e:  # RequestError is one; a refused prompt or template too
             return _error(e if isinstance(e, api.RequestError) else api.RequestError(str(e)))
         rid = api.new_id(chat)

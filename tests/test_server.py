@@ -241,3 +241,13 @@ def test_serve_without_its_extra_says_which_to_install(trimmed_bundle, capsys, m
                         lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert main(["serve", str(trimmed_bundle)]) == 2
     assert "pip install edgespec[serve]" in capsys.readouterr().err
+
+
+def test_a_prompt_longer_than_the_model_is_a_400_even_when_streamed(server):
+    client, model = server
+    long = " ".join(["t5"] * (model.max_len + 5))
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError, match="this model takes at most"):
+            out = client.completions.create(model="tiny", prompt=long, max_tokens=4,
+                                            stream=stream)
+            list(out) if stream else None
