@@ -16,16 +16,25 @@ def emit_decoder(e, layers, h: str, final_norm, feature_layers=(),
                  prefix: str = "layers.{i}") -> tuple[str, list[str]]:
     """The final-normed hidden of `h` [1, S, d] through pre-norm residual `layers`, and the
     outputs of the layers listed in feature_layers (each after its residual adds)."""
+    sandwich = e.a.sandwich_norms  # Gemma-2: the attention's and the MLP's outputs normed too
     resid, delta, feats = h, None, []
     for i, layer in enumerate(layers):
         p = prefix.format(i=i)
         x, resid = e.add_norm(resid, delta, layer.input_layernorm.weight, f"{p}.input_layernorm")
         if i - 1 in feature_layers:  # resid now holds layer i - 1's output
             feats.append(resid)
-        x, resid = e.add_norm(resid, e.attention(x, layer.self_attn, i, p),
-                              layer.post_attention_layernorm.weight,
-                              f"{p}.post_attention_layernorm")
+        attn = e.attention(x, layer.self_attn, i, p)
+        if sandwich:
+            attn = e.norm(attn, layer.post_attention_layernorm.weight,
+                          f"{p}.post_attention_layernorm")
+            pre_mlp, name = layer.pre_feedforward_layernorm, f"{p}.pre_feedforward_layernorm"
+        else:
+            pre_mlp, name = layer.post_attention_layernorm, f"{p}.post_attention_layernorm"
+        x, resid = e.add_norm(resid, attn, pre_mlp.weight, name)
         delta = e.mlp(x, layer.mlp, p)
+        if sandwich:
+            delta = e.norm(delta, layer.post_feedforward_layernorm.weight,
+                           f"{p}.post_feedforward_layernorm")
     hidden, resid = e.add_norm(resid, delta, final_norm, "norm")
     if len(layers) - 1 in feature_layers:
         feats.append(resid)

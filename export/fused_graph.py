@@ -39,8 +39,8 @@ from edgespec.models.args import ModelArgs, rope_cos_sin
 
 from .decoder import emit_decoder
 from .onnx_builder import Builder
-from .target_graph import (KV, emit_activation, emit_embedding, emit_outputs, graph_spec,
-                           matmul_weight, norm_scale)
+from .target_graph import (KV, emit_activation, emit_embedding, emit_outputs, emit_softcap,
+                           graph_spec, matmul_weight, norm_scale)
 
 MS = "com.microsoft"
 FUSED_KV = dataclasses.replace(KV, update="in_graph")
@@ -93,6 +93,10 @@ class FusedEmitter:
             raise ValueError("a chain graph (no attention bias) and matmul attention need "
                              "static shapes; matmul attention needs the bias")
         self.b, self.a, self.eps = b, a, float(a.norm_eps)
+        # GQA's own score scale and soft cap (Gemma-2), set only where they differ from its
+        # defaults (1 / sqrt(head_dim), no cap)
+        self._gqa_scores = {k: float(v) for k, v in (("scale", a.attn_scale),
+                                                     ("softcap", a.attn_softcap)) if v}
         self.bias = ("attention_bias",) if trees and not self.matmul else ()
         hd = a.head_dim
         cos, sin = rope_cos_sin(a, max_len)  # fp32, rounded to the graph's dtype when stored
@@ -118,7 +122,7 @@ class FusedEmitter:
         self.q_sin = b.op("Unsqueeze", b.op("Concat", sin, sin, axis=-1), b.const([1]))
         # query rows grouped [Hkv, n_rep * S] (one MatMul per KV head): the bias n_rep times
         self.group_bias = b.op("Tile", "attention_bias", b.const([1, 1, a.n_rep, 1]))
-        self.scale = b.const(np.array(1.0 / np.sqrt(a.head_dim), b.float_dtype), b.float_dtype)
+        self.scale = b.const(np.array(a.scale, b.float_dtype), b.float_dtype)
 
     def _matmul_attention(self, q: str, present_k: str, present_v: str) -> str:
         """softmax(rope(q) K^T / sqrt(D) + bias) V over the whole buffer: [1, S, H*D]."""
@@ -130,7 +134,8 @@ class FusedEmitter:
         q = b.op("Add", b.op("Mul", q, self.q_cos), b.op("Mul", rot, self.q_sin))  # [1, H, S, D]
         q = b.op("Reshape", q, b.const([0, a.n_kv_heads, -1, hd]))  # [1, Hkv, n_rep*S, D]
         kt = b.op("Transpose", present_k, perm=[0, 1, 3, 2])  # ORT may fold it (FusedMatMul)
-        scores = b.op("Add", b.op("Mul", b.op("MatMul", q, kt), self.scale), self.group_bias)
+        scores = emit_softcap(b, b.op("Mul", b.op("MatMul", q, kt), self.scale), a.attn_softcap)
+        scores = b.op("Add", scores, self.group_bias)
         y = b.op("MatMul", b.op("Softmax", scores, axis=-1), present_v)  # [1, Hkv, n_rep*S, D]
         y = b.op("Transpose", b.op("Reshape", y, b.const([0, h, -1, hd])), perm=[0, 2, 1, 3])
         return b.op("Reshape", y, b.const([0, 0, h * hd]))  # [1, S, H*D]
@@ -188,7 +193,7 @@ class FusedEmitter:
             self.seqlens_k, self.total, self.cos, self.sin, "position_ids", *self.bias,
             domain=MS, n_out=3,
             names=(None, KV.present_key.format(i=i), KV.present_value.format(i=i)),
-            num_heads=h, kv_num_heads=hkv, do_rotary=1)
+            num_heads=h, kv_num_heads=hkv, do_rotary=1, **self._gqa_scores)
         if self.matmul:  # GQA wrote (and rotated) the new K/V; attend over the buffer here
             if not a.qk_norm:
                 q = b.op("Split", qkv, b.const([h * hd, hkv * hd, hkv * hd]), axis=-1,

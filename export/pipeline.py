@@ -218,6 +218,10 @@ def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions) ->
     max_len = opts.max_len or min(args.max_position_embeddings, 4096)
     if max_len < 2:
         raise ValueError(f"--max-len must be >= 2, got {max_len}")
+    if args.local_window is not None and max_len > args.local_window:
+        raise ValueError(f"this model's sliding window ({args.local_window}) applies to some "
+                         "layers only, which bundles do not carry yet; export with --max-len "
+                         f"{args.local_window} or less (the window then never applies)")
     variant = opts.variant  # every rule between the flags (export/variant.py)
     draft_variant = variant.with_weights(opts.draft_weights or opts.weights, "--draft-weights")
     head_variant = variant.with_weights(drafter_weights(opts.weights))

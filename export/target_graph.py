@@ -81,6 +81,14 @@ def emit_activation(b: Builder, gate: str, a: ModelArgs) -> str:
     return b.op("Mul", b.op("Mul", c(0.5), gate), b.op("Add", c(1.0), b.op("Tanh", inner)))
 
 
+def emit_softcap(b: Builder, x: str, cap: float | None) -> str:
+    """cap * tanh(x / cap) (Gemma-2's scores and logits), in x's float dtype; None: x."""
+    if cap is None:
+        return x
+    c = b.const(np.array(cap, b.float_dtype), b.float_dtype)
+    return b.op("Mul", b.op("Tanh", b.op("Div", x, c)), c)
+
+
 def emit_embedding(b: Builder, model) -> str:
     """The input tokens' embeddings [1, S, d] (times the family's scale: Gemma's sqrt(d))."""
     a: ModelArgs = model.args
@@ -108,7 +116,7 @@ class PlainEmitter:
         # Query rows are grouped [Hkv, n_rep * S] so that one GEMM per KV head serves its
         # n_rep query heads; tile the [S, P+S] bias n_rep times to match, once per graph.
         self.bias = b.op("Tile", "attention_bias", b.const([1, 1, a.n_rep, 1]))
-        self.scale = b.const(np.float32(1.0 / np.sqrt(a.head_dim)), np.float32)
+        self.scale = b.const(np.float32(a.scale), np.float32)
 
     def norm(self, x: str, weight, prefix: str) -> str:
         b = self.b
@@ -161,6 +169,7 @@ class PlainEmitter:
         values = b.op("Concat", pv, v, axis=2)
         qg = b.op("Reshape", b.op("Mul", q, self.scale), b.const([1, hkv, -1, hd]))  # [1,Hkv,r*S,D]
         scores = b.op("MatMul", qg, b.op("Transpose", keys, perm=[0, 1, 3, 2]))  # [1,Hkv,r*S,P+S]
+        scores = emit_softcap(b, scores, a.attn_softcap)
         probs = b.op("Softmax", b.op("Add", scores, self.bias), axis=-1)
         y = b.op("MatMul", probs, values)  # [1, Hkv, r*S, D]
         y = b.op("Reshape", y, b.const([1, a.n_heads, -1, hd]))  # [1, H, S, D]
@@ -192,7 +201,8 @@ def emit_lm_head(b: Builder, model, hidden: str, as_matmul: bool) -> None:
         head = "embed_tokens.weight" if a.tie_embeddings else b.weight(
             "lm_head.weight", model.lm_head.weight.detach().float().numpy())
         logits = b.op("Gemm", rows, head, transB=1)  # measured faster than MatMul at S = 1
-    logits = b.to_float32(b.op("Reshape", logits, b.const([1, -1, a.vocab_size])))
+    logits = b.op("Reshape", logits, b.const([1, -1, a.vocab_size]))
+    logits = b.to_float32(emit_softcap(b, logits, a.final_softcap))  # Gemma-2's final cap
     b.output(logits, "logits", "float32", [1, "N", a.vocab_size])
     # the first largest on ties, like numpy's argmax
     b.output(b.op("ArgMax", logits, axis=-1, keepdims=0), "argmax", "int64", [1, "N"])

@@ -49,6 +49,16 @@ class ModelArgs:
     norm_offset: float = 0.0  # RMSNorm scales by (norm_offset + weight)
     embed_scale: float = 1.0  # token embeddings are multiplied by it
     packed: bool = False  # the checkpoint stores qkv_proj / gate_up_proj packed
+    sandwich_norms: bool = False  # post-attention and post-MLP norms too (models/families.py)
+    attn_softcap: float | None = None  # attention scores -> cap * tanh(scores / cap)
+    final_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
+    attn_scale: float | None = None  # the scores' scale; None: head_dim ** -0.5
+    local_window: int | None = None  # a window on some layers only: exact while max_len fits it
+
+    @property
+    def scale(self) -> float:
+        """What attention multiplies q.k by."""
+        return self.attn_scale if self.attn_scale is not None else self.head_dim ** -0.5
     sliding_window: int | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -86,6 +96,9 @@ class ModelArgs:
         window = cfg.get("sliding_window")
         if family.window_switch and not cfg.get(family.window_switch, False):
             window = None
+        local = window if family.local_windows else None
+        window = None if family.local_windows else window
+        query = cfg.get(family.query_scale_key) if family.query_scale_key else None
         bias = bool(family.bias_flag and cfg.get(family.bias_flag, False))
         return cls(
             arch=family.name,
@@ -109,10 +122,20 @@ class ModelArgs:
             norm_offset=family.norm_offset,
             embed_scale=float(dim) ** 0.5 if family.embed_scale else 1.0,
             packed=family.packed,
+            sandwich_norms=family.sandwich_norms,
+            attn_softcap=_optional_float(cfg, family.attn_softcap_key),
+            final_softcap=_optional_float(cfg, family.final_softcap_key),
+            attn_scale=None if query is None else float(query) ** -0.5,
+            local_window=local,
             sliding_window=window,
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos,
         )
+
+
+def _optional_float(cfg: dict, key: str | None) -> float | None:
+    value = cfg.get(key) if key else None
+    return None if value is None else float(value)
 
 
 def _rope_scaling(rope: dict) -> RopeScaling:

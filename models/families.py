@@ -27,6 +27,13 @@ class Family:
     embed_scale: bool = False  # embeddings times sqrt(hidden_size) (Gemma)
     packed: bool = False  # q/k/v and gate/up stored as one qkv_proj / gate_up_proj (Phi-3):
     # the loader splits them (models/weights.py), so nothing else sees the packing
+    sandwich_norms: bool = False  # norms after attention and MLP too (Gemma-2): the block is
+    # x + post_attn(attn(input(x))), then + post_ff(mlp(pre_ff(x)))
+    attn_softcap_key: str | None = None  # config key: scores -> cap * tanh(scores / cap)
+    final_softcap_key: str | None = None  # config key: logits -> cap * tanh(logits / cap)
+    query_scale_key: str | None = None  # config key: scores scaled by its ** -0.5, not head_dim's
+    local_windows: bool = False  # sliding_window applies to some layers only (Gemma-2's
+    # sliding_attention layers): a bundle whose K/V length fits the window is exact
 
 
 FAMILIES: dict[str, Family] = {
@@ -38,4 +45,9 @@ FAMILIES: dict[str, Family] = {
     "GemmaForCausalLM": Family("gemma", bias_flag="attention_bias", activation="gelu_tanh",
                                norm_offset=1.0, embed_scale=True),
     "Phi3ForCausalLM": Family("phi3", packed=True),
+    "Gemma2ForCausalLM": Family("gemma2", bias_flag="attention_bias", activation="gelu_tanh",
+                                norm_offset=1.0, embed_scale=True, sandwich_norms=True,
+                                attn_softcap_key="attn_logit_softcapping",
+                                final_softcap_key="final_logit_softcapping",
+                                query_scale_key="query_pre_attn_scalar", local_windows=True),
 }

@@ -70,7 +70,13 @@ class Attention(nn.Module):
         values = torch.cat([past_v, v], dim=2)
         keys = keys.repeat_interleave(a.n_rep, dim=1)  # [B, H, P+S, D]
         values = values.repeat_interleave(a.n_rep, dim=1)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # [B, H, S, D]
+        if a.attn_softcap is None:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias,
+                                               scale=a.attn_scale)  # [B, H, S, D]
+        else:  # Gemma-2: the scores are capped before the mask is added
+            scores = (q @ keys.transpose(-1, -2)) * a.scale  # [B, H, S, P+S]
+            scores = torch.tanh(scores / a.attn_softcap) * a.attn_softcap + bias
+            y = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ values
         y = y.transpose(1, 2).reshape(B, S, a.n_heads * a.head_dim)
         return self.o_proj(y), k, v
 
@@ -88,17 +94,28 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm residual block; with sandwich norms (Gemma-2) post_attention_layernorm
+    normalises the attention's output and two more norms wrap the MLP (HF's names)."""
+
     def __init__(self, a: ModelArgs):
         super().__init__()
+        self.sandwich = a.sandwich_norms
         self.input_layernorm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
         self.self_attn = Attention(a)
         self.post_attention_layernorm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
         self.mlp = MLP(a)
+        if self.sandwich:
+            self.pre_feedforward_layernorm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
+            self.post_feedforward_layernorm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
 
     def forward(self, x, cos, sin, bias, past_k, past_v):
         h, k, v = self.self_attn(self.input_layernorm(x), cos, sin, bias, past_k, past_v)
-        x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), k, v
+        if not self.sandwich:
+            x = x + h
+            return x + self.mlp(self.post_attention_layernorm(x)), k, v
+        x = x + self.post_attention_layernorm(h)
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), \
+            k, v
 
 
 class Transformer(nn.Module):
@@ -136,7 +153,10 @@ class Transformer(nn.Module):
                 feats.append(x)
         hidden = self.norm(x)
         features = torch.cat(feats, dim=-1) if feats else None
-        return self.lm_head(hidden), hidden, new_kv, features
+        logits = self.lm_head(hidden)
+        if self.args.final_softcap is not None:  # Gemma-2
+            logits = torch.tanh(logits / self.args.final_softcap) * self.args.final_softcap
+        return logits, hidden, new_kv, features
 
 
 def causal_bias(past_len: int, seq: int, mask_value: float = float("-inf"),

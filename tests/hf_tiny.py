@@ -31,6 +31,10 @@ CONFIGS = {
     "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, dict(head_dim=16)),
     # packed qkv_proj / gate_up_proj, split by the loader (models/families.py packed)
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {}),
+    # sandwich norms, soft-capped scores and logits, query_pre_attn_scalar; its window (on
+    # half the layers) spans the whole context here, which is what bundles support
+    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+               dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=256)),
 }
 
 

@@ -11,7 +11,7 @@ from edgespec.runtime.model import Model
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["gemma", "phi3"])
+@pytest.mark.parametrize("family", ["gemma", "phi3", "gemma2"])
 def test_every_drafter_kind_is_lossless_on_the_family(family, tiny_dirs, tiny_bundles,
                                                       tmp_path):
     from edgespec.export.pipeline import ExportOptions, export_bundle
@@ -32,3 +32,20 @@ def test_every_drafter_kind_is_lossless_on_the_family(family, tiny_dirs, tiny_bu
             for width in (1, 3) if name in ("draft_model", "eagle3") else (None,):
                 got = run_to_end(model, params, prompt, model.drafter(name, width=width))
                 assert got.tokens == plain, (family, name, width)
+
+
+def test_a_window_on_some_layers_only_needs_a_context_that_fits_it(tiny_dirs, tmp_path):
+    """Gemma-2's sliding window applies to half its layers; bundles carry one mask, so an
+    export is refused unless its K/V length fits the window (which then never applies)."""
+    import json
+    import shutil
+
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_dirs["gemma2"], hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**cfg, "sliding_window": 16}))
+    with pytest.raises(ValueError, match="export with --max-len 16 or less"):
+        export_bundle(hf, tmp_path / "b", ExportOptions(max_len=32, progress=False))
+    export_bundle(hf, tmp_path / "b", ExportOptions(max_len=16, progress=False))
