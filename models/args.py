@@ -54,11 +54,6 @@ class ModelArgs:
     final_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
     attn_scale: float | None = None  # the scores' scale; None: head_dim ** -0.5
     local_window: int | None = None  # a window on some layers only: exact while max_len fits it
-
-    @property
-    def scale(self) -> float:
-        """What attention multiplies q.k by."""
-        return self.attn_scale if self.attn_scale is not None else self.head_dim ** -0.5
     sliding_window: int | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -66,6 +61,11 @@ class ModelArgs:
     @property
     def n_rep(self) -> int:
         return self.n_heads // self.n_kv_heads
+
+    @property
+    def scale(self) -> float:
+        """What attention multiplies q.k by."""
+        return self.attn_scale if self.attn_scale is not None else self.head_dim ** -0.5
 
     @classmethod
     def from_hf_dir(cls, hf_dir: str | Path) -> "ModelArgs":

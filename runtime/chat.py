@@ -52,7 +52,7 @@ class ChatTemplate:
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The prompt text of `messages` ([{"role": ..., "content": str}, ...]). A template's
         own refusal (raise_exception) or failure is a ValueError with its message."""
-        check_messages(messages)
+        messages = plain_messages(messages)
         try:
             return self._template.render(messages=messages, bos_token=self.bos,
                                          eos_token=self.eos,
@@ -72,14 +72,24 @@ def _raise(message):
     raise TemplateRefusal(str(message))
 
 
-def check_messages(messages) -> None:
-    """Chat messages as OpenAI's API sends them: a non-empty list of {role, content: str}."""
+def plain_messages(messages) -> list[dict]:
+    """Chat messages as OpenAI's API sends them, as the template gets them: {role, content:
+    str}; content may also be a list of text parts ({"type": "text", "text": ...}), joined."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list of {role, content} objects")
+    out = []
     for i, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                             and isinstance(p.get("text"), str)
+                                             for p in content):
+            content = "".join(p["text"] for p in content)
         if not (isinstance(m, dict) and isinstance(m.get("role"), str)
-                and isinstance(m.get("content"), str)):
-            raise ValueError(f"messages[{i}] must be an object with a string role and content")
+                and isinstance(content, str)):
+            raise ValueError(f"messages[{i}] must be an object with a string role and a "
+                             "text content")
+        out.append({"role": m["role"], "content": content})
+    return out
 
 
 class _NoJinja:

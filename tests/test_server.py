@@ -251,3 +251,12 @@ def test_a_prompt_longer_than_the_model_is_a_400_even_when_streamed(server):
             out = client.completions.create(model="tiny", prompt=long, max_tokens=4,
                                             stream=stream)
             list(out) if stream else None
+
+
+def test_chat_content_may_be_text_parts(chat_bundle):
+    model = Model(chat_bundle)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "t3 "},
+                                          {"type": "text", "text": "t4"}]}]
+    assert model.chat_prompt(parts) == model.chat_prompt([{"role": "user", "content": "t3 t4"}])
+    with pytest.raises(ValueError, match="text content"):
+        model.chat_prompt([{"role": "user", "content": [{"type": "image_url"}]}])
