@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,9 +207,12 @@ class ExportPlan:
     draft_dir: Path | None
 
 
-def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions) -> ExportPlan:
+def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions,
+                scratch: Path) -> ExportPlan:
     """Check the checkpoint, the options and the drafters against each other; raise the first
-    problem (ValueError / FileNotFoundError / UnsupportedModelError) with one clear line."""
+    problem (ValueError / FileNotFoundError / UnsupportedModelError) with one clear line.
+    A checkpoint's own MTP head becomes the `mtp` drafter (written under scratch) unless one
+    is given."""
     hf_dir = Path(hf_dir)
     check_replaceable(Path(out_dir).resolve(), opts.overwrite)  # before minutes of work
     args = ModelArgs.from_hf_dir(hf_dir)  # unsupported architectures fail here, first
@@ -230,6 +234,11 @@ def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions) ->
                          f"window ({args.sliding_window}); use --verify tree")
     trained = tuple((name, Path(folder), DrafterConfig.load(folder))
                     for name, folder in opts.drafters)
+    if args.mtp_layers and "mtp" not in {name for name, _, _ in trained}:
+        from edgespec.models.mtp_import import import_mtp
+
+        folder = import_mtp(hf_dir, load_transformer(hf_dir), scratch / "mtp")
+        trained += (("mtp", folder, DrafterConfig.load(folder)),)
     layers = _feature_layers(args, trained, opts.feature_layers)
     draft_dir = Path(opts.draft_model) if opts.draft_model else None
     names = {n for n, _, _ in trained} | ({"draft_model"} if draft_dir else set()) | {"*"}
@@ -291,7 +300,11 @@ def export_bundle(hf_dir: str | Path, out_dir: str | Path,
     """Check (plan_export), then write the bundle atomically: the target, the drafters, the
     K/V compaction graphs, the tokenizer and manifest.json, which is loaded back as the
     runtime would before the folder appears."""
-    plan = plan_export(hf_dir, out_dir, opts)
+    with tempfile.TemporaryDirectory() as scratch:
+        return _write_bundle(plan_export(hf_dir, out_dir, opts, Path(scratch)), out_dir, opts)
+
+
+def _write_bundle(plan: ExportPlan, out_dir: str | Path, opts: ExportOptions) -> Manifest:
     hf_dir, trained = plan.hf_dir, plan.trained
     steps = tqdm(total=3 + bool(plan.draft_dir) + len(trained), desc="export", unit="graph",
                  disable=not opts.progress)

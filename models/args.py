@@ -54,6 +54,7 @@ class ModelArgs:
     final_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
     attn_scale: float | None = None  # the scores' scale; None: head_dim ** -0.5
     local_window: int | None = None  # a window on some layers only: exact while max_len fits it
+    mtp_layers: int = 0  # MTP modules stored after the decoder layers (num_nextn_predict_layers)
     sliding_window: int | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -127,6 +128,7 @@ class ModelArgs:
             final_softcap=_optional_float(cfg, family.final_softcap_key),
             attn_scale=None if query is None else float(query) ** -0.5,
             local_window=local,
+            mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
             sliding_window=window,
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos,

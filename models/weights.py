@@ -72,6 +72,9 @@ def load_transformer(hf_dir: str | Path, max_len: int | None = None,
     args = ModelArgs.from_hf_dir(hf_dir)
     model = Transformer(args, max_len=max_len)
     sd = load_state_dict(hf_dir)
+    if args.mtp_layers:  # the MTP modules after the decoder layers: models/mtp_import.py
+        mtp = tuple(f"layers.{args.n_layers + i}." for i in range(args.mtp_layers))
+        sd = {k: v for k, v in sd.items() if not k.startswith(mtp)}
     if args.packed:
         sd = unpack(sd, args)
     if args.tie_embeddings:
