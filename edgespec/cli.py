@@ -108,7 +108,9 @@ def cmd_info(ns) -> int:
           f"KV {m.target.kv.layout}, "
           f"update={m.target.kv.update}, parity {m.target.parity_max_abs})")
     say(f"features    layers {list(m.target.feature_layers) or 'none'}")
-    say(f"tokenizer   {m.tokenizer.file}, eos {list(m.tokenizer.eos_token_ids)}")
+    chat = (f"chat template {m.tokenizer.chat_template}" if m.tokenizer.chat_template
+            else "no chat template (completions only)")
+    say(f"tokenizer   {m.tokenizer.file}, eos {list(m.tokenizer.eos_token_ids)}; {chat}")
     say(f"drafters    {', '.join(m.drafters) or 'none'}")
     for name, d in m.drafters.items():
         o = d.options

@@ -260,3 +260,12 @@ def test_chat_content_may_be_text_parts(chat_bundle):
     assert model.chat_prompt(parts) == model.chat_prompt([{"role": "user", "content": "t3 t4"}])
     with pytest.raises(ValueError, match="text content"):
         model.chat_prompt([{"role": "user", "content": [{"type": "image_url"}]}])
+
+
+def test_info_says_whether_a_bundle_can_chat(chat_bundle, trimmed_bundle, capsys):
+    from edgespec.cli import main
+
+    assert main(["info", str(chat_bundle)]) == 0
+    assert "chat template chat_template.jinja" in capsys.readouterr().out
+    assert main(["info", str(trimmed_bundle)]) == 0
+    assert "no chat template" in capsys.readouterr().out
