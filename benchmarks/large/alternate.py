@@ -122,7 +122,7 @@ def main() -> None:
               file=sys.stderr, flush=True)
     print(f"{ns.n_prompts} prompts x {ns.max_new_tokens} new tokens, greedy, {ns.threads} "
           f"threads, median over {ns.rounds} alternating rounds")
-    print(f"| engine | decode tok/s | vs our plain | min..max ratio |\n| --- | --- | --- | --- |")
+    print("| engine | decode tok/s | vs our plain | min..max ratio |\n| --- | --- | --- | --- |")
     for name in sorted(rates, key=lambda k: -statistics.median(ratios[k])):
         rs = ratios[name]
         note = " (output differs from its plain greedy on some prompt)" if name in DIFFERS else ""
