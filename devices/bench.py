@@ -57,7 +57,7 @@ def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: in
         drafter = model.resolve_drafter(drafter)
         drafter = None if drafter == "none" else drafter
     sizes = [s for s in SIZES if s < model.max_len // 2]
-    curve = measure_target_curve(model, sizes)
+    curve = measure_target_curve(model, sizes, prompts=prompts)
     fit = fit_curve(sizes, [curve[s] for s in sizes])
     engines = {"plain": None}
     for g in gammas if drafter else ():

@@ -1,6 +1,10 @@
 """Cost model of one forward over S new tokens, T(S) = overhead + max(memory, S * compute):
 fitted to a measured curve where one exists, else projected from a device profile; and the
-expected speed of chain drafting from per-depth acceptance (the tuner's objective)."""
+expected speed of chain drafting from per-depth acceptance (the tuner's objective).
+
+A mixture of experts reads only the experts its S tokens route to: its memory term is the
+dense part plus the routed experts' read time times the share S tokens touch
+(runtime/mbsu.experts_touched), so its T(S) / T(1) climbs where a dense model's stays flat."""
 
 from __future__ import annotations
 
@@ -8,7 +12,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgespec.runtime.mbsu import experts_touched
+
 from .profiles import DeviceProfile
+
+
+@dataclass(frozen=True)
+class Routing:
+    """A mixture of experts' routed weights: their bytes, E experts, k picked per token."""
+    bytes: float
+    experts: int
+    per_token: int
+
+    def share(self, s) -> np.ndarray:
+        """The share of the routed bytes a forward over s tokens reads."""
+        return np.asarray([experts_touched(self.experts, self.per_token, float(v))
+                           for v in np.atleast_1d(s)]).reshape(np.shape(s)) / self.experts
 
 
 @dataclass(frozen=True)
@@ -16,9 +35,14 @@ class CostCurve:
     overhead: float  # s per call (launches, bindings, the host step)
     memory: float  # s to read the weights (and K/V) once: S tokens share it
     compute: float  # s of arithmetic per new token
+    routed: float = 0.0  # s to read every routed expert once (a mixture of experts)
+    routing: Routing | None = None  # whose share of `routed` S tokens read
 
     def time(self, s: int | np.ndarray) -> float | np.ndarray:
-        return self.overhead + np.maximum(self.memory, np.asarray(s) * self.compute)
+        memory = self.memory
+        if self.routing is not None:
+            memory = memory + self.routed * self.routing.share(s)
+        return self.overhead + np.maximum(memory, np.asarray(s) * self.compute)
 
     def ratio(self, s: int) -> float:
         """T(S) / T(1): what verifying S tokens costs in single-token forwards."""
@@ -47,12 +71,18 @@ def fit_curve(sizes, seconds) -> CostCurve:
 
 
 def project_curve(profile: DeviceProfile, weight_bytes: float, kv_bytes: float,
-                  overhead: float) -> CostCurve:
+                  overhead: float, routing: Routing | None = None) -> CostCurve:
     """T(S) on `profile` for a forward reading weight_bytes + kv_bytes: at peak bandwidth, with
-    2 flops per weight per token (weight bytes / 2 = fp16 parameters) at peak throughput."""
-    params = weight_bytes / 2
-    return CostCurve(overhead, (weight_bytes + kv_bytes) / profile.bandwidth,
-                     2 * params / profile.peak_flops)
+    2 flops per weight per token (weight bytes / 2 = fp16 parameters) at peak throughput.
+    routing: the routed experts' share of weight_bytes, of which each token reads (and
+    computes with) its k experts only."""
+    if routing is None or not routing.bytes:
+        return CostCurve(overhead, (weight_bytes + kv_bytes) / profile.bandwidth,
+                         weight_bytes / profile.peak_flops)
+    dense = weight_bytes - routing.bytes
+    active = dense + routing.bytes * routing.per_token / routing.experts
+    return CostCurve(overhead, (dense + kv_bytes) / profile.bandwidth,
+                     active / profile.peak_flops, routing.bytes / profile.bandwidth, routing)
 
 
 def acceptance_per_depth(accepted_lengths, depth: int) -> np.ndarray:

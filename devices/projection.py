@@ -11,7 +11,7 @@ from edgespec.graph_contract import FP16_WEIGHTS
 from edgespec.manifest import load_manifest
 from edgespec.runtime.mbsu import kv_bytes, kv_itemsize
 
-from .cost_model import acceptance_per_depth, best_gamma, project_curve
+from .cost_model import Routing, acceptance_per_depth, best_gamma, project_curve
 
 
 def _lengths(path: str) -> list[int]:
@@ -28,7 +28,8 @@ def project(bundle: str, profiles, drafter: str | None, eval_file: str | None,
     """Projected per-token time of plain decoding and, given an eval of a chain drafter, the
     best draft length and speedup, per profile. Assumes fp16 weights and K/V on GPU profiles
     (the bundle's fp32 byte counts halved; an fp16 graph's counted as they are) and
-    `overhead_ms` per forward."""
+    `overhead_ms` per forward. A mixture of experts' verify steps read the experts their
+    tokens touch (devices/cost_model.Routing), so its verify_8_vs_1 climbs."""
     m = load_manifest(bundle)
     if m.target.bytes_read is None:
         raise ValueError(f"{bundle} predates byte counts; re-export it")
@@ -47,10 +48,12 @@ def project(bundle: str, profiles, drafter: str | None, eval_file: str | None,
         gpu = p.kind == "gpu"
 
         def cost(graph, info):  # GPUs: fp16 weights (what an fp32 / int4 export counted, halved)
-            halve = gpu and graph.weights not in FP16_WEIGHTS
-            weights = (graph.bytes_read or 0) * (0.5 if halve else 1)
+            scale = 0.5 if gpu and graph.weights not in FP16_WEIGHTS else 1.0
             kv = kv_bytes(info, context, 2 if gpu else kv_itemsize(graph))  # and fp16 K/V
-            return project_curve(p, weights, kv, overhead_ms / 1e3)
+            routing = Routing(scale * graph.expert_bytes, info.experts, info.experts_per_token) \
+                if graph.expert_bytes and info.experts else None
+            return project_curve(p, scale * (graph.bytes_read or 0), kv, overhead_ms / 1e3,
+                                 routing)
 
         curve = cost(m.target, m.model)
         row = {"device": p.name, "ar_ms_per_token": 1e3 * float(curve.time(1)),

@@ -19,19 +19,26 @@ from .cost_model import acceptance_per_depth, chain_tokens_per_step
 CHAIN_KINDS = chain_kinds()  # edgespec/drafter_kinds.py
 
 
-def measure_target_curve(model, sizes, past: int = 256, runs: int = 3, reps: int = 10
-                         ) -> dict[int, float]:
-    """Median seconds of one target forward verifying S tokens after `past` cached ones."""
+def measure_target_curve(model, sizes, past: int = 256, runs: int = 3, reps: int = 10,
+                         prompts: list[list[int]] | None = None) -> dict[int, float]:
+    """Median seconds of one target forward verifying S tokens after `past` cached ones.
+
+    The tokens come from `prompts` (real text) where given, else at random: a mixture of
+    experts reads the experts its S tokens route to, and random tokens spread over more
+    experts than text does (benchmarks/moe_cost.py), so only text prices its verify steps."""
     runner = model.new_runner()
     rng = np.random.default_rng(0)
     vocab, mask = model.manifest.model.vocab_size, model.manifest.target.mask_value
     past = min(past, model.max_len - max(sizes) - 1)
-    ids = rng.integers(0, vocab, past)
+    text = np.array([t for p in prompts or () for t in p], np.int64)
+    if len(text) < past + max(sizes):
+        text = rng.integers(0, vocab, past + max(sizes))
+    ids = text[:past]
     runner.forward(ids, np.arange(past), causal_bias(0, past, mask), np.array([past - 1]))
     times: dict[int, list[float]] = {s: [] for s in sizes}
     for _ in range(runs):
         for s in sizes:
-            new, pos = rng.integers(0, vocab, s), np.arange(past, past + s)
+            new, pos = text[past:past + s], np.arange(past, past + s)
             bias, rows = causal_bias(past, s, mask), np.arange(s)
             runner.forward(new, pos, bias, rows)  # warm this shape's binding
             runner.kv.truncate(past)
@@ -145,7 +152,7 @@ def tune_chain(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
     deep = model.drafter(name, max_gamma, 1)
     lengths, deep_rate = decode(model, deep, prompts, max_new_tokens)
     accept = acceptance_per_depth(lengths, max_gamma)
-    curve = measure_target_curve(model, list(range(1, max_gamma + 2)))
+    curve = measure_target_curve(model, list(range(1, max_gamma + 2)), prompts=prompts)
     propose = {g: measure_propose(model, model.drafter(name, g, 1), prompts[:4])
                for g in range(1, max_gamma + 1)}
     # what a step costs in the loop beyond its forwards (bookkeeping, acceptance, caches

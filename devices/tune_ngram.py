@@ -82,7 +82,7 @@ def tune_ngram(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
                                      max_new_tokens, outputs)
     spec_seconds = sum(spec_lengths) / spec_rate
     lengths, plain_rate = decode(model, None, prompts, max_new_tokens)
-    curve = measure_target_curve(model, list(range(1, max_gamma + 2)))
+    curve = measure_target_curve(model, list(range(1, max_gamma + 2)), prompts=prompts)
     plain_over = max(step_seconds(lengths, plain_rate) - curve[1], 0.0)
 
     finder = NgramDrafter(gamma=max_gamma, max_n=max_n, min_n=1)

@@ -83,14 +83,14 @@ def grow_tree(probs: dict[tuple, float], max_nodes: int) -> list[tuple]:
     return tree
 
 
-def _curve(model, sizes) -> dict[int, float]:
+def _curve(model, sizes, prompts) -> dict[int, float]:
     """Measured T(S), made non-decreasing by its lower envelope: a verify of more tokens never
     costs less, and the spikes a busy machine adds should not pick the tree."""
     sizes = sorted(set(sizes))
     if sizes[-1] + 2 > model.max_len // 2:
         raise ValueError(f"a verify of {sizes[-1]} tokens needs a bundle with max_len >= "
                          f"{2 * sizes[-1] + 4} (this one has {model.max_len}); lower the limit")
-    raw = measure_target_curve(model, sizes, runs=3, reps=5)
+    raw = measure_target_curve(model, sizes, runs=3, reps=5, prompts=prompts)
     low = np.minimum.accumulate([raw[s] for s in reversed(sizes)])[::-1]
     return dict(zip(sizes, low.tolist()))
 
@@ -108,7 +108,7 @@ def tune_medusa(model, name: str, prompts: list[list[int]], max_nodes: int = 64,
     probs = medusa_path_probs(model, name, prompts, max_new_tokens)
     tree = grow_tree(probs, max_nodes)
     default = model.drafter(name)  # the bundle's tree: where the loop overhead is measured
-    curve = _curve(model, range(1, max(len(tree), len(default.parents) - 1) + 2))
+    curve = _curve(model, range(1, max(len(tree), len(default.parents) - 1) + 2), prompts)
     propose_s = measure_propose(model, default, prompts[:4])
     overhead = _overhead(model, default, prompts, max_new_tokens, propose_s, curve,
                          len(default.parents) - 1)
@@ -126,7 +126,7 @@ def tune_eagle(model, name: str, prompts: list[list[int]], budgets=EAGLE_BUDGETS
                max_new_tokens: int = 64) -> TreeTuning:
     """The node budget (tree_size) of a dynamic tree at the bundle's depth and width."""
     budgets = [b for b in budgets if 2 * b + 6 <= model.max_len] or [1]
-    curve = _curve(model, [b + 1 for b in budgets] + [1])
+    curve = _curve(model, [b + 1 for b in budgets] + [1], prompts)
     per_step, propose, measured, step_s = {}, {}, {}, {}
     for b in budgets:
         drafter = model.drafter(name, tree_size=b)

@@ -71,6 +71,9 @@ class GraphSpec:
     # attention_bias and K/V in float16 (kv.dtype "float16"), logits / hidden / features float32
     weights: str = "fp32"
     bytes_read: int | None = None  # weight bytes one forward reads (embedding rows excluded)
+    # of bytes_read: the routed experts' weights (an MoE operator reads only the experts its
+    # tokens pick); None or 0: every forward reads all of bytes_read
+    expert_bytes: int | None = None
     # fused graphs: "gqa" (GroupQueryAttention attends, with the bias); "matmul" (GQA only
     # writes K/V, MatMul + Softmax attend over the buffer with the bias: trees on CUDA, whose
     # GQA refuses a bias)
@@ -79,7 +82,7 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    architecture: str  # llama | mistral | qwen2 | qwen3
+    architecture: str  # a family name of models/families.py (llama, gemma3, mixtral, ...)
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -90,6 +93,10 @@ class ModelInfo:
     dtype: str
     sliding_window: int | None = None
     fingerprint: str = ""  # sha256 over the source weights; drafters record the one they fit
+    # a mixture of experts: E experts, k routed per token (0, 0: dense); byte projections
+    # scale the routed experts' bytes by the share S tokens touch (runtime/mbsu.py)
+    experts: int = 0
+    experts_per_token: int = 0
 
 
 @dataclass(frozen=True)
@@ -217,6 +224,11 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
     if weights not in WEIGHT_FORMATS:
         raise BundleError(f"manifest.json: {where}.weights {excerpt(weights)} is not one of "
                           f"{', '.join(WEIGHT_FORMATS)}; upgrade edgespec or re-export the bundle")
+    read = _optional_int(d.get("bytes_read"), f"{where}.bytes_read")
+    routed = _optional_int(d.get("expert_bytes"), f"{where}.expert_bytes")
+    if routed and (read is None or routed > read):
+        raise BundleError(f"manifest.json: {where}.expert_bytes ({routed}) must be part of "
+                          f"{where}.bytes_read ({read}); re-export the bundle")
     return GraphSpec(
         file=_need(d, "file", str, where),
         kind=_need(d, "kind", str, where),
@@ -228,7 +240,8 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
         parity_max_abs=None if parity is None else float(parity),
         external_data=_optional(d, "external_data", str, where),
         weights=weights,
-        bytes_read=_optional_int(d.get("bytes_read"), f"{where}.bytes_read"),
+        bytes_read=read,
+        expert_bytes=routed,
         attention=_attention(d, where),
     )
 
@@ -261,7 +274,13 @@ def _model(m: dict, where: str) -> ModelInfo:
         dtype=_need(m, "dtype", str, where),
         sliding_window=_optional_int(m.get("sliding_window"), f"{where}.sliding_window", 1),
         fingerprint=_optional(m, "fingerprint", str, where) or "",
+        experts=_optional_int(m.get("experts", 0), f"{where}.experts") or 0,
+        experts_per_token=_optional_int(m.get("experts_per_token", 0),
+                                        f"{where}.experts_per_token") or 0,
     )
+    if model.experts_per_token > model.experts or model.experts > _MAX_DIM:
+        raise BundleError(f"manifest.json: {where}.experts_per_token ({model.experts_per_token})"
+                          f" must be at most {where}.experts ({model.experts})")
     for k in _INTS:
         v = getattr(model, k)
         if not 0 < v <= _MAX_DIM:

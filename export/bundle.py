@@ -141,6 +141,15 @@ def bytes_read(model: onnx.ModelProto) -> int:
                if uses.get(t.name, {"other"}) != {"gather"})
 
 
+def routed_bytes(model: onnx.ModelProto) -> int:
+    """Of bytes_read: the experts' weights that MoE nodes read per routed token (fc1, fc2, fc3,
+    inputs 2, 4 and 6), of which a forward over S tokens touches only the picked experts'."""
+    names = {node.input[j] for node in model.graph.node if node.op_type == "MoE"
+             for j in (2, 4, 6) if j < len(node.input) and node.input[j]}
+    return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer
+               if t.name in names)
+
+
 def save_onnx(model: onnx.ModelProto, path: Path) -> str | None:
     """Save and run the onnx checker; above 2 GB the weights go to one file beside the graph,
     whose name is returned."""

@@ -27,7 +27,8 @@ from edgespec.models.low_rank import LowRankHead
 from .fused_graph import FP16_MASK, FP32_MASK, FUSED_KV, MS, FusedEmitter, static_inputs
 from .decoder import emit_decoder
 from .onnx_builder import Builder
-from .target_graph import KV, PlainEmitter, matmul_weight
+from .graph_ops import matmul_weight
+from .target_graph import KV, PlainEmitter
 
 
 WEIGHTS = {"float32": "fp32", "float16": "fp16"}  # a graph's dtype -> its manifest `weights`

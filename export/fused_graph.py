@@ -36,11 +36,14 @@ import numpy as np
 
 from edgespec.manifest import GraphSpec, TensorSpec
 from edgespec.models.args import ModelArgs, rope_cos_sin
+from edgespec.models.moe import SparseMoE
 
 from .decoder import emit_decoder
+from .moe_graph import emit_moe_op
 from .onnx_builder import Builder
-from .target_graph import (KV, emit_activation, emit_embedding, emit_outputs, emit_softcap,
-                           graph_spec, matmul_weight, norm_scale)
+from .window_mask import dynamic_key_positions, static_key_positions, window_bias
+from .graph_ops import emit_activation, emit_rope, emit_softcap, matmul_weight, norm_scale
+from .target_graph import KV, emit_embedding, emit_outputs, graph_spec
 
 MS = "com.microsoft"
 FUSED_KV = dataclasses.replace(KV, update="in_graph")
@@ -87,55 +90,69 @@ class FusedEmitter:
     Computes in the Builder's float dtype (weights are rounded to it as they are added)."""
 
     def __init__(self, b: Builder, a: ModelArgs, max_len: int, static: bool = False,
-                 trees: bool = True, attention: str = "gqa"):
+                 trees: bool = True, attention: str = "gqa", local_layers: tuple[int, ...] = ()):
         self.matmul = attention == "matmul"
         if not (trees or static) or self.matmul and not (trees and static):
             raise ValueError("a chain graph (no attention bias) and matmul attention need "
                              "static shapes; matmul attention needs the bias")
-        self.b, self.a, self.eps = b, a, float(a.norm_eps)
+        self.b, self.a, self.eps, self.local_layers = b, a, float(a.norm_eps), local_layers
         # GQA's own score scale and soft cap (Gemma-2), set only where they differ from its
         # defaults (1 / sqrt(head_dim), no cap)
         self._gqa_scores = {k: float(v) for k, v in (("scale", a.attn_scale),
                                                      ("softcap", a.attn_softcap)) if v}
-        self.bias = ("attention_bias",) if trees and not self.matmul else ()
-        hd = a.head_dim
-        cos, sin = rope_cos_sin(a, max_len)  # fp32, rounded to the graph's dtype when stored
-        self.cos = b.weight("rope_cos_half", cos[:, : hd // 2])  # GQA's rotary takes [L, D/2]
-        self.sin = b.weight("rope_sin_half", sin[:, : hd // 2])
+        self.bias = {False: ("attention_bias",) if trees and not self.matmul else ()}
+        # GQA's rotary takes [L, D/2] tables (fp32, rounded to the graph's dtype when stored);
+        # keyed by "is a local layer" (Gemma-3's local layers have their own rope)
+        self.rope = {False: self._rope_half(max_len, False)}
+        self.rope[True] = (self._rope_half(max_len, True) if local_layers
+                           and a.local_rope_theta is not None else self.rope[False])
         if static:  # the length is an input; no shape op (a CUDA graph replays no host work)
             self.seqlens_k, self.total = "seqlens_k", b.const(max_len, np.int32)
-            if self.matmul:
-                self._matmul_tables()
-            return
-        # GQA's lengths come from the bias shape: total = P+S, seqlens_k = total - 1
-        total64 = b.op("Gather", b.op("Shape", "attention_bias"), b.const([3]))
-        self.seqlens_k = b.op("Cast", b.op("Sub", total64, b.const([1])), to=6)  # int32 [1]
-        self.total = b.op("Cast", b.op("Squeeze", total64, b.const([0])), to=6)  # int32 scalar
+        else:  # GQA's lengths come from the bias shape: total = P+S, seqlens_k = total - 1
+            total64 = b.op("Gather", b.op("Shape", "attention_bias"), b.const([3]))
+            self.seqlens_k = b.op("Cast", b.op("Sub", total64, b.const([1])), to=6)  # int32 [1]
+            self.total = b.op("Cast", b.op("Squeeze", total64, b.const([0])), to=6)  # int32
+        self.local_bias = "attention_bias"
+        if local_layers and trees:  # a chain graph's local layers use GQA's own window
+            keys = static_key_positions(b, max_len) if static else dynamic_key_positions(b)
+            mask = FP16_MASK if b.float_dtype == np.float16 else FP32_MASK
+            self.local_bias = window_bias(b, "attention_bias", keys, a.local_window, mask)
+        self.bias[True] = (self.local_bias,) if self.bias[False] else ()
+        if self.matmul:
+            self._matmul_tables()
+
+    def _rope_half(self, max_len: int, local: bool) -> tuple[str, str]:
+        cos, sin = rope_cos_sin(self.a, max_len, local)  # [L, R]: GQA rotates the first R dims
+        tag, half = "_local" if local else "", self.a.rotary_dim // 2
+        return (self.b.weight(f"rope_cos_half{tag}", cos[:, :half]),
+                self.b.weight(f"rope_sin_half{tag}", sin[:, :half]))
 
     def _matmul_tables(self) -> None:
         """Shared by every layer of a matmul-attention graph: the queries' rotary tables at
-        the step's positions and the bias repeated for the query heads grouped per KV head."""
+        the step's positions and the bias repeated for the query heads grouped per KV head
+        (each for the global and the local layers)."""
         b, a = self.b, self.a
-        cos = b.op("Gather", self.cos, "position_ids")  # [1, S, D/2]
-        sin = b.op("Gather", self.sin, "position_ids")
-        self.q_cos = b.op("Unsqueeze", b.op("Concat", cos, cos, axis=-1), b.const([1]))
-        self.q_sin = b.op("Unsqueeze", b.op("Concat", sin, sin, axis=-1), b.const([1]))
-        # query rows grouped [Hkv, n_rep * S] (one MatMul per KV head): the bias n_rep times
-        self.group_bias = b.op("Tile", "attention_bias", b.const([1, 1, a.n_rep, 1]))
+        self.q_rope, self.group_bias = {}, {}
+        for local in (False, True):
+            cos, sin = (b.op("Gather", t, "position_ids") for t in self.rope[local])  # [1,S,D/2]
+            self.q_rope[local] = tuple(b.op("Unsqueeze", b.op("Concat", t, t, axis=-1),
+                                            b.const([1])) for t in (cos, sin))  # [1,1,S,D]
+            # query rows grouped [Hkv, n_rep * S] (one MatMul per KV head): the bias n_rep times
+            bias = self.local_bias if local else "attention_bias"
+            self.group_bias[local] = b.op("Tile", bias, b.const([1, 1, a.n_rep, 1]))
         self.scale = b.const(np.array(a.scale, b.float_dtype), b.float_dtype)
 
-    def _matmul_attention(self, q: str, present_k: str, present_v: str) -> str:
+    def _matmul_attention(self, q: str, present_k: str, present_v: str, local: bool) -> str:
         """softmax(rope(q) K^T / sqrt(D) + bias) V over the whole buffer: [1, S, H*D]."""
         b, a = self.b, self.a
         hd, h = a.head_dim, a.n_heads
+        q_cos, q_sin = self.q_rope[local]
         q = b.op("Transpose", b.op("Reshape", q, b.const([0, 0, h, hd])), perm=[0, 2, 1, 3])
-        x1, x2 = b.op("Split", q, axis=-1, num_outputs=2, n_out=2)  # rotate_half, as HF
-        rot = b.op("Concat", b.op("Neg", x2), x1, axis=-1)
-        q = b.op("Add", b.op("Mul", q, self.q_cos), b.op("Mul", rot, self.q_sin))  # [1, H, S, D]
+        q = emit_rope(b, q, q_cos, q_sin, a)  # [1, H, S, D]
         q = b.op("Reshape", q, b.const([0, a.n_kv_heads, -1, hd]))  # [1, Hkv, n_rep*S, D]
         kt = b.op("Transpose", present_k, perm=[0, 1, 3, 2])  # ORT may fold it (FusedMatMul)
         scores = emit_softcap(b, b.op("Mul", b.op("MatMul", q, kt), self.scale), a.attn_softcap)
-        scores = b.op("Add", scores, self.group_bias)
+        scores = b.op("Add", scores, self.group_bias[local])
         y = b.op("MatMul", b.op("Softmax", scores, axis=-1), present_v)  # [1, Hkv, n_rep*S, D]
         y = b.op("Transpose", b.op("Reshape", y, b.const([0, h, -1, hd])), perm=[0, 2, 1, 3])
         return b.op("Reshape", y, b.const([0, 0, h * hd]))  # [1, S, H*D]
@@ -185,23 +202,33 @@ class FusedEmitter:
             q = self._head_norm(q, at.q_norm.weight, f"{p}.q_norm.weight", h)
             k = self._head_norm(k, at.k_norm.weight, f"{p}.k_norm.weight", hkv)
         # GQA applies RoPE itself (do_rotary) at the given position_ids, which may repeat in a
-        # tree. A sliding window (Mistral) lives in attention_bias, built by the runtime; GQA's
-        # local_window_size is left unset so that exactly one definition of the window applies.
+        # tree. A sliding window on every layer (Mistral) lives in attention_bias, built by the
+        # runtime; on some layers only, in the bias derived here (export/window_mask.py), and
+        # in a chain graph, which has no bias, in GQA's local_window_size (measured: onnxruntime
+        # 1.32's CPU kernel matches HF's q - k < window with local_window_size = window).
         # present K/V (outputs 1, 2) are the same memory as past once the runtime binds them so
+        local = i in self.local_layers
+        window = {"local_window_size": a.local_window} if local and not self.bias[
+            False] and not self.matmul else {}
         y, present_k, present_v = b.op(
             "GroupQueryAttention", q, k, v, KV.past_key.format(i=i), KV.past_value.format(i=i),
-            self.seqlens_k, self.total, self.cos, self.sin, "position_ids", *self.bias,
+            self.seqlens_k, self.total, *self.rope[local], "position_ids", *self.bias[local],
             domain=MS, n_out=3,
             names=(None, KV.present_key.format(i=i), KV.present_value.format(i=i)),
-            num_heads=h, kv_num_heads=hkv, do_rotary=1, **self._gqa_scores)
+            num_heads=h, kv_num_heads=hkv, do_rotary=1, **self._gqa_scores, **window)
         if self.matmul:  # GQA wrote (and rotated) the new K/V; attend over the buffer here
             if not a.qk_norm:
                 q = b.op("Split", qkv, b.const([h * hd, hkv * hd, hkv * hd]), axis=-1,
                          n_out=3)[0]
-            y = self._matmul_attention(q, present_k, present_v)
+            y = self._matmul_attention(q, present_k, present_v, local)
         return self.project(y, at.o_proj, f"{p}.o_proj")
 
-    def mlp(self, x: str, mlp, p: str) -> str:
+    def mlp(self, x: str, mlp, layer: str) -> str:
+        if isinstance(mlp, SparseMoE):
+            return emit_moe_op(self, x, mlp, f"{layer}.mlp")
+        return self.swiglu(x, mlp, f"{layer}.mlp")
+
+    def swiglu(self, x: str, mlp, p: str) -> str:
         gate = self.project(x, mlp.gate_proj, f"{p}.gate_proj")
         up = self.project(x, mlp.up_proj, f"{p}.up_proj")
         act = self.b.op("Mul", emit_activation(self.b, gate, self.a), up)
@@ -228,7 +255,7 @@ def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
     b = Builder(np.dtype(dtype))
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
-    e = FusedEmitter(b, a, max_len, static, trees, attention)
+    e = FusedEmitter(b, a, max_len, static, trees, attention, a.local_layers)
     hidden, feats = emit_decoder(e, model.layers, emit_embedding(b, model), model.norm.weight,
                                  feature_layers)
     e.declare_present(a.n_layers)

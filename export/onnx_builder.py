@@ -32,9 +32,10 @@ class Builder:
         self._n += 1
         return f"{hint}_{self._n}"
 
-    def weight(self, name: str, array: np.ndarray) -> str:
+    def weight(self, name: str, array: np.ndarray, own_dtype: bool = False) -> str:
+        """An initializer; floats are stored in the graph's float dtype unless own_dtype."""
         array = np.asarray(array)
-        if array.dtype.kind == "f":
+        if array.dtype.kind == "f" and not own_dtype:
             array = array.astype(self.float_dtype)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name

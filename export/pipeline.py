@@ -20,7 +20,7 @@ from edgespec.models.args import ModelArgs
 from edgespec.models.drafters import DrafterConfig
 from edgespec.models.weights import load_transformer, weights_fingerprint
 
-from .bundle import atomic_bundle, bytes_read, check_replaceable, save_onnx
+from .bundle import atomic_bundle, bytes_read, check_replaceable, routed_bytes, save_onnx
 from .kv_compact import with_compactor
 from .drafter_export import HeadCompression, export_trained_drafter, low_rank, trim_map
 from .fused_graph import build_fused_graph
@@ -119,7 +119,8 @@ def _model_info(hf_dir: Path, args: ModelArgs, max_len: int, dtype: str) -> Mode
                      num_layers=args.n_layers, num_heads=args.n_heads,
                      num_kv_heads=args.n_kv_heads, head_dim=args.head_dim, max_len=max_len,
                      dtype=dtype, sliding_window=args.sliding_window,
-                     fingerprint=weights_fingerprint(hf_dir))
+                     fingerprint=weights_fingerprint(hf_dir), experts=args.n_experts,
+                     experts_per_token=args.experts_per_token)
 
 
 def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tuple[int, ...],
@@ -151,6 +152,7 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
     if variant.int4:
         proto = quantize_int4(proto, opts.block_size)
     spec = dataclasses.replace(spec, weights=variant.weights, bytes_read=bytes_read(proto),
+                               expert_bytes=routed_bytes(proto) or None,
                                external_data=save_onnx(proto, tmp / file))
     del proto
     info = _model_info(hf_dir, full_args, max_len, spec.kv.dtype)  # the activations' dtype
@@ -222,11 +224,16 @@ def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions,
     max_len = opts.max_len or min(args.max_position_embeddings, 4096)
     if max_len < 2:
         raise ValueError(f"--max-len must be >= 2, got {max_len}")
-    if args.local_window is not None and max_len > args.local_window:
-        raise ValueError(f"this model's sliding window ({args.local_window}) applies to some "
-                         "layers only, which bundles do not carry yet; export with --max-len "
-                         f"{args.local_window} or less (the window then never applies)")
+    original = args.rope_scaling.original_max_position_embeddings
+    if args.rope_scaling.kind == "longrope" and max_len > original:
+        raise ValueError(f"this model's longrope switches its whole rope table past {original} "
+                         "tokens, which a K/V cache of earlier positions cannot follow; export "
+                         f"with --max-len {original} or less")
     variant = opts.variant  # every rule between the flags (export/variant.py)
+    if variant.graph == "fused" and (args.head_dim % 16 or args.rotary_dim % 16):
+        raise ValueError(f"fused graphs need a head_dim and rotary dims that are multiples of "
+                         f"16 (onnxruntime's GroupQueryAttention); this model's are "
+                         f"{args.head_dim} and {args.rotary_dim}: export with --graph plain")
     draft_variant = variant.with_weights(opts.draft_weights or opts.weights, "--draft-weights")
     head_variant = variant.with_weights(drafter_weights(opts.weights))
     if opts.verify == "chain" and args.sliding_window is not None:

@@ -19,9 +19,13 @@ import numpy as np
 
 from edgespec.manifest import GraphSpec, KVSpec, TensorSpec
 from edgespec.models.args import ModelArgs, rope_cos_sin
+from edgespec.models.moe import SparseMoE
 
 from .decoder import emit_decoder
+from .graph_ops import emit_activation, emit_rope, emit_softcap, matmul_weight, norm_scale
+from .moe_graph import emit_moe_dense
 from .onnx_builder import Builder
+from .window_mask import dynamic_key_positions, window_bias
 
 KV = KVSpec(layout="BNSH", dtype="float32", past_key="past_key.{i}", past_value="past_value.{i}",
             present_key="present_key.{i}", present_value="present_value.{i}", update="runtime")
@@ -59,36 +63,6 @@ def graph_spec(a: ModelArgs, file: str, feature_layers: tuple[int, ...], dtype: 
                      feature_layers=feature_layers)
 
 
-def matmul_weight(w) -> np.ndarray:
-    """torch Linear weight [out, in] -> MatMul right operand [in, out], fp32 numpy."""
-    return w.detach().float().numpy().T.copy()
-
-
-def norm_scale(weight, a: ModelArgs) -> np.ndarray:
-    """An RMSNorm's effective scale, fp32 numpy: offset + weight (Gemma stores w, uses 1 + w)."""
-    return weight.detach().float().numpy() + np.float32(a.norm_offset)
-
-
-def emit_activation(b: Builder, gate: str, a: ModelArgs) -> str:
-    """The MLP gate's activation (models/llama.ACTIVATIONS) in standard ops."""
-    if a.activation == "silu":
-        return b.op("Mul", gate, b.op("Sigmoid", gate))
-    # gelu_tanh: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
-    def c(v):
-        return b.const(np.array(v, b.float_dtype), b.float_dtype)
-    cube = b.op("Mul", b.op("Mul", gate, gate), gate)
-    inner = b.op("Mul", c(np.sqrt(2.0 / np.pi)), b.op("Add", gate, b.op("Mul", c(0.044715), cube)))
-    return b.op("Mul", b.op("Mul", c(0.5), gate), b.op("Add", c(1.0), b.op("Tanh", inner)))
-
-
-def emit_softcap(b: Builder, x: str, cap: float | None) -> str:
-    """cap * tanh(x / cap) (Gemma-2's scores and logits), in x's float dtype; None: x."""
-    if cap is None:
-        return x
-    c = b.const(np.array(cap, b.float_dtype), b.float_dtype)
-    return b.op("Mul", b.op("Tanh", b.op("Div", x, c)), c)
-
-
 def emit_embedding(b: Builder, model) -> str:
     """The input tokens' embeddings [1, S, d] (times the family's scale: Gemma's sqrt(d))."""
     a: ModelArgs = model.args
@@ -101,22 +75,35 @@ def emit_embedding(b: Builder, model) -> str:
 
 class PlainEmitter:
     """The plain backend of export/decoder.py's loop (standard ONNX ops only); holds the
-    per-graph shared values (S, P, cos/sin, mask)."""
+    per-graph shared values (S, P, cos/sin, mask). local_layers: the layers with the model's
+    sliding window (export/window_mask.py) and, where it has them, their own rope tables."""
 
-    def __init__(self, b: Builder, a: ModelArgs, max_len: int):
-        self.b, self.a = b, a
-        cos, sin = rope_cos_sin(a, max_len)
-        pos = "position_ids"
-        # cos/sin: [1, 1, S, D], gathered once for all layers at arbitrary positions
-        self.cos = b.op("Unsqueeze", b.op("Gather", b.weight("rope_cos", cos), pos), b.const([1]))
-        self.sin = b.op("Unsqueeze", b.op("Gather", b.weight("rope_sin", sin), pos), b.const([1]))
+    def __init__(self, b: Builder, a: ModelArgs, max_len: int,
+                 local_layers: tuple[int, ...] = (), mask_value: float = -1e9):
+        self.b, self.a, self.local_layers = b, a, local_layers
         s = b.op("Gather", b.op("Shape", "input_ids"), b.const([1]))  # [1] = S
         t = b.op("Gather", b.op("Shape", "attention_bias"), b.const([3]))  # [1] = P+S
         self.past_len = b.op("Sub", t, s)  # [1] = P
         # Query rows are grouped [Hkv, n_rep * S] so that one GEMM per KV head serves its
         # n_rep query heads; tile the [S, P+S] bias n_rep times to match, once per graph.
         self.bias = b.op("Tile", "attention_bias", b.const([1, 1, a.n_rep, 1]))
+        self.rope = self._rope_tables(max_len, False)  # (cos, sin): [1, 1, S, D]
+        self.local_rope, self.local_bias = self.rope, self.bias
+        if local_layers:
+            if a.local_rope_theta is not None:
+                self.local_rope = self._rope_tables(max_len, True)
+            local = window_bias(b, "attention_bias", dynamic_key_positions(b), a.local_window,
+                                mask_value)
+            self.local_bias = b.op("Tile", local, b.const([1, 1, a.n_rep, 1]))
         self.scale = b.const(np.float32(a.scale), np.float32)
+
+    def _rope_tables(self, max_len: int, local: bool) -> tuple[str, str]:
+        """cos/sin [1, 1, S, D], gathered once for all layers at arbitrary positions."""
+        b, tag = self.b, "_local" if local else ""
+        tables = rope_cos_sin(self.a, max_len, local)
+        return tuple(b.op("Unsqueeze", b.op("Gather", b.weight(f"rope_{n}{tag}", t),
+                                            "position_ids"), b.const([1]))
+                     for n, t in zip(("cos", "sin"), tables))
 
     def norm(self, x: str, weight, prefix: str) -> str:
         b = self.b
@@ -139,12 +126,8 @@ class PlainEmitter:
             y = b.op("Add", y, b.weight(f"{prefix}.bias", lin.bias.detach().float().numpy()))
         return y
 
-    def rope(self, x: str) -> str:
-        # x: [1, H, S, D] -> x * cos + rotate_half(x) * sin
-        b = self.b
-        x1, x2 = b.op("Split", x, axis=-1, num_outputs=2, n_out=2)
-        rot = b.op("Concat", b.op("Neg", x2), x1, axis=-1)
-        return b.op("Add", b.op("Mul", x, self.cos), b.op("Mul", rot, self.sin))
+    def rotate(self, x: str, rope: tuple[str, str]) -> str:
+        return emit_rope(self.b, x, *rope, self.a)  # x: [1, H, S, D]
 
     def attention(self, x: str, attn, i: int, layer: str) -> str:
         a, b = self.a, self.b
@@ -156,8 +139,10 @@ class PlainEmitter:
         if a.qk_norm:  # Qwen3: RMSNorm over head_dim before RoPE
             q = self.norm(q, attn.q_norm.weight, f"{p}.q_norm")
             k = self.norm(k, attn.k_norm.weight, f"{p}.k_norm")
-        q = self.rope(b.op("Transpose", q, perm=[0, 2, 1, 3]))  # q: [1, H, S, D]
-        k = self.rope(b.op("Transpose", k, perm=[0, 2, 1, 3]))  # k: [1, Hkv, S, D]
+        local = i in self.local_layers
+        rope = self.local_rope if local else self.rope
+        q = self.rotate(b.op("Transpose", q, perm=[0, 2, 1, 3]), rope)  # q: [1, H, S, D]
+        k = self.rotate(b.op("Transpose", k, perm=[0, 2, 1, 3]), rope)  # k: [1, Hkv, S, D]
         v = b.op("Transpose", v, perm=[0, 2, 1, 3])  # v: [1, Hkv, S, D]
         b.output(k, KV.present_key.format(i=i), "float32", [1, hkv, "S", hd])
         b.output(v, KV.present_value.format(i=i), "float32", [1, hkv, "S", hd])
@@ -170,17 +155,22 @@ class PlainEmitter:
         qg = b.op("Reshape", b.op("Mul", q, self.scale), b.const([1, hkv, -1, hd]))  # [1,Hkv,r*S,D]
         scores = b.op("MatMul", qg, b.op("Transpose", keys, perm=[0, 1, 3, 2]))  # [1,Hkv,r*S,P+S]
         scores = emit_softcap(b, scores, a.attn_softcap)
-        probs = b.op("Softmax", b.op("Add", scores, self.bias), axis=-1)
+        bias = self.local_bias if local else self.bias
+        probs = b.op("Softmax", b.op("Add", scores, bias), axis=-1)
         y = b.op("MatMul", probs, values)  # [1, Hkv, r*S, D]
         y = b.op("Reshape", y, b.const([1, a.n_heads, -1, hd]))  # [1, H, S, D]
         y = b.op("Reshape", b.op("Transpose", y, perm=[0, 2, 1, 3]), b.const([0, 0, -1]))
         return self.linear(y, attn.o_proj, f"{p}.o_proj")
 
     def mlp(self, x: str, mlp, layer: str) -> str:
-        b, p = self.b, f"{layer}.mlp"
+        if isinstance(mlp, SparseMoE):
+            return emit_moe_dense(self, x, mlp, f"{layer}.mlp")
+        return self.swiglu(x, mlp, f"{layer}.mlp")
+
+    def swiglu(self, x: str, mlp, p: str) -> str:
         gate = self.linear(x, mlp.gate_proj, f"{p}.gate_proj")
         up = self.linear(x, mlp.up_proj, f"{p}.up_proj")
-        act = b.op("Mul", emit_activation(b, gate, self.a), up)
+        act = self.b.op("Mul", emit_activation(self.b, gate, self.a), up)
         return self.linear(act, mlp.down_proj, f"{p}.down_proj")
 
 
@@ -231,7 +221,8 @@ def build_plain_graph(model, max_len: int, feature_layers: tuple[int, ...],
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
     h = emit_embedding(b, model)
-    hidden, feats = emit_decoder(PlainEmitter(b, a, max_len), model.layers, h,
+    e = PlainEmitter(b, a, max_len, a.local_layers, spec.mask_value)
+    hidden, feats = emit_decoder(e, model.layers, h,
                                  model.norm.weight, feature_layers)
     emit_outputs(b, model, spec, hidden, feats, head_as_matmul)
     return b.model("edgespec_target", "edgespec"), spec

@@ -45,8 +45,8 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed
     The verify step feeds 4 tokens after the prompt as a small tree (two siblings at the same
     depth, arbitrary position ids), which is what speculative decoding asks of the graph.
     fp32 graphs must stay within FP32_TOLERANCE, fp16 graphs within FP16_RELATIVE_TOLERANCE
-    times max |torch logit| (both against fp32 torch); int4 graphs must agree on the top-1
-    token.
+    times max |torch logit| (both against fp32 torch); int4 graphs and fp16 mixtures of
+    experts must agree on the top-1 token.
     """
     a = model.args
     rng = np.random.default_rng(seed)
@@ -80,13 +80,19 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed
     ref = np.concatenate([ref0[0].numpy(), ref1[0].numpy()])
     diff = float(np.abs(ours - ref).max())
     top1 = float((ours.argmax(-1) == ref.argmax(-1)).mean())
-    int4 = spec.weights.startswith("int4")
-    if int4 and not top1 >= INT4_MIN_TOP1:
-        raise ParityError(f"int4 {spec.file} agrees with the fp32 torch model on the top token "
-                          f"in {top1:.0%} of rows (needs {INT4_MIN_TOP1:.0%}); try a smaller "
-                          "--block-size; the export was not written")
+    # int4 changes logits by design; a mixture of experts in fp16 routes some tokens to other
+    # experts (a random 64-expert model has top-k margins of 1e-7 in probability, which fp16
+    # activations flip), moving those tokens' logits by more than rounding: both are gated on
+    # top-1 agreement
+    top1_gate = spec.weights.startswith("int4") or (info.experts > 0
+                                                   and spec.weights in FP16_WEIGHTS)
+    if top1_gate and not top1 >= INT4_MIN_TOP1:
+        hint = "try a smaller --block-size; " if spec.weights.startswith("int4") else ""
+        raise ParityError(f"{spec.weights} {spec.file} agrees with the fp32 torch model on the "
+                          f"top token in {top1:.0%} of rows (needs {INT4_MIN_TOP1:.0%}); {hint}"
+                          "the export was not written")
     bound = tolerance(spec, ref)
-    if not int4 and not diff <= bound:
+    if not top1_gate and not diff <= bound:
         raise ParityError(f"exported {spec.file} ({spec.weights}) differs from the torch model "
                           f"by {diff:.3g} in logits (tolerance {bound:.3g}); the export was not "
                           "written")

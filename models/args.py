@@ -19,11 +19,16 @@ class UnsupportedModelError(ValueError):
 
 @dataclass(frozen=True)
 class RopeScaling:
-    kind: str  # "default" | "linear" | "llama3"
+    kind: str  # "default" | "linear" | "llama3" | "longrope"
     factor: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    # longrope (Phi-3's "su"): per-frequency divisors below / from the original length, and
+    # the scale on cos and sin
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
+    attention_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class ModelArgs:
     n_kv_heads: int
     head_dim: int
     intermediate_size: int
+    rotary_dim: int  # the leading dims of each head RoPE rotates (partial rotary: < head_dim)
     norm_eps: float
     rope_theta: float
     max_position_embeddings: int
@@ -53,7 +59,18 @@ class ModelArgs:
     attn_softcap: float | None = None  # attention scores -> cap * tanh(scores / cap)
     final_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
     attn_scale: float | None = None  # the scores' scale; None: head_dim ** -0.5
-    local_window: int | None = None  # a window on some layers only: exact while max_len fits it
+    local_window: int | None = None  # the sliding window of the layers in local_layers
+    local_layers: tuple[int, ...] = ()  # layers with a window when only some have one
+    # (Gemma-2/3, layer_types): the graphs derive their mask from the runtime's causal one
+    local_rope_theta: float | None = None  # the local layers' own rope (Gemma-3); None: they
+    # share the global layers' (rope_theta, rope_scaling)
+    local_rope_scaling: RopeScaling = RopeScaling("default")
+    n_experts: int = 0  # a mixture of experts (models/moe.py) in moe_layers; 0: dense
+    experts_per_token: int = 0
+    expert_size: int = 0  # one expert's MLP width
+    shared_expert_size: int = 0  # Qwen2-MoE's always-on shared expert; 0: none
+    norm_topk: bool = True  # the top-k routing weights are renormalised to sum to 1
+    moe_layers: tuple[int, ...] = ()  # the layers whose MLP is the mixture
     mtp_layers: int = 0  # MTP modules stored after the decoder layers (num_nextn_predict_layers)
     sliding_window: int | None = None
     bos_token_id: int | None = None
@@ -87,33 +104,44 @@ class ModelArgs:
         heads = cfg["num_attention_heads"]
         dim = cfg["hidden_size"]
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        # Gemma-3: the local layers' own rope, per layer type or (older configs) a theta
+        local_rope = rope.get("sliding_attention")
+        rope = rope.get("full_attention", rope)
+        if local_rope is None and cfg.get(family.local_rope_key or "") is not None:
+            local_rope = {"rope_theta": cfg[family.local_rope_key]}
+        n_layers = cfg["num_hidden_layers"]
+        window, local = _windows(cfg, family, n_layers)
+        if window is not None and not local and local_rope is not None:  # every layer local
+            rope, local_rope = local_rope, None
+        own_rope = bool(local) and local_rope is not None
         partial = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
-        if partial != 1.0:
-            raise UnsupportedModelError(f"partial rotary embeddings (partial_rotary_factor "
-                                        f"{partial}) are not supported yet")
+        head_dim = cfg.get("head_dim") or dim // heads
+        rotary_dim = int(head_dim * partial)
+        if rotary_dim % 2 or not 0 < rotary_dim <= head_dim:
+            raise UnsupportedModelError(f"partial_rotary_factor {partial} gives {rotary_dim} "
+                                        f"rotary dims of {head_dim}; an even count is needed")
         theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
         eos = cfg.get("eos_token_id")
         eos = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
-        window = cfg.get("sliding_window")
-        if family.window_switch and not cfg.get(family.window_switch, False):
-            window = None
-        local = window if family.local_windows else None
-        window = None if family.local_windows else window
         query = cfg.get(family.query_scale_key) if family.query_scale_key else None
+        # transformers 5 writes every family's count as num_local_experts (Mixtral's name)
+        experts = int(cfg.get(family.experts_key) or cfg.get("num_local_experts") or 0) \
+            if family.experts_key else 0
         bias = bool(family.bias_flag and cfg.get(family.bias_flag, False))
         return cls(
             arch=family.name,
             vocab_size=cfg["vocab_size"],
             dim=dim,
-            n_layers=cfg["num_hidden_layers"],
+            n_layers=n_layers,
             n_heads=heads,
             n_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or dim // heads,
+            head_dim=head_dim,
+            rotary_dim=rotary_dim,
             intermediate_size=cfg["intermediate_size"],
             norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(theta),
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-            rope_scaling=_rope_scaling(rope),
+            rope_scaling=_rope_scaling(rope, cfg),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qkv_bias=family.qkv_bias or bias,
             o_bias=bias,
@@ -127,12 +155,49 @@ class ModelArgs:
             attn_softcap=_optional_float(cfg, family.attn_softcap_key),
             final_softcap=_optional_float(cfg, family.final_softcap_key),
             attn_scale=None if query is None else float(query) ** -0.5,
-            local_window=local,
+            local_window=window if local else None,
+            local_layers=local,
+            local_rope_theta=float(local_rope.get("rope_theta", theta)) if own_rope else None,
+            local_rope_scaling=_rope_scaling(local_rope, cfg) if own_rope
+            else RopeScaling("default"),
+            n_experts=experts,
+            experts_per_token=int(cfg.get("num_experts_per_tok") or 0) if experts else 0,
+            expert_size=int(cfg.get(family.expert_size_key) or 0) if experts else 0,
+            shared_expert_size=int(cfg.get(family.shared_expert_key) or 0) if experts else 0,
+            norm_topk=bool(cfg.get(family.norm_topk_key, True)) if family.norm_topk_key else True,
+            moe_layers=_moe_layers(cfg, n_layers) if experts else (),
             mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
-            sliding_window=window,
+            sliding_window=None if local else window,
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos,
         )
+
+
+def _windows(cfg: dict, family, n_layers: int) -> tuple[int | None, tuple[int, ...]]:
+    """(the sliding window, the layers it is on when only some have it: () when it is on all
+    layers or on none). layer_types names each layer's kind; a config without it falls back to
+    the family's pattern (models/families.py window_pattern)."""
+    window = cfg.get("sliding_window") or None  # Qwen2-MoE writes 0 for "off"
+    if window is None or family.window_switch and not cfg.get(family.window_switch, False):
+        return None, ()
+    types = cfg.get("layer_types")
+    pattern = cfg.get("sliding_window_pattern", family.window_pattern)
+    if types:
+        local = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+    elif pattern:
+        local = tuple(i for i in range(n_layers) if (i + 1) % pattern)
+    else:
+        local = tuple(range(n_layers))
+    if not local:
+        return None, ()
+    return int(window), () if len(local) == n_layers else local
+
+
+def _moe_layers(cfg: dict, n_layers: int) -> tuple[int, ...]:
+    """The layers whose MLP is the mixture: every decoder_sparse_step-th, less mlp_only_layers
+    (Qwen2/3-MoE; Mixtral has neither key: every layer)."""
+    step, dense = cfg.get("decoder_sparse_step") or 1, set(cfg.get("mlp_only_layers") or ())
+    return tuple(i for i in range(n_layers) if (i + 1) % step == 0 and i not in dense)
 
 
 def _optional_float(cfg: dict, key: str | None) -> float | None:
@@ -140,7 +205,7 @@ def _optional_float(cfg: dict, key: str | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _rope_scaling(rope: dict) -> RopeScaling:
+def _rope_scaling(rope: dict, cfg: dict) -> RopeScaling:
     kind = rope.get("rope_type", rope.get("type", "default")) if rope else "default"
     if kind == "default":
         return RopeScaling("default")
@@ -152,16 +217,34 @@ def _rope_scaling(rope: dict) -> RopeScaling:
                            high_freq_factor=float(rope["high_freq_factor"]),
                            original_max_position_embeddings=int(
                                rope["original_max_position_embeddings"]))
+    if kind in ("longrope", "su"):  # Phi-3's long-context models
+        original = int(rope.get("original_max_position_embeddings")
+                       or cfg.get("original_max_position_embeddings")
+                       or cfg.get("max_position_embeddings", 4096))
+        factor = rope.get("factor") or cfg.get("max_position_embeddings", original) / original
+        attention = rope.get("attention_factor") or (
+            1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original)))
+        return RopeScaling("longrope", factor=float(factor),
+                           original_max_position_embeddings=original,
+                           short_factor=tuple(map(float, rope["short_factor"])),
+                           long_factor=tuple(map(float, rope["long_factor"])),
+                           attention_factor=float(attention))
     raise UnsupportedModelError(f"rope scaling {kind!r} is not supported; edgespec supports "
-                                "default, linear and llama3")
+                                "default, linear, llama3 and longrope")
 
 
-def rope_inv_freq(args: ModelArgs) -> np.ndarray:
-    """Inverse frequencies [D/2] (float32) with the config's rope scaling applied."""
-    d = args.head_dim
-    inv = 1.0 / (args.rope_theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
-    inv = inv.astype(np.float32)
-    rs = args.rope_scaling
+def rope_inv_freq(args: ModelArgs, local: bool = False, long: bool = False) -> np.ndarray:
+    """Inverse frequencies [R/2] (float32, R = rotary_dim) with the config's rope scaling
+    applied; local: the local layers' own rope (ModelArgs.local_rope_theta); long: longrope's
+    long factors (else its short ones)."""
+    d = args.rotary_dim
+    theta, rs = ((args.local_rope_theta, args.local_rope_scaling) if local
+                 else (args.rope_theta, args.rope_scaling))
+    exponent = np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d
+    if rs.kind == "longrope":
+        ext = np.asarray(rs.long_factor if long else rs.short_factor, np.float32)
+        return (1.0 / (ext * theta ** exponent)).astype(np.float32)
+    inv = (1.0 / (theta ** exponent)).astype(np.float32)
     if rs.kind == "linear":
         inv = inv / rs.factor
     elif rs.kind == "llama3":
@@ -178,9 +261,21 @@ def rope_inv_freq(args: ModelArgs) -> np.ndarray:
     return inv
 
 
-def rope_cos_sin(args: ModelArgs, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin tables [max_len, D] (float32), the halves duplicated as HF's rotate_half expects."""
-    inv = rope_inv_freq(args)
-    freqs = np.arange(max_len, dtype=np.float32)[:, None] * inv[None, :]  # [L, D/2] in fp32 like HF
+def rope_cos_sin(args: ModelArgs, max_len: int,
+                 local: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin tables [max_len, R] (float32, R = rotary_dim), the halves duplicated as HF's
+    rotate_half expects; local: the local layers' own (ModelArgs.local_rope_theta).
+
+    longrope: positions below the original length take the short factors, the rest the long
+    ones. HF switches the whole table once a forward reaches that length, which a K/V cache
+    of earlier positions cannot follow, so export keeps bundles within it (exact there)."""
+    pos = np.arange(max_len, dtype=np.float32)[:, None]
+    freqs = pos * rope_inv_freq(args, local)[None, :]  # [L, R/2] in fp32 like HF
+    rs = args.local_rope_scaling if local else args.rope_scaling
+    scale = np.float32(1.0)
+    if rs.kind == "longrope":
+        beyond = pos >= rs.original_max_position_embeddings
+        freqs = np.where(beyond, pos * rope_inv_freq(args, local, long=True)[None, :], freqs)
+        scale = np.float32(rs.attention_factor)
     emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+    return (np.cos(emb) * scale).astype(np.float32), (np.sin(emb) * scale).astype(np.float32)

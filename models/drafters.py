@@ -24,6 +24,7 @@ from edgespec.drafter_kinds import trainable
 
 from .args import ModelArgs, rope_cos_sin
 from .llama import Block, RMSNorm
+from .moe import SparseMoE
 
 DRAFTER_FILE = "drafter.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -136,8 +137,12 @@ def build_drafter(cfg: DrafterConfig, target) -> nn.Module:
         if isinstance(m, LayerDrafter):
             m.embed_tokens.weight.copy_(target.embed_tokens.weight)
             m.embed_tokens.weight.requires_grad_(False)
-            # the target's last decoder layer is a better start than random weights
-            m.layer.load_state_dict(target.layers[-1].state_dict())
+            # the target's last decoder layer is a better start than random weights; the
+            # drafter's block is dense, so an MoE target lends its attention and norms only
+            last = target.layers[-1]
+            moe = isinstance(last.mlp, SparseMoE)
+            m.layer.load_state_dict({k: v for k, v in last.state_dict().items()
+                                     if not (moe and k.startswith("mlp."))}, strict=not moe)
     m.lm_head.weight.requires_grad_(cfg.own_head)
     return m
 

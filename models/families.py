@@ -32,9 +32,21 @@ class Family:
     attn_softcap_key: str | None = None  # config key: scores -> cap * tanh(scores / cap)
     final_softcap_key: str | None = None  # config key: logits -> cap * tanh(logits / cap)
     query_scale_key: str | None = None  # config key: scores scaled by its ** -0.5, not head_dim's
-    local_windows: bool = False  # sliding_window applies to some layers only (Gemma-2's
-    # sliding_attention layers): a bundle whose K/V length fits the window is exact
+    window_pattern: int = 0  # sliding_window on some layers only, for a config without
+    # layer_types: every n-th layer (i + 1 divisible by n) is global, the others local
+    # (Gemma-2: 2, Gemma-3: sliding_window_pattern, 6 by default); 0: the window is on all layers
+    local_rope_key: str | None = None  # config key of the local layers' own rope theta, for
+    # a config without per-layer-type rope_parameters (Gemma-3's rope_local_base_freq)
+    experts_key: str | None = None  # config key of the expert count: a mixture of experts
+    # (models/moe.py) in the layers moe_layers picks
+    expert_size_key: str = "intermediate_size"  # config key of one expert's MLP width
+    shared_expert_key: str | None = None  # config key of the shared expert's width (Qwen2-MoE)
+    norm_topk_key: str | None = None  # config key: renormalise the top-k weights; None: always
+    renames: tuple[tuple[str, str], ...] = ()  # checkpoint name pieces -> ours (HF's Qwen ones)
 
+
+MIXTRAL_NAMES = (("block_sparse_moe.", "mlp."), (".w1.", ".gate_proj."), (".w3.", ".up_proj."),
+                 (".w2.", ".down_proj."))
 
 FAMILIES: dict[str, Family] = {
     "LlamaForCausalLM": Family("llama", bias_flag="attention_bias"),
@@ -49,5 +61,27 @@ FAMILIES: dict[str, Family] = {
                                 norm_offset=1.0, embed_scale=True, sandwich_norms=True,
                                 attn_softcap_key="attn_logit_softcapping",
                                 final_softcap_key="final_logit_softcapping",
-                                query_scale_key="query_pre_attn_scalar", local_windows=True),
+                                query_scale_key="query_pre_attn_scalar", window_pattern=2),
+    "Gemma3ForCausalLM": Family("gemma3", bias_flag="attention_bias", activation="gelu_tanh",
+                                norm_offset=1.0, embed_scale=True, sandwich_norms=True,
+                                qk_norm=True, attn_softcap_key="attn_logit_softcapping",
+                                final_softcap_key="final_logit_softcapping",
+                                query_scale_key="query_pre_attn_scalar", window_pattern=6,
+                                local_rope_key="rope_local_base_freq"),
+    "MixtralForCausalLM": Family("mixtral", experts_key="num_local_experts",
+                                 renames=MIXTRAL_NAMES),
+    "Qwen2MoeForCausalLM": Family("qwen2_moe", qkv_bias=True, window_switch="use_sliding_window",
+                                  experts_key="num_experts",
+                                  expert_size_key="moe_intermediate_size",
+                                  shared_expert_key="shared_expert_intermediate_size",
+                                  norm_topk_key="norm_topk_prob"),
+    "Qwen3MoeForCausalLM": Family("qwen3_moe", bias_flag="attention_bias", qk_norm=True,
+                                  window_switch="use_sliding_window", experts_key="num_experts",
+                                  expert_size_key="moe_intermediate_size",
+                                  norm_topk_key="norm_topk_prob"),
 }
+
+
+def family_named(name: str) -> Family:
+    """The entry whose name a ModelArgs (or a manifest) records as its architecture."""
+    return next(f for f in FAMILIES.values() if f.name == name)

@@ -1,8 +1,8 @@
 """Llama-family transformer in torch, gpt-fast style: modules only, HF parameter names.
 
-One definition serves Llama (incl. Llama-3 rope scaling), Mistral, Qwen2 (qkv bias), Qwen3
-(q/k norm) and Gemma (GELU, (1 + w) norms, sqrt(d) embedding scale); ModelArgs flags, read from
-models/families.py, switch the differences. Its forward has the bundle's graph contract
+One definition serves every family in models/families.py (Llama, Mistral, Qwen2/3, Gemma-1/2/3,
+Phi-3, and with models/moe.py's experts Mixtral and Qwen2/3-MoE); ModelArgs flags, read from
+that table, switch the differences. Its forward has the bundle's graph contract
 (new tokens + arbitrary positions + additive bias over past+new, new K/V out), so it is the
 reference the exported ONNX is checked against and the backbone drafters train on.
 """
@@ -16,6 +16,7 @@ from torch import nn
 from edgespec import masks
 
 from .args import ModelArgs, rope_cos_sin
+from .moe import SparseMoE
 
 
 class RMSNorm(nn.Module):
@@ -42,6 +43,16 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, S, D] rotated by cos/sin [B, 1, S, R]: the first R dims (partial rotary when
+    R < D, Phi-4-mini), the rest passed through."""
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    rot, keep = x[..., :r], x[..., r:]
+    return torch.cat([rot * cos + rotate_half(rot) * sin, keep], dim=-1)
+
+
 class Attention(nn.Module):
     def __init__(self, a: ModelArgs):
         super().__init__()
@@ -64,8 +75,7 @@ class Attention(nn.Module):
         if a.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # q: [B, H, S, D]; k: [B, Hkv, S, D]
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys = torch.cat([past_k, k], dim=2)  # [B, Hkv, P+S, D]
         values = torch.cat([past_v, v], dim=2)
         keys = keys.repeat_interleave(a.n_rep, dim=1)  # [B, H, P+S, D]
@@ -82,11 +92,12 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, a: ModelArgs):
+    def __init__(self, a: ModelArgs, size: int | None = None):
         super().__init__()
-        self.gate_proj = nn.Linear(a.dim, a.intermediate_size, bias=a.mlp_bias)
-        self.up_proj = nn.Linear(a.dim, a.intermediate_size, bias=a.mlp_bias)
-        self.down_proj = nn.Linear(a.intermediate_size, a.dim, bias=a.mlp_bias)
+        size = size or a.intermediate_size  # an expert's own (models/moe.py)
+        self.gate_proj = nn.Linear(a.dim, size, bias=a.mlp_bias)
+        self.up_proj = nn.Linear(a.dim, size, bias=a.mlp_bias)
+        self.down_proj = nn.Linear(size, a.dim, bias=a.mlp_bias)
         self.act = ACTIVATIONS[a.activation]
 
     def forward(self, x):
@@ -97,13 +108,13 @@ class Block(nn.Module):
     """Pre-norm residual block; with sandwich norms (Gemma-2) post_attention_layernorm
     normalises the attention's output and two more norms wrap the MLP (HF's names)."""
 
-    def __init__(self, a: ModelArgs):
+    def __init__(self, a: ModelArgs, moe: bool = False):
         super().__init__()
         self.sandwich = a.sandwich_norms
         self.input_layernorm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
         self.self_attn = Attention(a)
         self.post_attention_layernorm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
-        self.mlp = MLP(a)
+        self.mlp = SparseMoE(a, MLP) if moe else MLP(a)
         if self.sandwich:
             self.pre_feedforward_layernorm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
             self.post_feedforward_layernorm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
@@ -123,7 +134,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.args = a
         self.embed_tokens = nn.Embedding(a.vocab_size, a.dim)
-        self.layers = nn.ModuleList(Block(a) for _ in range(a.n_layers))
+        self.layers = nn.ModuleList(Block(a, i in a.moe_layers) for i in range(a.n_layers))
         self.norm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
         self.lm_head = nn.Linear(a.dim, a.vocab_size, bias=False)
         if a.tie_embeddings:
@@ -131,6 +142,17 @@ class Transformer(nn.Module):
         cos, sin = rope_cos_sin(a, max_len or a.max_position_embeddings)
         self.register_buffer("rope_cos", torch.from_numpy(cos), persistent=False)  # [L, D]
         self.register_buffer("rope_sin", torch.from_numpy(sin), persistent=False)
+        if a.local_rope_theta is not None:  # Gemma-3: the local layers' own rope
+            cos, sin = rope_cos_sin(a, max_len or a.max_position_embeddings, local=True)
+            self.register_buffer("rope_cos_local", torch.from_numpy(cos), persistent=False)
+            self.register_buffer("rope_sin_local", torch.from_numpy(sin), persistent=False)
+
+    def _rope(self, position_ids, local: bool):
+        # cos/sin [B, 1, S, D] at the given positions, in the weights' dtype
+        cos, sin = ((self.rope_cos_local, self.rope_sin_local) if local
+                    else (self.rope_cos, self.rope_sin))
+        dtype = self.embed_tokens.weight.dtype
+        return cos[position_ids].unsqueeze(1).to(dtype), sin[position_ids].unsqueeze(1).to(dtype)
 
     def forward(self, input_ids, position_ids, bias, past, feature_layers=()):
         """One forward over S new tokens.
@@ -140,14 +162,18 @@ class Transformer(nn.Module):
         hidden [B, S, d], the new (k, v) per layer ([B, Hkv, S, D]) and the decoder-layer
         outputs named in feature_layers concatenated ([B, S, len * d]).
         """
-        cos = self.rope_cos[position_ids].unsqueeze(1).to(self.embed_tokens.weight.dtype)
-        sin = self.rope_sin[position_ids].unsqueeze(1).to(self.embed_tokens.weight.dtype)
+        a = self.args
+        rope = self._rope(position_ids, False)
+        local_rope = self._rope(position_ids, True) if a.local_rope_theta is not None else rope
+        local_bias = window_bias(bias, position_ids, a.local_window) if a.local_layers else bias
         x = self.embed_tokens(input_ids)
         if self.args.embed_scale != 1.0:  # Gemma: sqrt(d), in the embeddings' dtype as HF
             x = x * torch.tensor(self.args.embed_scale, dtype=x.dtype)
         new_kv, feats = [], []
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, cos, sin, bias, *past[i])
+            local = i in a.local_layers
+            x, k, v = layer(x, *(local_rope if local else rope), local_bias if local else bias,
+                            *past[i])
             new_kv.append((k, v))
             if i in feature_layers:
                 feats.append(x)
@@ -157,6 +183,17 @@ class Transformer(nn.Module):
         if self.args.final_softcap is not None:  # Gemma-2
             logits = torch.tanh(logits / self.args.final_softcap) * self.args.final_softcap
         return logits, hidden, new_kv, features
+
+
+def window_bias(bias: torch.Tensor, position_ids: torch.Tensor, window: int) -> torch.Tensor:
+    """bias [B, 1, S, P+S] with keys `window` or more positions behind their query masked: the
+    local layers' mask (HF: a query sees keys q - k < window). The P past keys sit at positions
+    0..P-1 (the K/V cache holds committed tokens in order), the S new ones at position_ids."""
+    seq = position_ids.shape[1]
+    past = torch.arange(bias.shape[-1] - seq, device=position_ids.device)
+    keys = torch.cat([past, position_ids[0]])  # [P+S]
+    far = position_ids[0][:, None] - keys[None, :] >= window  # [S, P+S]
+    return bias.masked_fill(far, float("-inf"))
 
 
 def causal_bias(past_len: int, seq: int, mask_value: float = float("-inf"),

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from .args import ModelArgs
+from .families import family_named
 from .llama import Transformer
 
 
@@ -58,6 +59,34 @@ def unpack(sd: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tens
     return out
 
 
+def split_experts(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Experts stored stacked (transformers 5's in-memory layout: experts.gate_up_proj [E, 2I,
+    d], experts.down_proj [E, d, I]) as the per-expert Linears checkpoints usually hold."""
+    out = {}
+    for name, t in sd.items():
+        if name.endswith("experts.gate_up_proj"):
+            base = name.removesuffix("gate_up_proj")
+            for e, (gate, up) in enumerate(w.chunk(2, dim=0) for w in t):
+                out[f"{base}{e}.gate_proj.weight"], out[f"{base}{e}.up_proj.weight"] = gate, up
+        elif name.endswith("experts.down_proj"):
+            base = name.removesuffix("down_proj")
+            out.update({f"{base}{e}.down_proj.weight": w for e, w in enumerate(t)})
+        else:
+            out[name] = t
+    return out
+
+
+def rename(sd: dict[str, torch.Tensor], renames) -> dict[str, torch.Tensor]:
+    """The family's checkpoint names as ours (models/families.py renames: Mixtral's
+    block_sparse_moe / w1 / w3 / w2 as Qwen's mlp / gate_proj / up_proj / down_proj)."""
+    out = {}
+    for name, t in sd.items():
+        for old, new in renames:
+            name = name.replace(old, new)
+        out[name] = t
+    return out
+
+
 def load_state_dict(hf_dir: str | Path) -> dict[str, torch.Tensor]:
     sd: dict[str, torch.Tensor] = {}
     for f in safetensors_files(hf_dir):
@@ -77,6 +106,8 @@ def load_transformer(hf_dir: str | Path, max_len: int | None = None,
         sd = {k: v for k, v in sd.items() if not k.startswith(mtp)}
     if args.packed:
         sd = unpack(sd, args)
+    if args.n_experts:
+        sd = split_experts(rename(sd, family_named(args.arch).renames))
     if args.tie_embeddings:
         sd.pop("lm_head.weight", None)
     # rotary inv_freq buffers some old checkpoints carry are recomputed from the config

@@ -85,7 +85,8 @@ def run_eval(model: Model, rows: list[dict], params: GenerationParams,
         st = gen.stats
         tau = len(out) / max(st.target_forwards, 1)
         # the context the forwards read on average: the prompt and half the new tokens
-        cost = draft_cost(model.manifest, drafter, draft, st.prompt_tokens + len(out) / 2)
+        cost = draft_cost(model.manifest, drafter, draft, st.prompt_tokens + len(out) / 2,
+                          st.verified_tokens / max(st.target_forwards, 1))
         yield {"id": row["id"], "output_ids": out, "text": model.tokenizer.decode(out),
                "new_tokens": len(out), "prompt_tokens": st.prompt_tokens,
                "target_forwards": st.target_forwards, "seconds": round(seconds, 6),

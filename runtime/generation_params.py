@@ -79,6 +79,7 @@ class Stats:
     prompt_tokens: int = 0
     new_tokens: int = 0
     target_forwards: int = 0  # forwards after the prompt (decode / verify)
+    verified_tokens: int = 0  # tokens those forwards carried (a verify step: its tree's size)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     # of decode_seconds: inside onnxruntime's runs of the target and of the drafter; the rest

@@ -242,13 +242,15 @@ class Generator:
 
     def _next_token(self) -> int:
         t, run0 = time.perf_counter(), self.runner.run_seconds
-        out = self._forward(self._tokens[self.kv.length:], last_only=True)
+        fed = self._tokens[self.kv.length:]
+        out = self._forward(fed, last_only=True)
         self.stats.target_run_seconds += self.runner.run_seconds - run0
         if self.params.sampling.greedy and out.argmax is not None:
             token = int(out.argmax[-1])  # the graph's argmax: same token, no [V] scan here
         else:
             token = sample(out.logits[-1], self.params.sampling, self.rng)
         self.stats.target_forwards += 1
+        self.stats.verified_tokens += len(fed)
         self.stats.accepted_lengths.append(1)
         self._commit([token])
         self.stats.decode_seconds += time.perf_counter() - t
@@ -318,6 +320,7 @@ class Generator:
         kept = self._commit(new)
         self.kv.truncate(len(self._tokens) - 1)  # drop K/V of tokens cut by a stop condition
         self.stats.target_forwards += 1
+        self.stats.verified_tokens += tree.size
         self.stats.accepted_lengths.append(len(kept))
         self.stats.decode_seconds += time.perf_counter() - t
         return kept

@@ -31,10 +31,48 @@ CONFIGS = {
     "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, dict(head_dim=16)),
     # packed qkv_proj / gate_up_proj, split by the loader (models/families.py packed)
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {}),
-    # sandwich norms, soft-capped scores and logits, query_pre_attn_scalar; its window (on
-    # half the layers) spans the whole context here, which is what bundles support
+    # Phi-4-mini's rope: partial rotary (16 of 32 dims) and longrope (short factors within
+    # the original 64 positions, cos and sin scaled by sqrt(1 + ln 4 / ln 64))
+    "phi3_longrope": (transformers.Phi3Config, transformers.Phi3ForCausalLM, dict(
+        num_attention_heads=2, num_key_value_heads=1, partial_rotary_factor=0.5,
+        original_max_position_embeddings=64,
+        rope_scaling=dict(rope_type="longrope",
+                          short_factor=[1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5],
+                          long_factor=[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 48.0, 64.0]))),
+    # sandwich norms, soft-capped scores and logits, query_pre_attn_scalar; a window of 8
+    # on the even layers (the tests' prompts and bundles run past it)
     "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
-               dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=256)),
+               dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+                    num_hidden_layers=4)),
+    # q/k norms, a window of 8 on layers 0-2 with their own rope theta, linear rope scaling
+    # on the global layer 3 (Gemma-3's 5:1 pattern, shortened)
+    "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM,
+               dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=8, num_hidden_layers=4,
+                    layer_types=["sliding_attention"] * 3 + ["full_attention"],
+                    rope_parameters={"sliding_attention": dict(rope_type="default",
+                                                               rope_theta=10000.0),
+                                     "full_attention": dict(rope_type="linear", factor=8.0,
+                                                            rope_theta=1000000.0)})),
+    # mixtures of experts: softmax top-2 of 4 with renormalised weights (Mixtral); top-2 of 4
+    # unnormalised, a gated shared expert, a dense MLP on layer 1 (Qwen2-MoE); q/k norms
+    "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM,
+                dict(num_local_experts=4, num_experts_per_tok=2)),
+    "qwen2_moe": (transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM,
+                  dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
+                       shared_expert_intermediate_size=80, num_hidden_layers=3,
+                       mlp_only_layers=[1])),
+    "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM,
+                  dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
+                       head_dim=32, norm_topk_prob=True)),
+    # Mellum 2's shape, shrunk: 64 experts, 8 active, 4 KV heads, a sliding window on 3 of
+    # every 4 layers
+    "mellum_moe": (transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM,
+                   dict(num_experts=64, num_experts_per_tok=8, moe_intermediate_size=16,
+                        shared_expert_intermediate_size=32, num_hidden_layers=4,
+                        hidden_size=128, num_attention_heads=8, num_key_value_heads=4,
+                        norm_topk_prob=True,
+                        use_sliding_window=True, sliding_window=8,
+                        layer_types=["sliding_attention"] * 3 + ["full_attention"])),
 }
 
 

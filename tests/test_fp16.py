@@ -46,13 +46,18 @@ def test_fp16_export_is_float16_inside_and_float32_outside(tiny_dirs, tmp_path, 
                                                               "float16")
     assert t.mask_value == FP16_MASK and np.isfinite(np.float16(t.mask_value))
     # the export's gate vs fp32 torch passed (FP16_RELATIVE_TOLERANCE x max |logit|); these
-    # tiny models measure 1.6e-3 to 3.1e-3
-    assert 0 < t.parity_max_abs < 1e-2
+    # tiny models measure 1.6e-3 to 5.2e-3. A 64-expert mixture is gated on top-1 agreement
+    # instead (export/validate.py: fp16 flips near-tied routing): 1.9e-2 measured
+    assert 0 < t.parity_max_abs < (5e-2 if m.model.experts else 1e-2)
     proto = onnx.load(str(out / t.file))
     onnx.checker.check_model(proto)
     ints = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}  # shapes, the static length
-    floats = {i.data_type for i in proto.graph.initializer} - ints
-    assert floats == {onnx.TensorProto.FLOAT16}  # every weight, rope table and norm
+    # every weight, rope table and norm; a mixture's routers stay float32 (export/moe_graph.py)
+    routers = {i.data_type for i in proto.graph.initializer if i.name.endswith(".gate.weight_t")}
+    assert routers == ({onnx.TensorProto.FLOAT} if m.model.experts else set())
+    floats = {i.data_type for i in proto.graph.initializer
+              if not i.name.endswith(".gate.weight_t")} - ints
+    assert floats == {onnx.TensorProto.FLOAT16}
     types = {v.name: v.type.tensor_type.elem_type for v in (*proto.graph.input,
                                                             *proto.graph.output)}
     assert types["attention_bias"] == types["past_key.0"] == types["present_value.1"] == \

@@ -45,3 +45,39 @@ def test_eval_reports_mbsu(spec_bundle, prompts):
         assert r["mbsu"] < r["mean_accepted"]
     s = summarize(rows["draft_model"])
     assert s.mbsu is not None and s.mbsu < s.tokens_per_forward
+
+
+def test_a_mixture_of_experts_counts_the_experts_its_tokens_touch(tiny_bundles):
+    """The fused graph's MoE nodes read the experts their tokens pick: expert_bytes is their
+    share of bytes_read, and a forward's bytes grow with its tokens towards all experts; the
+    plain graph runs every expert every forward, so it records none."""
+    import numpy as np
+
+    from edgespec.devices.cost_model import Routing, project_curve
+    from edgespec.devices.profiles import load_profile
+    from edgespec.runtime.mbsu import experts_touched, weight_bytes
+
+    manifest, path = tiny_bundles["mellum_moe"]
+    t, info = manifest.target, manifest.model
+    assert (info.experts, info.experts_per_token) == (64, 8)
+    proto = onnx.load(str(path / t.file))
+    fc = sum(len(i.raw_data) for i in proto.graph.initializer if ".experts.fc" in i.name)
+    assert t.expert_bytes == fc and 0 < fc < t.bytes_read
+    assert tiny_bundles[("mellum_moe", "plain")][0].target.expert_bytes is None
+    assert experts_touched(64, 8, 1) == pytest.approx(8)
+    assert experts_touched(64, 8, 2) == pytest.approx(64 * (1 - (56 / 64) ** 2))  # 15.0
+    one, eight, many = (weight_bytes(t, info, s) for s in (1, 8, 1000))
+    assert one == pytest.approx(t.bytes_read - fc + fc / 8)
+    assert one < eight < many == pytest.approx(t.bytes_read)
+    dense, _ = tiny_bundles["llama"]
+    assert weight_bytes(dense.target, dense.model, 8) == dense.target.bytes_read
+    # the projected verify of 8 costs more than a decode step only through the experts
+    gpu = load_profile("rtx-4090")
+    routing = Routing(float(fc), 64, 8)
+    moe = project_curve(gpu, float(t.bytes_read), 0.0, 0.0, routing)
+    flat = project_curve(gpu, float(t.bytes_read), 0.0, 0.0)
+    assert moe.ratio(8) > 1.5 and flat.ratio(8) == pytest.approx(1.0)
+    assert moe.time(np.array([1, 8])).shape == (2,)
+    # and a verify step of 8 tokens is a draft cost even with no drafter bytes
+    assert draft_cost(manifest, None, None, 10, verify_tokens=8) == pytest.approx(
+        (forward_bytes(t, info, 10, 8) - forward_bytes(t, info, 10)) / forward_bytes(t, info, 10))

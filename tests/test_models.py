@@ -1,5 +1,7 @@
 """Our torch definitions vs transformers' own forward (fp32, max |logit diff| <= 1e-4)."""
 
+import math
+
 import pytest
 import torch
 import transformers
@@ -67,11 +69,24 @@ def test_pickle_checkpoint_refused(tmp_path, tiny_dirs):
         load_transformer(tmp_path)
 
 
-def test_phi3_packed_weights_are_split_and_partial_rotary_is_refused(tiny_dirs):
+def test_phi3_packed_weights_partial_rotary_and_longrope(tiny_dirs, tmp_path):
+    """Phi-3's packed projections are split by the loader; Phi-4-mini's partial rotary and
+    longrope are read from the config (parity: test_tiny_parity_with_transformers). A longrope
+    bundle stays within the original length, where its table is exact."""
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+
     a = ModelArgs.from_hf_dir(tiny_dirs["phi3"])
-    assert a.packed and a.arch == "phi3"
-    with pytest.raises(UnsupportedModelError, match="partial rotary"):
+    assert a.packed and a.arch == "phi3" and a.rotary_dim == a.head_dim
+    lr = ModelArgs.from_hf_dir(tiny_dirs["phi3_longrope"])
+    assert (lr.rotary_dim, lr.head_dim) == (16, 32) and lr.rope_scaling.kind == "longrope"
+    assert lr.rope_scaling.attention_factor == pytest.approx((1 + math.log(4) / math.log(64))
+                                                             ** 0.5)
+    with pytest.raises(UnsupportedModelError, match="an even count"):
         ModelArgs.from_hf_config({"architectures": ["Phi3ForCausalLM"], "vocab_size": 300,
                                   "hidden_size": 64, "num_hidden_layers": 2,
                                   "num_attention_heads": 4, "intermediate_size": 96,
-                                  "partial_rotary_factor": 0.75})
+                                  "partial_rotary_factor": 0.2})  # 3.2 dims
+    with pytest.raises(ValueError, match="--max-len 64 or less"):
+        export_bundle(tiny_dirs["phi3_longrope"], tmp_path / "b",
+                      ExportOptions(max_len=128, progress=False))
+    assert not (tmp_path / "b").exists()
