@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5, help="forwards averaged per timing")
     ap.add_argument("--work", default="/work/moe")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--weights", default="fp32", choices=("fp32", "int4"),
+                    help="int4: MatMulNBits for the dense MLP, QMoE for the experts (block 32)")
     ns = ap.parse_args()
     from edgespec.export.pipeline import ExportOptions, export_bundle
     from edgespec.runtime.model import Model
@@ -123,9 +125,10 @@ def main() -> None:
     hf = make_checkpoints(work, ns.layers)
     models = {}
     for name, folder in hf.items():
-        bundle = work / f"{folder.name}-bundle"
+        bundle = work / f"{folder.name}-{ns.weights}-bundle"
         if not (bundle / "manifest.json").is_file():
-            export_bundle(folder, bundle, ExportOptions(max_len=512, overwrite=True))
+            export_bundle(folder, bundle, ExportOptions(max_len=512, overwrite=True,
+                                                        weights=ns.weights))
         models[name] = Model(bundle)
     union = touched(hf["moe"], ids, SIZES, PAST)
     times = {name: {s: [] for s in SIZES} for name in models}
@@ -135,7 +138,7 @@ def main() -> None:
                                              reps=ns.reps, prompts=[ids]).items():
                 times[name][s].append(t)
     med = {name: {s: statistics.median(v) for s, v in c.items()} for name, c in times.items()}
-    print(f"{ns.layers} layers, {ns.rounds} alternating rounds, median; T(1): moe "
+    print(f"{ns.layers} layers, {ns.weights}, {ns.rounds} alternating rounds, median; T(1): moe "
           f"{1e3 * med['moe'][1]:.1f} ms, dense {1e3 * med['dense'][1]:.1f} ms\n")
     print("| S | experts touched per layer: text, mean / timed window | uniform routing | "
           "MoE T(S)/T(1) | dense T(S)/T(1) | MoE / dense |")

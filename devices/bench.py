@@ -79,7 +79,8 @@ def bench(model, drafter: str | None, prompts: list[list[int]], gammas, runs: in
     rows = []
     for name, r in rates.items():
         tau = sum(lengths[name]) / max(len(lengths[name]), 1)
-        cost = draft_cost(model.manifest, drafter, engines[name], context=256)
+        cost = draft_cost(model.manifest, drafter, engines[name], context=256,
+                          verify_tokens=splits[name].verify_tokens())
         rows.append({"engine": name, "tok_s": statistics.median(r), "min": min(r), "max": max(r),
                      "vs_plain": statistics.median(r) / plain, "tau": tau,
                      "mbsu": None if cost is None else tau / (1 + cost),

@@ -75,12 +75,18 @@ class StepSplit:
     seconds: float = 0.0
     target_s: float = 0.0
     draft_s: float = 0.0
+    verified: int = 0  # tokens the target forwards carried (a mixture of experts pays per token)
 
     def add(self, stats, seconds: float, steps: int) -> None:
         self.steps += steps
         self.seconds += seconds
         self.target_s += stats.target_run_seconds
         self.draft_s += stats.draft_run_seconds
+        self.verified += stats.verified_tokens
+
+    def verify_tokens(self) -> float:
+        """Mean tokens per target forward of these steps."""
+        return self.verified / max(self.steps, 1)
 
     def per_step_ms(self) -> dict:
         n = max(self.steps, 1)
@@ -115,7 +121,8 @@ def decode(model, drafter, prompts: list[list[int]], max_new_tokens: int,
             st = gen.stats
             st = dataclasses.replace(
                 st, target_run_seconds=st.target_run_seconds - before.target_run_seconds,
-                draft_run_seconds=st.draft_run_seconds - before.draft_run_seconds)
+                draft_run_seconds=st.draft_run_seconds - before.draft_run_seconds,
+                verified_tokens=st.verified_tokens - before.verified_tokens)
             split.add(st, took, len(gen.stats.accepted_lengths) - 1)
         if outputs is not None:
             outputs.append((list(ids), gen.new_tokens))

@@ -103,6 +103,12 @@ def cmd_info(ns) -> int:
     say(f"model       {mi.architecture}: {mi.num_layers} layers, d={mi.hidden_size}, "
           f"heads {mi.num_heads}/{mi.num_kv_heads} kv, head_dim {mi.head_dim}, "
           f"vocab {mi.vocab_size}, {mi.dtype}")
+    if mi.experts:
+        routed = m.target.expert_bytes
+        say(f"experts     {mi.experts_per_token} of {mi.experts} per token"
+            + (f"; {routed / 1e6:.1f} MB of the {m.target.bytes_read / 1e6:.1f} MB a forward can "
+               "read are routed experts" if routed and m.target.bytes_read else
+               "; every expert runs every forward (plain graph)"))
     say(f"max_len     {mi.max_len}")
     say(f"target      {m.target.file} ({m.target.kind} graph, {m.target.weights} weights, "
           f"KV {m.target.kv.layout}, "

@@ -142,10 +142,10 @@ def bytes_read(model: onnx.ModelProto) -> int:
 
 
 def routed_bytes(model: onnx.ModelProto) -> int:
-    """Of bytes_read: the experts' weights that MoE nodes read per routed token (fc1, fc2, fc3,
-    inputs 2, 4 and 6), of which a forward over S tokens touches only the picked experts'."""
-    names = {node.input[j] for node in model.graph.node if node.op_type == "MoE"
-             for j in (2, 4, 6) if j < len(node.input) and node.input[j]}
+    """Of bytes_read: the experts' weights (and their scales) that MoE / QMoE nodes take from
+    input 2 on, of which a forward over S tokens touches only the picked experts'."""
+    names = {name for node in model.graph.node if node.op_type in ("MoE", "QMoE")
+             for name in node.input[2:] if name}
     return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer
                if t.name in names)
 

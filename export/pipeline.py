@@ -24,7 +24,7 @@ from .bundle import atomic_bundle, bytes_read, check_replaceable, routed_bytes, 
 from .kv_compact import with_compactor
 from .drafter_export import HeadCompression, export_trained_drafter, low_rank, trim_map
 from .fused_graph import build_fused_graph
-from .quantize import quantize_int4
+from .quantize import quantize_experts, quantize_int4
 from .target_graph import build_plain_graph, default_feature_layers
 from .variant import GraphVariant
 
@@ -150,7 +150,7 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
                                                 head_as_matmul=variant.int4,
                                                 **variant.builder_args)
     if variant.int4:
-        proto = quantize_int4(proto, opts.block_size)
+        proto = quantize_experts(quantize_int4(proto, opts.block_size), opts.block_size)
     spec = dataclasses.replace(spec, weights=variant.weights, bytes_read=bytes_read(proto),
                                expert_bytes=routed_bytes(proto) or None,
                                external_data=save_onnx(proto, tmp / file))
@@ -230,6 +230,14 @@ def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions,
                          "tokens, which a K/V cache of earlier positions cannot follow; export "
                          f"with --max-len {original} or less")
     variant = opts.variant  # every rule between the flags (export/variant.py)
+    if args.n_experts and variant.int4:
+        if variant.weights != "int4":
+            raise ValueError(f"--weights {variant.weights} is not built for mixtures of experts "
+                             "yet (int4 experts run over float32 activations); use --weights "
+                             "int4 or fp16")
+        if args.dim % opts.block_size or args.expert_size % opts.block_size:
+            raise ValueError(f"int4 experts need hidden and expert widths ({args.dim}, "
+                             f"{args.expert_size}) divisible by --block-size {opts.block_size}")
     if variant.graph == "fused" and (args.head_dim % 16 or args.rotary_dim % 16):
         raise ValueError(f"fused graphs need a head_dim and rotary dims that are multiples of "
                          f"16 (onnxruntime's GroupQueryAttention); this model's are "

@@ -144,3 +144,97 @@ def test_a_manifest_with_inconsistent_expert_counts_is_refused(tiny_bundles, tmp
         (b / "manifest.json").write_text(json.dumps(m))
         with pytest.raises(BundleError, match=match):
             load_manifest(b)
+
+
+def test_info_names_the_experts(tiny_bundles, capsys):
+    from edgespec.cli import main
+
+    assert main(["info", str(tiny_bundles["mellum_moe"][1])]) == 0
+    assert "8 of 64 per token" in capsys.readouterr().out
+    assert main(["info", str(tiny_bundles[("mellum_moe", "plain")][1])]) == 0
+    assert "every expert runs every forward" in capsys.readouterr().out
+    assert main(["info", str(tiny_bundles["llama"][1])]) == 0
+    assert "experts" not in capsys.readouterr().out
+
+
+def test_int4_experts_are_the_dequantised_experts(tmp_path):
+    """quantize_experts turns a MoE node into QMoE whose output is the MoE's with each expert
+    replaced by its 4-bit blocks dequantised (onnxruntime's layout: low nibble first, zero
+    point 8): checked on one node against numpy (with fp32 activations; export's accuracy
+    level 4 lets the kernel round activations to int8 as MatMulNBits does)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from edgespec.export.quantize import quantize_experts
+
+    n_exp, k, d, width, tokens, block = 8, 2, 64, 32, 5, 16
+    rng = np.random.default_rng(0)
+    fc1 = rng.standard_normal((n_exp, 2 * width, d)).astype(np.float32) * 0.2  # gate/up rows
+    fc2 = rng.standard_normal((n_exp, d, width)).astype(np.float32) * 0.2
+    node = helper.make_node("MoE", ["x", "r", "fc1", "", "fc2"], ["y"], domain="com.microsoft",
+                            k=k, activation_type="swiglu", swiglu_fusion=1,
+                            normalize_routing_weights=1, activation_alpha=1.0,
+                            activation_beta=0.0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, ["T", d]),
+                                            helper.make_tensor_value_info("r", 1, ["T", n_exp])],
+                              [helper.make_tensor_value_info("y", 1, ["T", d])],
+                              [numpy_helper.from_array(fc1, "fc1"),
+                               numpy_helper.from_array(fc2, "fc2")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    q = quantize_experts(proto, block, accuracy_level=0)  # fp32 activations: exact to check
+    assert [n.op_type for n in q.graph.node] == ["QMoE"]
+    onnx.checker.check_model(q)
+    w = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+
+    def dequant(name, shape):
+        packed, scales = w[name + "_q4"], w[name + "_scales"]
+        nibbles = np.stack([packed & 15, packed >> 4], -1).reshape(*shape[:2], -1, block)
+        return ((nibbles.astype(np.float32) - 8) * scales[..., None]).reshape(shape)
+    g1, g2 = dequant("fc1", fc1.shape), dequant("fc2", fc2.shape)
+    assert 0 < np.abs(g1 - fc1).max() < 0.1  # rounded, not garbage
+    x = rng.standard_normal((tokens, d)).astype(np.float32)
+    logits = rng.standard_normal((tokens, n_exp)).astype(np.float32)
+    y = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "r": logits})[0]
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    want = np.zeros_like(y)
+    for t in range(tokens):
+        top = np.argsort(-probs[t])[:k]
+        for e, weight in zip(top, probs[t, top] / probs[t, top].sum()):
+            h = g1[e] @ x[t]
+            gate, up = h[0::2], h[1::2]  # interleaved rows
+            want[t] += weight * (g2[e] @ (gate / (1 + np.exp(-gate)) * up))
+    np.testing.assert_allclose(y, want, atol=1e-4)
+
+
+def test_an_int4_mixture_exports_its_experts_in_int4(tiny_dirs, tmp_path):
+    """The Mellum-shaped MoE at --weights int4 --block-size 16: QMoE nodes, the routed bytes
+    cut to 4-bit blocks plus scales, n-gram drafts lossless against its own greedy output;
+    widths the block does not divide, and int4-fp16, are refused before any work."""
+    import onnx
+
+    from conftest import run_to_end
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+    from edgespec.runtime.generator import GenerationParams
+    from edgespec.runtime.model import Model
+
+    hf = tiny_dirs["mellum_moe"]
+    fp32 = export_bundle(hf, tmp_path / "f", ExportOptions(max_len=64, progress=False))
+    m = export_bundle(hf, tmp_path / "q", ExportOptions(max_len=64, progress=False,
+                                                        weights="int4", block_size=16))
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / m.target.file)).graph.node}
+    assert "QMoE" in ops and "MoE" not in ops
+    # 4 bits per weight plus one fp32 scale per 16: 0.5 + 4 / 16 = 0.75 bytes, not 4
+    assert m.target.expert_bytes == pytest.approx(fp32.target.expert_bytes * 0.75 / 4, rel=0.01)
+    model = Model(tmp_path / "q")
+    params = GenerationParams(max_new_tokens=24, stop_on_eos=False)
+    ids = [5, 9, 11, 5, 9, 11, 5, 9]
+    assert run_to_end(model, params, ids, model.drafter("ngram")).new_tokens == \
+        run_to_end(model, params, ids).new_tokens
+    for opts, match in ((dict(weights="int4"), "divisible by --block-size 32"),
+                        (dict(weights="int4-fp16"), "not built for mixtures")):
+        with pytest.raises(ValueError, match=match):
+            export_bundle(hf, tmp_path / "x", ExportOptions(max_len=64, progress=False, **opts))
+        assert not (tmp_path / "x").exists()
