@@ -50,6 +50,12 @@ def verifies_trees(spec) -> bool:
     return any(t.name == "attention_bias" for t in spec.inputs)
 
 
+def bias_window(spec, window: int | None) -> int | None:
+    """The sliding window the runtime writes into a graph's attention bias: the model's, except
+    for a chain graph, which has no bias and applies it itself (GQA's local_window_size)."""
+    return window if verifies_trees(spec) else None
+
+
 def kv_names(kv, num_layers: int) -> tuple[list[str], list[str]]:
     """(past names, present names) of every layer."""
     for pattern in (kv.past_key, kv.past_value, kv.present_key, kv.present_value):

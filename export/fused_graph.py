@@ -90,12 +90,14 @@ class FusedEmitter:
     Computes in the Builder's float dtype (weights are rounded to it as they are added)."""
 
     def __init__(self, b: Builder, a: ModelArgs, max_len: int, static: bool = False,
-                 trees: bool = True, attention: str = "gqa", local_layers: tuple[int, ...] = ()):
+                 trees: bool = True, attention: str = "gqa", local_layers: tuple[int, ...] = (),
+                 window: int | None = None):
         self.matmul = attention == "matmul"
         if not (trees or static) or self.matmul and not (trees and static):
             raise ValueError("a chain graph (no attention bias) and matmul attention need "
                              "static shapes; matmul attention needs the bias")
         self.b, self.a, self.eps, self.local_layers = b, a, float(a.norm_eps), local_layers
+        self.window = window  # every layer's sliding window (Mistral), for a chain graph
         # GQA's own score scale and soft cap (Gemma-2), set only where they differ from its
         # defaults (1 / sqrt(head_dim), no cap)
         self._gqa_scores = {k: float(v) for k, v in (("scale", a.attn_scale),
@@ -203,13 +205,14 @@ class FusedEmitter:
             k = self._head_norm(k, at.k_norm.weight, f"{p}.k_norm.weight", hkv)
         # GQA applies RoPE itself (do_rotary) at the given position_ids, which may repeat in a
         # tree. A sliding window on every layer (Mistral) lives in attention_bias, built by the
-        # runtime; on some layers only, in the bias derived here (export/window_mask.py), and
-        # in a chain graph, which has no bias, in GQA's local_window_size (measured: onnxruntime
-        # 1.32's CPU kernel matches HF's q - k < window with local_window_size = window).
+        # runtime; on some layers only, in the bias derived here (export/window_mask.py). A
+        # chain graph has no bias: either window is GQA's local_window_size there (measured:
+        # onnxruntime 1.32's CPU kernel matches HF's q - k < window with the window itself).
         # present K/V (outputs 1, 2) are the same memory as past once the runtime binds them so
         local = i in self.local_layers
-        window = {"local_window_size": a.local_window} if local and not self.bias[
-            False] and not self.matmul else {}
+        size = a.local_window if local else self.window
+        window = {"local_window_size": size} if size and not self.bias[False] \
+            and not self.matmul else {}
         y, present_k, present_v = b.op(
             "GroupQueryAttention", q, k, v, KV.past_key.format(i=i), KV.past_value.format(i=i),
             self.seqlens_k, self.total, *self.rope[local], "position_ids", *self.bias[local],
@@ -255,7 +258,7 @@ def build_fused_graph(model, max_len: int, feature_layers: tuple[int, ...],
     b = Builder(np.dtype(dtype))
     for t in spec.inputs:
         b.input(t.name, t.dtype, list(t.shape))
-    e = FusedEmitter(b, a, max_len, static, trees, attention, a.local_layers)
+    e = FusedEmitter(b, a, max_len, static, trees, attention, a.local_layers, a.sliding_window)
     hidden, feats = emit_decoder(e, model.layers, emit_embedding(b, model), model.norm.weight,
                                  feature_layers)
     e.declare_present(a.n_layers)

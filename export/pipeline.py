@@ -244,9 +244,6 @@ def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions,
                          f"{args.head_dim} and {args.rotary_dim}: export with --graph plain")
     draft_variant = variant.with_weights(opts.draft_weights or opts.weights, "--draft-weights")
     head_variant = variant.with_weights(drafter_weights(opts.weights))
-    if opts.verify == "chain" and args.sliding_window is not None:
-        raise ValueError(f"--verify chain has no attention bias to carry this model's sliding "
-                         f"window ({args.sliding_window}); use --verify tree")
     trained = tuple((name, Path(folder), DrafterConfig.load(folder))
                     for name, folder in opts.drafters)
     if args.mtp_layers and "mtp" not in {name for name, _, _ in trained}:

@@ -10,6 +10,7 @@ import torch
 from edgespec.graph_contract import FP16_WEIGHTS, verifies_trees
 from edgespec.manifest import GraphSpec, ModelInfo
 from edgespec.masks import causal_bias
+from edgespec.tree import depths, tree_bias as tree_bias_of
 from edgespec.runtime.device_kv import kv_dtype
 from edgespec.runtime.kv import KVCache
 from edgespec.runtime.providers import SessionConfig, create_session
@@ -58,18 +59,19 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed
     prompt_len = min(prompt_len, info.max_len - 4)
     ids = rng.integers(0, a.vocab_size, prompt_len)
     pos = np.arange(prompt_len)
-    bias = causal_bias(0, prompt_len, mask)
-    onnx_logits = [runner.forward(ids, pos, bias, np.arange(prompt_len)).logits.copy()]
+    trees = verifies_trees(spec)
+    # a sliding window on every layer (Mistral): in the bias torch and a tree graph take; a
+    # chain graph applies it itself (it takes no bias: None)
+    bias = causal_bias(0, prompt_len, mask, a.sliding_window)
+    onnx_logits = [runner.forward(ids, pos, bias if trees else None,
+                                  np.arange(prompt_len)).logits.copy()]
     # tree: t0 -> t1, t0 -> t2 (sibling of t1), t1 -> t3; a chain graph verifies a chain
     tree_ids = rng.integers(0, a.vocab_size, 4)
-    tree_bias = causal_bias(prompt_len, 4, mask)
-    tree_pos = prompt_len + np.arange(4)
-    if verifies_trees(spec):
-        tree_pos = prompt_len + np.array([0, 1, 1, 2])
-        tree_bias[0, 0, 2, prompt_len + 1] = mask  # t2 does not see t1
-        tree_bias[0, 0, 3, prompt_len + 2] = mask  # t3 does not see t2
-    onnx_logits.append(runner.forward(tree_ids, tree_pos, tree_bias, np.arange(4)).logits.copy())
-
+    parents = np.array([-1, 0, 0, 1] if trees else [-1, 0, 1, 2])
+    tree_bias = tree_bias_of(parents, prompt_len, mask, a.sliding_window)
+    tree_pos = prompt_len + depths(parents)
+    onnx_logits.append(runner.forward(tree_ids, tree_pos, tree_bias if trees else None,
+                                      np.arange(4)).logits.copy())
     with torch.no_grad():
         past = [(torch.zeros(1, a.n_kv_heads, 0, a.head_dim),) * 2 for _ in range(a.n_layers)]
         t_ids = torch.from_numpy(ids)[None]

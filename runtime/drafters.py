@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgespec.drafter_kinds import KINDS
+from edgespec.graph_contract import bias_window
 from edgespec.manifest import DrafterSpec
 from edgespec.masks import window_bias
 from edgespec.sampling import SamplingParams
@@ -166,7 +167,8 @@ class DraftModelDrafter(Drafter):
         past, s = st.runner.kv.length, len(ids)
         out = st.runner.forward(np.asarray(ids, np.int64), np.arange(past, past + s),
                                 window_bias(past, s, self.spec.graph.mask_value,
-                                            self.spec.model.sliding_window),
+                                            bias_window(self.spec.graph,
+                                                        self.spec.model.sliding_window)),
                                 np.array([s - 1], np.int64))
         st.cached += ids
         return out.logits[-1]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgespec.accept import accept_greedy, accept_greedy_argmax, accept_sample, accept_typical
+from edgespec.graph_contract import bias_window
 from edgespec.masks import window_bias
 from edgespec.sampling import SamplingParams, probabilities, sample
 from edgespec.tree import DraftTree, depths, tree_bias
@@ -223,8 +224,9 @@ class Generator:
     def _forward(self, ids: list[int], last_only: bool):
         """Feed ids at the next positions (causal); logits of the last row only or of all."""
         past, s = self.kv.length, len(ids)
-        bias = window_bias(past, s, self.model.manifest.target.mask_value,
-                           self.model.manifest.model.sliding_window)
+        mi = self.model.manifest
+        bias = window_bias(past, s, mi.target.mask_value,
+                           bias_window(mi.target, mi.model.sliding_window))
         rows = np.array([s - 1] if last_only else range(s), dtype=np.int64)
         out = self.runner.forward(np.asarray(ids, np.int64), np.arange(past, past + s),
                                   bias, rows)
@@ -330,7 +332,7 @@ class Generator:
         and leaves exactly the accepted nodes' K/V in the cache, in order."""
         past, n = self.kv.length, tree.size
         mi = self.model.manifest
-        window = mi.model.sliding_window
+        window = bias_window(mi.target, mi.model.sliding_window)
         bias = (window_bias(past, n, mi.target.mask_value, window) if tree.is_chain  # None:
                 else tree_bias(tree.parents, past, mi.target.mask_value, window))  # causal
         out = self.runner.forward(tree.tokens, past + depths(tree.parents), bias,

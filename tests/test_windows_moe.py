@@ -238,3 +238,23 @@ def test_an_int4_mixture_exports_its_experts_in_int4(tiny_dirs, tmp_path):
         with pytest.raises(ValueError, match=match):
             export_bundle(hf, tmp_path / "x", ExportOptions(max_len=64, progress=False, **opts))
         assert not (tmp_path / "x").exists()
+
+
+def test_a_chain_graph_carries_a_window_on_every_layer(tiny_dirs, tmp_path):
+    """Mistral's window (12 here) on a `--verify chain` graph, which takes no bias: GQA's
+    local_window_size carries it, and the runtime leaves it out of the (absent) bias.
+    Decodes like transformers past the window, alone and with n-gram drafts."""
+    from conftest import run_to_end
+    from edgespec.export.pipeline import ExportOptions, export_bundle
+    from edgespec.runtime.generator import GenerationParams
+    from edgespec.runtime.model import Model
+
+    hf = tiny_dirs["mistral_window"]
+    export_bundle(hf, tmp_path / "b", ExportOptions(max_len=64, progress=False, verify="chain"))
+    model = Model(tmp_path / "b")
+    assert model.manifest.model.sliding_window == 12
+    params = GenerationParams(max_new_tokens=30, stop_on_eos=False)
+    ids = [5, 9, 11, 5, 9, 11, 5, 9]
+    want = _hf_greedy(hf, ids, 30, eos=None)
+    assert run_to_end(model, params, ids).new_tokens == want
+    assert run_to_end(model, params, ids, model.drafter("ngram")).new_tokens == want
