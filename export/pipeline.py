@@ -230,14 +230,10 @@ def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions,
                          "tokens, which a K/V cache of earlier positions cannot follow; export "
                          f"with --max-len {original} or less")
     variant = opts.variant  # every rule between the flags (export/variant.py)
-    if args.n_experts and variant.int4:
-        if variant.weights != "int4":
-            raise ValueError(f"--weights {variant.weights} is not built for mixtures of experts "
-                             "yet (int4 experts run over float32 activations); use --weights "
-                             "int4 or fp16")
-        if args.dim % opts.block_size or args.expert_size % opts.block_size:
-            raise ValueError(f"int4 experts need hidden and expert widths ({args.dim}, "
-                             f"{args.expert_size}) divisible by --block-size {opts.block_size}")
+    if args.n_experts and variant.int4 and (args.dim % opts.block_size
+                                            or args.expert_size % opts.block_size):
+        raise ValueError(f"int4 experts need hidden and expert widths ({args.dim}, "
+                         f"{args.expert_size}) divisible by --block-size {opts.block_size}")
     if variant.graph == "fused" and (args.head_dim % 16 or args.rotary_dim % 16):
         raise ValueError(f"fused graphs need a head_dim and rotary dims that are multiples of "
                          f"16 (onnxruntime's GroupQueryAttention); this model's are "

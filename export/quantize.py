@@ -35,8 +35,8 @@ def quantize_experts(proto: onnx.ModelProto, block_size: int = 32,
     """Every MoE node becomes QMoE: its fc1 / fc2 experts ([E, N, K]) in 4-bit symmetric blocks
     of `block_size` along K, packed by onnxruntime's own quantize_matmul_4bits (the layout
     QMoE reads with weights_prepacked 0: [E, N, K / 2] bytes, low nibble first, scales
-    [E, N, K / block_size], zero point 8). Experts are most of an MoE's bytes, so int4 without
-    them would leave most of the model in float."""
+    [E, N, K / block_size] in the experts' float dtype, zero point 8). Experts are most of an
+    MoE's bytes, so int4 without them would leave most of the model in float."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
     inits = {t.name: t for t in proto.graph.initializer}
@@ -48,8 +48,8 @@ def quantize_experts(proto: onnx.ModelProto, block_size: int = 32,
         names = list(node.input)
         for j in (2, 4):  # fc1, fc2
             w = numpy_helper.to_array(inits[names[j]])
-            if w.dtype != np.float32:
-                raise ValueError("int4 experts need float32 experts (export --weights int4)")
+            dtype = w.dtype  # float32, or float16 (int4-fp16): the scales take it
+            w = w.astype(np.float32)
             e, n, k = w.shape
             if k % block_size:
                 raise ValueError(f"int4 experts need widths divisible by --block-size "
@@ -63,7 +63,7 @@ def quantize_experts(proto: onnx.ModelProto, block_size: int = 32,
             proto.graph.initializer.remove(inits[names[j]])
             proto.graph.initializer.extend([
                 numpy_helper.from_array(packed.reshape(e, n, k // 2), names[j] + "_q4"),
-                numpy_helper.from_array(scales, names[j] + "_scales")])
+                numpy_helper.from_array(scales.astype(dtype), names[j] + "_scales")])
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
         nodes.append(helper.make_node(

@@ -212,7 +212,8 @@ def test_int4_experts_are_the_dequantised_experts(tmp_path):
 def test_an_int4_mixture_exports_its_experts_in_int4(tiny_dirs, tmp_path):
     """The Mellum-shaped MoE at --weights int4 --block-size 16: QMoE nodes, the routed bytes
     cut to 4-bit blocks plus scales, n-gram drafts lossless against its own greedy output;
-    widths the block does not divide, and int4-fp16, are refused before any work."""
+    int4-fp16 too (fp16 scales and activations); widths the block does not divide are refused
+    before any work."""
     import onnx
 
     from conftest import run_to_end
@@ -233,11 +234,18 @@ def test_an_int4_mixture_exports_its_experts_in_int4(tiny_dirs, tmp_path):
     ids = [5, 9, 11, 5, 9, 11, 5, 9]
     assert run_to_end(model, params, ids, model.drafter("ngram")).new_tokens == \
         run_to_end(model, params, ids).new_tokens
-    for opts, match in ((dict(weights="int4"), "divisible by --block-size 32"),
-                        (dict(weights="int4-fp16"), "not built for mixtures")):
-        with pytest.raises(ValueError, match=match):
-            export_bundle(hf, tmp_path / "x", ExportOptions(max_len=64, progress=False, **opts))
-        assert not (tmp_path / "x").exists()
+    half = export_bundle(hf, tmp_path / "h", ExportOptions(
+        max_len=64, progress=False, weights="int4-fp16", block_size=16))
+    scales = [t for t in onnx.load(str(tmp_path / "h" / half.target.file)).graph.initializer
+              if t.name.endswith("fc1_scales")]
+    assert scales and {t.data_type for t in scales} == {onnx.TensorProto.FLOAT16}
+    model = Model(tmp_path / "h")
+    assert run_to_end(model, params, ids, model.drafter("ngram")).new_tokens == \
+        run_to_end(model, params, ids).new_tokens
+    with pytest.raises(ValueError, match="divisible by --block-size 32"):
+        export_bundle(hf, tmp_path / "x", ExportOptions(max_len=64, progress=False,
+                                                        weights="int4"))
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_chain_graph_carries_a_window_on_every_layer(tiny_dirs, tmp_path):
