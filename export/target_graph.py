@@ -18,7 +18,8 @@ import dataclasses
 import numpy as np
 
 from edgespec.manifest import GraphSpec, KVSpec, TensorSpec
-from edgespec.models.args import ModelArgs, rope_cos_sin
+from edgespec.models.args import ModelArgs
+from edgespec.models.rope import rope_cos_sin
 from edgespec.models.moe import SparseMoE
 
 from .decoder import emit_decoder

@@ -4,31 +4,11 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from .families import FAMILIES
-
-
-class UnsupportedModelError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    kind: str  # "default" | "linear" | "llama3" | "longrope"
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
-    # longrope (Phi-3's "su"): per-frequency divisors below / from the original length, and
-    # the scale on cos and sin
-    short_factor: tuple[float, ...] = ()
-    long_factor: tuple[float, ...] = ()
-    attention_factor: float = 1.0
+from .families import FAMILIES, UnsupportedModelError
+from .rope import RopeScaling, rope_scaling
 
 
 @dataclass(frozen=True)
@@ -141,7 +121,7 @@ class ModelArgs:
             norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(theta),
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-            rope_scaling=_rope_scaling(rope, cfg),
+            rope_scaling=rope_scaling(rope, cfg),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qkv_bias=family.qkv_bias or bias,
             o_bias=bias,
@@ -158,7 +138,7 @@ class ModelArgs:
             local_window=window if local else None,
             local_layers=local,
             local_rope_theta=float(local_rope.get("rope_theta", theta)) if own_rope else None,
-            local_rope_scaling=_rope_scaling(local_rope, cfg) if own_rope
+            local_rope_scaling=rope_scaling(local_rope, cfg) if own_rope
             else RopeScaling("default"),
             n_experts=experts,
             experts_per_token=int(cfg.get("num_experts_per_tok") or 0) if experts else 0,
@@ -203,79 +183,3 @@ def _moe_layers(cfg: dict, n_layers: int) -> tuple[int, ...]:
 def _optional_float(cfg: dict, key: str | None) -> float | None:
     value = cfg.get(key) if key else None
     return None if value is None else float(value)
-
-
-def _rope_scaling(rope: dict, cfg: dict) -> RopeScaling:
-    kind = rope.get("rope_type", rope.get("type", "default")) if rope else "default"
-    if kind == "default":
-        return RopeScaling("default")
-    if kind == "linear":
-        return RopeScaling("linear", factor=float(rope["factor"]))
-    if kind == "llama3":
-        return RopeScaling("llama3", factor=float(rope["factor"]),
-                           low_freq_factor=float(rope["low_freq_factor"]),
-                           high_freq_factor=float(rope["high_freq_factor"]),
-                           original_max_position_embeddings=int(
-                               rope["original_max_position_embeddings"]))
-    if kind in ("longrope", "su"):  # Phi-3's long-context models
-        original = int(rope.get("original_max_position_embeddings")
-                       or cfg.get("original_max_position_embeddings")
-                       or cfg.get("max_position_embeddings", 4096))
-        factor = rope.get("factor") or cfg.get("max_position_embeddings", original) / original
-        attention = rope.get("attention_factor") or (
-            1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original)))
-        return RopeScaling("longrope", factor=float(factor),
-                           original_max_position_embeddings=original,
-                           short_factor=tuple(map(float, rope["short_factor"])),
-                           long_factor=tuple(map(float, rope["long_factor"])),
-                           attention_factor=float(attention))
-    raise UnsupportedModelError(f"rope scaling {kind!r} is not supported; edgespec supports "
-                                "default, linear, llama3 and longrope")
-
-
-def rope_inv_freq(args: ModelArgs, local: bool = False, long: bool = False) -> np.ndarray:
-    """Inverse frequencies [R/2] (float32, R = rotary_dim) with the config's rope scaling
-    applied; local: the local layers' own rope (ModelArgs.local_rope_theta); long: longrope's
-    long factors (else its short ones)."""
-    d = args.rotary_dim
-    theta, rs = ((args.local_rope_theta, args.local_rope_scaling) if local
-                 else (args.rope_theta, args.rope_scaling))
-    exponent = np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d
-    if rs.kind == "longrope":
-        ext = np.asarray(rs.long_factor if long else rs.short_factor, np.float32)
-        return (1.0 / (ext * theta ** exponent)).astype(np.float32)
-    inv = (1.0 / (theta ** exponent)).astype(np.float32)
-    if rs.kind == "linear":
-        inv = inv / rs.factor
-    elif rs.kind == "llama3":
-        # Llama-3.1: long wavelengths slowed by `factor`, short ones kept, a smooth band between.
-        low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
-        high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
-        wavelen = 2 * math.pi / inv
-        scaled = np.where(wavelen > low_wavelen, inv / rs.factor, inv)
-        smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (
-            rs.high_freq_factor - rs.low_freq_factor)
-        smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
-        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        inv = np.where(medium, smoothed, scaled).astype(np.float32)
-    return inv
-
-
-def rope_cos_sin(args: ModelArgs, max_len: int,
-                 local: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin tables [max_len, R] (float32, R = rotary_dim), the halves duplicated as HF's
-    rotate_half expects; local: the local layers' own (ModelArgs.local_rope_theta).
-
-    longrope: positions below the original length take the short factors, the rest the long
-    ones. HF switches the whole table once a forward reaches that length, which a K/V cache
-    of earlier positions cannot follow, so export keeps bundles within it (exact there)."""
-    pos = np.arange(max_len, dtype=np.float32)[:, None]
-    freqs = pos * rope_inv_freq(args, local)[None, :]  # [L, R/2] in fp32 like HF
-    rs = args.local_rope_scaling if local else args.rope_scaling
-    scale = np.float32(1.0)
-    if rs.kind == "longrope":
-        beyond = pos >= rs.original_max_position_embeddings
-        freqs = np.where(beyond, pos * rope_inv_freq(args, local, long=True)[None, :], freqs)
-        scale = np.float32(rs.attention_factor)
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    return (np.cos(emb) * scale).astype(np.float32), (np.sin(emb) * scale).astype(np.float32)

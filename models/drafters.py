@@ -22,7 +22,8 @@ from torch import nn
 
 from edgespec.drafter_kinds import trainable
 
-from .args import ModelArgs, rope_cos_sin
+from .args import ModelArgs
+from .rope import rope_cos_sin
 from .llama import Block, RMSNorm
 from .moe import SparseMoE
 

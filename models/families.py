@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class UnsupportedModelError(ValueError):
+    pass
+
+
 @dataclass(frozen=True)
 class Family:
     name: str  # what the manifest records as model.architecture

@@ -15,7 +15,8 @@ from torch import nn
 
 from edgespec import masks
 
-from .args import ModelArgs, rope_cos_sin
+from .args import ModelArgs
+from .rope import rope_cos_sin
 from .moe import SparseMoE
 
 

@@ -24,6 +24,10 @@ CONFIGS = {
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
               dict(tie_word_embeddings=True)),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(head_dim=32)),
+    # YaRN: 4x the original 64 positions, the band between 32 and 1 rotations ramped
+    "qwen3_yarn": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(
+        head_dim=32, rope_scaling=dict(rope_type="yarn", factor=4.0,
+                                       original_max_position_embeddings=64))),
     # Qwen3's attention_bias puts a bias on q/k/v and o (models/families.py bias_flag)
     "qwen3_bias": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
                    dict(head_dim=32, attention_bias=True)),

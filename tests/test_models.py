@@ -90,3 +90,18 @@ def test_phi3_packed_weights_partial_rotary_and_longrope(tiny_dirs, tmp_path):
         export_bundle(tiny_dirs["phi3_longrope"], tmp_path / "b",
                       ExportOptions(max_len=128, progress=False))
     assert not (tmp_path / "b").exists()
+
+
+def test_yarn_rope_is_read_from_the_config(tiny_dirs):
+    """YaRN (parity: test_tiny_parity_with_transformers): its cos / sin scale follows the
+    factor (0.1 ln 4 + 1), or mscale / mscale_all_dim where a config gives them (DeepSeek)."""
+    rs = ModelArgs.from_hf_dir(tiny_dirs["qwen3_yarn"]).rope_scaling
+    assert (rs.kind, rs.factor, rs.original_max_position_embeddings) == ("yarn", 4.0, 64)
+    assert rs.attention_factor == pytest.approx(0.1 * math.log(4) + 1)
+    cfg = {"architectures": ["LlamaForCausalLM"], "vocab_size": 300, "hidden_size": 64,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96,
+           "rope_scaling": {"rope_type": "yarn", "factor": 40.0, "mscale": 1.0,
+                            "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096}}
+    assert ModelArgs.from_hf_config(cfg).rope_scaling.attention_factor == pytest.approx(1.0)
+    with pytest.raises(UnsupportedModelError, match="longrope and yarn"):
+        ModelArgs.from_hf_config({**cfg, "rope_scaling": {"rope_type": "dynamic", "factor": 2}})
