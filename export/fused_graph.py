@@ -43,7 +43,8 @@ from .decoder import emit_decoder
 from .moe_graph import emit_moe_op
 from .onnx_builder import Builder
 from .window_mask import dynamic_key_positions, static_key_positions, window_bias
-from .graph_ops import emit_activation, emit_rope, emit_softcap, matmul_weight, norm_scale
+from .graph_ops import (emit_activation, emit_rope, emit_sink_softmax, emit_softcap, matmul_weight,
+                        norm_scale)
 from .target_graph import KV, emit_embedding, emit_outputs, graph_spec
 
 MS = "com.microsoft"
@@ -98,6 +99,7 @@ class FusedEmitter:
             raise ValueError("a chain graph (no attention bias) and matmul attention need "
                              "static shapes; matmul attention needs the bias")
         self.b, self.a, self.eps, self.local_layers = b, a, float(a.norm_eps), local_layers
+        self.max_len = max_len
         self.window = window  # every layer's sliding window (Mistral), for a chain graph
         # GQA's own score scale and soft cap (Gemma-2), set only where they differ from its
         # defaults (1 / sqrt(head_dim), no cap)
@@ -145,7 +147,8 @@ class FusedEmitter:
             self.group_bias[local] = b.op("Tile", bias, b.const([1, 1, a.n_rep, 1]))
         self.scale = b.const(np.array(a.scale, b.float_dtype), b.float_dtype)
 
-    def _matmul_attention(self, q: str, present_k: str, present_v: str, local: bool) -> str:
+    def _matmul_attention(self, q: str, present_k: str, present_v: str, local: bool,
+                          sinks: str | None) -> str:
         """softmax(rope(q) K^T / sqrt(D) + bias) V over the whole buffer: [1, S, H*D]."""
         b, a = self.b, self.a
         hd, h = a.head_dim, a.n_heads
@@ -156,7 +159,9 @@ class FusedEmitter:
         kt = b.op("Transpose", present_k, perm=[0, 1, 3, 2])  # ORT may fold it (FusedMatMul)
         scores = emit_softcap(b, b.op("Mul", b.op("MatMul", q, kt), self.scale), a.attn_softcap)
         scores = b.op("Add", scores, self.group_bias[local])
-        y = b.op("MatMul", b.op("Softmax", scores, axis=-1), present_v)  # [1, Hkv, n_rep*S, D]
+        probs = (emit_sink_softmax(b, scores, sinks, a, self.max_len) if sinks
+                 else b.op("Softmax", scores, axis=-1))
+        y = b.op("MatMul", probs, present_v)  # [1, Hkv, n_rep*S, D]
         y = b.op("Transpose", b.op("Reshape", y, b.const([0, h, -1, hd])), perm=[0, 2, 1, 3])
         return b.op("Reshape", y, b.const([0, 0, h * hd]))  # [1, S, H*D]
 
@@ -214,9 +219,12 @@ class FusedEmitter:
         size = a.local_window if local else self.window
         window = {"local_window_size": size} if size and not self.bias[False] \
             and not self.matmul else {}
+        # gpt-oss's sinks: GQA's head_sink input, after the (possibly absent) bias
+        sinks = b.weight(f"{p}.self_attn.sinks", _np(at.sinks)) if a.attn_sinks else None
+        extra = (*(self.bias[local] or ("",)), sinks) if sinks else self.bias[local]
         y, present_k, present_v = b.op(
             "GroupQueryAttention", q, k, v, KV.past_key.format(i=i), KV.past_value.format(i=i),
-            self.seqlens_k, self.total, *self.rope[local], "position_ids", *self.bias[local],
+            self.seqlens_k, self.total, *self.rope[local], "position_ids", *extra,
             domain=MS, n_out=3,
             names=(None, KV.present_key.format(i=i), KV.present_value.format(i=i)),
             num_heads=h, kv_num_heads=hkv, do_rotary=1, **self._gqa_scores, **window)
@@ -224,7 +232,7 @@ class FusedEmitter:
             if not a.qk_norm:
                 q = b.op("Split", qkv, b.const([h * hd, hkv * hd, hkv * hd]), axis=-1,
                          n_out=3)[0]
-            y = self._matmul_attention(q, present_k, present_v, local)
+            y = self._matmul_attention(q, present_k, present_v, local, sinks)
         return self.project(y, at.o_proj, f"{p}.o_proj")
 
     def mlp(self, x: str, mlp, layer: str) -> str:

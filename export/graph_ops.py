@@ -51,3 +51,26 @@ def emit_rope(b: Builder, x: str, cos: str, sin: str, a: ModelArgs) -> str:
     rot = b.op("Concat", b.op("Neg", x2), x1, axis=-1)
     y = b.op("Add", b.op("Mul", x, cos), b.op("Mul", rot, sin))
     return y if keep is None else b.op("Concat", y, keep, axis=-1)
+
+
+def emit_sink_softmax(b: Builder, scores: str, sinks: str, a: ModelArgs,
+                      total: int | None = None) -> str:
+    """softmax of scores [1, Hkv, r*S, T] (query rows grouped per KV head: row j belongs to
+    head kv * r + j // S) with each head's sink logit as one more column, dropped after the
+    softmax (gpt-oss). total: T when the graph's shapes are static (no shape op: a CUDA graph
+    replays it); None: read from the scores."""
+    hkv, r = a.n_kv_heads, a.n_rep
+    if total is None:
+        t = b.op("Gather", b.op("Shape", scores), b.const([3]))  # [1] = T
+        grouped = b.op("Concat", b.const([1, hkv, r, -1]), t, axis=0)
+        rows = b.op("Concat", b.const([1, hkv, -1]), t, axis=0)
+    else:
+        grouped, rows = b.const([1, hkv, r, -1, total]), b.const([1, hkv, -1, total])
+    s5 = b.op("Reshape", scores, grouped)  # [1, Hkv, r, S, T]
+    zero = b.const(np.array(0, b.float_dtype), b.float_dtype)
+    sink = b.op("Reshape", sinks, b.const([1, hkv, r, 1, 1]))
+    column = b.op("Add", b.op("ReduceMax", b.op("Mul", s5, zero), b.const([-1]), keepdims=1),
+                  sink)  # [1, Hkv, r, S, 1]: the head's sink on every row
+    probs = b.op("Softmax", b.op("Concat", s5, column, axis=-1), axis=-1)
+    probs = b.op("Slice", probs, b.const([0]), b.const([-1]), b.const([-1]))  # drop the sink
+    return b.op("Reshape", probs, rows)

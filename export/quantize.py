@@ -66,9 +66,10 @@ def quantize_experts(proto: onnx.ModelProto, block_size: int = 32,
                 numpy_helper.from_array(scales.astype(dtype), names[j] + "_scales")])
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        names += [""] * (6 - len(names))  # MoE's optional fc1 / fc2 biases (3, 5)
         nodes.append(helper.make_node(
-            "QMoE", [names[0], names[1], names[2] + "_q4", names[2] + "_scales", "",
-                     names[4] + "_q4", names[4] + "_scales", ""], list(node.output),
+            "QMoE", [names[0], names[1], names[2] + "_q4", names[2] + "_scales", names[3],
+                     names[4] + "_q4", names[4] + "_scales", names[5]], list(node.output),
             name=node.name, domain=node.domain, expert_weight_bits=4, block_size=block_size,
             accuracy_level=accuracy_level, weights_prepacked=0, **attrs))
     del proto.graph.node[:]

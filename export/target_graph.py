@@ -23,7 +23,8 @@ from edgespec.models.rope import rope_cos_sin
 from edgespec.models.moe import SparseMoE
 
 from .decoder import emit_decoder
-from .graph_ops import emit_activation, emit_rope, emit_softcap, matmul_weight, norm_scale
+from .graph_ops import (emit_activation, emit_rope, emit_sink_softmax, emit_softcap, matmul_weight,
+                        norm_scale)
 from .moe_graph import emit_moe_dense
 from .onnx_builder import Builder
 from .window_mask import dynamic_key_positions, window_bias
@@ -156,8 +157,12 @@ class PlainEmitter:
         qg = b.op("Reshape", b.op("Mul", q, self.scale), b.const([1, hkv, -1, hd]))  # [1,Hkv,r*S,D]
         scores = b.op("MatMul", qg, b.op("Transpose", keys, perm=[0, 1, 3, 2]))  # [1,Hkv,r*S,P+S]
         scores = emit_softcap(b, scores, a.attn_softcap)
-        bias = self.local_bias if local else self.bias
-        probs = b.op("Softmax", b.op("Add", scores, bias), axis=-1)
+        scores = b.op("Add", scores, self.local_bias if local else self.bias)
+        if a.attn_sinks:
+            sinks = b.weight(f"{p}.sinks", attn.sinks.detach().float().numpy())
+            probs = emit_sink_softmax(b, scores, sinks, a)
+        else:
+            probs = b.op("Softmax", scores, axis=-1)
         y = b.op("MatMul", probs, values)  # [1, Hkv, r*S, D]
         y = b.op("Reshape", y, b.const([1, a.n_heads, -1, hd]))  # [1, H, S, D]
         y = b.op("Reshape", b.op("Transpose", y, perm=[0, 2, 1, 3]), b.const([0, 0, -1]))

@@ -51,6 +51,10 @@ class ModelArgs:
     shared_expert_size: int = 0  # Qwen2-MoE's always-on shared expert; 0: none
     norm_topk: bool = True  # the top-k routing weights are renormalised to sum to 1
     moe_layers: tuple[int, ...] = ()  # the layers whose MLP is the mixture
+    router_bias: bool = False
+    expert_bias: bool = False
+    expert_glu: tuple[float, float] | None = None  # gpt-oss's (alpha, limit) (models/moe.py)
+    attn_sinks: bool = False  # a learned logit per head joins each softmax (gpt-oss)
     mtp_layers: int = 0  # MTP modules stored after the decoder layers (num_nextn_predict_layers)
     sliding_window: int | None = None
     bos_token_id: int | None = None
@@ -146,6 +150,11 @@ class ModelArgs:
             shared_expert_size=int(cfg.get(family.shared_expert_key) or 0) if experts else 0,
             norm_topk=bool(cfg.get(family.norm_topk_key, True)) if family.norm_topk_key else True,
             moe_layers=_moe_layers(cfg, n_layers) if experts else (),
+            router_bias=family.router_bias,
+            expert_bias=family.expert_bias,
+            expert_glu=tuple(float(cfg.get(k, v)) for k, v in family.expert_glu_keys)
+            if family.expert_glu_keys else None,
+            attn_sinks=family.attn_sinks,
             mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
             sliding_window=None if local else window,
             bos_token_id=cfg.get("bos_token_id"),

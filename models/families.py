@@ -47,6 +47,13 @@ class Family:
     shared_expert_key: str | None = None  # config key of the shared expert's width (Qwen2-MoE)
     norm_topk_key: str | None = None  # config key: renormalise the top-k weights; None: always
     renames: tuple[tuple[str, str], ...] = ()  # checkpoint name pieces -> ours (HF's Qwen ones)
+    attn_sinks: bool = False  # a learned logit per head joins each softmax (gpt-oss)
+    router_bias: bool = False  # the router has a bias (gpt-oss)
+    expert_bias: bool = False  # the experts' projections have biases (gpt-oss)
+    expert_glu_keys: tuple[tuple[str, float], ...] | None = None  # gpt-oss's expert GLU:
+    # (config key, default) of alpha and limit: gate clamped to <= limit, up to +-limit,
+    # (up + 1) * gate * sigmoid(alpha gate); its experts are stored stacked and transposed,
+    # gate / up interleaved (released in MXFP4: models/weights.py)
 
 
 MIXTRAL_NAMES = (("block_sparse_moe.", "mlp."), (".w1.", ".gate_proj."), (".w3.", ".up_proj."),
@@ -74,6 +81,12 @@ FAMILIES: dict[str, Family] = {
                                 local_rope_key="rope_local_base_freq"),
     "MixtralForCausalLM": Family("mixtral", experts_key="num_local_experts",
                                  renames=MIXTRAL_NAMES),
+    "GptOssForCausalLM": Family("gpt_oss", bias_flag="attention_bias",
+                                experts_key="num_local_experts", attn_sinks=True,
+                                router_bias=True, expert_bias=True,
+                                expert_glu_keys=(("swiglu_alpha", 1.702),
+                                                 ("swiglu_limit", 7.0)),
+                                renames=(("mlp.router.", "mlp.gate."),)),
     "Qwen2MoeForCausalLM": Family("qwen2_moe", qkv_bias=True, window_switch="use_sliding_window",
                                   experts_key="num_experts",
                                   expert_size_key="moe_intermediate_size",

@@ -65,6 +65,8 @@ class Attention(nn.Module):
         if a.qk_norm:
             self.q_norm = RMSNorm(a.head_dim, a.norm_eps, a.norm_offset)
             self.k_norm = RMSNorm(a.head_dim, a.norm_eps, a.norm_offset)
+        if a.attn_sinks:  # gpt-oss: one learned logit per head joins each softmax
+            self.sinks = nn.Parameter(torch.zeros(a.n_heads))
 
     def forward(self, x, cos, sin, bias, past_k, past_v):
         # x: [B, S, d]; cos/sin: [B, 1, S, D]; bias: [B, 1, S, P+S]; past_k/v: [B, Hkv, P, D]
@@ -81,28 +83,42 @@ class Attention(nn.Module):
         values = torch.cat([past_v, v], dim=2)
         keys = keys.repeat_interleave(a.n_rep, dim=1)  # [B, H, P+S, D]
         values = values.repeat_interleave(a.n_rep, dim=1)
-        if a.attn_softcap is None:
+        if a.attn_softcap is None and not a.attn_sinks:
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias,
                                                scale=a.attn_scale)  # [B, H, S, D]
-        else:  # Gemma-2: the scores are capped before the mask is added
+        else:  # Gemma-2: the scores are capped before the mask is added; gpt-oss: sinks
             scores = (q @ keys.transpose(-1, -2)) * a.scale  # [B, H, S, P+S]
-            scores = torch.tanh(scores / a.attn_softcap) * a.attn_softcap + bias
-            y = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ values
+            if a.attn_softcap is not None:
+                scores = torch.tanh(scores / a.attn_softcap) * a.attn_softcap
+            scores = scores + bias
+            if a.attn_sinks:  # the sink's column takes its share of the softmax, then goes
+                sink = self.sinks.reshape(1, -1, 1, 1).expand(B, -1, S, 1).to(scores.dtype)
+                probs = torch.softmax(torch.cat([scores, sink], -1).float(), dim=-1)[..., :-1]
+            else:
+                probs = torch.softmax(scores.float(), dim=-1)
+            y = probs.to(q.dtype) @ values
         y = y.transpose(1, 2).reshape(B, S, a.n_heads * a.head_dim)
         return self.o_proj(y), k, v
 
 
 class MLP(nn.Module):
-    def __init__(self, a: ModelArgs, size: int | None = None):
+    def __init__(self, a: ModelArgs, size: int | None = None, expert: bool = False):
         super().__init__()
         size = size or a.intermediate_size  # an expert's own (models/moe.py)
-        self.gate_proj = nn.Linear(a.dim, size, bias=a.mlp_bias)
-        self.up_proj = nn.Linear(a.dim, size, bias=a.mlp_bias)
-        self.down_proj = nn.Linear(size, a.dim, bias=a.mlp_bias)
+        bias = a.mlp_bias or (expert and a.expert_bias)
+        self.gate_proj = nn.Linear(a.dim, size, bias=bias)
+        self.up_proj = nn.Linear(a.dim, size, bias=bias)
+        self.down_proj = nn.Linear(size, a.dim, bias=bias)
         self.act = ACTIVATIONS[a.activation]
+        self.glu = a.expert_glu if expert else None  # gpt-oss's experts: (alpha, limit)
 
     def forward(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if self.glu is None:
+            return self.down_proj(self.act(gate) * up)
+        alpha, limit = self.glu
+        gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
+        return self.down_proj((up + 1) * gate * torch.sigmoid(alpha * gate))
 
 
 class Block(nn.Module):

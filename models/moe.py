@@ -1,7 +1,8 @@
-"""A sparse mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE), HF's parameter names
-after the loader's renames (models/weights.py): a router `gate` [E, d], experts.{e}
-(gate_proj / up_proj / down_proj, each a SwiGLU MLP) and, for Qwen2-MoE, a shared expert
-whose output a sigmoid gate scales."""
+"""A sparse mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE, gpt-oss), HF's parameter
+names after the loader's renames (models/weights.py): a router `gate` [E, d], experts.{e}
+(gate_proj / up_proj / down_proj, each a SwiGLU MLP, gpt-oss's clamped one with biases) and,
+for Qwen2-MoE, a shared expert whose output a sigmoid gate scales. gpt-oss takes the top k of
+the logits and softmaxes those: the same weights as the renormalised top k of the softmax."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ class SparseMoE(nn.Module):
     def __init__(self, a: ModelArgs, mlp_cls):
         super().__init__()
         self.k, self.norm_topk = a.experts_per_token, a.norm_topk
-        self.gate = nn.Linear(a.dim, a.n_experts, bias=False)  # the router
-        self.experts = nn.ModuleList(mlp_cls(a, a.expert_size) for _ in range(a.n_experts))
+        self.gate = nn.Linear(a.dim, a.n_experts, bias=a.router_bias)  # the router
+        self.experts = nn.ModuleList(mlp_cls(a, a.expert_size, expert=True)
+                                     for _ in range(a.n_experts))
         if a.shared_expert_size:
             self.shared_expert = mlp_cls(a, a.shared_expert_size)
             self.shared_expert_gate = nn.Linear(a.dim, 1, bias=False)

@@ -59,9 +59,14 @@ def unpack(sd: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tens
     return out
 
 
-def split_experts(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def split_experts(sd: dict[str, torch.Tensor], transposed: bool = False
+                  ) -> dict[str, torch.Tensor]:
     """Experts stored stacked (transformers 5's in-memory layout: experts.gate_up_proj [E, 2I,
-    d], experts.down_proj [E, d, I]) as the per-expert Linears checkpoints usually hold."""
+    d], experts.down_proj [E, d, I]) as the per-expert Linears checkpoints usually hold.
+    transposed: gpt-oss's layout, gate_up_proj [E, d, 2I] with gate / up interleaved along
+    the last dim, down_proj [E, I, d], and their biases."""
+    if transposed:
+        return _split_transposed(sd)
     out = {}
     for name, t in sd.items():
         if name.endswith("experts.gate_up_proj"):
@@ -71,6 +76,49 @@ def split_experts(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif name.endswith("experts.down_proj"):
             base = name.removesuffix("down_proj")
             out.update({f"{base}{e}.down_proj.weight": w for e, w in enumerate(t)})
+        else:
+            out[name] = t
+    return out
+
+
+FP4_E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def dequantize_mxfp4(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """gpt-oss's released experts: MXFP4 `*_blocks` [E, R, G, 16] (two FP4 E2M1 values a byte,
+    low nibble first) with `*_scales` [E, R, G] (power-of-two exponents biased by 127) as the
+    float [E, K, R] tensors the stacked layout holds (K = G * 32), as transformers dequantises
+    them (integrations/mxfp4.py)."""
+    out, lut = {}, torch.tensor(FP4_E2M1, dtype=torch.float32)
+    for name, t in sd.items():
+        if name.endswith("_scales") and name.removesuffix("_scales") + "_blocks" in sd:
+            continue
+        if not name.endswith("_blocks"):
+            out[name] = t
+            continue
+        base = name.removesuffix("_blocks")
+        blocks, exp = t.to(torch.uint8), sd[base + "_scales"].to(torch.int32) - 127
+        vals = torch.stack([lut[(blocks & 15).long()], lut[(blocks >> 4).long()]], dim=-1)
+        vals = torch.ldexp(vals.flatten(-2), exp[..., None])  # [E, R, G, 32]
+        out[base] = vals.flatten(-2).transpose(1, 2).contiguous()  # [E, K, R]
+    return out
+
+
+def _split_transposed(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, t in sd.items():
+        base = name.rsplit("experts.", 1)[0] + "experts." if "experts." in name else ""
+        if name.endswith("experts.gate_up_proj"):
+            for e, w in enumerate(t):  # [d, 2I]: even columns gate, odd up
+                out[f"{base}{e}.gate_proj.weight"] = w[:, 0::2].T.contiguous()
+                out[f"{base}{e}.up_proj.weight"] = w[:, 1::2].T.contiguous()
+        elif name.endswith("experts.gate_up_proj_bias"):
+            for e, b in enumerate(t):
+                out[f"{base}{e}.gate_proj.bias"], out[f"{base}{e}.up_proj.bias"] = b[0::2], b[1::2]
+        elif name.endswith("experts.down_proj"):
+            out.update({f"{base}{e}.down_proj.weight": w.T.contiguous() for e, w in enumerate(t)})
+        elif name.endswith("experts.down_proj_bias"):
+            out.update({f"{base}{e}.down_proj.bias": b for e, b in enumerate(t)})
         else:
             out[name] = t
     return out
@@ -107,7 +155,10 @@ def load_transformer(hf_dir: str | Path, max_len: int | None = None,
     if args.packed:
         sd = unpack(sd, args)
     if args.n_experts:
-        sd = split_experts(rename(sd, family_named(args.arch).renames))
+        family = family_named(args.arch)
+        transposed = family.expert_glu_keys is not None  # gpt-oss, released in MXFP4
+        sd = rename(dequantize_mxfp4(sd) if transposed else sd, family.renames)
+        sd = split_experts(sd, transposed=transposed)
     if args.tie_embeddings:
         sd.pop("lm_head.weight", None)
     # rotary inv_freq buffers some old checkpoints carry are recomputed from the config

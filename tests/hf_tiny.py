@@ -68,6 +68,11 @@ CONFIGS = {
     "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM,
                   dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
                        head_dim=32, norm_topk_prob=True)),
+    # gpt-oss: attention sinks, a window of 8 on every other layer, YaRN, a biased router and
+    # biased experts with the clamped GLU, stored stacked and transposed
+    "gpt_oss": (transformers.GptOssConfig, transformers.GptOssForCausalLM,
+                dict(head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
+                     intermediate_size=32, num_hidden_layers=4)),
     # Mellum 2's shape, shrunk: 64 experts, 8 active, 4 KV heads, a sliding window on 3 of
     # every 4 layers
     "mellum_moe": (transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM,
@@ -89,6 +94,11 @@ def make_tiny(kind: str, out_dir: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(3.0) if p.dim() > 1 else None
+        for name, p in model.named_parameters():  # gpt-oss's experts' biases start at 0,
+            if name.endswith("_bias") and not p.any():  # its sinks near it: make them count
+                p.normal_(0.0, 0.5)
+            elif name.endswith("sinks"):
+                p.normal_(0.0, 2.0)
     model.save_pretrained(out_dir, safe_serialization=True)
     save_tiny_tokenizer(out_dir)
     return out_dir

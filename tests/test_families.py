@@ -15,7 +15,7 @@ from edgespec.runtime.model import Model
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["gemma", "phi3", "phi3_longrope", "gemma2", "gemma3",
-                                    "mixtral", "qwen2_moe", "mellum_moe"])
+                                    "mixtral", "qwen2_moe", "mellum_moe", "gpt_oss"])
 def test_every_drafter_kind_is_lossless_on_the_family(family, tiny_dirs, tiny_bundles,
                                                       tmp_path):
     from edgespec.export.pipeline import ExportOptions, export_bundle

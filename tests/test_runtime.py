@@ -34,7 +34,7 @@ def _greedy(model, ids, n, **kw):
 @pytest.mark.parametrize("kind", ["llama", "qwen3", "llama3_rope_tied", "qwen2",
                                   "mistral_window", "qwen3_bias", "gemma", "phi3", "gemma2",
                                   "gemma3", "mixtral", "qwen2_moe", "qwen3_moe", "mellum_moe",
-                                  "phi3_longrope", "qwen3_yarn"])
+                                  "phi3_longrope", "qwen3_yarn", "gpt_oss"])
 def test_tiny_greedy_equals_transformers(tiny_dirs, tiny_bundles, kind, graph):
     model = Model(tiny_bundles[kind if graph == "fused" else (kind, graph)][1])
     ids = list(np.random.default_rng(3).integers(3, 300, 7))

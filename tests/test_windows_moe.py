@@ -45,7 +45,7 @@ def test_the_config_picks_the_local_layers_and_their_rope():
     assert off.sliding_window is None and off.local_layers == () and off.moe_layers == (1, 3)
 
 
-@pytest.mark.parametrize("kind", ["gemma2", "gemma3", "mellum_moe"])
+@pytest.mark.parametrize("kind", ["gemma2", "gemma3", "mellum_moe", "gpt_oss"])
 def test_the_window_changes_the_output(tiny_dirs, kind):
     """Over 40 tokens a window of 8 hides keys: dropping it changes the logits, so the parity
     tests (tests/test_models.py, the export's own check) would catch a window left out."""
@@ -108,7 +108,7 @@ def test_experts_stored_stacked_load_as_per_expert_ones(tiny_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["gemma2", "gemma3", "phi3_longrope", "mixtral", "qwen2_moe",
-                                  "qwen3_moe", "mellum_moe"])
+                                  "qwen3_moe", "mellum_moe", "gpt_oss"])
 def test_greedy_equals_transformers_on_three_prompts(tiny_dirs, tiny_bundles, kind):
     """The issue's bar per family: greedy output equal to transformers' generate on 3+
     prompts (past the window of 8 where the family has one), alone and with n-gram drafts."""
@@ -157,7 +157,8 @@ def test_info_names_the_experts(tiny_bundles, capsys):
     assert "experts" not in capsys.readouterr().out
 
 
-def test_int4_experts_are_the_dequantised_experts(tmp_path):
+@pytest.mark.parametrize("oss", [False, True], ids=["swiglu", "gpt-oss"])
+def test_int4_experts_are_the_dequantised_experts(tmp_path, oss):
     """quantize_experts turns a MoE node into QMoE whose output is the MoE's with each expert
     replaced by its 4-bit blocks dequantised (onnxruntime's layout: low nibble first, zero
     point 8): checked on one node against numpy (with fp32 activations; export's accuracy
@@ -172,15 +173,20 @@ def test_int4_experts_are_the_dequantised_experts(tmp_path):
     rng = np.random.default_rng(0)
     fc1 = rng.standard_normal((n_exp, 2 * width, d)).astype(np.float32) * 0.2  # gate/up rows
     fc2 = rng.standard_normal((n_exp, d, width)).astype(np.float32) * 0.2
-    node = helper.make_node("MoE", ["x", "r", "fc1", "", "fc2"], ["y"], domain="com.microsoft",
-                            k=k, activation_type="swiglu", swiglu_fusion=1,
-                            normalize_routing_weights=1, activation_alpha=1.0,
-                            activation_beta=0.0)
+    # gpt-oss's experts: biases (fc1's interleaved like its rows) and the clamped GLU
+    b1 = rng.standard_normal((n_exp, 2 * width)).astype(np.float32) * oss
+    b2 = rng.standard_normal((n_exp, d)).astype(np.float32) * oss
+    alpha, beta, limit = (1.702, 1.0, 0.5) if oss else (1.0, 0.0, np.inf)
+    glu = dict(swiglu_limit=limit) if oss else {}
+    node = helper.make_node("MoE", ["x", "r", "fc1", "b1", "fc2", "b2"], ["y"],
+                            domain="com.microsoft", k=k, activation_type="swiglu",
+                            swiglu_fusion=1, normalize_routing_weights=1, activation_alpha=alpha,
+                            activation_beta=beta, **glu)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, ["T", d]),
                                             helper.make_tensor_value_info("r", 1, ["T", n_exp])],
                               [helper.make_tensor_value_info("y", 1, ["T", d])],
-                              [numpy_helper.from_array(fc1, "fc1"),
-                               numpy_helper.from_array(fc2, "fc2")])
+                              [numpy_helper.from_array(a, n) for a, n in
+                               ((fc1, "fc1"), (b1, "b1"), (fc2, "fc2"), (b2, "b2"))])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)])
     q = quantize_experts(proto, block, accuracy_level=0)  # fp32 activations: exact to check
@@ -203,9 +209,10 @@ def test_int4_experts_are_the_dequantised_experts(tmp_path):
     for t in range(tokens):
         top = np.argsort(-probs[t])[:k]
         for e, weight in zip(top, probs[t, top] / probs[t, top].sum()):
-            h = g1[e] @ x[t]
-            gate, up = h[0::2], h[1::2]  # interleaved rows
-            want[t] += weight * (g2[e] @ (gate / (1 + np.exp(-gate)) * up))
+            h = g1[e] @ x[t] + b1[e]
+            gate, up = np.minimum(h[0::2], limit), np.clip(h[1::2], -limit, limit)  # interleaved
+            want[t] += weight * (g2[e] @ (gate / (1 + np.exp(-alpha * gate)) * (up + beta))
+                                 + b2[e])
     np.testing.assert_allclose(y, want, atol=1e-4)
 
 
@@ -266,3 +273,38 @@ def test_a_chain_graph_carries_a_window_on_every_layer(tiny_dirs, tmp_path):
     want = _hf_greedy(hf, ids, 30, eos=None)
     assert run_to_end(model, params, ids).new_tokens == want
     assert run_to_end(model, params, ids, model.drafter("ngram")).new_tokens == want
+
+
+def test_gpt_oss_mxfp4_experts_load_as_transformers_dequantises_them(tiny_dirs, tmp_path):
+    """gpt-oss ships its experts in MXFP4 (blocks and power-of-two scales): the loader's
+    dequantisation equals transformers' own (integrations/mxfp4.py) on random blocks, and a
+    checkpoint holding blocks loads the experts those blocks encode."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    from edgespec.models.weights import dequantize_mxfp4
+
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (4, 6, 2, 16), generator=g, dtype=torch.uint8)
+    scales = torch.randint(120, 130, (4, 6, 2), generator=g, dtype=torch.uint8)
+    ours = dequantize_mxfp4({"w_blocks": blocks, "w_scales": scales})
+    assert list(ours) == ["w"]
+    assert torch.equal(ours["w"], convert_moe_packed_tensors(blocks, scales, dtype=torch.float32))
+
+    src = tiny_dirs["gpt_oss"]
+    shutil.copytree(src, tmp_path / "hf")
+    sd = load_file(str(src / "model.safetensors"))
+    key = "model.layers.0.mlp.experts.gate_up_proj"  # [E, d, 2I] -> blocks [E, 2I, d / 32, 16]
+    e, d, rows = sd[key].shape
+    blocks = torch.randint(0, 256, (e, rows, d // 32, 16), generator=g, dtype=torch.uint8)
+    scales = torch.randint(124, 128, (e, rows, d // 32), generator=g, dtype=torch.uint8)
+    packed = {k: v for k, v in sd.items() if k != key}
+    save_file({**packed, key + "_blocks": blocks, key + "_scales": scales},
+              str(tmp_path / "hf" / "model.safetensors"))
+    model = load_transformer(tmp_path / "hf")
+    want = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)  # [E, d, 2I]
+    expert = model.layers[0].mlp.experts[1]
+    assert torch.equal(expert.gate_proj.weight, want[1][:, 0::2].T)
+    assert torch.equal(expert.up_proj.weight, want[1][:, 1::2].T)
