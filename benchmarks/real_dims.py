@@ -9,6 +9,9 @@ gemma3    Gemma-3-1B: d 1152, 4 / 1 heads of 256, a window of 512 on the local l
           the window cuts in; fused, chain, tree-gpu and plain graphs
 qwen3moe  Qwen3-30B-A3B: d 2048, 32 / 4 heads of 128, 128 experts of 768, 8 active
           (renormalised), one layer (2.4 GB of experts); fused, chain and fp16
+gptoss    gpt-oss-20b: d 2880, 64 / 8 heads of 64 with sinks, 32 experts of 2880, 4 active,
+          YaRN, one local layer with its window of 128 (3.2 GB of experts); a 300-token
+          prompt; fused and chain
 Weights are scaled x 3 (as the tests do) so that greedy decisions are not near ties.
 """
 
@@ -40,6 +43,13 @@ CASES = {
             num_attention_heads=32, num_key_value_heads=4, head_dim=128,
             max_position_embeddings=4096)),
         max_len=256, prompt=100, variants=(dict(), dict(verify="chain"), dict(weights="fp16"))),
+    "gptoss": dict(
+        cfg=("GptOssConfig", "GptOssForCausalLM", dict(
+            vocab_size=8192, hidden_size=2880, intermediate_size=2880, num_hidden_layers=1,
+            num_attention_heads=64, num_key_value_heads=8, head_dim=64, num_local_experts=32,
+            num_experts_per_tok=4, sliding_window=128, layer_types=["sliding_attention"],
+            max_position_embeddings=131072)),
+        max_len=512, prompt=300, variants=(dict(), dict(verify="chain"))),
 }
 
 
