@@ -17,14 +17,19 @@ def quantize_int4(proto: onnx.ModelProto, block_size: int = 32,
                   accuracy_level: int = 4) -> onnx.ModelProto:
     """Every MatMul with a constant weight (projections and the LM head) becomes MatMulNBits:
     4-bit symmetric blocks of `block_size` along the input dim; accuracy_level 4 lets the CPU
-    kernel compute with int8 activations (what makes int4 fast on CPUs). Embeddings stay fp32."""
+    kernel compute with int8 activations (what makes int4 fast on CPUs). Embeddings and a
+    mixture's routers stay in float."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(f"--block-size must be a power of two >= 16, got {block_size}")
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    # a mixture's routers stay in float: a few kB, and their top-k is a hard choice that
+    # rounding flips (export/moe_graph.py)
+    routers = [n.name for n in proto.graph.node if n.op_type == "MatMul"
+               and len(n.input) > 1 and n.input[1].endswith(".mlp.gate.weight_t")]
     quantizer = MatMulNBitsQuantizer(proto, bits=4, block_size=block_size, is_symmetric=True,
-                                     accuracy_level=accuracy_level,
+                                     accuracy_level=accuracy_level, nodes_to_exclude=routers,
                                      op_types_to_quantize=("MatMul",))
     quantizer.process()
     return quantizer.model.model

@@ -232,8 +232,11 @@ def test_an_int4_mixture_exports_its_experts_in_int4(tiny_dirs, tmp_path):
     fp32 = export_bundle(hf, tmp_path / "f", ExportOptions(max_len=64, progress=False))
     m = export_bundle(hf, tmp_path / "q", ExportOptions(max_len=64, progress=False,
                                                         weights="int4", block_size=16))
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / m.target.file)).graph.node}
+    nodes = onnx.load(str(tmp_path / "q" / m.target.file)).graph.node
+    ops = {n.op_type for n in nodes}
     assert "QMoE" in ops and "MoE" not in ops
+    routers = [n for n in nodes if any(i.endswith(".mlp.gate.weight_t") for i in n.input)]
+    assert routers and {n.op_type for n in routers} == {"MatMul"}  # kept in float
     # 4 bits per weight plus one fp32 scale per 16: 0.5 + 4 / 16 = 0.75 bytes, not 4
     assert m.target.expert_bytes == pytest.approx(fp32.target.expert_bytes * 0.75 / 4, rel=0.01)
     model = Model(tmp_path / "q")
