@@ -1,7 +1,7 @@
 """The MoE cost curve (issue 20): what verifying S tokens costs a mixture of experts against a
 dense model with the same active parameters, and how many experts those S tokens touch.
 
-    python benchmarks/moe_cost.py [--layers 2] [--rounds 5] [--work /work/moe]
+    python benchmarks/moe_cost.py [--layers 2] [--rounds 7] [--weights fp32|int4] [--work DIR]
 
 Both models are random-weight checkpoints at real small-MoE dims, edgespec-exported (fused
 fp32, static shapes: onnxruntime's MoE operator) and timed in alternating rounds:
@@ -111,7 +111,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--reps", type=int, default=5, help="forwards averaged per timing")
-    ap.add_argument("--work", default="/work/moe")
+    ap.add_argument("--work", default=str(ROOT / "bundles" / "moe-cost"),
+                    help="checkpoints and bundles go here (default: the repo's ignored bundles/)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--weights", default="fp32", choices=("fp32", "int4"),
                     help="int4: MatMulNBits for the dense MLP, QMoE for the experts (block 32)")

@@ -1,7 +1,7 @@
 """A trained MTP head shipped inside a checkpoint, DeepSeek-V3 style, imported at export
 (issue 20): does the imported drafter keep the head's acceptance, and stay lossless?
 
-    python benchmarks/mtp_import_tau.py [--prompts 20] [--tokens 128] [--work /work/mtp]
+    python benchmarks/mtp_import_tau.py [--prompts 20] [--tokens 128] [--work DIR]
 
 The head is the demo's trained mtp drafter (demo/drafters/mtp, self-distilled on
 demo/pyref-target). It is written into a copy of the checkpoint as `model.layers.{N}`
@@ -54,7 +54,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--work", default="/work/mtp")
+    ap.add_argument("--work", default=str(ROOT / "bundles" / "mtp-import"),
+                    help="checkpoints and bundles go here (default: the repo's ignored bundles/)")
     ns = ap.parse_args()
     from edgespec.export.pipeline import ExportOptions, export_bundle
     from edgespec.runtime.generator import GenerationParams, Generator

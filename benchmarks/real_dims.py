@@ -2,7 +2,7 @@
 dims (few layers, the demo's 8192-token vocabulary), exported in several variants, each
 decoding a long prompt like transformers' greedy `generate`.
 
-    python benchmarks/real_dims.py [--work /work/realdims] [gemma3 qwen3moe]
+    python benchmarks/real_dims.py [--work DIR] [gemma3 qwen3moe gptoss]
 
 gemma3    Gemma-3-1B: d 1152, 4 / 1 heads of 256, a window of 512 on the local layer (own
           rope theta) and a linear-scaled global layer; max_len 1024, a 600-token prompt so
@@ -72,18 +72,6 @@ def checkpoint(work: Path, name: str) -> Path:
     return out
 
 
-def hf_greedy(hf: Path, ids: list[int], n: int) -> list[int]:
-    import torch
-    import transformers
-
-    ref = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        out = ref.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                           max_new_tokens=n, pad_token_id=None, eos_token_id=None)
-    return out[0, len(ids):].tolist()
-
-
 def decode(model, ids: list[int], n: int, drafter=None) -> list[int]:
     from edgespec.runtime.generator import GenerationParams, Generator
 
@@ -98,10 +86,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cases", nargs="*", help=f"of {', '.join(CASES)} (default: all)")
-    ap.add_argument("--work", default="/work/realdims")
+    ap.add_argument("--work", default=str(ROOT / "bundles" / "real-dims"),
+                    help="checkpoints and bundles go here (default: the repo's ignored bundles/)")
     ap.add_argument("--tokens", type=int, default=16)
     ns = ap.parse_args()
     from edgespec.export.pipeline import ExportOptions, export_bundle
+    from edgespec.models.reference import hf_greedy
     from edgespec.runtime.model import Model
 
     unknown = set(ns.cases) - set(CASES)

@@ -2,24 +2,14 @@
 
 import numpy as np
 import pytest
-import torch
-import transformers
 from conftest import REF_TARGET
 
+from edgespec.models.reference import hf_greedy as _hf_greedy
 from edgespec.runtime.evaluate import run_eval
 from edgespec.runtime.completions import generate, stream
 from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 from edgespec.sampling import SamplingParams
-
-
-def _hf_greedy(hf_dir, ids, n, eos):
-    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                          max_new_tokens=n, pad_token_id=eos, eos_token_id=eos)
-    return out[0, len(ids):].tolist()
 
 
 def _greedy(model, ids, n, **kw):

@@ -8,10 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_runtime import _hf_greedy
 
 from edgespec.models.args import ModelArgs
 from edgespec.models.llama import Transformer, causal_bias, empty_past
+from edgespec.models.reference import hf_greedy
 from edgespec.models.weights import load_transformer, split_experts
 
 BASE = {"vocab_size": 300, "hidden_size": 64, "num_attention_heads": 4,
@@ -67,19 +67,25 @@ def test_every_graph_variant_keeps_the_window_and_the_experts(tiny_dirs, tmp_pat
     """The Mellum-shaped MoE (64 experts, 8 active, a window of 8 on 3 of 4 layers) decodes
     like transformers in each graph variant, alone and with n-gram drafts (a tree where the
     graph verifies trees)."""
+    _decodes_like_transformers(tiny_dirs["mellum_moe"], tmp_path, **options)
+
+
+def _decodes_like_transformers(hf, tmp_path, **options):
+    """Export hf with options; 30 greedy tokens past the window equal transformers', alone
+    and with n-gram drafts. Returns the bundle's Model."""
+    from conftest import run_to_end
     from edgespec.export.pipeline import ExportOptions, export_bundle
     from edgespec.runtime.generator import GenerationParams
     from edgespec.runtime.model import Model
-    from conftest import run_to_end
 
-    hf = tiny_dirs["mellum_moe"]
     export_bundle(hf, tmp_path / "b", ExportOptions(max_len=64, progress=False, **options))
     model = Model(tmp_path / "b")
     params = GenerationParams(max_new_tokens=30, stop_on_eos=False)
     ids = [5, 9, 11, 5, 9, 11, 5, 9]
-    want = _hf_greedy(hf, ids, 30, eos=None)
+    want = hf_greedy(hf, ids, 30)
     assert run_to_end(model, params, ids).new_tokens == want
     assert run_to_end(model, params, ids, model.drafter("ngram")).new_tokens == want
+    return model
 
 
 def test_experts_stored_stacked_load_as_per_expert_ones(tiny_dirs, tmp_path):
@@ -121,7 +127,7 @@ def test_greedy_equals_transformers_on_three_prompts(tiny_dirs, tiny_bundles, ki
     params = GenerationParams(max_new_tokens=24, stop_on_eos=False)
     rng = np.random.default_rng(7)
     for ids in ([5, 9, 11, 5, 9, 11, 5], *(rng.integers(3, 300, 9).tolist() for _ in range(2))):
-        want = _hf_greedy(tiny_dirs[kind], ids, 24, eos=None)
+        want = hf_greedy(tiny_dirs[kind], ids, 24)
         assert run_to_end(model, params, ids).new_tokens == want, ids
         assert run_to_end(model, params, ids, model.drafter("ngram")).new_tokens == want, ids
 
@@ -262,20 +268,8 @@ def test_a_chain_graph_carries_a_window_on_every_layer(tiny_dirs, tmp_path):
     """Mistral's window (12 here) on a `--verify chain` graph, which takes no bias: GQA's
     local_window_size carries it, and the runtime leaves it out of the (absent) bias.
     Decodes like transformers past the window, alone and with n-gram drafts."""
-    from conftest import run_to_end
-    from edgespec.export.pipeline import ExportOptions, export_bundle
-    from edgespec.runtime.generator import GenerationParams
-    from edgespec.runtime.model import Model
-
-    hf = tiny_dirs["mistral_window"]
-    export_bundle(hf, tmp_path / "b", ExportOptions(max_len=64, progress=False, verify="chain"))
-    model = Model(tmp_path / "b")
+    model = _decodes_like_transformers(tiny_dirs["mistral_window"], tmp_path, verify="chain")
     assert model.manifest.model.sliding_window == 12
-    params = GenerationParams(max_new_tokens=30, stop_on_eos=False)
-    ids = [5, 9, 11, 5, 9, 11, 5, 9]
-    want = _hf_greedy(hf, ids, 30, eos=None)
-    assert run_to_end(model, params, ids).new_tokens == want
-    assert run_to_end(model, params, ids, model.drafter("ngram")).new_tokens == want
 
 
 def test_gpt_oss_mxfp4_experts_load_as_transformers_dequantises_them(tiny_dirs, tmp_path):
