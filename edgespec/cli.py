@@ -76,6 +76,7 @@ def cmd_export(ns) -> int:
                                                     weights=ns.weights,
                                                     draft_weights=ns.draft_weights,
                                                     block_size=ns.block_size,
+                                                    gguf_bits=ns.gguf_bits,
                                                     drafters=tuple(trained),
                                                     trim_vocab=per_drafter(ns.trim_vocab,
                                                                            "--trim-vocab"),
@@ -87,7 +88,9 @@ def cmd_export(ns) -> int:
     print(f"wrote {ns.out}: {m.model.architecture}, {m.target.kind} graph, "
           f"{m.model.num_layers} layers, vocab "
           f"{m.model.vocab_size}, max_len {m.model.max_len}, parity vs torch "
-          f"{m.target.parity_max_abs:.2g} (max |logit diff|); drafters: {', '.join(m.drafters)}")
+          f"{m.target.parity_max_abs:.2g} (max |logit diff|), top-1 agreement "
+          f"{m.target.parity_top1:.1%} and KL {m.target.parity_kl:.2g} on the check text; "
+          f"drafters: {', '.join(m.drafters)}")
     return 0
 
 
@@ -213,10 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgespec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    e = sub.add_parser("export", help="local HF checkpoint -> bundle folder")
+    e = sub.add_parser("export", help="local HF checkpoint or GGUF file -> bundle folder")
     e.add_argument("hf_dir", nargs="?", metavar="CHECKPOINT",
-                   help="a local Hugging Face model folder, or an ORG/NAME model id already in "
-                        "the local Hugging Face cache (never downloaded)")
+                   help="a local Hugging Face model folder, a GGUF file (llama.cpp's format: "
+                        "config, weights, tokenizer and chat template from the file), or an "
+                        "ORG/NAME model id already in the local Hugging Face cache (never "
+                        "downloaded)")
     e.add_argument("-o", "--out", required=True, help="bundle folder to write")
     e.add_argument("--demo", action="store_true", help="export the bundled reference model")
     e.add_argument("--max-len", type=integer(2), default=None, help="KV length (prompt + new tokens)")
@@ -236,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "fp32's bytes per draft token, what a draft model costs where decoding "
                         "is memory-bound (verification stays on the target's weights)")
     e.add_argument("--block-size", type=integer(16), default=32, help="int4 block size")
+    e.add_argument("--gguf-bits", type=int, default=8, choices=[4, 8],
+                   help="a GGUF source with --weights int4 keeps the file's own blocks: 8 (the "
+                        "default) keeps every tensor exactly (Q4_0/Q4_1/Q4_K in 4 bits, Q5_x/"
+                        "Q6_K/Q8_0 in 8); 4 keeps the 4-bit types and requantises the rest")
     e.add_argument("--shapes", default=None, choices=["static", "dynamic"],
                    help="static (the default for fused graphs): shapes depend on the new "
                         "tokens only (the bias spans the whole K/V buffer), what CUDA graphs "

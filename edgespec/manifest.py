@@ -66,6 +66,10 @@ class GraphSpec:
     mask_value: float  # additive attention bias for masked pairs (finite, fp16-safe when fp16)
     feature_layers: tuple[int, ...] = ()  # decoder-layer outputs concatenated into `features`
     parity_max_abs: float | None = None  # max |logit diff| vs torch measured at export
+    # on the export check's text (export/validate.py): the share of rows whose top token
+    # agrees with fp32 torch, and the mean KL(torch || graph) in nats
+    parity_top1: float | None = None
+    parity_kl: float | None = None
     external_data: str | None = None  # weights file beside the graph (graphs over 2 GB)
     # "fp32"; "int4" (MatMulNBits, float32 activations); "fp16": weights, activations,
     # attention_bias and K/V in float16 (kv.dtype "float16"), logits / hidden / features float32
@@ -216,6 +220,8 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
         raise BundleError(f"manifest.json: {where}.kind {excerpt(d.get('kind'))} is not plain or "
                           "fused; upgrade edgespec")
     parity = _optional(d, "parity_max_abs", (int, float), where)
+    top1 = _optional(d, "parity_top1", (int, float), where)
+    kl = _optional(d, "parity_kl", (int, float), where)
     mask = float(_need(d, "mask_value", (int, float), where))
     if not (math.isfinite(mask) and mask < 0):
         raise BundleError(f"manifest.json: {where}.mask_value {mask} must be a finite negative "
@@ -238,6 +244,8 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
         mask_value=mask,
         feature_layers=_layers(d.get("feature_layers", []), where),
         parity_max_abs=None if parity is None else float(parity),
+        parity_top1=None if top1 is None else float(top1),
+        parity_kl=None if kl is None else float(kl),
         external_data=_optional(d, "external_data", str, where),
         weights=weights,
         bytes_read=read,

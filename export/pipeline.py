@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgespec import __version__
+from edgespec.checkpoints import is_gguf
 from edgespec.drafter_kinds import KINDS
 from edgespec.manifest import (MANIFEST_FILE, DrafterSpec, GraphSpec, Manifest, ModelInfo,
                                TokenizerInfo, load_manifest)
@@ -28,7 +29,7 @@ from .quantize import quantize_experts, quantize_int4
 from .target_graph import build_plain_graph, default_feature_layers
 from .variant import GraphVariant
 
-from .validate import check_parity
+from .validate import check_ids, check_parity
 
 GRAPH_BUILDERS = {"fused": build_fused_graph, "plain": build_plain_graph}
 
@@ -50,6 +51,10 @@ class ExportOptions:
     # against fp32, which is what a draft model costs on a memory-bound device
     draft_weights: str | None = None
     block_size: int = 32  # int4 quantisation block along the input dim
+    # a GGUF source with --weights int4: the widest MatMulNBits its own blocks are kept in.
+    # 8 keeps every tensor exactly as the file holds it (Q5_x / Q6_K / Q8_0 in 8 bits); 4
+    # keeps the 4-bit types exactly and requantises the rest to int4 (export/gguf_matmul.py)
+    gguf_bits: int = 8
     # "static": shapes fixed per (S, N) (attention_bias over the whole K/V buffer, the length
     # an input; export/fused_graph.py): what CUDA graphs need, less host work on the CPU;
     # "dynamic": the bias grows with the context. None: static for fused graphs (plain: dynamic)
@@ -124,12 +129,13 @@ def _model_info(hf_dir: Path, args: ModelArgs, max_len: int, dtype: str) -> Mode
 
 
 def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tuple[int, ...],
-                  variant: GraphVariant, opts: ExportOptions, d2t=None, head_rank: int = 0
-                  ) -> tuple[GraphSpec, ModelInfo, dict]:
+                  variant: GraphVariant, opts: ExportOptions, d2t=None, head_rank: int = 0,
+                  gguf: Path | None = None) -> tuple[GraphSpec, ModelInfo, dict]:
     """One language model -> tmp/file as `variant` says, checked against torch; returns its
-    spec, dims and the head's SlimSpec report. For a draft model: d2t (VocabTrim) keeps those
-    head rows and the graph emits K logits; head_rank factors the head (distilled on
-    opts.calibration)."""
+    spec, dims and a report (the head's SlimSpec, how a GGUF's blocks were kept). For a draft
+    model: d2t (VocabTrim) keeps those head rows and the graph emits K logits; head_rank
+    factors the head (distilled on opts.calibration). gguf: the file hf_dir was read from,
+    whose own blocks an int4 graph keeps (export/gguf_matmul.py)."""
     model = load_transformer(hf_dir, max_len=max_len)
     full_args = model.args
     report = {}
@@ -150,14 +156,24 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
                                                 head_as_matmul=variant.int4,
                                                 **variant.builder_args)
     if variant.int4:
-        proto = quantize_experts(quantize_int4(proto, opts.block_size), opts.block_size)
+        keep = []
+        if gguf is not None and variant.weights == "int4":
+            from .gguf_matmul import GgufRows, apply_gguf_blocks
+
+            keep, kept = apply_gguf_blocks(proto, GgufRows(gguf), opts.gguf_bits)
+            report["gguf_blocks"] = kept.as_dict()
+        proto = quantize_experts(quantize_int4(proto, opts.block_size, exclude=keep),
+                                 opts.block_size)
     spec = dataclasses.replace(spec, weights=variant.weights, bytes_read=bytes_read(proto),
                                expert_bytes=routed_bytes(proto) or None,
                                external_data=save_onnx(proto, tmp / file))
     del proto
     info = _model_info(hf_dir, full_args, max_len, spec.kv.dtype)  # the activations' dtype
-    diff = check_parity(tmp, spec, info, model)
-    return dataclasses.replace(spec, parity_max_abs=diff), info, report
+    parity = check_parity(tmp, spec, info, model,
+                          check_ids(hf_dir / "tokenizer.json", full_args.vocab_size))
+    return dataclasses.replace(spec, parity_max_abs=parity.max_abs,
+                               parity_top1=round(parity.top1, 4),
+                               parity_kl=float(f"{parity.kl:.3g}")), info, report
 
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -207,6 +223,7 @@ class ExportPlan:
     head_variant: GraphVariant  # trained drafters'
     trained: tuple  # (name, folder, DrafterConfig) per trained drafter
     draft_dir: Path | None
+    gguf: Path | None = None  # the GGUF file hf_dir was made from (models/gguf.py)
 
 
 def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions,
@@ -214,9 +231,15 @@ def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions,
     """Check the checkpoint, the options and the drafters against each other; raise the first
     problem (ValueError / FileNotFoundError / UnsupportedModelError) with one clear line.
     A checkpoint's own MTP head becomes the `mtp` drafter (written under scratch) unless one
-    is given."""
-    hf_dir = Path(hf_dir)
+    is given. A GGUF file as hf_dir is read into a HF folder under scratch first."""
+    hf_dir, gguf = Path(hf_dir), None
     check_replaceable(Path(out_dir).resolve(), opts.overwrite)  # before minutes of work
+    if is_gguf(hf_dir):
+        from edgespec.models.gguf import gguf_to_hf
+
+        if opts.gguf_bits not in (4, 8):
+            raise ValueError(f"--gguf-bits must be 4 or 8, got {opts.gguf_bits}")
+        gguf, hf_dir = hf_dir, gguf_to_hf(hf_dir, scratch / "gguf")
     args = ModelArgs.from_hf_dir(hf_dir)  # unsupported architectures fail here, first
     if not (hf_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{hf_dir} has no tokenizer.json (a fast tokenizer); save one "
@@ -262,7 +285,7 @@ def plan_export(hf_dir: str | Path, out_dir: str | Path, opts: ExportOptions,
                              f"{args.vocab_size}; a draft model must share the target's vocab")
         _check_same_tokenizer(hf_dir, draft_dir)
     return ExportPlan(hf_dir, args, max_len, layers, variant, draft_variant, head_variant,
-                      trained, draft_dir)
+                      trained, draft_dir, gguf)
 
 
 def _feature_layers(args: ModelArgs, trained: tuple, asked) -> tuple[int, ...]:
@@ -320,8 +343,12 @@ def _write_bundle(plan: ExportPlan, out_dir: str | Path, opts: ExportOptions) ->
                         bos_token_id=plan.args.bos_token_id)
     with atomic_bundle(out_dir, overwrite=opts.overwrite) as tmp:
         steps.set_postfix_str("target: build, onnx checker, parity vs torch")
-        spec, info, _ = _export_graph(hf_dir, tmp, "target.onnx", plan.max_len, plan.layers,
-                                      plan.variant, opts)
+        spec, info, report = _export_graph(hf_dir, tmp, "target.onnx", plan.max_len,
+                                           plan.layers, plan.variant, opts, gguf=plan.gguf)
+        if "gguf_blocks" in report and opts.progress:
+            kept = report["gguf_blocks"]
+            tqdm.write(f"target MatMuls from {plan.gguf.name}: {kept['matmuls']} (file rows "
+                       f"by type: {kept['gguf_rows']})")
         steps.update()
         drafters = {"ngram": DrafterSpec(kind="ngram", options={"gamma": 4, "max_n": 4})}
         if plan.draft_dir is not None:

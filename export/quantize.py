@@ -13,12 +13,12 @@ from onnx import helper, numpy_helper
 # int4-fp16 quantises that float16 graph's MatMuls (the formats: export/variant.py)
 
 
-def quantize_int4(proto: onnx.ModelProto, block_size: int = 32,
-                  accuracy_level: int = 4) -> onnx.ModelProto:
+def quantize_int4(proto: onnx.ModelProto, block_size: int = 32, accuracy_level: int = 4,
+                  exclude: list[str] = ()) -> onnx.ModelProto:
     """Every MatMul with a constant weight (projections and the LM head) becomes MatMulNBits:
     4-bit symmetric blocks of `block_size` along the input dim; accuracy_level 4 lets the CPU
     kernel compute with int8 activations (what makes int4 fast on CPUs). Embeddings and a
-    mixture's routers stay in float."""
+    mixture's routers and the nodes named in `exclude` stay in float."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     if block_size < 16 or block_size & (block_size - 1):
@@ -28,6 +28,7 @@ def quantize_int4(proto: onnx.ModelProto, block_size: int = 32,
     # rounding flips (export/moe_graph.py)
     routers = [n.name for n in proto.graph.node if n.op_type == "MatMul"
                and len(n.input) > 1 and n.input[1].endswith(".mlp.gate.weight_t")]
+    routers += list(exclude)
     quantizer = MatMulNBitsQuantizer(proto, bits=4, block_size=block_size, is_symmetric=True,
                                      accuracy_level=accuracy_level, nodes_to_exclude=routers,
                                      op_types_to_quantize=("MatMul",))

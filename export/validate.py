@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,35 @@ FP16_RELATIVE_TOLERANCE = 4e-3
 INT4_MIN_TOP1 = 0.75
 
 
+CHECK_TEXT = Path(__file__).resolve().parent / "data" / "check_text.txt"
+
+
 class ParityError(RuntimeError):
     pass
+
+
+def check_ids(tokenizer_file: Path, vocab_size: int, n: int = 128, seed: int = 0) -> np.ndarray:
+    """The token ids the export check feeds: CHECK_TEXT (prose, code, a chat turn) in the
+    model's own tokenizer. A trained model given random ids has flat logits, where top-1
+    agreement means nothing; on text it has clear favourites. Ids the model cannot embed (a
+    test config with a small vocab) are replaced by random ones."""
+    from tokenizers import Tokenizer
+
+    ids = np.array(Tokenizer.from_file(str(tokenizer_file)).encode(
+        CHECK_TEXT.read_text(encoding="utf-8"), add_special_tokens=False).ids[:n], np.int64)
+    rng = np.random.default_rng(seed)
+    bad = ids >= vocab_size
+    ids[bad] = rng.integers(0, vocab_size, int(bad.sum()))
+    return np.concatenate([ids, rng.integers(0, vocab_size, max(0, n - len(ids)))])
+
+
+@dataclass(frozen=True)
+class Parity:
+    """What the export check measured on the check text's rows against fp32 torch."""
+
+    max_abs: float  # max |logit difference| (every row, the tree step's too)
+    top1: float  # share of text rows whose top token agrees
+    kl: float  # mean KL(torch || graph) over text rows, nats
 
 
 def tolerance(spec: GraphSpec, ref: np.ndarray) -> float:
@@ -39,9 +67,20 @@ def tolerance(spec: GraphSpec, ref: np.ndarray) -> float:
     return FP32_TOLERANCE
 
 
-def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed: int = 0,
-                 prompt_len: int = 24) -> float:
-    """Max |logits(ONNX) - logits(torch)| over a prefill and a tree-masked verify step.
+def _kl(ref: np.ndarray, ours: np.ndarray) -> float:
+    """Mean over rows of KL(softmax(ref) || softmax(ours)), nats."""
+    ref, ours = ref.astype(np.float64), ours.astype(np.float64)
+    lp = ref - ref.max(-1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+    lq = ours - ours.max(-1, keepdims=True)
+    lq -= np.log(np.exp(lq).sum(-1, keepdims=True))
+    return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+
+
+def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, ids: np.ndarray,
+                 seed: int = 0) -> Parity:
+    """Logits(ONNX) vs logits(torch) over a prefill of `ids` (check_ids: real text) and a
+    tree-masked verify step.
 
     The verify step feeds 4 tokens after the prompt as a small tree (two siblings at the same
     depth, arbitrary position ids), which is what speculative decoding asks of the graph.
@@ -56,8 +95,8 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed
                  kv_dtype(spec.kv))
     runner = GraphRunner(session, spec, info, kv)
     mask = spec.mask_value
-    prompt_len = min(prompt_len, info.max_len - 4)
-    ids = rng.integers(0, a.vocab_size, prompt_len)
+    prompt_len = min(len(ids), info.max_len - 4)
+    ids = np.asarray(ids[:prompt_len], np.int64)
     pos = np.arange(prompt_len)
     trees = verifies_trees(spec)
     # a sliding window on every layer (Mistral): in the bias torch and a tree graph take; a
@@ -81,7 +120,8 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed
     ours = np.concatenate(onnx_logits)  # [rows, V]
     ref = np.concatenate([ref0[0].numpy(), ref1[0].numpy()])
     diff = float(np.abs(ours - ref).max())
-    top1 = float((ours.argmax(-1) == ref.argmax(-1)).mean())
+    text = slice(0, prompt_len)  # the tree step's rows are random ids: not in top1 / KL
+    top1 = float((ours[text].argmax(-1) == ref[text].argmax(-1)).mean())
     # int4 changes logits by design; a mixture of experts in fp16 routes some tokens to other
     # experts (a random 64-expert model has top-k margins of 1e-7 in probability, which fp16
     # activations flip), moving those tokens' logits by more than rounding: both are gated on
@@ -91,14 +131,15 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, seed
     if top1_gate and not top1 >= INT4_MIN_TOP1:
         hint = "try a smaller --block-size; " if spec.weights.startswith("int4") else ""
         raise ParityError(f"{spec.weights} {spec.file} agrees with the fp32 torch model on the "
-                          f"top token in {top1:.0%} of rows (needs {INT4_MIN_TOP1:.0%}); {hint}"
+                          f"top token in {top1:.0%} of the check text's rows (needs "
+                          f"{INT4_MIN_TOP1:.0%}); {hint}"
                           "the export was not written")
     bound = tolerance(spec, ref)
     if not top1_gate and not diff <= bound:
         raise ParityError(f"exported {spec.file} ({spec.weights}) differs from the torch model "
                           f"by {diff:.3g} in logits (tolerance {bound:.3g}); the export was not "
                           "written")
-    return diff
+    return Parity(diff, top1, _kl(ref[text], ours[text]))
 
 
 def check_medusa_parity(bundle_dir: Path, spec: GraphSpec, m, seed: int = 0,

@@ -6,15 +6,29 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def hf_greedy(hf_dir: str | Path, ids: list[int], n: int, eos: int | None = None) -> list[int]:
-    """The n tokens `generate(do_sample=False)` appends to ids, in fp32; eos None: never
-    stops early."""
+def hf_greedy_many(source: str | Path, prompts: list[list[int]], n: int,
+                   eos: int | None = None) -> list[list[int]]:
+    """For each prompt, the n tokens `generate(do_sample=False)` appends, in fp32, with one
+    load of `source` (a HF folder, or a GGUF file read by transformers' GGUF reader); eos
+    None: never stops early."""
     import torch
     import transformers
 
-    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    x = torch.tensor([list(ids)])
-    with torch.no_grad():
-        out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                          max_new_tokens=n, pad_token_id=eos, eos_token_id=eos)
-    return out[0, len(ids):].tolist()
+    source = Path(source)
+    where = dict(pretrained_model_name_or_path=source)
+    if source.is_file():  # GGUF
+        where = dict(pretrained_model_name_or_path=source.parent, gguf_file=source.name)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32).eval()
+    outs = []
+    for ids in prompts:
+        x = torch.tensor([list(ids)])
+        with torch.no_grad():
+            out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                              max_new_tokens=n, pad_token_id=eos, eos_token_id=eos)
+        outs.append(out[0, len(ids):].tolist())
+    return outs
+
+
+def hf_greedy(hf_dir: str | Path, ids: list[int], n: int, eos: int | None = None) -> list[int]:
+    """The n tokens `generate(do_sample=False)` appends to ids (hf_greedy_many of one)."""
+    return hf_greedy_many(hf_dir, [ids], n, eos)[0]

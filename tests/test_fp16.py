@@ -46,9 +46,13 @@ def test_fp16_export_is_float16_inside_and_float32_outside(tiny_dirs, tmp_path, 
                                                               "float16")
     assert t.mask_value == FP16_MASK and np.isfinite(np.float16(t.mask_value))
     # the export's gate vs fp32 torch passed (FP16_RELATIVE_TOLERANCE x max |logit|); these
-    # tiny models measure 1.6e-3 to 5.2e-3. A 64-expert mixture is gated on top-1 agreement
-    # instead (export/validate.py: fp16 flips near-tied routing): 1.9e-2 measured
-    assert 0 < t.parity_max_abs < (5e-2 if m.model.experts else 1e-2)
+    # tiny models measure 1.6e-3 to 5.2e-3. A mixture is gated on top-1 agreement instead
+    # (export/validate.py: fp16 flips near-tied routing, which moves a routed row's logits by
+    # more than rounding: up to 0.44 over the check text's 60 rows, at 100% top-1)
+    if m.model.experts:
+        assert t.parity_top1 >= 0.95 and t.parity_kl < 1e-2
+    else:
+        assert 0 < t.parity_max_abs < 1e-2
     proto = onnx.load(str(out / t.file))
     onnx.checker.check_model(proto)
     ints = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}  # shapes, the static length
