@@ -7,10 +7,11 @@ from pathlib import Path
 
 
 def hf_greedy_many(source: str | Path, prompts: list[list[int]], n: int,
-                   eos: int | None = None) -> list[list[int]]:
+                   eos: int | list[int] | None = None) -> list[list[int]]:
     """For each prompt, the n tokens `generate(do_sample=False)` appends, in fp32, with one
     load of `source` (a HF folder, or a GGUF file read by transformers' GGUF reader); eos
-    None: never stops early."""
+    (an id or several): stops after one, as edgespec's Generator does; None: never stops
+    early."""
     import torch
     import transformers
 
@@ -24,7 +25,8 @@ def hf_greedy_many(source: str | Path, prompts: list[list[int]], n: int,
         x = torch.tensor([list(ids)])
         with torch.no_grad():
             out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                              max_new_tokens=n, pad_token_id=eos, eos_token_id=eos)
+                              max_new_tokens=n, eos_token_id=eos,
+                              pad_token_id=eos[0] if isinstance(eos, list) else eos)
         outs.append(out[0, len(ids):].tolist())
     return outs
 

@@ -89,7 +89,7 @@ def test_greedy_equals_transformers_on_real_text(real_bundles, name, n_prompts, 
                                               tokenize=True)
             assert ids == list(getattr(want, "input_ids", want))
             prompts.append(ids)
-    ref = hf_greedy_many(hf, prompts, 64)
+    ref = hf_greedy_many(hf, prompts, 64, list(model.eos_token_ids))  # a chat turn ends
     same = {d: sum(_decode(model, ids, 64, d) == want for ids, want in zip(prompts, ref))
             for d in ("none", "ngram")}
     print(f"{name}: greedy = transformers on {same} of {len(prompts)} prompts x 64 tokens")

@@ -8,6 +8,7 @@ decoding in the same round.
     python benchmarks/large/alternate.py --bundle BUNDLE [BUNDLE2 ...] --prompts P.jsonl \
         [--ours REGEX] [--genai-target DIR --genai-draft DIR --genai-int4 DIR] \
         [--llamacpp-dir DIR --llamacpp-target NAME --llamacpp-draft NAME] \
+        [--llamacpp-gguf FILE.gguf --llamacpp-gguf-f16 FILE-f16.gguf] \
         [--rounds 5] [--n-prompts 16] [--max-new-tokens 128] [--out DIR]
 
 Decode tokens/s is each engine's own decode figure: ours counts the tokens after the first over
@@ -54,24 +55,29 @@ def genai(ns, target: str, modes: list[str], tag: str, out: Path) -> dict[str, f
 
 def llamacpp(ns, out: Path) -> dict[str, float]:
     d = Path(ns.llamacpp_dir)
+    # the target: --llamacpp-gguf (any GGUF, e.g. a real model's own Q4 file; its plain mode
+    # is labelled by the file's name), else setup.sh's DIR/TARGET-f32.gguf
+    target = ns.llamacpp_gguf or str(d / f"{ns.llamacpp_target}-f32.gguf")
+    f16 = ns.llamacpp_gguf_f16 or str(d / f"{ns.llamacpp_target}-f16.gguf")
     cmd = [ns.llamacpp_python, str(BENCH / "llamacpp" / "spec_bench.py"),
-           "--bin-dir", str(d / "build" / "bin"),
-           "--target", str(d / f"{ns.llamacpp_target}-f32.gguf"),
-           "--target-f16", str(d / f"{ns.llamacpp_target}-f16.gguf"),
-           "--draft", str(d / f"{ns.llamacpp_draft}-f32.gguf"),
+           "--bin-dir", str(d / "build" / "bin"), "--target", target, "--target-f16", f16,
            "--tokenizer", ns.tokenizer, "--prompts", ns.prompts,
            "--n-prompts", str(ns.n_prompts), "--max-new-tokens", str(ns.max_new_tokens),
            "--runs", "1", "--threads", str(ns.threads), "--modes", *ns.llamacpp_modes,
            "--json", str(out)]
+    if ns.llamacpp_draft:
+        cmd += ["--draft", str(d / f"{ns.llamacpp_draft}-f32.gguf")]
     # exit status 1 = a mode's text differs from its plain f32 greedy (its batched verify
     # kernels can flip a near-tie): reported in the JSON and the summary, not fatal here
     out.unlink(missing_ok=True)
     subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
     res = json.loads(out.read_text())["modes"]
+    label = (lambda m: m.replace("plain:f32", f"plain:{Path(target).stem}")
+             if ns.llamacpp_gguf else m)
     for m, r in res.items():
         if not all(r["text_equals_plain_f32"]):
-            DIFFERS.add(f"llama.cpp {m}")
-    return {f"llama.cpp {m}": r["tokens_per_s_median"] for m, r in res.items()}
+            DIFFERS.add(f"llama.cpp {label(m)}")
+    return {f"llama.cpp {label(m)}": r["tokens_per_s_median"] for m, r in res.items()}
 
 
 DIFFERS: set[str] = set()  # engines whose greedy text differed from their plain greedy
@@ -96,6 +102,9 @@ def main() -> None:
     ap.add_argument("--llamacpp-dir", default=None, help="benchmarks/llamacpp/setup.sh's folder")
     ap.add_argument("--llamacpp-target", default=None, help="GGUF name of the target")
     ap.add_argument("--llamacpp-draft", default=None, help="GGUF name of the draft model")
+    ap.add_argument("--llamacpp-gguf", default=None,
+                    help="the target's GGUF file (instead of DIR/TARGET-f32.gguf)")
+    ap.add_argument("--llamacpp-gguf-f16", default=None, help="its f16 GGUF (plain:f16)")
     ap.add_argument("--llamacpp-modes", nargs="+",
                     default=["plain:f16", "draft:4", "ngram-simple:2:4", "lookup:8"])
     ap.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the bundle's)")
