@@ -115,7 +115,10 @@ def cmd_info(ns) -> int:
     say(f"max_len     {mi.max_len}")
     say(f"target      {m.target.file} ({m.target.kind} graph, {m.target.weights} weights, "
           f"KV {m.target.kv.layout}, "
-          f"update={m.target.kv.update}, parity {m.target.parity_max_abs})")
+          f"update={m.target.kv.update}, parity {m.target.parity_max_abs}"
+          + (f", top-1 {m.target.parity_top1:.1%} KL {m.target.parity_kl:.2g} on the check text"
+             if m.target.parity_top1 is not None and m.target.parity_kl is not None else "")
+          + ")")
     say(f"features    layers {list(m.target.feature_layers) or 'none'}")
     chat = (f"chat template {m.tokenizer.chat_template}" if m.tokenizer.chat_template
             else "no chat template (completions only)")
