@@ -76,9 +76,14 @@ def test_greedy_equals_transformers_on_real_text(real_bundles, name, n_prompts, 
 
     from edgespec.models.reference import hf_greedy_many
 
+    from edgespec.models.weights import weights_fingerprint
+
     _, hf = _source(name)
     m, path = real_bundles(name)
     assert m.target.parity_max_abs < 1e-3 and m.target.parity_top1 == 1.0
+    # the GGUF's scratch folder holds the same bytes as the fetched HF folder: drafters trained
+    # on that folder pair with this bundle
+    assert m.model.fingerprint == weights_fingerprint(hf)
     model = edgespec.Model(path)
     prompts = [model.tokenizer.encode(p) for p in _prompts(n_prompts)]
     if n_chats:
