@@ -29,10 +29,16 @@ def gguf_to_hf(path: str | Path, out_dir: str | Path) -> Path:
     """Write out_dir/{config.json, generation_config.json, model.safetensors, tokenizer.json,
     tokenizer_config.json, ...} for the GGUF file `path`; one clear error where transformers'
     reader does not cover its architecture or one of its tensor types."""
+    import importlib.util
+
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:  # transformers' GGUF reader needs both
+        raise ImportError(f"reading a GGUF file needs {' and '.join(missing)}: "
+                          "pip install 'edgespec[export]'")
     path, out = Path(path), Path(out_dir)
     arch = gguf_architecture(path)
     try:
