@@ -19,7 +19,7 @@ def _distill(ns, bundle, out) -> None:
                          "--prompts (a jsonl) to make self-distillation data, one of the two")
     model = Model(bundle, session_config(ns))
     if ns.prompts:
-        prompts = read_jsonl_prompts(ns.prompts, model.tokenizer)[: ns.n or None]
+        prompts = read_jsonl_prompts(ns.prompts, model)[: ns.n or None]
     else:
         files = source_files(ns.sources, ns.pattern, tuple(ns.exclude or ()))
         prompts = prompts_from_sources(files, ns.n, ns.prompt_tokens, model.tokenizer, ns.seed)
@@ -102,8 +102,11 @@ def cmd_train(ns) -> int:
                         num_blocks=ns.blocks, feature_layers=layers, own_head=ns.own_head,
                         target_fingerprint=fingerprint)
     tc = TrainConfig(steps=ns.steps, batch=ns.batch, lr=ns.lr, unroll=ns.unroll,
-                     max_minutes=ns.minutes, seed=ns.seed)
+                     max_minutes=ns.minutes, seed=ns.seed, train_vocab=ns.train_vocab)
     if ns.kind == "medusa2":
+        if ns.train_vocab:
+            raise ValueError("--train-vocab is for medusa, mtp and eagle3; medusa2 also trains "
+                             "the target's own head on the whole vocabulary")
         return _train_medusa2(ns, cfg, tc, hf_dir, data, fingerprint)
     report = train_drafter(cfg, load_transformer(hf_dir), data, ns.out, tc, resume=not ns.fresh,
                            init=ns.init)
@@ -159,7 +162,8 @@ def add_commands(sub) -> None:
         q.add_argument("--pattern", default="*.py", help="file glob inside --sources folders")
         q.add_argument("--exclude", action="append", help="glob of relative paths to skip "
                                                            "(repeatable), e.g. held-out files")
-        q.add_argument("--prompts", help="jsonl with a 'prompt' field, instead of --sources")
+        q.add_argument("--prompts", help="jsonl whose rows hold a 'prompt' text or chat "
+                       "'messages' (rendered with the bundle's template), instead of --sources")
         q.add_argument("--n", type=integer(1), default=512, help="number of prompts")
         q.add_argument("--prompt-tokens", type=integer(1), default=64)
         q.add_argument("--max-new-tokens", type=integer(1), default=128)
@@ -201,6 +205,10 @@ def add_commands(sub) -> None:
                    help="medusa2: backbone learning rate / heads learning rate (on the demo "
                         "target 0.01 kept held-out loss within +0.5 %%; 0.03: +1.1 %%, "
                         "0.1: +2.3 %%)")
+    t.add_argument("--train-vocab", type=integer(0), default=0, metavar="K",
+                   help="train the softmax over the K tokens VocabTrim keeps (0: the whole "
+                        "vocabulary); export it with --trim-vocab NAME=K. Far cheaper steps on a "
+                        "large vocabulary")
     t.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
     t.set_defaults(fn=cmd_train)
 

@@ -91,7 +91,11 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
         options["heldout_chain_tau"] = tau
     d2t = None
     if trim_vocab and trim_vocab < target.vocab_size:
-        d2t, cover = trim_map([folder], trim_vocab, calibration, target.vocab_size)
+        # a drafter trained over K tokens (`train --train-vocab K`) keeps those K: its own
+        # training data's counts pick them, whatever --calibration holds
+        trained_k = cfg.options.get("training", {}).get("train_vocab")
+        d2t, cover = trim_map([folder], trim_vocab,
+                              None if trained_k == trim_vocab else calibration, target.vocab_size)
         options.update(trim_vocab=trim_vocab, trim_coverage=round(cover, 4))
     if head_rank:
         options.update(low_rank(m, model, head_rank, calibration, d2t))

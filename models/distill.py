@@ -101,6 +101,18 @@ def generate_data(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens
     return DistillData(np.concatenate(seqs), offsets, np.asarray(plens, np.int64), meta)
 
 
+def concat_data(parts: Sequence[DistillData]) -> DistillData:
+    """One dataset of several (e.g. code and chat shards made side by side) from one target."""
+    prints = {d.meta.get("fingerprint", "") for d in parts}
+    if not parts or len(prints) > 1:
+        raise ValueError("concat_data needs one or more datasets made by the same target")
+    sizes = np.cumsum([0] + [len(d.tokens) for d in parts[:-1]])
+    offsets = np.concatenate([[0]] + [d.offsets[1:] + s for d, s in zip(parts, sizes)])
+    meta = {**parts[0].meta, "parts": str(len(parts))}
+    return DistillData(np.concatenate([d.tokens for d in parts]), offsets.astype(np.int64),
+                       np.concatenate([d.prompt_lengths for d in parts]), meta)
+
+
 def save_data(data: DistillData, path: str | Path) -> None:
     save_file({"tokens": data.tokens, "offsets": data.offsets,
                "prompt_lengths": data.prompt_lengths}, str(path), metadata=data.meta)
@@ -118,6 +130,20 @@ def load_data(path: str | Path) -> DistillData:
     return DistillData(arrays["tokens"], arrays["offsets"], arrays["prompt_lengths"], meta)
 
 
-def read_jsonl_prompts(path: str | Path, tokenizer) -> list[list[int]]:
+def read_jsonl_prompts(path: str | Path, model: Model) -> list[list[int]]:
+    """Prompt ids from a jsonl: a row's `prompt` text, or its chat `messages` (OpenAI form)
+    rendered by the bundle's chat template with the assistant's turn opened."""
+    out = []
     with open(path, encoding="utf-8") as fh:
-        return [tokenizer.encode(json.loads(line)["prompt"]) for line in fh if line.strip()]
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+                out.append(model.tokenizer.encode(row["prompt"]))
+            elif isinstance(row, dict) and isinstance(row.get("messages"), list):
+                out.append(model.chat_prompt(row["messages"]))
+            else:
+                raise ValueError(f"{path}:{n}: a prompts row needs a 'prompt' string or a "
+                                 "'messages' list")
+    return out

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from .distill import DistillData
 from .drafters import (DrafterConfig, LayerDrafter, build_drafter, save_drafter, trained_state,
                        warm_start)
 from .llama import causal_bias, empty_past
-from .vocab_trim import save_counts, token_counts
+from .vocab_trim import coverage, save_counts, token_counts, trim_ids
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -42,6 +43,7 @@ class TrainConfig:
     unroll: int = 3  # layer drafters: training-time-test steps
     decay: float = 0.8  # weight of unrolled step s is decay**s
     label_top_k: int = 16  # soft labels: the target's top-k distribution, renormalised
+    train_vocab: int = 0  # >0: softmax over the K tokens VocabTrim keeps (--trim-vocab K)
     heldout: float = 0.05  # fraction of sequences held out for the acceptance figure
     checkpoint_every: int = 100
     max_minutes: float = 0.0  # stop early after this long (0 = run all steps)
@@ -87,11 +89,32 @@ def target_table(target, data: DistillData, kind: str, feature_layers: tuple[int
     return TargetTable(tokens, lengths, inputs, top_ids, top_p)
 
 
+def trim_training_vocab(m, table: TargetTable, data: DistillData, k: int) -> dict:
+    """Train over the K tokens VocabTrim keeps (models.vocab_trim.trim_ids on the same data, so
+    `--trim-vocab K` at export keeps exactly these): the drafter's frozen head shrinks to their
+    rows and the labels move to draft ids (-1 outside), which cuts the head's cost by V/K, the
+    bulk of a step on a large vocabulary. The drafter folder still stores no head."""
+    if m.cfg.own_head:
+        raise ValueError("--train-vocab trims the shared, frozen head; it does not combine with "
+                         "--own-head")
+    counts = token_counts(data, m.cfg.vocab_size)
+    d2t = torch.from_numpy(trim_ids(counts, k))
+    head = nn.Linear(m.cfg.dim, k, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(m.lm_head.weight[d2t])
+    head.weight.requires_grad_(False)
+    m.lm_head = head
+    t2d = torch.full((m.cfg.vocab_size,), -1, dtype=torch.int64)
+    t2d[d2t] = torch.arange(k)
+    table.top_ids = t2d[table.top_ids]
+    return {"train_vocab": k, "train_vocab_coverage": round(coverage(counts, d2t.numpy()), 4)}
+
+
 def soft_ce(logits: torch.Tensor, ids: torch.Tensor, p: torch.Tensor,
             valid: torch.Tensor) -> torch.Tensor:
     """Mean over valid rows of -sum_k p_k log q(ids_k). logits [..., V]; ids, p [..., k]."""
-    logq = torch.log_softmax(logits.float(), -1).gather(-1, ids)
-    per_row = -(p.float() * logq).sum(-1)
+    logq = torch.log_softmax(logits.float(), -1).gather(-1, ids.clamp(min=0))
+    per_row = -(p.float() * (ids >= 0) * logq).sum(-1)  # ids < 0: outside a trimmed vocabulary
     return (per_row * valid).sum() / valid.sum().clamp(min=1)
 
 
@@ -294,6 +317,7 @@ def train_drafter(cfg: DrafterConfig, target, data: DistillData, out_dir: str | 
     n_held = max(1, int(n * tc.heldout)) if n > 1 else 0
     held, train = order[:n_held], order[n_held:]
     m = build_drafter(cfg, target)
+    trimmed = trim_training_vocab(m, table, data, tc.train_vocab) if tc.train_vocab else {}
     # recorded in the report: which target the starting weights were trained for
     init_from = warm_start(m, init).target_fingerprint if init is not None else None
     m = m.to(device)
@@ -342,7 +366,8 @@ def train_drafter(cfg: DrafterConfig, target, data: DistillData, out_dir: str | 
               "init_target_fingerprint": init_from,
               "loss_first": history[0] if history else None,
               "loss_last": float(np.mean(history[-20:])) if history else None,
-              "minutes": round((time.perf_counter() - t0) / 60, 2), "device": str(device)}
+              "minutes": round((time.perf_counter() - t0) / 60, 2), "device": str(device),
+              **trimmed}
     report.update(evaluate(m, table, held, tc.unroll, device))
     if rank == 0:
         options = dict(cfg.options)

@@ -64,6 +64,30 @@ class ChatTemplate:
                              f"{str(e)[:160]})") from None
 
 
+    def encode(self, messages: list[dict], tokenizer) -> list[int]:
+        """Token ids of the rendered `messages`. The template's own markers are special
+        tokens; a message's content is text, always: content that spells a special token
+        (`<|im_end|>`) cannot close its turn or open a forged one. Content without such
+        strings takes the whole-text path, the ids transformers' apply_chat_template gives."""
+        messages = plain_messages(messages)
+        special = tokenizer.special_texts
+        if not any(t in m["content"] for m in messages for t in special):
+            return tokenizer.encode(self.render(messages), special=False)
+        # render with a placeholder per message, then encode the template's text and each
+        # content on its own (its special-token strings as text)
+        marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
+        text = self.render([{**m, "content": k} for m, k in zip(messages, marks)])
+        ids, rest = [], text
+        for m, k in zip(messages, marks):
+            if text.count(k) != 1:
+                raise ValueError("a message's content holds special-token text (e.g. "
+                                 f"{special[0]!r}) and this chat template rewrites content, so "
+                                 "it cannot be kept as text; remove it from the message")
+            head, rest = rest.split(k)
+            ids += tokenizer.encode(head, special=False) + tokenizer.encode_as_text(m["content"])
+        return ids + tokenizer.encode(rest, special=False)
+
+
 class TemplateRefusal(Exception):
     pass
 
@@ -97,6 +121,9 @@ class _NoJinja:
 
     def render(self, messages, add_generation_prompt=True):
         raise ImportError("chat templates need jinja2: pip install edgespec[serve]")
+
+    def encode(self, messages, tokenizer):
+        return self.render(messages)
 
 
 def load_chat_template(bundle_dir: Path, manifest, tokenizer):

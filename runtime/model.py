@@ -63,7 +63,7 @@ class Model:
             raise ValueError("this bundle has no chat template (its checkpoint had none); "
                              "use a plain completion, or export a checkpoint whose "
                              "tokenizer_config.json has a chat_template")
-        return self.tokenizer.encode(self._chat.render(messages), special=False)
+        return self._chat.encode(messages, self.tokenizer)
 
     def stream(self, prompt: str | bytes | list[int], *, drafter: str = "auto", **keywords):
         """Iterate text pieces as they are generated; afterwards `.completion` holds what

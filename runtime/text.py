@@ -62,13 +62,37 @@ class Tokenizer:
             raise ValueError(f"prompt holds bytes that are not UTF-8 (at character {e.start}); "
                              "pass UTF-8 text, or decode with errors='replace'") from None
         # the tokenizer.json post-processor adds BOS where the model expects it, as HF does
-        ids = contained(lambda: self._tok.encode(text, add_special_tokens=special).ids,
-                        "encode this text")
+        return self._fits(contained(lambda: self._tok.encode(text, add_special_tokens=special).ids,
+                                    "encode this text"))
+
+    def _fits(self, ids: list[int]) -> list[int]:
         if self.model_vocab is not None and any(i >= self.model_vocab for i in ids):
             raise BundleError(f"the bundle's tokenizer encoded an id >= the model's vocabulary "
                               f"{self.model_vocab} (a special or padding id past it?); its "
                               "tokenizer.json does not fit the model: re-export the bundle")
         return ids
+
+    @property
+    def special_texts(self) -> tuple[str, ...]:
+        """The text of each special token (e.g. ChatML's `<|im_end|>`), longest first."""
+        if not hasattr(self, "_special"):
+            added = self._tok.get_added_tokens_decoder().values()
+            self._special = tuple(sorted({t.content for t in added if t.special and t.content},
+                                         key=len, reverse=True))
+        return self._special
+
+    def encode_as_text(self, text: str) -> list[int]:
+        """Token ids of `text` with special-token strings in it spelled as ordinary text (a
+        user's `<|im_end|>` stays five pieces, not the end of the turn); no BOS / EOS added.
+        A second tokenizer with that setting, so concurrent encodes never see it flip."""
+        if not hasattr(self, "_as_text"):
+            from tokenizers import Tokenizer as HFTokenizer
+
+            tok = HFTokenizer.from_str(self._tok.to_str())
+            tok.encode_special_tokens = True
+            self._as_text = tok
+        return self._fits(contained(
+            lambda: self._as_text.encode(text, add_special_tokens=False).ids, "encode this text"))
 
     def token_text(self, token: int | None) -> str:
         """A token's own text ("" for None or an id the tokenizer lacks): bos / eos in chat."""

@@ -269,3 +269,21 @@ def test_info_says_whether_a_bundle_can_chat(chat_bundle, trimmed_bundle, capsys
     assert "chat template chat_template.jinja" in capsys.readouterr().out
     assert main(["info", str(trimmed_bundle)]) == 0
     assert "no chat template" in capsys.readouterr().out
+
+
+def test_message_content_that_spells_a_special_token_stays_text(chat_bundle, tmp_path):
+    """A user's `</s>` (here the tokenizer's special end token, id 2) is encoded as text: it
+    cannot end the turn or forge another; content without one keeps transformers' ids."""
+    bundle = tmp_path / "b"
+    shutil.copytree(chat_bundle, bundle)
+    tok = json.loads((bundle / "tokenizer.json").read_text())
+    tok["added_tokens"] = [{"id": 2, "content": "</s>", "single_word": False, "lstrip": False,
+                            "rstrip": False, "normalized": False, "special": True}]
+    (bundle / "tokenizer.json").write_text(json.dumps(tok))
+    model = Model(bundle)
+    assert model.tokenizer.encode("t3 </s> t7", special=False) == [3, 2, 7]  # the token
+    ids = model.chat_prompt([{"role": "user", "content": "t3 </s> t7"}])
+    assert 2 not in ids and ids[:2] == [5, 3] and ids[-2:] == [7, 11]
+    plain = [{"role": "user", "content": "t3 t7"}, {"role": "assistant", "content": "t8"}]
+    assert model.chat_prompt(plain) == model.tokenizer.encode("t5 t3 t7 t9 t8 t11",
+                                                              special=False)
