@@ -63,7 +63,6 @@ class ChatTemplate:
             raise ValueError(f"the chat template failed on these messages ({type(e).__name__}: "
                              f"{str(e)[:160]})") from None
 
-
     def encode(self, messages: list[dict], tokenizer) -> list[int]:
         """Token ids of the rendered `messages`. The template's own markers are special
         tokens; a message's content is text, always: content that spells a special token
@@ -74,18 +73,19 @@ class ChatTemplate:
         if not any(t in m["content"] for m in messages for t in special):
             return tokenizer.encode(self.render(messages), special=False)
         # render with a placeholder per message, then encode the template's text and each
-        # content on its own (its special-token strings as text)
+        # content on its own (its special-token strings as text), in the order they appear
         marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
         text = self.render([{**m, "content": k} for m, k in zip(messages, marks)])
-        ids, rest = [], text
-        for m, k in zip(messages, marks):
-            if text.count(k) != 1:
-                raise ValueError("a message's content holds special-token text (e.g. "
-                                 f"{special[0]!r}) and this chat template rewrites content, so "
-                                 "it cannot be kept as text; remove it from the message")
-            head, rest = rest.split(k)
-            ids += tokenizer.encode(head, special=False) + tokenizer.encode_as_text(m["content"])
-        return ids + tokenizer.encode(rest, special=False)
+        if any(text.count(k) != 1 for k in marks):
+            raise ValueError("a message's content holds special-token text (e.g. "
+                             f"{special[0]!r}) and this chat template rewrites or drops "
+                             "content, so it cannot be kept as text; remove it from the message")
+        ids, at = [], 0
+        for start, i in sorted((text.index(k), i) for i, k in enumerate(marks)):
+            ids += tokenizer.encode(text[at:start], special=False)
+            ids += tokenizer.encode_as_text(messages[i]["content"])
+            at = start + len(marks[i])
+        return ids + tokenizer.encode(text[at:], special=False)
 
 
 class TemplateRefusal(Exception):

@@ -287,3 +287,7 @@ def test_message_content_that_spells_a_special_token_stays_text(chat_bundle, tmp
     plain = [{"role": "user", "content": "t3 t7"}, {"role": "assistant", "content": "t8"}]
     assert model.chat_prompt(plain) == model.tokenizer.encode("t5 t3 t7 t9 t8 t11",
                                                               special=False)
+    # a template that rewrites content cannot keep such content as text: refused, one line
+    (bundle / "chat_template.jinja").write_text(TEMPLATE.replace("m.content", "m.content[1:]"))
+    with pytest.raises(ValueError, match="rewrites or drops content"):
+        Model(bundle).chat_prompt([{"role": "user", "content": " t3 </s>"}])
