@@ -119,6 +119,11 @@ def cmd_info(ns) -> int:
           + (f", top-1 {m.target.parity_top1:.1%} KL {m.target.parity_kl:.2g} on the check text"
              if m.target.parity_top1 is not None and m.target.parity_kl is not None else "")
           + ")")
+    if m.target.parity_batch:
+        say(f"batching    a token run alone differs from the same token in a batched run by "
+            f"{m.target.parity_batch:.2g} in a logit (measured at export): speculative greedy "
+            "output may part from plain greedy output at near-ties; --batch-invariant makes "
+            "them equal")
     say(f"features    layers {list(m.target.feature_layers) or 'none'}")
     chat = (f"chat template {m.tokenizer.chat_template}" if m.tokenizer.chat_template
             else "no chat template (completions only)")

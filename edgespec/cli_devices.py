@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli_types import add_provider, integer, number
+from .cli_types import add_batch_invariant, add_provider, integer, number
 
 
 def _show(p) -> None:
@@ -61,7 +61,8 @@ def cmd_bench(ns) -> int:
 
     provider = load_profile(ns.device).provider if ns.device else ns.provider
     model = Model(ns.bundle, SessionConfig(provider=provider, threads=ns.threads,
-                                           cuda_graphs=ns.cuda_graphs))
+                                           cuda_graphs=ns.cuda_graphs,
+                                           batch_invariant=ns.batch_invariant))
     source = ns.prompts or resources.files("edgespec.devices") / "prompts.jsonl"
     prompts = [model.tokenizer.encode(r["prompt"])
                for r in read_prompts(source)[: ns.limit or None]]
@@ -108,6 +109,7 @@ def add_commands(sub) -> None:
     b.add_argument("--device", help="a device profile: its provider is used")
     add_provider(b)
     b.add_argument("--threads", type=integer(0), default=0)
+    add_batch_invariant(b)
     b.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
                    help="CUDA graph per verify shape (auto: on --provider cuda, bundles "
                         "with static shapes: the default)")

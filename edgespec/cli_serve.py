@@ -8,7 +8,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from .cli_types import add_provider, integer, session_config, timings
+from .cli_types import (add_batch_invariant, add_provider, integer, session_config,
+                        timings)
 
 CHAT_HELP = "/reset starts over, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply"
 
@@ -41,6 +42,7 @@ def add_commands(sub) -> None:
     add_provider(s)
     s.add_argument("--threads", type=integer(0), default=0,
                    help="intra-op threads per decode (0 = onnxruntime's default)")
+    add_batch_invariant(s)
     s.add_argument("--allow-cpu-fallback", action="store_true",
                    help="run on the CPU if the provider is missing")
     s.set_defaults(fn=cmd_serve)

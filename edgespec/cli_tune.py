@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_types import add_provider, integer
+from .cli_types import add_batch_invariant, add_provider, integer
 from .drafter_kinds import KINDS
 
 
@@ -169,7 +169,8 @@ def cmd_tune(ns) -> int:
     if ns.device != "cpu" and profile.provider != ns.provider:
         raise ValueError(f"--device {ns.device} runs on its {profile.provider} provider; pass "
                          f"--provider {profile.provider} (tune measures on the device it runs on)")
-    model = Model(ns.bundle, SessionConfig(provider=ns.provider, threads=ns.threads))
+    model = Model(ns.bundle, SessionConfig(provider=ns.provider, threads=ns.threads,
+                                           batch_invariant=ns.batch_invariant))
     prompts = [model.tokenizer.encode(r["prompt"])
                for r in read_prompts(ns.prompts)[: ns.limit or None]]
     if ns.drafter == "auto":
@@ -201,4 +202,5 @@ def add_commands(sub) -> None:
                    help="store a drafter's best setting even when plain decoding was faster "
                         "(auto never picks it)")
     t.add_argument("--threads", type=integer(0), default=0)
+    add_batch_invariant(t)
     t.set_defaults(fn=cmd_tune)

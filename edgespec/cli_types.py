@@ -80,9 +80,19 @@ def session_config(ns):
 
     return SessionConfig(provider=ns.provider, threads=ns.threads,
                          allow_fallback=ns.allow_cpu_fallback,
-                         # not every command has these two
+                         # not every command has these three
                          kv_device=getattr(ns, "kv_device", "auto"),
-                         cuda_graphs=getattr(ns, "cuda_graphs", "auto"))
+                         cuda_graphs=getattr(ns, "cuda_graphs", "auto"),
+                         batch_invariant=getattr(ns, "batch_invariant", False))
+
+
+def add_batch_invariant(parser) -> None:
+    """--batch-invariant (SessionConfig.batch_invariant), for every command that decodes."""
+    parser.add_argument("--batch-invariant", action="store_true",
+                        help="pad every 1-token target run to 2 rows, so speculative output "
+                             "equals plain output token for token even on kernels that compute "
+                             "a 1-row run differently (int4 on the CPU); costs each plain step "
+                             "that padding (docs/real-models.md)")
 
 
 def add_provider(parser, what: str = "onnxruntime execution provider") -> None:
@@ -126,6 +136,7 @@ def add_runtime_args(q) -> None:
     q.add_argument("--allow-cpu-fallback", action="store_true",
                    help="run on CPU (with a warning) if the provider is not installed")
     q.add_argument("--threads", type=integer(0), default=0, help="intra-op threads (0 = default)")
+    add_batch_invariant(q)
     q.add_argument("--kv-device", default="auto", choices=("auto", "device", "host"),
                    help="K/V buffers on the provider's device (auto: on GPUs) or the host")
     q.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),

@@ -70,6 +70,10 @@ class GraphSpec:
     # agrees with fp32 torch, and the mean KL(torch || graph) in nats
     parity_top1: float | None = None
     parity_kl: float | None = None
+    # max |logit diff| between a token fed alone and the same token in a batched run, measured
+    # at export on its CPU: > 0 where a 1-row run computes differently (int4 MatMulNBits),
+    # so speculative and plain greedy output may part at near-ties (SessionConfig.batch_invariant)
+    parity_batch: float | None = None
     external_data: str | None = None  # weights file beside the graph (graphs over 2 GB)
     # "fp32"; "int4" (MatMulNBits, float32 activations); "fp16": weights, activations,
     # attention_bias and K/V in float16 (kv.dtype "float16"), logits / hidden / features float32
@@ -222,6 +226,7 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
     parity = _optional(d, "parity_max_abs", (int, float), where)
     top1 = _optional(d, "parity_top1", (int, float), where)
     kl = _optional(d, "parity_kl", (int, float), where)
+    batch = _optional(d, "parity_batch", (int, float), where)
     mask = float(_need(d, "mask_value", (int, float), where))
     if not (math.isfinite(mask) and mask < 0):
         raise BundleError(f"manifest.json: {where}.mask_value {mask} must be a finite negative "
@@ -246,6 +251,7 @@ def _graph(d: dict, where: str, need_kv: bool = True) -> GraphSpec:
         parity_max_abs=None if parity is None else float(parity),
         parity_top1=None if top1 is None else float(top1),
         parity_kl=None if kl is None else float(kl),
+        parity_batch=None if batch is None else float(batch),
         external_data=_optional(d, "external_data", str, where),
         weights=weights,
         bytes_read=read,

@@ -173,7 +173,8 @@ def _export_graph(hf_dir: Path, tmp: Path, file: str, max_len: int, layers: tupl
                           check_ids(hf_dir / "tokenizer.json", full_args.vocab_size))
     return dataclasses.replace(spec, parity_max_abs=parity.max_abs,
                                parity_top1=round(parity.top1, 4),
-                               parity_kl=float(f"{parity.kl:.3g}")), info, report
+                               parity_kl=float(f"{parity.kl:.3g}"),
+                               parity_batch=float(f"{parity.batch:.3g}")), info, report
 
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"

@@ -57,6 +57,9 @@ class Parity:
     max_abs: float  # max |logit difference| (every row, the tree step's too)
     top1: float  # share of text rows whose top token agrees
     kl: float  # mean KL(torch || graph) over text rows, nats
+    # max |logit difference| of a token fed alone against the same token inside a batched run
+    # (the prefill): 0 on batch-invariant kernels; SessionConfig.batch_invariant pads for it
+    batch: float = 0.0
 
 
 def tolerance(spec: GraphSpec, ref: np.ndarray) -> float:
@@ -117,6 +120,7 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, ids:
         ref0, _, kv, _ = model(t_ids, torch.from_numpy(pos)[None], torch.from_numpy(bias), past)
         ref1, _, _, _ = model(torch.from_numpy(tree_ids)[None], torch.from_numpy(tree_pos)[None],
                               torch.from_numpy(tree_bias), kv)
+    batch = _batch_variance(runner, ids, bias if trees else None, onnx_logits[0], mask)
     ours = np.concatenate(onnx_logits)  # [rows, V]
     ref = np.concatenate([ref0[0].numpy(), ref1[0].numpy()])
     diff = float(np.abs(ours - ref).max())
@@ -139,7 +143,22 @@ def check_parity(bundle_dir: Path, spec: GraphSpec, info: ModelInfo, model, ids:
         raise ParityError(f"exported {spec.file} ({spec.weights}) differs from the torch model "
                           f"by {diff:.3g} in logits (tolerance {bound:.3g}); the export was not "
                           "written")
-    return Parity(diff, top1, _kl(ref[text], ours[text]))
+    return Parity(diff, top1, _kl(ref[text], ours[text]), batch)
+
+
+def _batch_variance(runner: GraphRunner, ids: np.ndarray, bias, batched: np.ndarray,
+                    mask: float, rows: int = 4) -> float:
+    """Max |logit difference| between the last `rows` text tokens fed one per run (a decode
+    step) and the same tokens' rows in the batched prefill (a verify run computes like that)."""
+    n = len(ids)
+    rows = min(rows, n - 1)
+    runner.kv.truncate(n - rows)
+    diff = 0.0
+    for i in range(n - rows, n):
+        row_bias = None if bias is None else bias[..., i:i + 1, :i + 1]
+        one = runner.forward(ids[i:i + 1], np.array([i]), row_bias, np.zeros(1, np.int64))
+        diff = max(diff, float(np.abs(one.logits[0] - batched[i]).max()))
+    return diff
 
 
 def check_medusa_parity(bundle_dir: Path, spec: GraphSpec, m, seed: int = 0,

@@ -36,8 +36,9 @@ class ForwardOut:
 
     _logits: object  # [1, N, V]: a host array, or an OrtValue on the device
     _argmax: object  # [1, N]: the graph's argmax of each logits row (None: not emitted)
-    _hidden: object  # [1, S, d]
-    _features: object  # [1, S, F*d] or None
+    _hidden: object  # [1, S', d]
+    _features: object  # [1, S', F*d] or None
+    rows: int  # S: the fed rows (S' > S when the run was padded: GraphRunner.min_rows)
 
     @cached_property
     def logits(self) -> np.ndarray:  # [N, V]
@@ -49,11 +50,11 @@ class ForwardOut:
 
     @cached_property
     def hidden(self) -> np.ndarray:  # [S, d]
-        return _host(self._hidden)[0]
+        return _host(self._hidden)[0, :self.rows]
 
     @cached_property
     def features(self) -> np.ndarray | None:  # [S, F*d]
-        return None if self._features is None else _host(self._features)[0]
+        return None if self._features is None else _host(self._features)[0, :self.rows]
 
 
 class GraphRunner:
@@ -71,7 +72,8 @@ class GraphRunner:
     # (kept, they held ~12 MB per generator on the demo target, ~256 MB on a 1B model).
     MAX_KEPT_S = 64
 
-    def __init__(self, session, spec: GraphSpec, model: ModelInfo, kv: KVRows, graph_ids=None):
+    def __init__(self, session, spec: GraphSpec, model: ModelInfo, kv: KVRows, graph_ids=None,
+                 min_rows: int = 1):
         self.ort = import_ort()
         self.session, self.spec, self.model, self.kv = session, spec, model, kv
         self.g = GraphIO.of(spec, model)
@@ -80,6 +82,10 @@ class GraphRunner:
         if kv.on_device and not self.g.in_place:
             raise ValueError("K/V on the device needs a graph that updates it in place (fused)")
         self.graph_ids = graph_ids
+        # runs of fewer rows are padded to this many (SessionConfig.batch_invariant): a kernel
+        # that computes a 1-row run differently (onnxruntime's int4 MatMulNBits on the CPU)
+        # then gives a token the same logits and K/V in a decode step as in a verify run
+        self.min_rows = min_rows
         self.run_seconds = 0.0  # time inside onnxruntime's run: the split of a decode step
         self.captured: dict[tuple[int, int], Binding] = {}  # shapes with a graph: kept for good
         self._bindings: OrderedDict[tuple[int, int], Binding] = OrderedDict()
@@ -137,6 +143,11 @@ class GraphRunner:
         """
         s, n = ids.shape[0], logits_rows.shape[0]
         self.kv.check_room(s)
+        fed = s
+        if s < self.min_rows <= self.kv.free:  # the last free slot of the cache: run as is
+            ids, positions, bias = _pad_rows(ids, positions, bias, self.kv.length,
+                                             self.min_rows, self.spec.mask_value)
+            s = self.min_rows
         binding = self._binding(s, n)
         io, bufs = binding.io, binding.bufs
         bufs["input_ids"][0] = ids
@@ -171,5 +182,25 @@ class GraphRunner:
             kv, layers = self.spec.kv, range(self.model.num_layers)
             self.kv.append([bufs[kv.present_key.format(i=i)] for i in layers],
                            [bufs[kv.present_value.format(i=i)] for i in layers])
+        if fed < s:  # the padding rows' K/V: written past the end, dropped here
+            self.kv.truncate(self.kv.length - (s - fed))
         return ForwardOut(bufs["logits"], bufs["argmax"] if self.g.has_argmax else None,
-                          bufs["hidden"], bufs["features"] if self.g.has_features else None)
+                          bufs["hidden"], bufs["features"] if self.g.has_features else None, fed)
+
+
+def _pad_rows(ids: np.ndarray, positions: np.ndarray, bias, length: int, rows: int,
+              mask_value: float):
+    """ids, positions, bias of a run padded to `rows`: copies of the last token at the next
+    positions, which no fed row attends to (their logits are never read, their K/V dropped)."""
+    s = ids.shape[0]
+    extra = rows - s
+    ids = np.concatenate([ids, np.repeat(ids[-1:], extra)])
+    positions = np.concatenate([positions, positions[-1] + 1 + np.arange(extra)])
+    if bias is not None:  # [1, 1, s, length + s] -> [1, 1, rows, length + rows]
+        padded = np.full((1, 1, rows, length + rows), mask_value, bias.dtype)
+        padded[..., :s, :length + s] = bias
+        padded[..., s:, :length + s] = bias[..., -1:, :]  # a padding row sees what the last
+        padded[..., s:, length + s:] = np.where(  # fed row sees, then itself causally
+            np.tril(np.ones((extra, extra), bool)), 0, mask_value).astype(bias.dtype)
+        bias = padded
+    return ids, positions, bias

@@ -41,7 +41,8 @@ class Model:
             config = dataclasses.replace(config, provider="cpu")
         self.config = config
         # the target's session and its runners (K/V buffers, IO bindings; CUDA graphs)
-        self.runners = RunnerPool(self.dir, m.target, m.model, config)
+        self.runners = RunnerPool(self.dir, m.target, m.model, config,
+                                  min_rows=2 if config.batch_invariant else 1)
         self.session = self.runners.session
         self._drafters: dict[tuple, object] = {}  # (name, DraftSetting) -> drafter
         self._lock = threading.Lock()  # generators in several threads may ask at once

@@ -93,12 +93,21 @@ class SessionConfig:
     # CUDA graphs per verify shape (runtime/graph_capture.py): "auto" (on the cuda preset when
     # the bundle has static shapes and K/V are on the device), "on" (required) or "off"
     cuda_graphs: str = "auto"
+    # every target run gets at least 2 rows (a decode step is padded with one unread row), so
+    # a token's logits and K/V do not depend on how many tokens its run held: speculative and
+    # autoregressive greedy output then agree token for token on kernels that compute a 1-row
+    # run differently from a batched one (onnxruntime's int4 MatMulNBits on the CPU: up to 1.0
+    # in a logit on SmolLM2); it costs the padded decode step (int4 1.3x here, fp32 1.1x)
+    batch_invariant: bool = False
 
     def __post_init__(self):
         if self.kv_device not in ("auto", "device", "host"):
             raise ValueError(f"kv_device must be auto, device or host, got {self.kv_device!r}")
         if self.cuda_graphs not in ("auto", "on", "off"):
             raise ValueError(f"cuda_graphs must be auto, on or off, got {self.cuda_graphs!r}")
+        if not isinstance(self.batch_invariant, bool):
+            raise ValueError(f"batch_invariant must be True or False, got "
+                             f"{self.batch_invariant!r}")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"threads must be an integer >= 0 (0 = onnxruntime's default), "
                              f"got {self.threads!r}")

@@ -43,8 +43,8 @@ class RunnerPool:
     Generator that filled them. Otherwise a released runner is dropped with its buffers."""
 
     def __init__(self, bundle_dir: Path, spec: GraphSpec, model: ModelInfo,
-                 config: SessionConfig):
-        self.spec, self.model = spec, model
+                 config: SessionConfig, min_rows: int = 1):
+        self.spec, self.model, self.min_rows = spec, model, min_rows
         check_cuda_fit(spec, config)
         capture = wants_capture(config, spec, wants_device_kv(config))
         self.graph_ids = GraphIds(MAX_GRAPHS) if capture else None
@@ -60,7 +60,8 @@ class RunnerPool:
                     runner = self._idle.pop()
                     runner.kv.truncate(0)
                     return runner
-        return GraphRunner(self.session, self.spec, self.model, self.new_kv(), self.graph_ids)
+        return GraphRunner(self.session, self.spec, self.model, self.new_kv(), self.graph_ids,
+                           self.min_rows)
 
     def give(self, runner: GraphRunner) -> None:
         if self.graph_ids is not None:
