@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from edgespec.files import atomic_open, same_file
+from edgespec.files import atomic_open, check_outside
 from .cli_types import (Parser, add_runtime_args, integer, layer_list, session_config,
                         timings)
 
@@ -202,8 +202,7 @@ def cmd_eval(ns) -> int:
     from edgespec.runtime.evaluate import read_prompts, run_eval, summarize
     from edgespec.runtime.model import Model
 
-    if same_file(ns.out, ns.prompts):
-        raise ValueError(f"--out {ns.out} is the prompts file; write the results elsewhere")
+    check_outside(ns.out, "--out", prompts_file=ns.prompts, bundle=ns.bundle)
     rows = read_prompts(ns.prompts)[: ns.limit or None]  # a bad file fails before the load
     model = Model(ns.bundle, session_config(ns))
     results = []

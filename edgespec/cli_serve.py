@@ -19,12 +19,17 @@ def cmd_serve(ns) -> int:
         raise ImportError("edgespec serve needs the serve extra: pip install edgespec[serve] "
                           "(starlette, uvicorn, jinja2)")
     from edgespec.runtime.model import Model
-    from edgespec.runtime.server import serve
+    from edgespec.runtime.server import LOOPBACK, ServerLimits, serve
 
     model = Model(ns.bundle, session_config(ns))
     model.drafter(ns.drafter)  # an unknown drafter fails here, not in the first request
     name = ns.name or Path(ns.bundle).resolve().name
-    serve(model, name, ns.host, ns.port, ns.drafter)
+    # Host headers: loopback names, the bound address, --allow-host; bound to every
+    # interface, any Host (browsers' Origin is still checked against the named ones)
+    hosts = (*LOOPBACK, ns.host, *(ns.allow_host or ()),
+             *(("*",) if ns.host in ("0.0.0.0", "::", "") else ()))
+    limits = ServerLimits(concurrency=ns.concurrency, queue=ns.queue, hosts=hosts)
+    serve(model, name, ns.host, ns.port, ns.drafter, limits)
     return 0
 
 
@@ -43,6 +48,13 @@ def add_commands(sub) -> None:
     s.add_argument("--threads", type=integer(0), default=0,
                    help="intra-op threads per decode (0 = onnxruntime's default)")
     add_batch_invariant(s)
+    s.add_argument("--concurrency", type=integer(1), default=4,
+                   help="requests decoding at once (each holds its own K/V buffers; default 4)")
+    s.add_argument("--queue", type=integer(0), default=64,
+                   help="requests waiting for a decoding slot; more get a 503 (default 64)")
+    s.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="a host name clients (and web pages, by their Origin) may use besides "
+                        "localhost and the bound address (repeatable)")
     s.add_argument("--allow-cpu-fallback", action="store_true",
                    help="run on the CPU if the provider is missing")
     s.set_defaults(fn=cmd_serve)

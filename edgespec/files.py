@@ -81,3 +81,18 @@ def _is_bundle(folder: Path) -> bool:
         return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT_NAME
     except (OSError, ValueError, RecursionError, AttributeError):
         return False
+
+
+def check_outside(out: str | os.PathLike, what: str, **inputs: str | os.PathLike | None) -> None:
+    """Refuse an output path that is one of the inputs or lies inside an input folder (a
+    bundle, a checkpoint): `eval B --out B/tokenizer.json` must not break the bundle it reads.
+    inputs: name -> path (None: not given)."""
+    target = Path(os.path.realpath(out))
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        inp = Path(os.path.realpath(path))
+        if target == inp or inp in target.parents:
+            where = "is" if target == inp else "lies inside"
+            raise ValueError(f"{what} {out} {where} the {name.replace('_', ' ')} {path}; "
+                             "write it elsewhere")

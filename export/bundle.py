@@ -76,16 +76,32 @@ def _loads(bundle: Path) -> bool:
         return False
 
 
+# written into every temporary folder an export makes, first thing: the sweep removes only
+# folders that carry it (a user's own `.NAME.tmp-2024-backup` has the same shape of name)
+MARKER = ".edgespec-export"
+
+
+def _made_by_export(folder: Path) -> bool:
+    """Ours: it holds the marker, or it is empty (an export killed before writing it)."""
+    try:
+        return (folder / MARKER).is_file() or not any(folder.iterdir())
+    except OSError:
+        return False
+
+
 def _sweep(out: Path) -> None:
     """Clean up after exports to `out` that were killed: remove the `.tmp-`/`.old-` siblings of
-    dead processes (their PID is in the name; a live export's are left alone), and where one died
-    between its two renames (out missing, the previous bundle parked in `.old-`), put it back."""
+    dead processes (their PID is in the name; a live export's are left alone; only folders an
+    export made, which carry its marker), and where one died between its two renames (out
+    missing, the previous bundle parked in `.old-`), put it back."""
     for kind in ("old", "tmp"):
         prefix = f".{out.name}.{kind}-"
         for stale in sorted(out.parent.glob(glob.escape(prefix) + "*")):
             pid, dash, _ = stale.name[len(prefix):].partition("-")
             if not (dash and pid.isdigit()) or not _pid_dead(int(pid)):
                 continue  # a live export's, or not ours
+            if stale.is_symlink() or not stale.is_dir() or not _made_by_export(stale):
+                continue  # not an export's: never delete what we did not create
             parked = stale / out.name
             if kind == "old" and parked.exists() and not out.exists():
                 if not _loads(parked):  # not whole (or not ours to judge): keep it, say where
@@ -94,7 +110,15 @@ def _sweep(out: Path) -> None:
                     continue
                 os.replace(parked, out)
                 log.warning("restored %s, which an interrupted export had moved aside", out)
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove(stale)
+
+
+def _temporary(out: Path, kind: str) -> Path:
+    """A marked sibling folder `.OUT.KIND-PID-*` (same filesystem: renames stay atomic)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+    (folder / MARKER).write_text("a temporary folder of `edgespec export`; removed by the next "
+                                 "export to the same path once its process has ended\n")
+    return folder
 
 
 @contextlib.contextmanager
@@ -109,24 +133,39 @@ def atomic_bundle(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path
     out.parent.mkdir(parents=True, exist_ok=True)
     _sweep(out)  # first: it may put a previous bundle back, which the check below then sees
     check_replaceable(out, overwrite)
-    pid = os.getpid()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{pid}-", dir=out.parent))
+    box = _temporary(out, "tmp")  # the marked folder; the bundle is written inside it
+    tmp = box / out.name
     try:
+        tmp.mkdir()
         yield tmp
         if not out.exists():
             os.replace(tmp, out)
         elif not _exchange(tmp, out):  # (on success tmp holds the previous bundle: removed below)
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{pid}-", dir=out.parent))
+            old = _temporary(out, "old")
             os.replace(out, old / out.name)  # killed from here to the next line: _sweep undoes it
             try:
                 os.replace(tmp, out)
             except BaseException:
                 os.replace(old / out.name, out)
                 raise
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove(box)
+
+
+def _remove(folder: Path) -> None:
+    """Delete a marked temporary folder, its marker last: killed midway, what is left still
+    carries the marker (or is empty), so the next export's sweep finishes the job."""
+    if not folder.exists():
+        return
+    for entry in folder.iterdir():
+        if entry.name == MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def bytes_read(model: onnx.ModelProto) -> int:

@@ -25,6 +25,9 @@ from .text import Tokenizer
 MAX_TOKENIZER_BYTES = 64 << 20  # Gemma 3's tokenizer.json, among the largest, is 33 MB
 
 
+MAX_NORMALIZER_INSERT = 16
+
+
 def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
     """The bundle's tokenizer; it must fit the model's vocabulary and know its special ids."""
     path = bundle_file(bundle_dir, m.tokenizer.file)
@@ -49,6 +52,13 @@ def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
         raise BundleError(f"{excerpt(m.tokenizer.file)} has {tok.vocab_size} tokens for a "
                           f"model of {vocab} with special ids {special[:4]}; the tokenizer "
                           "does not belong to this model: re-export the bundle")
+    # a Replace normalizer writing megabytes per match makes every prompt a memory bomb; real
+    # ones write a character or two (SentencePiece's "▁")
+    if tok.longest_insertion() > MAX_NORMALIZER_INSERT:
+        raise BundleError(f"{excerpt(m.tokenizer.file)}'s normalizer inserts "
+                          f"{tok.longest_insertion()} characters for one match (at most "
+                          f"{MAX_NORMALIZER_INSERT}); it would grow prompts without bound: "
+                          "re-export the bundle")
     tok.encode("a")  # a post-processor adding ids past the model's vocabulary fails here
     return tok
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +21,13 @@ from edgespec.bundle_paths import bundle_file
 from edgespec.errors import BundleError, excerpt
 
 MAX_TEMPLATE_BYTES = 256 << 10  # real templates are a few KB
+# What one render may cost. A template is untrusted code in a sandbox that bounds what it can
+# reach, not what it can allocate or how long it loops: these bound the operations that make
+# big values (`*`, `**`, `%` and str.format widths, tojson's indent), the text it writes and its
+# running time. Real templates render a few KB in well under a millisecond.
+MAX_RENDER_CHARS = 4 << 20
+RENDER_SECONDS = 2.0
+_WIDE = re.compile(r"\d{5,}|%[-#0 +]*\*")  # a width of 10,000+ (or one taken from an argument)
 
 
 class ChatTemplate:
@@ -35,13 +45,15 @@ class ChatTemplate:
             raise BundleError(f"{excerpt(file)} is larger than a chat template can be "
                               f"({MAX_TEMPLATE_BYTES >> 10} KB); re-export the bundle")
         source = path.read_text(encoding="utf-8", errors="replace")
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=[loopcontrols])
-        env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False,
-                                                                   indent=indent)
+        env = _limited(ImmutableSandboxedEnvironment)(trim_blocks=True, lstrip_blocks=True,
+                                                      extensions=[loopcontrols])
+        env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(str(fmt)[:64])
-        self._errors = (TemplateError, RecursionError, TypeError, ValueError)
+        # what a template can raise: its own errors, the sandbox's, Python's on bad operands,
+        # and ours for the limits (TemplateLimit)
+        self._errors = (TemplateError, RecursionError, TypeError, ValueError, ArithmeticError,
+                        LookupError, MemoryError, TemplateLimit)
         try:
             self._template = env.from_string(source)
         except self._errors as e:
@@ -54,9 +66,9 @@ class ChatTemplate:
         own refusal (raise_exception) or failure is a ValueError with its message."""
         messages = plain_messages(messages)
         try:
-            return self._template.render(messages=messages, bos_token=self.bos,
-                                         eos_token=self.eos,
-                                         add_generation_prompt=add_generation_prompt)
+            return _bounded(self._template.generate(messages=messages, bos_token=self.bos,
+                                                    eos_token=self.eos,
+                                                    add_generation_prompt=add_generation_prompt))
         except TemplateRefusal as e:
             raise ValueError(f"the chat template refused these messages: {str(e)[:200]}") from None
         except self._errors as e:
@@ -90,6 +102,96 @@ class ChatTemplate:
 
 class TemplateRefusal(Exception):
     pass
+
+
+class TemplateLimit(Exception):
+    """A render that would pass MAX_RENDER_CHARS or RENDER_SECONDS, or build a value that big."""
+
+
+def _bounded(pieces) -> str:
+    """Join a template's output pieces, stopping it past MAX_RENDER_CHARS or RENDER_SECONDS
+    (a line tracer on the template's own code checks the clock: loops are Python there)."""
+    deadline = time.monotonic() + RENDER_SECONDS
+
+    def on_line(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise TemplateLimit(f"it ran longer than {RENDER_SECONDS:g} s")
+        return on_line
+
+    def on_call(frame, event, arg):  # trace only the template's frames: cheap elsewhere
+        return on_line if frame.f_code.co_filename == "<template>" else None
+
+    out, size, previous = [], 0, sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        for piece in pieces:
+            size += len(piece)
+            if size > MAX_RENDER_CHARS:
+                raise TemplateLimit(f"its output passed {MAX_RENDER_CHARS} characters")
+            out.append(piece)
+    finally:
+        sys.settrace(previous)
+    return "".join(out)
+
+
+def _tojson(value, indent=None) -> str:
+    if indent is not None and not (isinstance(indent, int) and 0 <= indent <= 16):
+        raise TemplateLimit("tojson's indent must be an integer in [0, 16]")
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def _check_size(operator: str, left, right) -> None:
+    """Refuse a `*`, `**`, `+` or `%` whose result would be huge before Python builds it."""
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and \
+                    len(seq) * n > MAX_RENDER_CHARS:
+                raise TemplateLimit("a repetition that large")
+    elif operator == "**":
+        if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and \
+                right * abs(left).bit_length() > 1 << 16:
+            raise TemplateLimit("a power that large")
+    elif operator == "+" and isinstance(left, (str, list, tuple)) and \
+            isinstance(right, (str, list, tuple)) and len(left) + len(right) > MAX_RENDER_CHARS:
+        raise TemplateLimit("a value that long")
+    elif operator == "%" and isinstance(left, str) and _WIDE.search(left):
+        raise TemplateLimit("a format width that large")
+
+
+def _limited(sandbox):
+    """The sandbox environment class with the size checks of _check_size on its operators,
+    on str.format / format_map and on `~` (which compiles to a join, not an operator)."""
+    from jinja2.compiler import CodeGenerator
+
+    class Generator(CodeGenerator):
+        def visit_Concat(self, node, frame):  # `a ~ b`: environment.joined((a, b))
+            self.write("environment.joined((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
+    class Limited(sandbox):
+        intercepted_binops = frozenset(["*", "**", "%", "+"])
+        code_generator_class = Generator
+
+        @staticmethod
+        def joined(values) -> str:
+            parts = [str(v) for v in values]
+            if sum(map(len, parts)) > MAX_RENDER_CHARS:
+                raise TemplateLimit("a string that long")
+            return "".join(parts)
+
+        def call_binop(self, context, operator, left, right):
+            _check_size(operator, left, right)
+            return super().call_binop(context, operator, left, right)
+
+        def wrap_str_format(self, value):
+            wrapped = super().wrap_str_format(value)
+            if wrapped is not None and _WIDE.search(str(value.__self__)):
+                raise TemplateLimit("a format width that large")
+            return wrapped
+    return Limited
 
 
 def _raise(message):

@@ -22,8 +22,9 @@ class RequestError(ValueError):
         self.status, self.param = status, param
 
     def body(self) -> dict:
-        return {"error": {"message": str(self), "type": "invalid_request_error",
-                          "param": self.param, "code": None}}
+        kind = "server_error" if self.status >= 500 else "invalid_request_error"
+        return {"error": {"message": str(self), "type": kind, "param": self.param,
+                          "code": None}}
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,10 @@ def parse(body, chat: bool, max_len: int) -> Request:
             prompt = prompt[0]  # one prompt in a list, as clients often send it
         if not isinstance(prompt, str):
             raise RequestError("prompt must be a string (one prompt per request)", "prompt")
-    if body.get("n", 1) != 1:
-        raise RequestError("n must be 1", "n")
+    n = body.get("n")
+    if n is not None and (type(n) is not int or n != 1):
+        raise RequestError("n must be 1 (one choice per request)", "n")
+    _refuse_unsupported(body)
     stop = body.get("stop") or ()
     stop = (stop,) if isinstance(stop, str) else stop
     if not (isinstance(stop, (list, tuple)) and len(stop) <= 4
@@ -72,10 +75,46 @@ def parse(body, chat: bool, max_len: int) -> Request:
                 "top_p": _number(body, "top_p", 1.0, 1e-6, 1.0),
                 "seed": _number(body, "seed", None, 0, 2 ** 63 - 1, integer=True),
                 "stop": tuple(stop)}
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    stream = False if stream is None else stream
     if not isinstance(stream, bool):
         raise RequestError("stream must be true or false", "stream")
     return Request(prompt, keywords, stream)
+
+
+# fields this server does not implement, with the values that ask for nothing (OpenAI's
+# defaults): anything else is refused rather than silently ignored
+UNSUPPORTED = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
+               "best_of": (None, 1), "suffix": (None, ""), "tools": (None, []),
+               "tool_choice": (None, "none", "auto"), "functions": (None, []),
+               "function_call": (None, "none", "auto"), "logit_bias": (None, {}),
+               "response_format": (None, {"type": "text"})}
+
+
+def _refuse_unsupported(body: dict) -> None:
+    for key, neutral in UNSUPPORTED.items():
+        value = body.get(key)
+        if not any(type(value) is type(v) and value == v for v in neutral):
+            raise RequestError(f"{key} is not supported by this server; leave it out", key)
+
+
+def check_prompt_size(prompt, limit: int) -> None:
+    """Refuse prompt text (a string, or messages' contents) over `limit` characters before it
+    is rendered or tokenized: both cost memory and time in proportion to it."""
+    def chars(content) -> int:  # text, or OpenAI's list of text parts
+        if isinstance(content, str):
+            return len(content)
+        if isinstance(content, list):
+            return sum(len(p["text"]) for p in content
+                       if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return 0  # refused when the messages are read
+
+    size = chars(prompt) if isinstance(prompt, str) else sum(
+        chars(m.get("content")) for m in prompt if isinstance(m, dict))
+    if size > limit:
+        raise RequestError(f"the prompt holds more than {limit} characters, more than this "
+                           "server takes", "messages" if not isinstance(prompt, str)
+                           else "prompt", 413)
 
 
 def new_id(chat: bool) -> str:

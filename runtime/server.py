@@ -3,79 +3,201 @@
 server-sent events when asked.
 
 One Model serves every request; each request decodes in its own Generator on a worker thread
-(sessions are shared, K/V buffers are not). A client that disconnects mid-stream cancels its
-generation within one step.
+(sessions are shared, K/V buffers are not). What a request may cost is bounded before any work
+(ServerLimits): body bytes, prompt characters, requests decoding at once and waiting. Tokenizing,
+template rendering and decoding run off the event loop, so /v1/models answers while a request
+works. A client that hangs up, streamed or not, cancels its generation within one step. Every
+failure is an OpenAI error body (4xx / 5xx), never a reset connection or a traceback.
+Threat model and limits: docs/hardening.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
+import weakref
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from . import openai_api as api
 from .model import Model
 
+log = logging.getLogger("edgespec.serve")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-def create_app(model: Model, name: str, drafter: str = "auto") -> Starlette:
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What the server accepts and holds at once (`edgespec serve` flags set them)."""
+
+    max_body_bytes: int = 1 << 20  # a request body; an edge model's prompt is a few KB
+    max_prompt_chars: int = 1 << 18  # prompt text (all message contents), before tokenizing
+    concurrency: int = 4  # requests decoding at once: each holds a Generator and its K/V
+    queue: int = 64  # requests waiting for a slot; beyond that a 503 (a burst is absorbed)
+    # names a request's Host and Origin headers may carry (DNS rebinding, pages posting to
+    # localhost); "*" accepts any Host (a server bound to all interfaces)
+    hosts: tuple[str, ...] = LOOPBACK
+
+
+class _Slots:
+    """At most `n` requests decode at once, `queue` more wait; the rest are refused at once."""
+
+    def __init__(self, n: int, queue: int):
+        self._free, self._queue, self.waiting = asyncio.Semaphore(n), queue, 0
+
+    async def take(self):
+        """Wait for a slot; returns its release (idempotent, callable from any thread)."""
+        if self._free.locked() and self.waiting >= self._queue:
+            raise api.RequestError("the server is busy (every decoding slot and queue place "
+                                   "is taken); retry shortly", status=503)
+        self.waiting += 1
+        try:
+            await self._free.acquire()
+        finally:
+            self.waiting -= 1
+        loop, once = asyncio.get_running_loop(), threading.Lock()
+
+        def release():
+            if once.acquire(blocking=False):
+                loop.call_soon_threadsafe(self._free.release)
+        return release
+
+
+def create_app(model: Model, name: str, drafter: str = "auto",
+               limits: ServerLimits = ServerLimits()) -> Starlette:
     """The app serving `model` as model id `name`, decoding with `drafter`."""
+    slots = _Slots(limits.concurrency, limits.queue)
 
-    async def models(_: Request) -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [
+    async def models(request: Request) -> Response:
+        _check_origin(request, limits.hosts)
+        return _json({"object": "list", "data": [
             {"id": name, "object": "model", "created": 0, "owned_by": "edgespec"}]})
 
-    async def complete(request: Request, chat: bool):
+    async def complete(request: Request, chat: bool) -> Response:
+        _check_origin(request, limits.hosts)
+        body = await _read_json(request, limits.max_body_bytes)
+        req = api.parse(body, chat, model.max_len)
+        if str(body.get("model", name)) != name:
+            raise api.RequestError(f"model {str(body.get('model'))[:60]!r} is not served "
+                                   f"here; this server has {name!r}", "model", 404)
+        api.check_prompt_size(req.prompt, limits.max_prompt_chars)
+        release = await slots.take()
         try:
-            body = await request.json()
-        except ValueError:
-            return _error(api.RequestError("the request body is not valid JSON"))
-        try:
-            req = api.parse(body, chat, model.max_len)
-            if str(body.get("model", name)) != name:
-                raise api.RequestError(f"model {str(body.get('model'))[:60]!r} is not served "
-                                       f"here; this server has {name!r}", "model", 404)
-            ids = (model.chat_prompt(req.prompt) if chat
-                   else model.tokenizer.encode(req.prompt))
-            if len(ids) >= model.max_len:  # refused now, not after a stream has begun
-                raise api.RequestError(f"the prompt is {len(ids)} tokens; this model takes "
-                                       f"at most {model.max_len - 1}",
-                                       "messages" if chat else "prompt")
-            stream = model.stream(ids, drafter=drafter, **req.keywords)
-        except ValueError as e:  # RequestError is one; a refused prompt or template too
-            return _error(e if isinstance(e, api.RequestError) else api.RequestError(str(e)))
+            if await request.is_disconnected():  # gave up while queued
+                release()
+                return Response(status_code=499)
+            stream = await run_in_threadpool(_open, model, req, chat, drafter)
+        except BaseException:
+            release()
+            raise
+        weakref.finalize(stream, release)  # a stream never iterated still frees its slot
         rid = api.new_id(chat)
         if req.stream:
-            return StreamingResponse(_events(stream, rid, name, chat),
+            return StreamingResponse(_events(stream, rid, name, chat, release),
                                      media_type="text/event-stream")
         try:
-            await run_in_threadpool(lambda: [None for _ in stream])
+            await _decode_watching(request, stream)
         finally:
             stream.cancel()
-        return JSONResponse(api.response(rid, name, chat, stream.completion))
+            release()
+        return _json(api.response(rid, name, chat, stream.completion))
 
-    async def completions(request: Request):
-        return await complete(request, chat=False)
+    def route(path: str, handler, method: str) -> Route:
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except api.RequestError as e:
+                return _error(e)
+            except ValueError as e:  # a refused prompt or template; bad text in a field
+                return _error(api.RequestError(str(e)))
+            except Exception as e:  # noqa: BLE001 - every failure is an answer
+                log.exception("request failed")
+                return _error(api.RequestError(f"internal error ({type(e).__name__})",
+                                               status=500))
+        return Route(path, answer, methods=[method])
 
-    async def chat_completions(request: Request):
-        return await complete(request, chat=True)
-
-    return Starlette(routes=[Route("/v1/models", models, methods=["GET"]),
-                             Route("/v1/completions", completions, methods=["POST"]),
-                             Route("/v1/chat/completions", chat_completions,
-                                   methods=["POST"])])
+    return Starlette(routes=[
+        route("/v1/models", models, "GET"),
+        route("/v1/completions", lambda r: complete(r, chat=False), "POST"),
+        route("/v1/chat/completions", lambda r: complete(r, chat=True), "POST")])
 
 
-async def _events(stream, rid: str, name: str, chat: bool):
+def _open(model: Model, req: api.Request, chat: bool, drafter: str):
+    """In a worker: render and tokenize the prompt, check it, make its Generator."""
+    ids = model.chat_prompt(req.prompt) if chat else model.tokenizer.encode(req.prompt)
+    field = "messages" if chat else "prompt"
+    if not ids:
+        raise api.RequestError("the prompt encodes to no tokens; send some text", field)
+    if len(ids) >= model.max_len:  # refused now, not after a stream has begun
+        raise api.RequestError(f"the prompt is {len(ids)} tokens; this model takes at most "
+                               f"{model.max_len - 1}", field)
+    return model.stream(ids, drafter=drafter, **req.keywords)
+
+
+async def _decode_watching(request: Request, stream) -> None:
+    """Decode in a worker; a client that hangs up cancels it within one step."""
+    task = asyncio.ensure_future(run_in_threadpool(lambda: [None for _ in stream]))
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.2)
+        if not task.done() and await request.is_disconnected():
+            stream.cancel()
+    task.result()
+
+
+async def _read_json(request: Request, limit: int):
+    """The body as JSON, refused before parsing when it is not JSON or larger than `limit`."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":  # also what a web page cannot send without CORS' consent
+        raise api.RequestError("the request body must be JSON (Content-Type: "
+                               "application/json)", status=415)
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit() or int(declared) > limit:
+        raise api.RequestError(f"the request body is larger than this server takes "
+                               f"({limit} bytes)", status=413)
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise api.RequestError(f"the request body is larger than this server takes "
+                                   f"({limit} bytes)", status=413)
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested thousands of levels deep
+        raise api.RequestError("the request body is not valid JSON") from None
+
+
+def _hostname(value: str) -> str:
+    """The host of a Host header or Origin (no port, no IPv6 brackets), lowercased."""
+    return (urlsplit(value if "//" in value else "//" + value).hostname or "").lower()
+
+
+def _check_origin(request: Request, hosts: tuple[str, ...]) -> None:
+    """Host must name this server (a DNS-rebinding page sends its own name); a browser's
+    Origin, when sent, must too (any web page may POST to localhost)."""
+    allowed = {h.lower().strip("[]") for h in hosts}
+    if "*" not in allowed and _hostname(request.headers.get("host", "")) not in allowed:
+        raise api.RequestError("the Host header does not name this server (serve "
+                               "--allow-host NAME adds one)", status=403)
+    origin = request.headers.get("origin")
+    if origin is not None and _hostname(origin) not in allowed - {"*"}:
+        raise api.RequestError("cross-origin requests from web pages are refused (serve "
+                               "--allow-host NAME allows a page's host)", status=403)
+
+
+async def _events(stream, rid: str, name: str, chat: bool, release):
     """Server-sent events: a chunk per text piece, the finish chunk with usage and edgespec's
     stats, then [DONE]. The decode runs in one worker thread that hands pieces over through a
     queue (a thread hop per piece cost ~0.5 ms a token). A disconnected client closes this
-    generator, which cancels the decode within one step."""
+    generator, which cancels the decode within one step; a failure mid-stream is an error
+    event (OpenAI's form), then the end."""
     def event(data) -> str:
         return f"data: {json.dumps(data)}\n\n"
 
@@ -87,32 +209,50 @@ async def _events(stream, rid: str, name: str, chat: bool):
             for piece in stream:
                 loop.call_soon_threadsafe(pieces.put_nowait, piece)
             loop.call_soon_threadsafe(pieces.put_nowait, end)
-        except BaseException as e:  # noqa: BLE001 - handed to the event loop, raised there
+        except BaseException as e:  # noqa: BLE001 - handed to the event loop, answered there
             loop.call_soon_threadsafe(pieces.put_nowait, e)
+        finally:
+            release()
 
-    worker = threading.Thread(target=decode, daemon=True)
-    worker.start()
+    threading.Thread(target=decode, daemon=True).start()
     first = True
     try:
         while (piece := await pieces.get()) is not end:
             if isinstance(piece, BaseException):
-                raise piece
+                if not isinstance(piece, ValueError):
+                    log.error("a streamed request failed", exc_info=piece)
+                message = (str(piece) if isinstance(piece, ValueError)
+                           else f"internal error ({type(piece).__name__})")
+                yield event(api.RequestError(message, status=500).body())
+                break
             yield event(api.chunk(rid, name, chat, piece, first=first))
             first = False
-        done = stream.completion
-        last = api.chunk(rid, name, chat, None, api.FINISH.get(str(done.stop_reason), "stop"))
-        yield event({**last, "usage": api.usage(done), "edgespec": api.edgespec_stats(done)})
+        else:
+            done = stream.completion
+            last = api.chunk(rid, name, chat, None,
+                             api.FINISH.get(str(done.stop_reason), "stop"))
+            yield event({**last, "usage": api.usage(done), "edgespec": api.edgespec_stats(done)})
         yield "data: [DONE]\n\n"
     finally:
         stream.cancel()
 
 
-def _error(e: api.RequestError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+def _json(body: dict, status: int = 200) -> Response:
+    """JSON with non-ASCII escaped: an echoed lone surrogate cannot break the encoding."""
+    return Response(json.dumps(body), status_code=status, media_type="application/json")
 
 
-def serve(model: Model, name: str, host: str, port: int, drafter: str = "auto") -> None:
+def _error(e: api.RequestError) -> Response:
+    return _json(e.body(), e.status)
+
+
+def serve(model: Model, name: str, host: str, port: int, drafter: str = "auto",
+          limits: ServerLimits = ServerLimits()) -> None:
     """Run the server until interrupted (uvicorn's own signal handling)."""
     import uvicorn
 
-    uvicorn.run(create_app(model, name, drafter), host=host, port=port, log_level="info")
+    # connections beyond the slots and the queue (idle keep-alives, half-sent requests) get
+    # uvicorn's 503 instead of memory
+    uvicorn.run(create_app(model, name, drafter, limits), host=host, port=port,
+                log_level="info", limit_concurrency=limits.concurrency + limits.queue + 32,
+                timeout_keep_alive=5)

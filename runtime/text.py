@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -44,6 +46,28 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size()
+
+    def longest_insertion(self) -> int:
+        """The longest text the normalizer writes for one match (Replace's content, Prepend's
+        prefix): how much it can grow a prompt by, per character."""
+        normalizer = self._tok.normalizer
+        if normalizer is None:
+            return 0
+        longest = 0
+
+        def walk(node):
+            nonlocal longest
+            if isinstance(node, dict):
+                for key in ("content", "prepend"):
+                    if isinstance(node.get(key), str):
+                        longest = max(longest, len(node[key]))
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+        walk(json.loads(normalizer.__getstate__()))
+        return longest
 
     def encode(self, text: str | bytes, special: bool = True) -> list[int]:
         """Token ids of `text` (str, or bytes that must be UTF-8); special False: without the

@@ -58,3 +58,54 @@ def test_an_existing_output_fails_before_torch_loads(tiny_dirs, tmp_path):
                         str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "already exists" in r.stderr
     assert r.stdout.strip() == "False"  # refused before torch was imported
+
+
+def _refused(r, *words) -> None:
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-600:]
+    assert all(w in r.stderr for w in words), r.stderr
+
+
+def test_a_cache_whose_ref_or_links_lead_outside_is_refused(tiny_dirs, tmp_path):
+    """refs/main must hold a commit hash (not a path that climbs out, not an absolute one,
+    not a FIFO that blocks the read), and every file of the snapshot must resolve inside the
+    model's cache folder (a chat template linked to a private key must not become part of
+    every chat prompt)."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    out = tmp_path / "b"
+    for n, case in enumerate(["climb", "absolute", "fifo", "linked-file", "linked-snapshot"]):
+        cache = tmp_path / f"hub{n}"
+        fake_cache(cache, "tiny-org/tiny-llama", tiny_dirs["llama"])
+        root = cache / "models--tiny-org--tiny-llama"
+        snapshot = next((root / "snapshots").iterdir())
+        if case == "climb":
+            (root / "refs" / "main").write_text("../../../..")
+        elif case == "absolute":
+            (root / "refs" / "main").write_text(str(tiny_dirs["llama"]))
+        elif case == "fifo":
+            (root / "refs" / "main").unlink()
+            os.mkfifo(root / "refs" / "main")
+        elif case == "linked-file":
+            (snapshot / "chat_template.jinja").symlink_to(secret)
+        else:
+            moved = tmp_path / f"elsewhere{n}"
+            snapshot.rename(moved)
+            snapshot.symlink_to(moved, target_is_directory=True)
+        r = export(["tiny-org/tiny-llama", "-o", str(out), "--max-len", "32"], cache)
+        words = ("refs/main",) if case in ("climb", "absolute", "fifo") else ("outside",)
+        _refused(r, *words)
+        assert not out.exists() and "PRIVATE" not in r.stderr
+
+
+def test_a_checkpoint_folder_linking_outside_is_refused(tiny_dirs, tmp_path):
+    """A cloned checkpoint folder whose file links out of it is refused the same way."""
+    import shutil
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(tiny_dirs["llama"], src)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("token")
+    (src / "chat_template.jinja").symlink_to(secret)
+    r = export([str(src), "-o", str(tmp_path / "b"), "--max-len", "32"], tmp_path / "hub")
+    _refused(r, "chat_template.jinja", "outside")
+    assert not (tmp_path / "b").exists()

@@ -267,8 +267,8 @@ def test_kill_before_every_mutation(kills, exchange, start, renames):
     assert [e for e, _ in events if e in RENAMES] == renames, events
     outcomes = [kills.kill(exchange, start, kill_at=k) for k in range(1, len(events) + 1)]
     assert outcomes == [expected_outcome(k, events, start) for k in range(1, len(events) + 1)]
-    if start == "nothing":  # its rename is its last mutation: no kill point comes after it
-        assert set(outcomes) == {"nothing"}
+    if start == "nothing":  # after its one rename, only the marked temporary folder goes
+        assert set(outcomes) == {"nothing", "new"}
     else:
         assert {"previous", "new"} <= set(outcomes)
 
@@ -306,6 +306,7 @@ def test_sweep_leaves_live_and_unloadable_leftovers(kills, caplog):
     junk = kills.sandbox / f".out.old-{dead.pid}-c" / "out"
     for folder in (live_tmp, live_old, junk):
         folder.mkdir(parents=True)
+    (junk.parent / bundle.MARKER).write_text("")  # an export's (killed) parked folder
     shutil.copytree(kills.prev, live_old, dirs_exist_ok=True)
     with pytest.raises(RuntimeError), bundle.atomic_bundle(kills.out):
         raise RuntimeError("abandon this export")
@@ -326,3 +327,23 @@ def test_without_the_swap_two_renames_do(tmp_path, monkeypatch):
     with bundle.atomic_bundle(out, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert os.listdir(tmp_path) == ["b"] and os.listdir(out) == ["new.txt"]
+
+
+def test_export_never_deletes_folders_it_did_not_make(tmp_path):
+    """A user's `.NAME.tmp-<N>-...` / `.NAME.old-<N>-...` folders (N no live process) have the
+    shape of an export's leftovers but not its marker: an export to NAME leaves them, whether
+    it succeeds or fails."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine = [tmp_path / ".notes.tmp-2024-backup", tmp_path / ".notes.old-1999-jan",
+            tmp_path / f".notes.tmp-{dead.pid}-x"]
+    for folder in mine:
+        folder.mkdir()
+        (folder / "diary.txt").write_text("mine")
+    with pytest.raises(RuntimeError), bundle.atomic_bundle(tmp_path / "notes"):
+        raise RuntimeError("a failed export")
+    with bundle.atomic_bundle(tmp_path / "notes") as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert all((f / "diary.txt").read_text() == "mine" for f in mine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["notes", *(f.name for f in mine)])
+    assert os.listdir(tmp_path / "notes") == ["manifest.json"]  # the marker stays outside

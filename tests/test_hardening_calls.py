@@ -266,6 +266,24 @@ def test_eval_refuses_to_write_over_its_prompts(trimmed_bundle, tmp_path, capsys
     assert prompts.read_text() == '{"prompt": "t5 t6"}\n'
 
 
+def test_outputs_never_land_inside_the_bundle_they_read(trimmed_bundle, tmp_path, capsys):
+    """`eval B --out B/tokenizer.json` and `bench B -o B/bench` are refused before any work;
+    the bundle still loads."""
+    from edgespec.runtime.model import Model
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "t5 t6"}\n')
+    before = (trimmed_bundle / "tokenizer.json").read_bytes()
+    assert main(["eval", str(trimmed_bundle), "--prompts", str(prompts), "--out",
+                 str(trimmed_bundle / "tokenizer.json")]) == 2
+    assert "lies inside the bundle" in capsys.readouterr().err
+    assert main(["bench", str(trimmed_bundle), "-o", str(trimmed_bundle / "bench")]) == 2
+    assert "lies inside the bundle" in capsys.readouterr().err
+    assert (trimmed_bundle / "tokenizer.json").read_bytes() == before
+    assert not (trimmed_bundle / "bench").exists()
+    Model(trimmed_bundle)
+
+
 def test_a_failed_eval_keeps_the_previous_results(trimmed_bundle, tmp_path, capsys):
     prompts, out = tmp_path / "p.jsonl", tmp_path / "out.jsonl"
     prompts.write_bytes(b'{"prompt": "t5 t6"}\n{"prompt": "x\xff"}\n')

@@ -2,6 +2,7 @@
 client as the client; chat templates rendered in Jinja's sandbox; export copies a checkpoint's
 template into the bundle."""
 
+import contextlib
 import json
 import shutil
 import socket
@@ -35,26 +36,49 @@ def chat_bundle(trimmed_bundle, tmp_path_factory):
     return with_template(trimmed_bundle, tmp_path_factory.mktemp("chat") / "b", TEMPLATE)
 
 
-@pytest.fixture(scope="module")
-def server(chat_bundle):
-    """The app on a free loopback port in a thread; yields (client, model)."""
-    model = Model(chat_bundle)
+@contextlib.contextmanager
+def serving(app):
+    """The app on a free loopback port in a thread; yields the port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(model, "tiny"), host="127.0.0.1",
-                                       port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     for _ in range(200):
         if srv.started:
             break
         time.sleep(0.05)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
-                           max_retries=0, timeout=120)
-    yield client, model
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+def slow_steps(monkeypatch) -> list:
+    """Generator.step slowed to 50 ms (so that a decode left running shows); returns the list
+    each step appends its start time to."""
+    from edgespec.runtime.generator import Generator
+
+    steps, real = [], Generator.step
+
+    def slow(self):
+        steps.append(time.perf_counter())
+        time.sleep(0.05)
+        return real(self)
+
+    monkeypatch.setattr(Generator, "step", slow)
+    return steps
+
+
+@pytest.fixture(scope="module")
+def server(chat_bundle):
+    """The app on a free loopback port in a thread; yields (client, model)."""
+    model = Model(chat_bundle)
+    with serving(create_app(model, "tiny")) as port:
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+                            max_retries=0, timeout=120), model
 
 
 def test_models_lists_the_bundle(server):
@@ -119,7 +143,7 @@ def test_bad_requests_get_openai_error_bodies(server):
 def test_chat_without_a_template_is_a_clear_400(trimmed_bundle):
     from starlette.testclient import TestClient
 
-    http = TestClient(create_app(Model(trimmed_bundle), "tiny"))
+    http = TestClient(create_app(Model(trimmed_bundle), "tiny"), base_url="http://localhost")
     r = http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
         {"role": "user", "content": "t5"}]})
     assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]
@@ -195,18 +219,8 @@ def test_a_disconnected_stream_cancels_its_decode(server, monkeypatch):
     import http.client
     from urllib.parse import urlparse
 
-    from edgespec.runtime.generator import Generator
-
     client, _ = server
-    steps = []
-    real = Generator.step
-
-    def slow(self):
-        steps.append(time.perf_counter())
-        time.sleep(0.05)
-        return real(self)
-
-    monkeypatch.setattr(Generator, "step", slow)
+    steps = slow_steps(monkeypatch)
     body = {"model": "tiny", "prompt": "t5", "max_tokens": 60, "temperature": 0.9,
             "seed": 1, "stream": True}
     url = urlparse(str(client.base_url))

@@ -17,6 +17,6 @@ VENV="${4:-/tmp/edgespec-ortgenai-venv}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 CACHE="$(mktemp -d)"
 trap 'rm -rf "$CACHE"' EXIT
-"$VENV/bin/python" -m onnxruntime_genai.models.builder \
+"$VENV/bin/python" "$(dirname "$0")/builder.py" \
   -i "$HF_DIR" -o "$OUT" -p "$PREC" -e cpu -c "$CACHE"
 echo "genai model folder: $OUT"

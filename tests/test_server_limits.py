@@ -1,0 +1,186 @@
+"""Issue 27: the server, chat templates and tokenizers under attack. Each test is one defect of
+the red-team pass: work is bounded before it starts, every failure is an answer, requests
+cannot pile up, web pages cannot reach the server."""
+
+import json
+import shutil
+import time
+
+import pytest
+from starlette.testclient import TestClient
+from test_server import TEMPLATE, serving, slow_steps, with_template
+
+from edgespec.errors import BundleError
+from edgespec.runtime.model import Model
+from edgespec.runtime.server import ServerLimits, create_app
+
+BASE = "http://localhost"
+
+
+@pytest.fixture(scope="module")
+def model(trimmed_bundle, tmp_path_factory):
+    return Model(with_template(trimmed_bundle, tmp_path_factory.mktemp("lim") / "b", TEMPLATE))
+
+
+@pytest.fixture(scope="module")
+def http(model):
+    return TestClient(create_app(model, "tiny", limits=ServerLimits(max_body_bytes=1 << 16,
+                                                                     max_prompt_chars=4096)),
+                      base_url=BASE)
+
+
+def _error(r, status: int, words: str) -> None:
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    assert words in r.json()["error"]["message"], r.json()
+
+
+def test_bodies_and_prompts_past_the_limits_are_refused_before_any_work(http):
+    """Defect 1: a 12 MB prompt was tokenized on the event loop (27 s, 1.9 GB)."""
+    big = json.dumps({"model": "tiny", "prompt": "t5 " * 100_000})
+    t = time.perf_counter()
+    _error(http.post("/v1/completions", content=big,
+                     headers={"Content-Type": "application/json"}), 413, "larger than")
+    _error(http.post("/v1/completions", json={"model": "tiny", "prompt": "t5 " * 2000}), 413,
+           "more than 4096 characters")
+    _error(http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "user", "content": "t5 " * 2000}]}), 413, "more than 4096 characters")
+    assert time.perf_counter() - t < 5
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"prompt": "", "max_tokens": 2}, 400, "no tokens"),  # was a 500 (append_tokens)
+    ({"prompt": "", "max_tokens": 2, "stream": True}, 400, "no tokens"),  # was a reset
+    ({"prompt": "x", "temperature": "\ud800"}, 400, "temperature"),  # was a 500 (encoding)
+    ({"prompt": "t5", "logprobs": 3}, 400, "logprobs is not supported"),
+    ({"prompt": "t5", "echo": True}, 400, "echo is not supported"),
+    ({"prompt": "t5", "best_of": 2}, 400, "best_of"),
+    ({"prompt": "t5", "n": True}, 400, "n must be 1"),
+    ({"prompt": "t5", "n": 1.0}, 400, "n must be 1"),
+])
+def test_bad_fields_are_answers_not_crashes(http, body, status, words):
+    """Defects 2 and 3, and the minor ones: errors are 4xx JSON, unsupported fields refused."""
+    # sent as JSON text with escapes: a lone surrogate travels as "\\ud800", as clients send it
+    _error(http.post("/v1/completions", content=json.dumps({"model": "tiny", **body}),
+                     headers={"Content-Type": "application/json"}), status, words)
+
+
+def test_null_n_and_stream_are_accepted_as_openai_does(http):
+    r = http.post("/v1/completions", json={"model": "tiny", "prompt": "t5", "max_tokens": 2,
+                                           "n": None, "stream": None})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+
+
+def test_a_deeply_nested_body_is_a_400(http):
+    deep = '{"prompt": ' + "[" * 30_000 + "]" * 30_000 + "}"  # 60 KB, under the limit
+    _error(http.post("/v1/completions", content=deep,
+                     headers={"Content-Type": "application/json"}), 400, "not valid JSON")
+
+
+@pytest.mark.parametrize("template, words", [
+    ("{{ (messages|length)/0 }}", "ZeroDivisionError"),
+    ("{{ range(10**6) }}", "OverflowError"),
+    ("{{ messages[0].content * 1000000000 }}", "repetition that large"),
+    ("{{ '{:>1000000000}'.format(1) }}", "format width"),
+    ("{{ '%1000000000d' % 5 }}", "format width"),
+    ("{{ messages|tojson(indent=100000000) }}", "indent"),
+    ("{{ (messages|length + 6) ** 100000000 }}", "power that large"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+     "{% endfor %}{{ ns.s }}", "string that long"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "ran longer than"),
+    ("", "no tokens"),  # renders nothing
+])
+def test_a_hostile_template_is_a_400_in_bounded_time(trimmed_bundle, tmp_path, template, words):
+    """Defect 4: a template's memory and time are bounded; its failure is a 400, and
+    /v1/models answers meanwhile."""
+    model = Model(with_template(trimmed_bundle, tmp_path / "b", template))
+    http = TestClient(create_app(model, "tiny"), base_url=BASE)
+    t = time.perf_counter()
+    _error(http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "user", "content": "hi"}]}), 400, words)
+    assert time.perf_counter() - t < 10
+
+
+def test_the_chat_repl_survives_a_failing_template(trimmed_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    bundle = with_template(trimmed_bundle, tmp_path / "b",
+                           "{% if messages|length > 1 %}{{ range(10**6) }}{% endif %}" + TEMPLATE)
+    r = subprocess.run([sys.executable, "-m", "edgespec.cli", "chat", str(bundle),
+                        "--max-new-tokens", "3", "-q"], input="t3\nt4\n", capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert "OverflowError" in r.stderr and r.stdout.strip()  # the first reply, then the error
+
+
+def test_an_amplifying_normalizer_is_refused_at_load(trimmed_bundle, tmp_path):
+    """Defect 5: a Replace normalizer writing 4 MB per `a` aborted the process on a prompt."""
+    bundle = tmp_path / "b"
+    shutil.copytree(trimmed_bundle, bundle)
+    tok = json.loads((bundle / "tokenizer.json").read_text())
+    tok["normalizer"] = {"type": "Replace", "pattern": {"String": "a"}, "content": "x " * 100}
+    (bundle / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(BundleError, match="normalizer inserts 200 characters"):
+        Model(bundle)
+
+
+@pytest.mark.parametrize("headers, status, words", [
+    ({"Content-Type": "text/plain"}, 415, "must be JSON"),
+    ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "must be JSON"),
+    ({"Content-Type": "application/json", "Host": "evil.example"}, 403, "Host header"),
+    ({"Content-Type": "application/json", "Origin": "http://evil.example"}, 403,
+     "cross-origin"),
+])
+def test_web_pages_cannot_reach_the_server(http, headers, status, words):
+    """Defect 7: any page could POST no-cors to 127.0.0.1 (text/plain, forms); a DNS-rebinding
+    page names its own host."""
+    body = json.dumps({"model": "tiny", "prompt": "t5", "max_tokens": 2})
+    _error(http.post("/v1/completions", content=body, headers=headers), status, words)
+    ok = http.post("/v1/completions", content=body, headers={
+        "Content-Type": "application/json", "Origin": "http://localhost:3000"})
+    assert ok.status_code == 200
+
+
+@pytest.fixture
+def live(model):
+    """The app (concurrency 1, queue 1) on a free loopback port; yields the port."""
+    with serving(create_app(model, "tiny", limits=ServerLimits(concurrency=1, queue=1))) as port:
+        yield port
+
+
+def _post(port: int, body: dict, timeout: float = 60):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request("POST", "/v1/completions", json.dumps(body),
+                 {"Content-Type": "application/json"})
+    return conn
+
+
+def test_slots_queue_and_abandoned_requests(live, monkeypatch):
+    """Defect 6: a client that hangs up on a non-streamed request stops its decode within a
+    step; past the slots and the queue a request gets a 503 at once; /v1/models answers
+    while the slot is busy."""
+    import http.client
+
+    steps = slow_steps(monkeypatch)
+    body = {"model": "tiny", "prompt": "t5", "max_tokens": 60, "temperature": 0.9, "seed": 1}
+    busy = _post(live, body)  # takes the one slot
+    while not steps:
+        time.sleep(0.01)
+    queued = _post(live, body)  # waits in the queue
+    time.sleep(0.2)
+    third = _post(live, body).getresponse()
+    assert third.status == 503 and b"busy" in third.read()
+    conn = http.client.HTTPConnection("127.0.0.1", live, timeout=5)
+    conn.request("GET", "/v1/models")
+    assert conn.getresponse().status == 200
+    busy.sock.close()  # both hang up: their decodes stop
+    queued.sock.close()
+    time.sleep(1.5)
+    seen = len(steps)
+    time.sleep(0.5)
+    assert len(steps) == seen and seen < 60, seen
+    ok = _post(live, {**body, "max_tokens": 2}).getresponse()  # the slot is free again
+    assert ok.status == 200 and json.loads(ok.read())["usage"]["completion_tokens"] == 2
