@@ -48,6 +48,9 @@ def resolve_checkpoint(name: str) -> Path:
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     repo = Path(constants.HF_HUB_CACHE) / ("models--" + name.replace("/", "--"))
+    if repo.is_symlink():  # its snapshots would then live wherever the link points
+        raise ValueError(f"the local Hugging Face cache's folder of {name} is a link "
+                         f"({repo}); refusing to read through it")
     _check_ref(repo / "refs" / "main", name)  # before huggingface_hub joins it to a path
     try:
         snapshot = Path(snapshot_download(name, local_files_only=True))
@@ -92,3 +95,7 @@ def check_inside(folder: Path, roots: tuple[Path, ...], what: str) -> None:
             if not inside(path):
                 raise ValueError(f"{what} holds {path.relative_to(folder)}, a link that "
                                  f"resolves outside {where}; refusing to read it")
+            # a hard link is another name of a file that may live anywhere on the filesystem
+            if entry in files and path.exists() and path.stat().st_nlink > 1:
+                raise ValueError(f"{what} holds {path.relative_to(folder)}, a file with "
+                                 "several hard links (one may be outside); copy it instead")

@@ -56,6 +56,7 @@ def cmd_export(ns) -> int:
         raise SystemExit("edgespec export: give a local HF folder or --demo (one of the two)")
     # the checks that need no torch run before it loads (seconds): the checkpoint, the output
     hf_dir = None if ns.demo else resolve_checkpoint(ns.hf_dir)
+    check_outside(ns.out, "-o", checkpoint=hf_dir, draft_model=ns.draft_model)
     check_replaceable(Path(ns.out).resolve(), ns.overwrite)
     from edgespec.export.pipeline import (ExportOptions, demo_checkpoint, demo_drafters,
                                           export_bundle)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .cli_types import add_batch_invariant, add_provider, integer, number
-from .files import check_outside
+from .files import check_outside, check_writable_folder
 
 
 def _show(p) -> None:
@@ -61,6 +61,7 @@ def cmd_bench(ns) -> int:
     from .devices.profiles import load_profile
 
     check_outside(ns.out, "-o", bundle=ns.bundle, prompts_file=ns.prompts)
+    check_writable_folder(Path(ns.out), ("bench.json", "bench.md", "bench.png"))
     provider = load_profile(ns.device).provider if ns.device else ns.provider
     model = Model(ns.bundle, SessionConfig(provider=provider, threads=ns.threads,
                                            cuda_graphs=ns.cuda_graphs,

@@ -96,3 +96,16 @@ def check_outside(out: str | os.PathLike, what: str, **inputs: str | os.PathLike
             where = "is" if target == inp else "lies inside"
             raise ValueError(f"{what} {out} {where} the {name.replace('_', ' ')} {path}; "
                              "write it elsewhere")
+
+
+def check_writable_folder(folder: Path, names: tuple[str, ...]) -> None:
+    """Before a long measurement: `folder` is a folder (or missing) and each file it will get
+    is new or a regular file, not a link (writing through it would replace what it points to,
+    a bundle's manifest say) nor a FIFO (which would block the write)."""
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder; give -o a folder (new or existing)")
+    for name in names:
+        path = folder / name
+        if path.is_symlink() or (os.path.lexists(path) and not path.is_file()):
+            raise ValueError(f"{path} is a link or not a regular file; remove it or give -o "
+                             "another folder")

@@ -25,7 +25,7 @@ from .text import Tokenizer
 MAX_TOKENIZER_BYTES = 64 << 20  # Gemma 3's tokenizer.json, among the largest, is 33 MB
 
 
-MAX_NORMALIZER_INSERT = 16
+MAX_NORMALIZER_GROWTH = 16
 
 
 def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
@@ -52,13 +52,14 @@ def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
         raise BundleError(f"{excerpt(m.tokenizer.file)} has {tok.vocab_size} tokens for a "
                           f"model of {vocab} with special ids {special[:4]}; the tokenizer "
                           "does not belong to this model: re-export the bundle")
-    # a Replace normalizer writing megabytes per match makes every prompt a memory bomb; real
-    # ones write a character or two (SentencePiece's "▁")
-    if tok.longest_insertion() > MAX_NORMALIZER_INSERT:
-        raise BundleError(f"{excerpt(m.tokenizer.file)}'s normalizer inserts "
-                          f"{tok.longest_insertion()} characters for one match (at most "
-                          f"{MAX_NORMALIZER_INSERT}); it would grow prompts without bound: "
-                          "re-export the bundle")
+    # a normalizer that multiplies a text (a Replace writing megabytes per match, or a chain of
+    # 22 Replaces "a" -> "aa") makes every prompt a memory bomb; real ones grow it by at most a
+    # character or two per match (SentencePiece's " " -> "▁")
+    growth = tok.normalizer_growth()
+    if growth > MAX_NORMALIZER_GROWTH:
+        raise BundleError(f"{excerpt(m.tokenizer.file)}'s normalizer can make a text "
+                          f"{growth:.3g} times longer (at most {MAX_NORMALIZER_GROWTH}); it would "
+                          "grow prompts without bound: re-export the bundle")
     tok.encode("a")  # a post-processor adding ids past the model's vocabulary fails here
     return tok
 

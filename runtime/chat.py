@@ -45,9 +45,12 @@ class ChatTemplate:
             raise BundleError(f"{excerpt(file)} is larger than a chat template can be "
                               f"({MAX_TEMPLATE_BYTES >> 10} KB); re-export the bundle")
         source = path.read_text(encoding="utf-8", errors="replace")
+        # optimized=False: no constant folding, which would run `"a"|center(10**9)` at load
         env = _limited(ImmutableSandboxedEnvironment)(trim_blocks=True, lstrip_blocks=True,
-                                                      extensions=[loopcontrols])
-        env.filters["tojson"] = _tojson
+                                                      extensions=[loopcontrols],
+                                                      optimized=False)
+        env.filters = {name: _guarded(f, name) for name, f in env.filters.items()}
+        env.filters["tojson"] = _guarded(_tojson, "tojson")
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(str(fmt)[:64])
         # what a template can raise: its own errors, the sandbox's, Python's on bad operands,
@@ -71,7 +74,7 @@ class ChatTemplate:
                                                     add_generation_prompt=add_generation_prompt))
         except TemplateRefusal as e:
             raise ValueError(f"the chat template refused these messages: {str(e)[:200]}") from None
-        except self._errors as e:
+        except Exception as e:  # noqa: BLE001 - untrusted code: any failure is its refusal
             raise ValueError(f"the chat template failed on these messages ({type(e).__name__}: "
                              f"{str(e)[:160]})") from None
 
@@ -158,6 +161,58 @@ def _check_size(operator: str, left, right) -> None:
         raise TemplateLimit("a format width that large")
 
 
+def _check_arguments(args, kwargs) -> None:
+    """Refuse a call given a number or a value past MAX_RENDER_CHARS (a width, a repeat count,
+    a fill) or asked to sum sequences (quadratic: `sum(start=[])`)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and abs(value) > MAX_RENDER_CHARS:
+            raise TemplateLimit("an argument that large")
+    if isinstance(kwargs.get("start"), (list, tuple, str)):
+        raise TemplateLimit("a sum of sequences")
+
+
+def _text_length(value) -> int:
+    """Characters of a string, or of a sequence's strings (what a join writes), cheaply."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return sum(len(v) if isinstance(v, str) else 1 for v in value)
+    return 0
+
+
+def _check_growth(name: str, value, args, kwargs) -> None:
+    """Filters and methods whose output is a product of sizes: `indent` (width x lines),
+    `replace` (matches x new text), `join` (every item)."""
+    if name == "indent" and isinstance(value, str):
+        width = args[0] if args else kwargs.get("width", 4)
+        size = len(value) + (len(width) if isinstance(width, str) else int(width or 0)) * (
+            value.count("\n") + 1)
+    elif name == "replace" and isinstance(value, str) and len(args) >= 2 and \
+            isinstance(args[0], str) and isinstance(args[1], str):
+        size = len(value) * max(1, len(args[1])) // max(1, len(args[0]))
+    elif name == "join":
+        size = _text_length(value) + len(args[0]) * len(value) if args and isinstance(
+            args[0], str) and isinstance(value, (list, tuple)) else _text_length(value)
+    else:
+        return
+    if size > MAX_RENDER_CHARS:
+        raise TemplateLimit(f"a {name} that large")
+
+
+def _guarded(function, name: str):
+    """A filter whose arguments _check_arguments and _check_growth see first."""
+    def guarded(*args, **kwargs):
+        _check_arguments(args[1:], kwargs)
+        first = 1 if hasattr(function, "jinja_pass_arg") else 0  # env / context comes first
+        if len(args) > first:
+            _check_growth(name, args[first], args[first + 1:], kwargs)
+        return function(*args, **kwargs)
+    for attr in ("jinja_pass_arg",):  # Jinja's marker for filters taking the environment
+        if hasattr(function, attr):
+            setattr(guarded, attr, getattr(function, attr))
+    return guarded
+
+
 def _limited(sandbox):
     """The sandbox environment class with the size checks of _check_size on its operators,
     on str.format / format_map and on `~` (which compiles to a join, not an operator)."""
@@ -185,6 +240,17 @@ def _limited(sandbox):
         def call_binop(self, context, operator, left, right):
             _check_size(operator, left, right)
             return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's form
+            _check_arguments(args, kwargs)
+            owner = getattr(__obj, "__self__", None)  # a bound method: "x".join(items)
+            if isinstance(owner, str):
+                name = getattr(__obj, "__name__", "")
+                if name == "join" and args:
+                    _check_growth("join", args[0], (owner,), {})
+                elif name == "replace":
+                    _check_growth("replace", owner, args, kwargs)
+            return super().call(__context, __obj, *args, **kwargs)
 
         def wrap_str_format(self, value):
             wrapped = super().wrap_str_format(value)

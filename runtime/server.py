@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -114,6 +115,8 @@ def create_app(model: Model, name: str, drafter: str = "auto",
         async def answer(request: Request) -> Response:
             try:
                 return await handler(request)
+            except ClientDisconnect:  # hung up while sending its body: nobody to answer
+                return Response(status_code=499)
             except api.RequestError as e:
                 return _error(e)
             except ValueError as e:  # a refused prompt or template; bad text in a field
@@ -124,7 +127,10 @@ def create_app(model: Model, name: str, drafter: str = "auto",
                                                status=500))
         return Route(path, answer, methods=[method])
 
-    return Starlette(routes=[
+    async def http_error(_: Request, e: HTTPException) -> Response:  # 404, 405: JSON too
+        return _error(api.RequestError(str(e.detail), status=e.status_code))
+
+    return Starlette(exception_handlers={HTTPException: http_error}, routes=[
         route("/v1/models", models, "GET"),
         route("/v1/completions", lambda r: complete(r, chat=False), "POST"),
         route("/v1/chat/completions", lambda r: complete(r, chat=True), "POST")])

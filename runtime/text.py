@@ -47,27 +47,35 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size()
 
-    def longest_insertion(self) -> int:
-        """The longest text the normalizer writes for one match (Replace's content, Prepend's
-        prefix): how much it can grow a prompt by, per character."""
+    def normalizer_growth(self) -> float:
+        """How many times longer the normalizer can make a text, bounded from its config: each
+        Replace multiplies by its content's length over its pattern's (a regex pattern may match
+        one character, or none: 1 + content), chained Replaces multiply, Prepend adds its
+        prefix. 1.0: no growth (or no normalizer)."""
         normalizer = self._tok.normalizer
         if normalizer is None:
-            return 0
-        longest = 0
+            return 1.0
+        factor, added = 1.0, 0
 
         def walk(node):
-            nonlocal longest
+            nonlocal factor, added
             if isinstance(node, dict):
-                for key in ("content", "prepend"):
-                    if isinstance(node.get(key), str):
-                        longest = max(longest, len(node[key]))
+                if node.get("type") == "Replace" and isinstance(node.get("content"), str):
+                    pattern = node.get("pattern") or {}
+                    text = pattern.get("String") if isinstance(pattern, dict) else None
+                    if isinstance(text, str) and text:
+                        factor *= max(1.0, len(node["content"]) / len(text))
+                    else:  # a regex (or an odd pattern): assume the worst cheap bound
+                        factor *= 1 + len(node["content"])
+                if node.get("type") == "Prepend" and isinstance(node.get("prepend"), str):
+                    added += len(node["prepend"])
                 for value in node.values():
                     walk(value)
             elif isinstance(node, list):
                 for value in node:
                     walk(value)
         walk(json.loads(normalizer.__getstate__()))
-        return longest
+        return factor + added
 
     def encode(self, text: str | bytes, special: bool = True) -> list[int]:
         """Token ids of `text` (str, or bytes that must be UTF-8); special False: without the

@@ -73,7 +73,9 @@ def test_a_cache_whose_ref_or_links_lead_outside_is_refused(tiny_dirs, tmp_path)
     secret = tmp_path / "id_rsa"
     secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
     out = tmp_path / "b"
-    for n, case in enumerate(["climb", "absolute", "fifo", "linked-file", "linked-snapshot"]):
+    cases = ["climb", "absolute", "fifo", "linked-file", "linked-snapshot", "linked-repo",
+             "hard-link"]
+    for n, case in enumerate(cases):
         cache = tmp_path / f"hub{n}"
         fake_cache(cache, "tiny-org/tiny-llama", tiny_dirs["llama"])
         root = cache / "models--tiny-org--tiny-llama"
@@ -87,13 +89,22 @@ def test_a_cache_whose_ref_or_links_lead_outside_is_refused(tiny_dirs, tmp_path)
             os.mkfifo(root / "refs" / "main")
         elif case == "linked-file":
             (snapshot / "chat_template.jinja").symlink_to(secret)
+        elif case == "linked-repo":  # the whole model folder a link out of the cache
+            moved = tmp_path / f"repo{n}"
+            root.rename(moved)
+            root.symlink_to(moved, target_is_directory=True)
+        elif case == "hard-link":  # a blob that is another name of a file outside
+            blob = (snapshot / "config.json").resolve()
+            blob.unlink()
+            os.link(secret, blob)
         else:
             moved = tmp_path / f"elsewhere{n}"
             snapshot.rename(moved)
             snapshot.symlink_to(moved, target_is_directory=True)
         r = export(["tiny-org/tiny-llama", "-o", str(out), "--max-len", "32"], cache)
-        words = ("refs/main",) if case in ("climb", "absolute", "fifo") else ("outside",)
-        _refused(r, *words)
+        words = {"climb": "refs/main", "absolute": "refs/main", "fifo": "refs/main",
+                 "linked-repo": "is a link", "hard-link": "hard links"}.get(case, "outside")
+        _refused(r, words)
         assert not out.exists() and "PRIVATE" not in r.stderr
 
 
@@ -109,3 +120,16 @@ def test_a_checkpoint_folder_linking_outside_is_refused(tiny_dirs, tmp_path):
     r = export([str(src), "-o", str(tmp_path / "b"), "--max-len", "32"], tmp_path / "hub")
     _refused(r, "chat_template.jinja", "outside")
     assert not (tmp_path / "b").exists()
+
+
+def test_export_refuses_an_output_inside_its_checkpoint(tiny_dirs, tmp_path):
+    """`export SRC -o SRC --overwrite` replaced the checkpoint it read with the bundle."""
+    import shutil
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(tiny_dirs["llama"], src)
+    for out in (src, src / "out"):
+        r = export([str(src), "-o", str(out), "--overwrite"], tmp_path / "hub")
+        _refused(r, "checkpoint")
+    assert sorted(p.name for p in src.iterdir()) == sorted(
+        p.name for p in tiny_dirs["llama"].iterdir())

@@ -41,7 +41,8 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("edgespec info: error:") and "edgespec export" in err
-    assert main(["export", str(tmp_path), "-o", str(tmp_path / "b")]) == 2
+    (tmp_path / "src").mkdir()  # a folder without a checkpoint in it
+    assert main(["export", str(tmp_path / "src"), "-o", str(tmp_path / "b")]) == 2
     assert "config.json" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
 

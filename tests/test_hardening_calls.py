@@ -3,6 +3,7 @@ one clear error, a bundle's tokenizer cannot crash the host, and the CLI never l
 or prints a traceback for an expected error."""
 
 import json
+import os
 import shutil
 import threading
 
@@ -279,6 +280,16 @@ def test_outputs_never_land_inside_the_bundle_they_read(trimmed_bundle, tmp_path
     assert "lies inside the bundle" in capsys.readouterr().err
     assert main(["bench", str(trimmed_bundle), "-o", str(trimmed_bundle / "bench")]) == 2
     assert "lies inside the bundle" in capsys.readouterr().err
+    # a bench folder whose bench.json links into the bundle, or is a FIFO: refused at once
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "bench.json").symlink_to(trimmed_bundle / "manifest.json")
+    assert main(["bench", str(trimmed_bundle), "-o", str(out)]) == 2
+    assert "link or not a regular file" in capsys.readouterr().err
+    (out / "bench.json").unlink()
+    os.mkfifo(out / "bench.md")
+    assert main(["bench", str(trimmed_bundle), "-o", str(out)]) == 2
+    assert "link or not a regular file" in capsys.readouterr().err
     assert (trimmed_bundle / "tokenizer.json").read_bytes() == before
     assert not (trimmed_bundle / "bench").exists()
     Model(trimmed_bundle)

@@ -82,13 +82,22 @@ def test_a_deeply_nested_body_is_a_400(http):
     ("{{ messages[0].content * 1000000000 }}", "repetition that large"),
     ("{{ '{:>1000000000}'.format(1) }}", "format width"),
     ("{{ '%1000000000d' % 5 }}", "format width"),
-    ("{{ messages|tojson(indent=100000000) }}", "indent"),
+    ("{{ messages|tojson(indent=100000000) }}", "argument that large"),
     ("{{ (messages|length + 6) ** 100000000 }}", "power that large"),
     ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
      "{% endfor %}{{ ns.s }}", "string that long"),
     ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
      "ran longer than"),
     ("", "no tokens"),  # renders nothing
+    # the re-test's: C-level calls the clock cannot stop, and errors Jinja raises itself
+    ("{% set l=[1]*100000 %}{{ ([l]*1000)|sum(start=[])|length }}", "sum of sequences"),
+    ('{{ "a"|center(999999999) }}', "argument that large"),  # folded at load before
+    ('{{ ("a\n"*1000000)|indent(1000) }}', "indent that large"),
+    ('{{ "a".ljust(999999999) }}', "argument that large"),
+    ('{% set s="a"*4000000 %}{{ ([s]*600)|join|length }}', "join that large"),
+    ('{{ ("a"*1000000)|replace("a", "bbbbbbbbbb") }}', "replace that large"),
+    ('{{ "a"|truncate(-5) }}', "AssertionError"),
+    ("{{ 1|dictsort }}", "AttributeError"),
 ])
 def test_a_hostile_template_is_a_400_in_bounded_time(trimmed_bundle, tmp_path, template, words):
     """Defect 4: a template's memory and time are bounded; its failure is a 400, and
@@ -121,8 +130,21 @@ def test_an_amplifying_normalizer_is_refused_at_load(trimmed_bundle, tmp_path):
     tok = json.loads((bundle / "tokenizer.json").read_text())
     tok["normalizer"] = {"type": "Replace", "pattern": {"String": "a"}, "content": "x " * 100}
     (bundle / "tokenizer.json").write_text(json.dumps(tok))
-    with pytest.raises(BundleError, match="normalizer inserts 200 characters"):
+    with pytest.raises(BundleError, match="normalizer can make a text 200 times longer"):
         Model(bundle)
+    # the red team's second form: a chain of 22 replacements "a" -> "aa" (each within 16)
+    tok["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Replace", "pattern": {"String": "a"}, "content": "aa"}] * 22}
+    (bundle / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(BundleError, match="4.19e\\+06 times longer"):
+        Model(bundle)
+
+
+def test_unknown_paths_and_methods_are_json_errors(http):
+    r = http.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["message"] == "Not Found"
+    r = http.get("/v1/completions")
+    assert r.status_code == 405 and r.json()["error"]["message"] == "Method Not Allowed"
 
 
 @pytest.mark.parametrize("headers, status, words", [
