@@ -1,0 +1,169 @@
+"""What one chat-template render may cost. A template is untrusted code in Jinja's sandbox,
+which bounds what it can reach, not what it can allocate or how long it runs: these bound
+the operations that make big values (`*`, `+`, `~`, `**`, `%`, str.format widths, filter and
+method arguments, indent / join / replace outputs, tojson's indent), the text it writes and its
+running time. Real templates render a few KB in well under a millisecond."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+
+MAX_RENDER_CHARS = 4 << 20
+RENDER_SECONDS = 2.0
+_WIDE = re.compile(r"\d{5,}|%[-#0 +]*\*")  # a width of 10,000+ (or one taken from an argument)
+
+
+class TemplateLimit(Exception):
+    """A render that would pass MAX_RENDER_CHARS or RENDER_SECONDS, or build a value that big."""
+
+
+def bounded(pieces) -> str:
+    """Join a template's output pieces, stopping it past MAX_RENDER_CHARS or RENDER_SECONDS
+    (a line tracer on the template's own code checks the clock: loops are Python there)."""
+    deadline = time.monotonic() + RENDER_SECONDS
+
+    def on_line(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise TemplateLimit(f"it ran longer than {RENDER_SECONDS:g} s")
+        return on_line
+
+    def on_call(frame, event, arg):  # trace only the template's frames: cheap elsewhere
+        return on_line if frame.f_code.co_filename == "<template>" else None
+
+    out, size, previous = [], 0, sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        for piece in pieces:
+            size += len(piece)
+            if size > MAX_RENDER_CHARS:
+                raise TemplateLimit(f"its output passed {MAX_RENDER_CHARS} characters")
+            out.append(piece)
+    finally:
+        sys.settrace(previous)
+    return "".join(out)
+
+
+def tojson(value, indent=None) -> str:
+    if indent is not None and not (isinstance(indent, int) and 0 <= indent <= 16):
+        raise TemplateLimit("tojson's indent must be an integer in [0, 16]")
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def _check_size(operator: str, left, right) -> None:
+    """Refuse a `*`, `**`, `+` or `%` whose result would be huge before Python builds it."""
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and \
+                    len(seq) * n > MAX_RENDER_CHARS:
+                raise TemplateLimit("a repetition that large")
+    elif operator == "**":
+        if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and \
+                right * abs(left).bit_length() > 1 << 16:
+            raise TemplateLimit("a power that large")
+    elif operator == "+" and isinstance(left, (str, list, tuple)) and \
+            isinstance(right, (str, list, tuple)) and len(left) + len(right) > MAX_RENDER_CHARS:
+        raise TemplateLimit("a value that long")
+    elif operator == "%" and isinstance(left, str) and _WIDE.search(left):
+        raise TemplateLimit("a format width that large")
+
+
+def _check_arguments(args, kwargs) -> None:
+    """Refuse a call given a number or a value past MAX_RENDER_CHARS (a width, a repeat count,
+    a fill) or asked to sum sequences (quadratic: `sum(start=[])`)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and abs(value) > MAX_RENDER_CHARS:
+            raise TemplateLimit("an argument that large")
+    if isinstance(kwargs.get("start"), (list, tuple, str)):
+        raise TemplateLimit("a sum of sequences")
+
+
+def _text_length(value) -> int:
+    """Characters of a string, or of a sequence's strings (what a join writes), cheaply."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return sum(len(v) if isinstance(v, str) else 1 for v in value)
+    return 0
+
+
+def _check_growth(name: str, value, args, kwargs) -> None:
+    """Filters and methods whose output is a product of sizes: `indent` (width x lines),
+    `replace` (matches x new text), `join` (every item)."""
+    if name == "indent" and isinstance(value, str):
+        width = args[0] if args else kwargs.get("width", 4)
+        size = len(value) + (len(width) if isinstance(width, str) else int(width or 0)) * (
+            value.count("\n") + 1)
+    elif name == "replace" and isinstance(value, str) and len(args) >= 2 and \
+            isinstance(args[0], str) and isinstance(args[1], str):
+        size = len(value) * max(1, len(args[1])) // max(1, len(args[0]))
+    elif name == "join":
+        size = _text_length(value) + len(args[0]) * len(value) if args and isinstance(
+            args[0], str) and isinstance(value, (list, tuple)) else _text_length(value)
+    else:
+        return
+    if size > MAX_RENDER_CHARS:
+        raise TemplateLimit(f"a {name} that large")
+
+
+def guarded(function, name: str):
+    """A filter whose arguments _check_arguments and _check_growth see first."""
+    def guarded(*args, **kwargs):
+        _check_arguments(args[1:], kwargs)
+        first = 1 if hasattr(function, "jinja_pass_arg") else 0  # env / context comes first
+        if len(args) > first:
+            _check_growth(name, args[first], args[first + 1:], kwargs)
+        return function(*args, **kwargs)
+    for attr in ("jinja_pass_arg",):  # Jinja's marker for filters taking the environment
+        if hasattr(function, attr):
+            setattr(guarded, attr, getattr(function, attr))
+    return guarded
+
+
+def limited(sandbox):
+    """The sandbox environment class with the size checks of _check_size on its operators,
+    on str.format / format_map and on `~` (which compiles to a join, not an operator)."""
+    from jinja2.compiler import CodeGenerator
+
+    class Generator(CodeGenerator):
+        def visit_Concat(self, node, frame):  # `a ~ b`: environment.joined((a, b))
+            self.write("environment.joined((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
+    class Limited(sandbox):
+        intercepted_binops = frozenset(["*", "**", "%", "+"])
+        code_generator_class = Generator
+
+        @staticmethod
+        def joined(values) -> str:
+            parts = [str(v) for v in values]
+            if sum(map(len, parts)) > MAX_RENDER_CHARS:
+                raise TemplateLimit("a string that long")
+            return "".join(parts)
+
+        def call_binop(self, context, operator, left, right):
+            _check_size(operator, left, right)
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's form
+            _check_arguments(args, kwargs)
+            owner = getattr(__obj, "__self__", None)  # a bound method: "x".join(items)
+            if isinstance(owner, str):
+                name = getattr(__obj, "__name__", "")
+                if name == "join" and args:
+                    _check_growth("join", args[0], (owner,), {})
+                elif name == "replace":
+                    _check_growth("replace", owner, args, kwargs)
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def wrap_str_format(self, value):
+            wrapped = super().wrap_str_format(value)
+            if wrapped is not None and _WIDE.search(str(value.__self__)):
+                raise TemplateLimit("a format width that large")
+            return wrapped
+    return Limited
