@@ -26,6 +26,7 @@ MAX_TOKENIZER_BYTES = 64 << 20  # Gemma 3's tokenizer.json, among the largest, i
 
 
 MAX_NORMALIZER_GROWTH = 16
+MAX_ADDED_TOKENS = 64  # what a post-processor adds to a text; real ones add 0-2 (BOS, EOS)
 
 
 def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
@@ -60,6 +61,10 @@ def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
         raise BundleError(f"{excerpt(m.tokenizer.file)}'s normalizer can make a text "
                           f"{growth:.3g} times longer (at most {MAX_NORMALIZER_GROWTH}); it would "
                           "grow prompts without bound: re-export the bundle")
+    added = tok.post_processor_tokens()
+    if added > MAX_ADDED_TOKENS:
+        raise BundleError(f"{excerpt(m.tokenizer.file)}'s post-processor adds {added} tokens "
+                          f"to every text (at most {MAX_ADDED_TOKENS}); re-export the bundle")
     tok.encode("a")  # a post-processor adding ids past the model's vocabulary fails here
     return tok
 

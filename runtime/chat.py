@@ -16,7 +16,8 @@ from pathlib import Path
 from edgespec.bundle_paths import bundle_file
 from edgespec.errors import BundleError, excerpt
 
-from .template_limits import TemplateLimit, bounded, guarded, limited, tojson
+from .template_limits import (MAX_RENDER_CHARS, TemplateLimit, bounded, check_text_size,
+                              guarded, limited, tojson)
 
 MAX_TEMPLATE_BYTES = 256 << 10  # real templates are a few KB
 
@@ -39,7 +40,8 @@ class ChatTemplate:
         # optimized=False: no constant folding, which would run `"a"|center(10**9)` at load
         env = limited(ImmutableSandboxedEnvironment)(trim_blocks=True, lstrip_blocks=True,
                                                      extensions=[loopcontrols],
-                                                     optimized=False)
+                                                     optimized=False,
+                                                     finalize=check_text_size)
         env.filters = {name: guarded(f, name) for name, f in env.filters.items()}
         env.filters["tojson"] = guarded(tojson, "tojson")
         env.globals["raise_exception"] = _raise
@@ -55,21 +57,25 @@ class ChatTemplate:
                               f"({type(e).__name__}: {str(e)[:120]}); re-export the bundle") from None
         self.bos, self.eos = bos, eos
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The prompt text of `messages` ([{"role": ..., "content": str}, ...]). A template's
-        own refusal (raise_exception) or failure is a ValueError with its message."""
+    def render(self, messages: list[dict], add_generation_prompt: bool = True,
+               max_chars: int = MAX_RENDER_CHARS) -> str:
+        """The prompt text of `messages` ([{"role": ..., "content": str}, ...]), at most
+        `max_chars` long. A template's own refusal (raise_exception) or failure is a
+        ValueError with its message."""
         messages = plain_messages(messages)
         try:
             return bounded(self._template.generate(messages=messages, bos_token=self.bos,
                                                     eos_token=self.eos,
-                                                    add_generation_prompt=add_generation_prompt))
+                                                    add_generation_prompt=add_generation_prompt),
+                           max_chars)
         except TemplateRefusal as e:
             raise ValueError(f"the chat template refused these messages: {str(e)[:200]}") from None
         except Exception as e:  # noqa: BLE001 - untrusted code: any failure is its refusal
             raise ValueError(f"the chat template failed on these messages ({type(e).__name__}: "
                              f"{str(e)[:160]})") from None
 
-    def encode(self, messages: list[dict], tokenizer) -> list[int]:
+    def encode(self, messages: list[dict], tokenizer,
+               max_chars: int = MAX_RENDER_CHARS) -> list[int]:
         """Token ids of the rendered `messages`. The template's own markers are special
         tokens; a message's content is text, always: content that spells a special token
         (`<|im_end|>`) cannot close its turn or open a forged one. Content without such
@@ -77,11 +83,12 @@ class ChatTemplate:
         messages = plain_messages(messages)
         special = tokenizer.special_texts
         if not any(t in m["content"] for m in messages for t in special):
-            return tokenizer.encode(self.render(messages), special=False)
+            return tokenizer.encode(self.render(messages, max_chars=max_chars), special=False)
         # render with a placeholder per message, then encode the template's text and each
         # content on its own (its special-token strings as text), in the order they appear
         marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
-        text = self.render([{**m, "content": k} for m, k in zip(messages, marks)])
+        text = self.render([{**m, "content": k} for m, k in zip(messages, marks)],
+                           max_chars=max_chars)
         if any(text.count(k) != 1 for k in marks):
             raise ValueError("a message's content holds special-token text (e.g. "
                              f"{special[0]!r}) and this chat template rewrites or drops "
@@ -128,7 +135,7 @@ class _NoJinja:
     def render(self, messages, add_generation_prompt=True):
         raise ImportError("chat templates need jinja2: pip install edgespec[serve]")
 
-    def encode(self, messages, tokenizer):
+    def encode(self, messages, tokenizer, max_chars=None):
         return self.render(messages)
 
 

@@ -56,15 +56,18 @@ class Model:
 
         return complete(self, prompt, drafter, **keywords)
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
+    def chat_prompt(self, messages: list[dict], max_chars: int | None = None) -> list[int]:
         """The token ids of chat `messages` ([{"role", "content"}, ...]) rendered by the
         bundle's chat template, with the assistant's turn opened; pass them to generate() or
-        stream(). A bundle without a template: a ValueError that says so."""
+        stream(). A rendered text past `max_chars` (default 4 M) or a bundle without a
+        template: a ValueError that says so."""
         if self._chat is None:
             raise ValueError("this bundle has no chat template (its checkpoint had none); "
                              "use a plain completion, or export a checkpoint whose "
                              "tokenizer_config.json has a chat_template")
-        return self._chat.encode(messages, self.tokenizer)
+        if max_chars is None:
+            return self._chat.encode(messages, self.tokenizer)
+        return self._chat.encode(messages, self.tokenizer, max_chars)
 
     def stream(self, prompt: str | bytes | list[int], *, drafter: str = "auto", **keywords):
         """Iterate text pieces as they are generated; afterwards `.completion` holds what

@@ -99,18 +99,19 @@ def _refuse_unsupported(body: dict) -> None:
 
 
 def check_prompt_size(prompt, limit: int) -> None:
-    """Refuse prompt text (a string, or messages' contents) over `limit` characters before it
-    is rendered or tokenized: both cost memory and time in proportion to it."""
-    def chars(content) -> int:  # text, or OpenAI's list of text parts
-        if isinstance(content, str):
-            return len(content)
-        if isinstance(content, list):
-            return sum(len(p["text"]) for p in content
+    """Refuse prompt text over `limit` characters before it is rendered or tokenized: both
+    cost memory and time in proportion to it. For chat, every string a message holds counts
+    (role and name as well as content: a template may print any of them)."""
+    def chars(value) -> int:  # text, or OpenAI's list of text parts
+        if isinstance(value, str):
+            return len(value)
+        if isinstance(value, list):
+            return sum(len(p["text"]) for p in value
                        if isinstance(p, dict) and isinstance(p.get("text"), str))
         return 0  # refused when the messages are read
 
     size = chars(prompt) if isinstance(prompt, str) else sum(
-        chars(m.get("content")) for m in prompt if isinstance(m, dict))
+        chars(v) for m in prompt if isinstance(m, dict) for v in m.values())
     if size > limit:
         raise RequestError(f"the prompt holds more than {limit} characters, more than this "
                            "server takes", "messages" if not isinstance(prompt, str)

@@ -33,6 +33,7 @@ from .model import Model
 
 log = logging.getLogger("edgespec.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DRAIN_FACTOR = 4  # a body up to 4x the limit is read and dropped before its 413
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,21 @@ class ServerLimits:
     """What the server accepts and holds at once (`edgespec serve` flags set them)."""
 
     max_body_bytes: int = 1 << 20  # a request body; an edge model's prompt is a few KB
-    max_prompt_chars: int = 1 << 18  # prompt text (all message contents), before tokenizing
+    max_prompt_chars: int = 1 << 18  # prompt text (every message's text), before tokenizing;
+    # a chat prompt rendered by the bundle's template may be 4x that (the template's markup)
     concurrency: int = 4  # requests decoding at once: each holds a Generator and its K/V
     queue: int = 64  # requests waiting for a slot; beyond that a 503 (a burst is absorbed)
     # names a request's Host and Origin headers may carry (DNS rebinding, pages posting to
     # localhost); "*" accepts any Host (a server bound to all interfaces)
     hosts: tuple[str, ...] = LOOPBACK
+    header_seconds: float = 10.0  # a request's headers, from connecting (slowloris)
+    body_seconds: float = 30.0  # its body, from its headers
+
+    @property
+    def connections(self) -> int:
+        """Open connections held at once; past it a 503 (idle keep-alives, clients between
+        requests, over the requests that may decode or wait)."""
+        return self.concurrency + self.queue + 32
 
 
 class _Slots:
@@ -84,9 +94,14 @@ def create_app(model: Model, name: str, drafter: str = "auto",
 
     async def complete(request: Request, chat: bool) -> Response:
         _check_origin(request, limits.hosts)
-        body = await _read_json(request, limits.max_body_bytes)
+        try:
+            body = await asyncio.wait_for(_read_json(request, limits.max_body_bytes),
+                                          limits.body_seconds)
+        except asyncio.TimeoutError:
+            raise api.RequestError(f"the request body did not arrive within "
+                                   f"{limits.body_seconds:g} s", status=408) from None
         req = api.parse(body, chat, model.max_len)
-        if str(body.get("model", name)) != name:
+        if body.get("model") not in (None, name):
             raise api.RequestError(f"model {str(body.get('model'))[:60]!r} is not served "
                                    f"here; this server has {name!r}", "model", 404)
         api.check_prompt_size(req.prompt, limits.max_prompt_chars)
@@ -95,7 +110,8 @@ def create_app(model: Model, name: str, drafter: str = "auto",
             if await request.is_disconnected():  # gave up while queued
                 release()
                 return Response(status_code=499)
-            stream = await run_in_threadpool(_open, model, req, chat, drafter)
+            stream = await run_in_threadpool(_open, model, req, chat, drafter,
+                                             4 * limits.max_prompt_chars)
         except BaseException:
             release()
             raise
@@ -136,9 +152,10 @@ def create_app(model: Model, name: str, drafter: str = "auto",
         route("/v1/chat/completions", lambda r: complete(r, chat=True), "POST")])
 
 
-def _open(model: Model, req: api.Request, chat: bool, drafter: str):
+def _open(model: Model, req: api.Request, chat: bool, drafter: str, rendered_chars: int):
     """In a worker: render and tokenize the prompt, check it, make its Generator."""
-    ids = model.chat_prompt(req.prompt) if chat else model.tokenizer.encode(req.prompt)
+    ids = (model.chat_prompt(req.prompt, rendered_chars) if chat
+           else model.tokenizer.encode(req.prompt))
     field = "messages" if chat else "prompt"
     if not ids:
         raise api.RequestError("the prompt encodes to no tokens; send some text", field)
@@ -159,21 +176,28 @@ async def _decode_watching(request: Request, stream) -> None:
 
 
 async def _read_json(request: Request, limit: int):
-    """The body as JSON, refused before parsing when it is not JSON or larger than `limit`."""
+    """The body as JSON, refused before parsing when it is not JSON or larger than `limit`.
+    A body a little too large is read to its end and dropped before the 413, so that the
+    client, still sending, gets the answer rather than a reset connection; one declared far
+    too large is answered at once (a client that sent `Expect: 100-continue` sends nothing)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":  # also what a web page cannot send without CORS' consent
         raise api.RequestError("the request body must be JSON (Content-Type: "
                                "application/json)", status=415)
+    too_large = api.RequestError(f"the request body is larger than this server takes "
+                                 f"({limit} bytes)", status=413)
     declared = request.headers.get("content-length", "0")
-    if not declared.isdigit() or int(declared) > limit:
-        raise api.RequestError(f"the request body is larger than this server takes "
-                               f"({limit} bytes)", status=413)
-    body = bytearray()
+    if not declared.isdigit() or int(declared) > DRAIN_FACTOR * limit:
+        raise too_large
+    body, size = bytearray(), 0
     async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise api.RequestError(f"the request body is larger than this server takes "
-                                   f"({limit} bytes)", status=413)
+        size += len(part)
+        if size > DRAIN_FACTOR * limit:
+            raise too_large
+        if size <= limit:
+            body += part
+    if size > limit or int(declared) > limit:
+        raise too_large
     try:
         return json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nested thousands of levels deep
@@ -252,13 +276,23 @@ def _error(e: api.RequestError) -> Response:
     return _json(e.body(), e.status)
 
 
+def uvicorn_config(app, host: str, port: int, limits: ServerLimits = ServerLimits(),
+                   log_level: str = "info"):
+    """uvicorn's Config for `app` on the guarded connection layer (runtime/http_guard.py):
+    header deadline, connection cap, JSON errors; idle keep-alives close after 5 s."""
+    import uvicorn
+
+    from .http_guard import guarded
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                          http=guarded(limits.header_seconds, limits.connections),
+                          timeout_keep_alive=5)
+
+
 def serve(model: Model, name: str, host: str, port: int, drafter: str = "auto",
           limits: ServerLimits = ServerLimits()) -> None:
     """Run the server until interrupted (uvicorn's own signal handling)."""
     import uvicorn
 
-    # connections beyond the slots and the queue (idle keep-alives, half-sent requests) get
-    # uvicorn's 503 instead of memory
-    uvicorn.run(create_app(model, name, drafter, limits), host=host, port=port,
-                log_level="info", limit_concurrency=limits.concurrency + limits.queue + 32,
-                timeout_keep_alive=5)
+    uvicorn.Server(uvicorn_config(create_app(model, name, drafter, limits), host, port,
+                                  limits)).run()

@@ -20,9 +20,9 @@ class TemplateLimit(Exception):
     """A render that would pass MAX_RENDER_CHARS or RENDER_SECONDS, or build a value that big."""
 
 
-def bounded(pieces) -> str:
-    """Join a template's output pieces, stopping it past MAX_RENDER_CHARS or RENDER_SECONDS
-    (a line tracer on the template's own code checks the clock: loops are Python there)."""
+def bounded(pieces, max_chars: int = MAX_RENDER_CHARS) -> str:
+    """Join a template's output pieces, stopping it past `max_chars` or RENDER_SECONDS (a line
+    tracer on the template's own code checks the clock: loops are Python there)."""
     deadline = time.monotonic() + RENDER_SECONDS
 
     def on_line(frame, event, arg):
@@ -38,12 +38,44 @@ def bounded(pieces) -> str:
     try:
         for piece in pieces:
             size += len(piece)
-            if size > MAX_RENDER_CHARS:
-                raise TemplateLimit(f"its output passed {MAX_RENDER_CHARS} characters")
+            if size > max_chars:
+                raise TemplateLimit(f"its output passed {max_chars} characters")
             out.append(piece)
     finally:
         sys.settrace(previous)
     return "".join(out)
+
+
+def text_size(value, limit: int = MAX_RENDER_CHARS) -> int:
+    """About how many characters str(value) writes, counted without building it and only up
+    to just past `limit`: a list holding one long string a thousand times is cheap to make
+    (the repetition check sees a thousand items) and costs a thousand copies once printed."""
+    from jinja2.utils import Namespace
+
+    total, todo = 0, [value]
+    while todo and total <= limit:
+        v = todo.pop()
+        if isinstance(v, str):
+            total += len(v)
+        elif isinstance(v, int):
+            total += v.bit_length() // 3 + 1
+        elif isinstance(v, (list, tuple, set, frozenset, dict)):
+            total += 2 + 4 * len(v)  # brackets, separators, quotes
+            if total <= limit:
+                todo.extend(v.items() if isinstance(v, dict) else v)
+        elif isinstance(v, Namespace):  # its repr prints what it holds
+            todo.append(object.__getattribute__(v, "_Namespace__attrs"))
+        else:
+            total += 16
+    return total
+
+
+def check_text_size(value):
+    """`value`, refused when printing it would pass MAX_RENDER_CHARS (the environment's
+    finalize: every `{{ ... }}` goes through it before str())."""
+    if text_size(value) > MAX_RENDER_CHARS:
+        raise TemplateLimit("a value that large")
+    return value
 
 
 def tojson(value, indent=None) -> str:
@@ -66,16 +98,21 @@ def _check_size(operator: str, left, right) -> None:
     elif operator == "+" and isinstance(left, (str, list, tuple)) and \
             isinstance(right, (str, list, tuple)) and len(left) + len(right) > MAX_RENDER_CHARS:
         raise TemplateLimit("a value that long")
-    elif operator == "%" and isinstance(left, str) and _WIDE.search(left):
-        raise TemplateLimit("a format width that large")
+    elif operator == "%" and isinstance(left, str):
+        if _WIDE.search(left):
+            raise TemplateLimit("a format width that large")
+        if text_size(right) + len(left) > MAX_RENDER_CHARS:
+            raise TemplateLimit("a value that large")
 
 
 def _check_arguments(args, kwargs) -> None:
-    """Refuse a call given a number or a value past MAX_RENDER_CHARS (a width, a repeat count,
-    a fill) or asked to sum sequences (quadratic: `sum(start=[])`)."""
+    """Refuse a call given a number past MAX_RENDER_CHARS (a width, a repeat count, a fill), a
+    value that prints past it (a filter or method may str() it), or asked to sum sequences
+    (quadratic: `sum(start=[])`)."""
     for value in (*args, *kwargs.values()):
         if isinstance(value, int) and abs(value) > MAX_RENDER_CHARS:
             raise TemplateLimit("an argument that large")
+        check_text_size(value)
     if isinstance(kwargs.get("start"), (list, tuple, str)):
         raise TemplateLimit("a sum of sequences")
 
@@ -111,9 +148,10 @@ def _check_growth(name: str, value, args, kwargs) -> None:
 def guarded(function, name: str):
     """A filter whose arguments _check_arguments and _check_growth see first."""
     def guarded(*args, **kwargs):
-        _check_arguments(args[1:], kwargs)
         first = 1 if hasattr(function, "jinja_pass_arg") else 0  # env / context comes first
+        _check_arguments(args[first + 1:], kwargs)
         if len(args) > first:
+            check_text_size(args[first])  # filters may str() their value: `|string`, `|lower`
             _check_growth(name, args[first], args[first + 1:], kwargs)
         return function(*args, **kwargs)
     for attr in ("jinja_pass_arg",):  # Jinja's marker for filters taking the environment
@@ -141,10 +179,9 @@ def limited(sandbox):
 
         @staticmethod
         def joined(values) -> str:
-            parts = [str(v) for v in values]
-            if sum(map(len, parts)) > MAX_RENDER_CHARS:
+            if sum(text_size(v) for v in values) > MAX_RENDER_CHARS:
                 raise TemplateLimit("a string that long")
-            return "".join(parts)
+            return "".join(str(v) for v in values)
 
         def call_binop(self, context, operator, left, right):
             _check_size(operator, left, right)

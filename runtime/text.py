@@ -77,6 +77,10 @@ class Tokenizer:
         walk(json.loads(normalizer.__getstate__()))
         return factor + added
 
+    def post_processor_tokens(self) -> int:
+        """How many special tokens the post-processor adds to one text (BOS: 1)."""
+        return self._tok.num_special_tokens_to_add(False)
+
     def encode(self, text: str | bytes, special: bool = True) -> list[int]:
         """Token ids of `text` (str, or bytes that must be UTF-8); special False: without the
         special tokens the post-processor adds (a rendered chat template has its own)."""

@@ -16,7 +16,7 @@ import uvicorn
 
 from edgespec.errors import BundleError
 from edgespec.runtime.model import Model
-from edgespec.runtime.server import create_app
+from edgespec.runtime.server import ServerLimits, create_app, uvicorn_config
 
 TEMPLATE = ("{% for m in messages %}t{{ 5 if m.role == 'user' else 9 }} {{ m.content }} "
             "{% endfor %}{% if add_generation_prompt %}t11{% endif %}")
@@ -37,12 +37,13 @@ def chat_bundle(trimmed_bundle, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def serving(app):
-    """The app on a free loopback port in a thread; yields the port."""
+def serving(app, limits: ServerLimits = ServerLimits()):
+    """The app on a free loopback port in a thread, on serve's connection layer (header
+    deadline, connection cap); yields the port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, limits, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     for _ in range(200):

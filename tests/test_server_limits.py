@@ -64,10 +64,35 @@ def test_bad_fields_are_answers_not_crashes(http, body, status, words):
                      headers={"Content-Type": "application/json"}), status, words)
 
 
-def test_null_n_and_stream_are_accepted_as_openai_does(http):
-    r = http.post("/v1/completions", json={"model": "tiny", "prompt": "t5", "max_tokens": 2,
+def test_null_n_stream_and_model_are_accepted_as_openai_does(http):
+    r = http.post("/v1/completions", json={"model": None, "prompt": "t5", "max_tokens": 2,
                                            "n": None, "stream": None})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+    _error(http.post("/v1/completions", json={"model": "other", "prompt": "t5"}), 404,
+           "not served here")
+
+
+def test_every_string_of_a_message_counts_toward_the_prompt_limit(http):
+    """A template may print a message's role or name: 5,000 characters of role got past the
+    4,096-character prompt limit."""
+    _error(http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "u" * 5000, "content": "hi"}]}), 413, "more than 4096 characters")
+    _error(http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "user", "name": "n" * 5000, "content": "hi"}]}), 413, "more than 4096")
+
+
+def test_a_rendered_chat_prompt_is_bounded_by_the_prompt_limit(trimmed_bundle, tmp_path):
+    """A template that repeats the content rendered up to 4 M characters under a prompt limit
+    of 256 K, costing ~10 s and ~1 GB to tokenize: the render stops at 4x the limit."""
+    model = Model(with_template(trimmed_bundle, tmp_path / "b",
+                                "{{ messages[0].content * 8 }}"))
+    http = TestClient(create_app(model, "tiny", limits=ServerLimits(max_prompt_chars=4096)),
+                      base_url=BASE)
+    _error(http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "user", "content": "t5 " * 1000}]}), 400, "output passed 16384 characters")
+    r = http.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 2,
+                                                "messages": [{"role": "user", "content": "t5"}]})
+    assert r.status_code == 200
 
 
 def test_a_deeply_nested_body_is_a_400(http):
@@ -94,9 +119,19 @@ def test_a_deeply_nested_body_is_a_400(http):
     ('{{ "a"|center(999999999) }}', "argument that large"),  # folded at load before
     ('{{ ("a\n"*1000000)|indent(1000) }}', "indent that large"),
     ('{{ "a".ljust(999999999) }}', "argument that large"),
-    ('{% set s="a"*4000000 %}{{ ([s]*600)|join|length }}', "join that large"),
+    ('{% set s="a"*4000000 %}{{ ([s]*600)|join|length }}', "a value that large"),
+    ('{{ (["a"]*100000)|join("b"*100)|length }}', "join that large"),
     ('{{ ("a"*1000000)|replace("a", "bbbbbbbbbb") }}', "replace that large"),
     ('{{ "a"|truncate(-5) }}', "AssertionError"),
+    # the second re-test's: a list holding one long string many times is cheap to make and
+    # huge once printed, through any path to str()
+    ('{% set s="a"*4000000 %}{{ [s]*1000 }}', "a value that large"),
+    ('{% set s="a"*4000000 %}{{ ([s]*1000)|string|length }}', "a value that large"),
+    ('{% set s="a"*4000000 %}{{ ([s]*1000)|lower|length }}', "a value that large"),
+    ('{% set s="a"*4000000 %}{{ (([s]*1000) ~ "")|length }}', "a string that long"),
+    ('{% set s="a"*4000000 %}{{ ("%s" % ([s]*1000,))|length }}', "a value that large"),
+    ('{% set s="a"*4000000 %}{{ "{}".format([s]*1000)|length }}', "a value that large"),
+    ('{% set ns = namespace(s="a"*4000000) %}{{ [ns]*1000 }}', "a value that large"),
     ("{{ 1|dictsort }}", "AttributeError"),
 ])
 def test_a_hostile_template_is_a_400_in_bounded_time(trimmed_bundle, tmp_path, template, words):
@@ -137,6 +172,23 @@ def test_an_amplifying_normalizer_is_refused_at_load(trimmed_bundle, tmp_path):
         {"type": "Replace", "pattern": {"String": "a"}, "content": "aa"}] * 22}
     (bundle / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(BundleError, match="4.19e\\+06 times longer"):
+        Model(bundle)
+
+
+def test_a_post_processor_adding_thousands_of_tokens_is_refused_at_load(trimmed_bundle, tmp_path):
+    """Every encode paid for what the post-processor adds: 200,000 special tokens per text."""
+    bundle = tmp_path / "b"
+    shutil.copytree(trimmed_bundle, bundle)
+    tok = json.loads((bundle / "tokenizer.json").read_text())
+    token, token_id = next(iter(tok["model"]["vocab"].items()))
+    tok["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": token, "type_id": 0}}] * 200_000 + [
+            {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {token: {"id": token, "ids": [token_id], "tokens": [token]}}}
+    (bundle / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(BundleError, match="post-processor adds 200000 tokens"):
         Model(bundle)
 
 
