@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 
-GPU_PROVIDERS = ("cuda", "tensorrt")
+from edgespec.runtime.providers import PROVIDERS
+
+GPU_PROVIDERS = tuple(name for name, p in PROVIDERS.items() if p.device == "cuda")
 
 
 def parse_compute_apps(text: str, pid: int) -> float | None:

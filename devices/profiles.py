@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from edgespec.runtime.providers import PROVIDERS as RUNTIME_PROVIDERS
+
 KINDS = ("gpu", "cpu")
-PROVIDERS = ("cpu", "cuda", "tensorrt", "dml")  # runtime.providers.PROVIDERS
+PROVIDERS = tuple(RUNTIME_PROVIDERS)  # the presets a profile may name
 KV_DTYPES = ("float16", "float32")
 CPU_CACHE_ENV = "EDGESPEC_CACHE"  # folder for the probed `cpu` profile (default ~/.cache/edgespec)
 

@@ -31,6 +31,10 @@ class Provider:
     captures: bool  # cuda_graphs "auto": a CUDA graph per verify shape (runtime/graph_capture)
     gqa_takes_bias: bool  # its GroupQueryAttention accepts an attention_bias (tree verify)
     cache_option: str | None = None  # the provider option SessionConfig.cache_dir fills
+    capture_option: str | None = None  # the option that turns CUDA graph capture on
+    # onnxruntime-gpu links the CUDA libraries, which pip installs where the loader does not
+    # look: they are preloaded before its first session
+    needs_cuda_libraries: bool = False
 
 
 # Provider options: device-resident buffers; CUDA graphs stay off unless asked for (shapes
@@ -42,12 +46,14 @@ PROVIDERS: dict[str, Provider] = {
                                                  "cudnn_conv_algo_search": "HEURISTIC",
                                                  "do_copy_in_default_stream": "1"}),
                       "CPUExecutionProvider"], "cuda", kv_on_device=True, captures=True,
-                     gqa_takes_bias=False),  # CUDA GQA: float16, no bias (runner_pool)
+                     gqa_takes_bias=False,  # CUDA GQA: float16, no bias (runner_pool)
+                     capture_option="enable_cuda_graph", needs_cuda_libraries=True),
     "tensorrt": Provider([("TensorrtExecutionProvider", {"trt_fp16_enable": "1",
                                                          "trt_engine_cache_enable": "1"}),
                           ("CUDAExecutionProvider", {}), "CPUExecutionProvider"], "cuda",
                          kv_on_device=True, captures=False, gqa_takes_bias=False,
-                         cache_option="trt_engine_cache_path"),
+                         cache_option="trt_engine_cache_path",
+                         capture_option="trt_cuda_graph_enable", needs_cuda_libraries=True),
     "dml": Provider([("DmlExecutionProvider", {}), "CPUExecutionProvider"], "dml",
                     kv_on_device=False, captures=False, gqa_takes_bias=True),
 }
@@ -58,17 +64,22 @@ def provider(cfg) -> Provider:
     return PROVIDERS[cfg.provider]
 
 
-# the provider option that turns CUDA graph capture on (runtime/graph_capture.py)
-CAPTURE_OPTION = {"CUDAExecutionProvider": "enable_cuda_graph",
-                  "TensorrtExecutionProvider": "trt_cuda_graph_enable"}
+def _entry(providers: list) -> Provider:
+    """The table entry whose provider list starts as `providers` does (resolved lists, the CPU
+    fallback included, start with one entry's first provider; anything else: the CPU's)."""
+    first = _first(providers)
+    return next((p for p in PROVIDERS.values() if _first(p.sessions) == first),
+                PROVIDERS["cpu"])
 
 
 def capture_providers(providers: list) -> list:
-    """The provider list with graph capture on for its first provider, if that can capture."""
-    name, opts = providers[0] if isinstance(providers[0], tuple) else (providers[0], {})
-    if name not in CAPTURE_OPTION:  # the CPU: nothing to capture with
+    """The provider list with graph capture on for its first provider, if that can capture
+    (runtime/graph_capture.py)."""
+    option = _entry(providers).capture_option
+    if option is None:  # the CPU: nothing to capture with
         return providers
-    return [(name, {**opts, CAPTURE_OPTION[name]: "1"}), *providers[1:]]
+    name, opts = providers[0] if isinstance(providers[0], tuple) else (providers[0], {})
+    return [(name, {**opts, option: "1"}), *providers[1:]]
 
 
 # A target and its drafter take turns on the cores: the verify run, then the drafter's runs. Each
@@ -192,8 +203,7 @@ def _preload(first: str) -> str:
 
 def preload_gpu_libraries(providers: list) -> str:
     """Load the CUDA libraries before the first CUDA or TensorRT session (once per process)."""
-    first = _first(providers)
-    return _preload(first) if first in CAPTURE_OPTION else ""
+    return _preload(_first(providers)) if _entry(providers).needs_cuda_libraries else ""
 
 
 def check_provider_loaded(session, providers: list, cfg: SessionConfig) -> None:

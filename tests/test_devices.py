@@ -175,3 +175,23 @@ def test_device_memory_reads_this_process_from_nvidia_smi():
     assert parse_compute_apps(text, 1234) == 912.0  # two GPUs
     assert parse_compute_apps(text, 5) is None and parse_compute_apps("", 1234) is None
     assert device_memory_mb("cpu") is None  # a CPU run: host memory is the device's
+
+
+def test_the_device_layer_reads_the_runtime_provider_table(monkeypatch):
+    """One provider table (runtime/providers.py): a profile may name every preset and no
+    other, device memory is read for the presets whose buffers live on a CUDA device, and
+    capture and the CUDA-library preload are fields of the entry, not lists kept apart."""
+    from edgespec.devices import device_memory, profiles
+    from edgespec.runtime import providers as rp
+
+    good = json.loads(json.dumps(load_profile("rtx-4090").__dict__))
+    for name in rp.PROVIDERS:
+        assert profile_from_dict({**good, "provider": name}, "x.json").provider == name
+    assert set(device_memory.GPU_PROVIDERS) == {"cuda", "tensorrt"}
+    for name, entry in rp.PROVIDERS.items():
+        captured = rp.capture_providers(entry.sessions)
+        assert (captured != entry.sessions) == (entry.capture_option is not None), name
+    monkeypatch.setattr(rp, "_preload", lambda first: f"loaded for {first}")
+    assert rp.preload_gpu_libraries(rp.PROVIDERS["cuda"].sessions) == \
+        "loaded for CUDAExecutionProvider"
+    assert rp.preload_gpu_libraries(rp.PROVIDERS["dml"].sessions) == ""
