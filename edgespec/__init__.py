@@ -16,10 +16,17 @@ _LAZY = {
     "StopReason": "edgespec.runtime.generation_params",
     "Accept": "edgespec.runtime.generation_params",
     "Completion": "edgespec.runtime.completions",
+    "CompletionStream": "edgespec.runtime.completions",
+    "Stats": "edgespec.runtime.generation_params",
+    "Drafter": "edgespec.runtime.drafter_base",
     "SamplingParams": "edgespec.sampling",
     "BundleError": "edgespec.errors",
 }
 __all__ = ["__version__", *_LAZY]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def __getattr__(name: str):

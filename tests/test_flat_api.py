@@ -26,6 +26,17 @@ def test_import_edgespec_stays_light():
     assert out == "[]"
 
 
+def test_every_public_name_is_listed_and_resolves():
+    """dir(edgespec) shows the lazy names (tab completion, help()), and each one loads."""
+    names = set(dir(edgespec))
+    assert set(edgespec.__all__) <= names
+    assert {"Model", "Generator", "CompletionStream", "Stats", "Drafter"} <= names
+    for name in edgespec.__all__:
+        assert getattr(edgespec, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        edgespec.Nothing
+
+
 def test_generate_equals_the_step_wise_greedy_output(model):
     done = model.generate("t5 t9 t11", max_new_tokens=8, drafter="mtp")
     ref = run_to_end(model, GenerationParams(max_new_tokens=8), model.tokenizer.encode(
