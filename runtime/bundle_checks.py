@@ -25,7 +25,7 @@ from .text import Tokenizer
 MAX_TOKENIZER_BYTES = 64 << 20  # Gemma 3's tokenizer.json, among the largest, is 33 MB
 
 
-MAX_NORMALIZER_GROWTH = 16
+MAX_NORMALIZER_GROWTH = 32  # NFKC's worst character grows 18x; text.py bounds each encode too
 MAX_ADDED_TOKENS = 64  # what a post-processor adds to a text; real ones add 0-2 (BOS, EOS)
 
 
@@ -54,13 +54,15 @@ def load_tokenizer(bundle_dir: Path, m: Manifest) -> Tokenizer:
                           f"model of {vocab} with special ids {special[:4]}; the tokenizer "
                           "does not belong to this model: re-export the bundle")
     # a normalizer that multiplies a text (a Replace writing megabytes per match, or a chain of
-    # 22 Replaces "a" -> "aa") makes every prompt a memory bomb; real ones grow it by at most a
-    # character or two per match (SentencePiece's " " -> "▁")
+    # 22 Replaces "a" -> "aa") makes every prompt a memory bomb; real ones grow it by a
+    # character or two per match (SentencePiece's " " -> "▁") or NFKC's 18x at worst
     growth = tok.normalizer_growth()
     if growth > MAX_NORMALIZER_GROWTH:
-        raise BundleError(f"{excerpt(m.tokenizer.file)}'s normalizer can make a text "
-                          f"{growth:.3g} times longer (at most {MAX_NORMALIZER_GROWTH}); it would "
-                          "grow prompts without bound: re-export the bundle")
+        how = ("without bound (a normalizer type this edgespec does not know)"
+               if growth == float("inf") else f"{growth:.3g} times longer")
+        raise BundleError(f"{excerpt(m.tokenizer.file)}'s normalizer can make a text {how} "
+                          f"(at most {MAX_NORMALIZER_GROWTH}); it would grow prompts without "
+                          "bound: re-export the bundle")
     added = tok.post_processor_tokens()
     if added > MAX_ADDED_TOKENS:
         raise BundleError(f"{excerpt(m.tokenizer.file)}'s post-processor adds {added} tokens "

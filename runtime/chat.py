@@ -10,6 +10,7 @@ jinja2 comes with the `serve` extra; without it a bundle still loads, and chat s
 from __future__ import annotations
 
 import importlib.util
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .template_limits import (MAX_RENDER_CHARS, TemplateLimit, bounded, check_te
                               guarded, limited, tojson)
 
 MAX_TEMPLATE_BYTES = 256 << 10  # real templates are a few KB
+_MARK = re.compile("\ue000(\\d+)\ue001")  # a message's content placeholder in a render
 
 
 class ChatTemplate:
@@ -44,12 +46,14 @@ class ChatTemplate:
                                                      finalize=check_text_size)
         env.filters = {name: guarded(f, name) for name, f in env.filters.items()}
         env.filters["tojson"] = guarded(tojson, "tojson")
+        del env.globals["lipsum"]  # Python text generation no template needs
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(str(fmt)[:64])
         # what compiling can raise: Jinja's errors, Python's (a source too big to compile is a
         # MemoryError), ours for the limits
+        # (SyntaxError: Python's, for blocks nested past its 100 levels of indentation)
         compile_errors = (TemplateError, RecursionError, TypeError, ValueError, ArithmeticError,
-                          LookupError, MemoryError, TemplateLimit)
+                          LookupError, MemoryError, SyntaxError, TemplateLimit)
         try:
             self._template = env.from_string(source)
         except compile_errors as e:
@@ -82,6 +86,10 @@ class ChatTemplate:
         strings takes the whole-text path, the ids transformers' apply_chat_template gives."""
         messages = plain_messages(messages)
         special = tokenizer.special_texts
+        for m in messages:  # a role is the template's to mark up, never a way to forge a turn
+            if any(t in m["role"] for t in special):
+                raise ValueError(f"a message's role holds special-token text (e.g. "
+                                 f"{special[0]!r}); roles are names like 'user'")
         if not any(t in m["content"] for m in messages for t in special):
             return tokenizer.encode(self.render(messages, max_chars=max_chars), special=False)
         # render with a placeholder per message, then encode the template's text and each
@@ -89,12 +97,13 @@ class ChatTemplate:
         marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
         text = self.render([{**m, "content": k} for m, k in zip(messages, marks)],
                            max_chars=max_chars)
-        if any(text.count(k) != 1 for k in marks):
+        found = [(at.start(), int(at[1])) for at in _MARK.finditer(text)]  # one pass: O(text)
+        if sorted(i for _, i in found) != list(range(len(messages))):
             raise ValueError("a message's content holds special-token text (e.g. "
                              f"{special[0]!r}) and this chat template rewrites or drops "
                              "content, so it cannot be kept as text; remove it from the message")
         ids, at = [], 0
-        for start, i in sorted((text.index(k), i) for i, k in enumerate(marks)):
+        for start, i in found:
             ids += tokenizer.encode(text[at:start], special=False)
             ids += tokenizer.encode_as_text(messages[i]["content"])
             at = start + len(marks[i])

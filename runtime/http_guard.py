@@ -4,7 +4,8 @@ uvicorn times out idle keep-alive connections but not a request's headers: a cli
 opens connections and trickles header bytes holds each one, and its connection cap, forever
 (slowloris). GuardedH11 gives every request `header_seconds` to finish its headers, counted
 from the connection's opening or from the previous response; a partial request then gets a
-408, an idle connection is closed. Connections past `max_connections` are answered 503 and
+408, an idle connection is closed, and one still sending a body after its answer (a refused
+request trickling on) is closed. Connections past `max_connections` are answered 503 and
 closed. uvicorn's own answers (a malformed request, the 503) are OpenAI error bodies like the
 app's, not plain text. Body bytes are bounded by the app (runtime/server.py `_read_json`).
 """
@@ -56,14 +57,17 @@ class GuardedH11(H11Protocol):
         self._arm()
 
     def handle_events(self) -> None:
+        cycle = self.cycle
         super().handle_events()
-        if self.conn.their_state is not h11.IDLE:  # a request's headers have arrived
+        if self.cycle is not cycle:  # a request's headers have arrived
             self._disarm()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._arm()  # the next request's headers are due in time too
+        # the next request's headers are due in time too, and a body sent after its answer
+        # (a refused request that goes on sending) must end within the same deadline
+        if not self.transport.is_closing():
+            self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -85,7 +89,10 @@ class GuardedH11(H11Protocol):
 
     def _headers_late(self) -> None:
         self._header_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state is not h11.IDLE:  # still sending a body already answered
+            self.transport.close()
             return
         if self.conn.trailing_data[0]:  # part of a request came: tell the client why
             self.transport.write(error_bytes(408, f"the request's headers did not arrive "

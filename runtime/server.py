@@ -34,6 +34,7 @@ from .model import Model
 log = logging.getLogger("edgespec.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DRAIN_FACTOR = 4  # a body up to 4x the limit is read and dropped before its 413
+MAX_HEADER_BYTES = 16 << 10  # h11 refuses more only when they arrive in several reads
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,9 @@ def create_app(model: Model, name: str, drafter: str = "auto",
     def route(path: str, handler, method: str) -> Route:
         async def answer(request: Request) -> Response:
             try:
+                if sum(len(k) + len(v) for k, v in request.scope["headers"]) > MAX_HEADER_BYTES:
+                    raise api.RequestError(f"the request's headers pass {MAX_HEADER_BYTES} "
+                                           "bytes", status=431)
                 return await handler(request)
             except ClientDisconnect:  # hung up while sending its body: nobody to answer
                 return Response(status_code=499)

@@ -1,19 +1,25 @@
 """What one chat-template render may cost. A template is untrusted code in Jinja's sandbox,
 which bounds what it can reach, not what it can allocate or how long it runs: these bound
 the operations that make big values (`*`, `+`, `~`, `**`, `%`, str.format widths, filter and
-method arguments, indent / join / replace outputs, tojson's indent), the text it writes and its
-running time. Real templates render a few KB in well under a millisecond."""
+method arguments, indent / join / replace / expandtabs outputs, tojson's indent), what one
+render builds in all (RENDER_BUDGET, so a loop cannot keep many values each within bounds),
+the text it writes and its running time (every Python line the render runs, the filters'
+own included, checks the clock). Real templates render a few KB in well under a millisecond."""
 
 from __future__ import annotations
 
 import json
 import re
+import string
 import sys
+import threading
 import time
 
 MAX_RENDER_CHARS = 4 << 20
+RENDER_BUDGET = 4 * MAX_RENDER_CHARS  # items and characters one render may build, in all
 RENDER_SECONDS = 2.0
 _WIDE = re.compile(r"\d{5,}|%[-#0 +]*\*")  # a width of 10,000+ (or one taken from an argument)
+_render = threading.local()  # .left: what the render running on this thread may still build
 
 
 class TemplateLimit(Exception):
@@ -21,8 +27,9 @@ class TemplateLimit(Exception):
 
 
 def bounded(pieces, max_chars: int = MAX_RENDER_CHARS) -> str:
-    """Join a template's output pieces, stopping it past `max_chars` or RENDER_SECONDS (a line
-    tracer on the template's own code checks the clock: loops are Python there)."""
+    """Join a template's output pieces, stopping it past `max_chars`, RENDER_BUDGET or
+    RENDER_SECONDS (a line tracer checks the clock on every Python line the render runs: the
+    template's loops and the filters written in Python, such as wordwrap)."""
     deadline = time.monotonic() + RENDER_SECONDS
 
     def on_line(frame, event, arg):
@@ -30,10 +37,11 @@ def bounded(pieces, max_chars: int = MAX_RENDER_CHARS) -> str:
             raise TemplateLimit(f"it ran longer than {RENDER_SECONDS:g} s")
         return on_line
 
-    def on_call(frame, event, arg):  # trace only the template's frames: cheap elsewhere
-        return on_line if frame.f_code.co_filename == "<template>" else None
+    def on_call(frame, event, arg):
+        return on_line
 
     out, size, previous = [], 0, sys.gettrace()
+    _render.left = RENDER_BUDGET
     sys.settrace(on_call)
     try:
         for piece in pieces:
@@ -43,7 +51,17 @@ def bounded(pieces, max_chars: int = MAX_RENDER_CHARS) -> str:
             out.append(piece)
     finally:
         sys.settrace(previous)
+        del _render.left
     return "".join(out)
+
+
+def _spend(size: int) -> None:
+    """Count `size` items or characters against the running render's RENDER_BUDGET."""
+    left = getattr(_render, "left", None)
+    if left is not None:
+        _render.left = left - size
+        if _render.left < 0:
+            raise TemplateLimit(f"it built more than {RENDER_BUDGET} items and characters in all")
 
 
 def text_size(value, limit: int = MAX_RENDER_CHARS) -> int:
@@ -87,22 +105,31 @@ def tojson(value, indent=None) -> str:
 def _check_size(operator: str, left, right) -> None:
     """Refuse a `*`, `**`, `+` or `%` whose result would be huge before Python builds it."""
     if operator == "*":
+        if type(left) is int and type(right) is int:  # a product as wide as its two factors
+            if left.bit_length() + right.bit_length() > 1 << 16:
+                raise TemplateLimit("a product that large")
+            return
         for seq, n in ((left, right), (right, left)):
-            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and \
-                    len(seq) * n > MAX_RENDER_CHARS:
-                raise TemplateLimit("a repetition that large")
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
+                if len(seq) * n > MAX_RENDER_CHARS:
+                    raise TemplateLimit("a repetition that large")
+                _spend(len(seq) * max(n, 0))
     elif operator == "**":
         if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and \
                 right * abs(left).bit_length() > 1 << 16:
             raise TemplateLimit("a power that large")
     elif operator == "+" and isinstance(left, (str, list, tuple)) and \
-            isinstance(right, (str, list, tuple)) and len(left) + len(right) > MAX_RENDER_CHARS:
-        raise TemplateLimit("a value that long")
+            isinstance(right, (str, list, tuple)):
+        if len(left) + len(right) > MAX_RENDER_CHARS:
+            raise TemplateLimit("a value that long")
+        _spend(len(left) + len(right))
     elif operator == "%" and isinstance(left, str):
         if _WIDE.search(left):
             raise TemplateLimit("a format width that large")
-        if text_size(right) + len(left) > MAX_RENDER_CHARS:
+        size = text_size(right) + len(left)
+        if size > MAX_RENDER_CHARS:
             raise TemplateLimit("a value that large")
+        _spend(size)
 
 
 def _check_arguments(args, kwargs) -> None:
@@ -136,6 +163,12 @@ def _check_growth(name: str, value, args, kwargs) -> None:
     elif name == "replace" and isinstance(value, str) and len(args) >= 2 and \
             isinstance(args[0], str) and isinstance(args[1], str):
         size = len(value) * max(1, len(args[1])) // max(1, len(args[0]))
+    elif name == "expandtabs" and isinstance(value, str):
+        width = args[0] if args else kwargs.get("tabsize", 8)
+        size = len(value) + value.count("\t") * (width if isinstance(width, int) else 8)
+    elif name == "format" and isinstance(value, str):  # the filter: value % arguments
+        _check_format(value)
+        size = len(value) + sum(text_size(a) for a in (*args, *kwargs.values()))
     elif name == "join":
         size = _text_length(value) + len(args[0]) * len(value) if args and isinstance(
             args[0], str) and isinstance(value, (list, tuple)) else _text_length(value)
@@ -143,6 +176,20 @@ def _check_growth(name: str, value, args, kwargs) -> None:
         return
     if size > MAX_RENDER_CHARS:
         raise TemplateLimit(f"a {name} that large")
+    _spend(size)
+
+
+def _check_format(text: str) -> None:
+    """A format string (`%` or str.format) with a width of 10,000+ or one taken from an
+    argument (`{0:{1}}`, `%*d`)."""
+    if _WIDE.search(text):
+        raise TemplateLimit("a format width that large")
+    try:
+        specs = [spec for _, _, spec, _ in string.Formatter().parse(text) if spec]
+    except ValueError:  # not a str.format string: `%` formats reach here too
+        return
+    if any("{" in spec for spec in specs):
+        raise TemplateLimit("a format width taken from an argument")
 
 
 def guarded(function, name: str):
@@ -179,8 +226,10 @@ def limited(sandbox):
 
         @staticmethod
         def joined(values) -> str:
-            if sum(text_size(v) for v in values) > MAX_RENDER_CHARS:
+            size = sum(text_size(v) for v in values)
+            if size > MAX_RENDER_CHARS:
                 raise TemplateLimit("a string that long")
+            _spend(size)
             return "".join(str(v) for v in values)
 
         def call_binop(self, context, operator, left, right):
@@ -194,13 +243,13 @@ def limited(sandbox):
                 name = getattr(__obj, "__name__", "")
                 if name == "join" and args:
                     _check_growth("join", args[0], (owner,), {})
-                elif name == "replace":
-                    _check_growth("replace", owner, args, kwargs)
+                elif name in ("replace", "expandtabs"):
+                    _check_growth(name, owner, args, kwargs)
             return super().call(__context, __obj, *args, **kwargs)
 
         def wrap_str_format(self, value):
             wrapped = super().wrap_str_format(value)
-            if wrapped is not None and _WIDE.search(str(value.__self__)):
-                raise TemplateLimit("a format width that large")
+            if wrapped is not None:
+                _check_format(str(value.__self__))
             return wrapped
     return Limited

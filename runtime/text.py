@@ -12,6 +12,11 @@ from edgespec.errors import BundleError
 
 T = TypeVar("T")
 
+# what one encode may normalize: tokenizers keeps ~400 bytes per normalized character (an
+# alignment per character), so this bounds an encode near 400 MB; 4x the server's default
+# rendered-prompt cap, far past any edge model's context in text
+MAX_NORMALIZED_CHARS = 1 << 20
+
 
 def contained(call: Callable[[], T], what: str) -> T:
     """Run a call into the tokenizers library. A crafted tokenizer.json can make it panic (e.g.
@@ -48,34 +53,12 @@ class Tokenizer:
         return self._tok.get_vocab_size()
 
     def normalizer_growth(self) -> float:
-        """How many times longer the normalizer can make a text, bounded from its config: each
-        Replace multiplies by its content's length over its pattern's (a regex pattern may match
-        one character, or none: 1 + content), chained Replaces multiply, Prepend adds its
-        prefix. 1.0: no growth (or no normalizer)."""
-        normalizer = self._tok.normalizer
-        if normalizer is None:
-            return 1.0
-        factor, added = 1.0, 0
+        """How many times longer the normalizer can make a text (runtime/normalizer_growth.py);
+        1.0: no normalizer."""
+        from .normalizer_growth import growth
 
-        def walk(node):
-            nonlocal factor, added
-            if isinstance(node, dict):
-                if node.get("type") == "Replace" and isinstance(node.get("content"), str):
-                    pattern = node.get("pattern") or {}
-                    text = pattern.get("String") if isinstance(pattern, dict) else None
-                    if isinstance(text, str) and text:
-                        factor *= max(1.0, len(node["content"]) / len(text))
-                    else:  # a regex (or an odd pattern): assume the worst cheap bound
-                        factor *= 1 + len(node["content"])
-                if node.get("type") == "Prepend" and isinstance(node.get("prepend"), str):
-                    added += len(node["prepend"])
-                for value in node.values():
-                    walk(value)
-            elif isinstance(node, list):
-                for value in node:
-                    walk(value)
-        walk(json.loads(normalizer.__getstate__()))
-        return factor + added
+        normalizer = self._tok.normalizer
+        return 1.0 if normalizer is None else growth(json.loads(normalizer.__getstate__()))
 
     def post_processor_tokens(self) -> int:
         """How many special tokens the post-processor adds to one text (BOS: 1)."""
@@ -97,9 +80,19 @@ class Tokenizer:
         except UnicodeEncodeError as e:
             raise ValueError(f"prompt holds bytes that are not UTF-8 (at character {e.start}); "
                              "pass UTF-8 text, or decode with errors='replace'") from None
+        self._check_length(text)
         # the tokenizer.json post-processor adds BOS where the model expects it, as HF does
         return self._fits(contained(lambda: self._tok.encode(text, add_special_tokens=special).ids,
                                     "encode this text"))
+
+    def _check_length(self, text: str) -> None:
+        """Refuse a text whose normalized form could pass MAX_NORMALIZED_CHARS, before the
+        tokenizer builds it."""
+        if not hasattr(self, "_growth"):
+            self._growth = self.normalizer_growth()
+        if len(text) * self._growth > MAX_NORMALIZED_CHARS:
+            raise ValueError(f"the text is too long to tokenize ({len(text)} characters; this "
+                             f"tokenizer takes at most {int(MAX_NORMALIZED_CHARS / self._growth)})")
 
     def _fits(self, ids: list[int]) -> list[int]:
         if self.model_vocab is not None and any(i >= self.model_vocab for i in ids):
@@ -127,6 +120,7 @@ class Tokenizer:
             tok = HFTokenizer.from_str(self._tok.to_str())
             tok.encode_special_tokens = True
             self._as_text = tok
+        self._check_length(text)
         return self._fits(contained(
             lambda: self._as_text.encode(text, add_special_tokens=False).ids, "encode this text"))
 

@@ -108,3 +108,34 @@ def test_a_body_a_little_too_large_gets_its_413_not_a_reset(port):
         sock.sendall(_request(body))
         status, answer = _status_and_body(_answer(sock))
     assert status == 413 and "larger than" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize("request_head", [
+    b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000\r\n\r\n",
+    b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 100000000\r\n\r\n",
+])
+def test_a_body_trickled_after_its_answer_is_cut_off_at_the_deadline(port, request_head):
+    """Answered at once (200, 415) and then trickling its declared body, a connection stayed
+    open past every deadline: 110 of them locked every other client out for as long."""
+    with _connect(port) as sock:
+        sock.sendall(request_head)
+        t, closed = time.perf_counter(), False
+        while time.perf_counter() - t < 5 and not closed:
+            try:
+                sock.sendall(b"x")
+                closed = sock.recv(65536, socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                pass
+            except OSError:  # reset: the server closed while we sent
+                closed = True
+            time.sleep(0.1)
+        assert closed and time.perf_counter() - t < 3
+
+
+def test_headers_past_16_kb_are_refused_even_in_one_read(port):
+    with _connect(port) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                     b"X-Big: " + b"a" * 17_000 + b"\r\n\r\n")
+        status, body = _status_and_body(_answer(sock))
+    assert status == 431 and "headers pass 16384 bytes" in body["error"]["message"]
