@@ -62,6 +62,11 @@ class Generator:
                  drafter=None, cancel: threading.Event | None = None):
         """drafter: None (autoregressive) or a drafter from model.drafter(name); cancel: an
         event another thread may set to stop this generator (or call `cancel()`)."""
+        from .model import Model  # model.py imports this module's callers
+
+        if not isinstance(model, Model):
+            raise ValueError(f"model must be an edgespec.Model (Model(bundle_dir)), got "
+                             f"{type(model).__name__}")
         if isinstance(drafter, str):
             raise ValueError(f"drafter must be a drafter object, got the name {drafter[:40]!r}: "
                              "pass model.drafter(name)")

@@ -18,7 +18,8 @@ import time
 MAX_RENDER_CHARS = 4 << 20
 RENDER_BUDGET = 4 * MAX_RENDER_CHARS  # items and characters one render may build, in all
 RENDER_SECONDS = 2.0
-_WIDE = re.compile(r"\d{5,}|%[-#0 +]*\*")  # a width of 10,000+ (or one taken from an argument)
+_PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?")  # a `%` field
+_NUMBER = re.compile(r"\d+")
 _render = threading.local()  # .left: what the render running on this thread may still build
 
 
@@ -124,9 +125,7 @@ def _check_size(operator: str, left, right) -> None:
             raise TemplateLimit("a value that long")
         _spend(len(left) + len(right))
     elif operator == "%" and isinstance(left, str):
-        if _WIDE.search(left):
-            raise TemplateLimit("a format width that large")
-        size = text_size(right) + len(left)
+        size = _percent_size(left) + text_size(right)
         if size > MAX_RENDER_CHARS:
             raise TemplateLimit("a value that large")
         _spend(size)
@@ -166,9 +165,14 @@ def _check_growth(name: str, value, args, kwargs) -> None:
     elif name == "expandtabs" and isinstance(value, str):
         width = args[0] if args else kwargs.get("tabsize", 8)
         size = len(value) + value.count("\t") * (width if isinstance(width, int) else 8)
+    elif name in ("list", "split", "rsplit", "splitlines") and isinstance(value, str):
+        # the pieces a string can be cut into (4 units an item, as text_size counts), plus
+        # its text: a string per character for `list`, at most one per separator otherwise
+        sep = args[0] if args and isinstance(args[0], str) and args[0] else None
+        pieces = len(value) if name == "list" else len(value) // (len(sep) if sep else 2)
+        size = len(value) + 4 * (pieces + 1)
     elif name == "format" and isinstance(value, str):  # the filter: value % arguments
-        _check_format(value)
-        size = len(value) + sum(text_size(a) for a in (*args, *kwargs.values()))
+        size = _percent_size(value) + sum(text_size(a) for a in (*args, *kwargs.values()))
     elif name == "join":
         size = _text_length(value) + len(args[0]) * len(value) if args and isinstance(
             args[0], str) and isinstance(value, (list, tuple)) else _text_length(value)
@@ -179,17 +183,44 @@ def _check_growth(name: str, value, args, kwargs) -> None:
     _spend(size)
 
 
+def _percent_size(text: str) -> int:
+    """What a `%` format string writes besides its arguments: its text plus every field's
+    width and precision (`"%(a)9999s" * 100000` asks for 1 G characters 4 digits at a time);
+    a width taken from an argument (`%*d`) is refused."""
+    size = len(text)
+    for width, precision in _PERCENT.findall(text):
+        if "*" in (width, precision):
+            raise TemplateLimit("a format width taken from an argument")
+        if len(width) > 9 or len(precision) > 9:
+            raise TemplateLimit("a format width that large")
+        size += int(width or 0) + int(precision or 0)
+        if size > MAX_RENDER_CHARS:
+            raise TemplateLimit("a format width that large")
+    return size
+
+
+def _kept(result):
+    """A filter's or call's result, counted against the render's budget: a loop that keeps
+    what `split`, `|list` or `center` return (each within the bounds) adds up."""
+    _spend(text_size(result, RENDER_BUDGET))
+    return result
+
+
 def _check_format(text: str) -> None:
-    """A format string (`%` or str.format) with a width of 10,000+ or one taken from an
-    argument (`{0:{1}}`, `%*d`)."""
-    if _WIDE.search(text):
-        raise TemplateLimit("a format width that large")
+    """A str.format string whose widths add up past MAX_RENDER_CHARS, or with a width taken
+    from an argument (`{0:{1}}`)."""
     try:
         specs = [spec for _, _, spec, _ in string.Formatter().parse(text) if spec]
-    except ValueError:  # not a str.format string: `%` formats reach here too
+    except ValueError:  # not a valid str.format string: format() itself refuses it
         return
-    if any("{" in spec for spec in specs):
-        raise TemplateLimit("a format width taken from an argument")
+    size = len(text)
+    for spec in specs:
+        if "{" in spec:
+            raise TemplateLimit("a format width taken from an argument")
+        size += sum(int(n) for n in _NUMBER.findall(spec[:64]))
+        if size > MAX_RENDER_CHARS:
+            raise TemplateLimit("a format width that large")
+    _spend(size)
 
 
 def guarded(function, name: str):
@@ -200,7 +231,7 @@ def guarded(function, name: str):
         if len(args) > first:
             check_text_size(args[first])  # filters may str() their value: `|string`, `|lower`
             _check_growth(name, args[first], args[first + 1:], kwargs)
-        return function(*args, **kwargs)
+        return _kept(function(*args, **kwargs))
     for attr in ("jinja_pass_arg",):  # Jinja's marker for filters taking the environment
         if hasattr(function, attr):
             setattr(guarded, attr, getattr(function, attr))
@@ -243,9 +274,9 @@ def limited(sandbox):
                 name = getattr(__obj, "__name__", "")
                 if name == "join" and args:
                     _check_growth("join", args[0], (owner,), {})
-                elif name in ("replace", "expandtabs"):
+                elif name in ("replace", "expandtabs", "split", "rsplit", "splitlines"):
                     _check_growth(name, owner, args, kwargs)
-            return super().call(__context, __obj, *args, **kwargs)
+            return _kept(super().call(__context, __obj, *args, **kwargs))
 
         def wrap_str_format(self, value):
             wrapped = super().wrap_str_format(value)

@@ -143,6 +143,20 @@ def test_a_deeply_nested_body_is_a_400(http):
     ("{% set ns = namespace(l=[]) %}{% for i in range(100000) %}"
      "{% set ns.l = ns.l + [[0]*4000000] %}{% endfor %}{{ ns.l|length }}", "built more than"),
     ("{% set a = 2**32768 %}{{ (a*a*a) > 0 }}", "a product that large"),
+    # the third pass's: widths of 4 digits repeated, and what filters and methods return
+    # kept across a loop
+    ('{% set f = "%(a)9999s"*100000 %}{{ (f % {"a":1})|length }}', "format width that large"),
+    ('{% set f = "%(a)9999s"*100000 %}{{ f|format(a=1)|length }}', "format width that large"),
+    ('{{ ("{0:9999}"*100000).format(1)|length }}', "format width that large"),
+    ('{% set s = "ab "*1300000 %}{% set ns = namespace(x=none) %}{% for i in range(60) %}'
+     '{% set ns.x = [ns.x, s.split()] %}{% endfor %}', "a split that large"),
+    ('{% set s = "\u4e00"*4000000 %}{{ (s|list)|length }}', "a list that large"),
+    ('{% set ns = namespace(x=none) %}{% for i in range(2000) %}'
+     '{% set ns.x = [ns.x, "x"|center(4000000)] %}{% endfor %}', "built more than"),
+    ('{% set ns = namespace(x=none) %}{% for i in range(2000) %}'
+     '{% set ns.x = [ns.x, "x".zfill(4000000)] %}{% endfor %}', "built more than"),
+    ('{% set ns = namespace(x=none) %}{% for i in range(2000) %}'
+     '{% set ns.x = [ns.x, range(100000)|list] %}{% endfor %}', "TemplateLimit"),
     ("{{ 1|dictsort }}", "AttributeError"),
 ])
 def test_a_hostile_template_is_a_400_in_bounded_time(trimmed_bundle, tmp_path, template, words):
