@@ -123,9 +123,16 @@ def load_spec(folder, threads, draft_threads):
     return og.Model(cfg)
 
 
+# genai's sliding-window attention (Gemma-3) needs a KV buffer at least its window long;
+# main() sets it from the target's genai_config.json (a longer buffer changes no output:
+# generation stops at max_new tokens)
+MIN_LENGTH = 0
+
+
 def generate(model, ids, max_new, spec_opts):
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, top_k=1, max_length=len(ids) + max_new)
+    params.set_search_options(do_sample=False, top_k=1,
+                              max_length=max(len(ids) + max_new, MIN_LENGTH))
     if spec_opts:
         params.set_speculative_options(**spec_opts)
     gen = og.Generator(model, params)
@@ -181,6 +188,10 @@ def main():
     )
     a = ap.parse_args()
     draft_threads = a.draft_threads or a.threads
+    global MIN_LENGTH
+    with open(os.path.join(a.target, "genai_config.json")) as f:
+        window = json.load(f)["model"]["decoder"].get("sliding_window") or {}
+    MIN_LENGTH = int(window.get("window_size", 0))
 
     names, prompts = load_prompts(
         a.prompts, a.n_prompts, a.tokenizer or os.path.join(a.target, "tokenizer.json")
