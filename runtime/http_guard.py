@@ -63,10 +63,11 @@ class GuardedH11(H11Protocol):
             self._disarm()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        cycle = self.cycle
+        super().on_response_complete()  # starts a pipelined request already buffered
         # the next request's headers are due in time too, and a body sent after its answer
         # (a refused request that goes on sending) must end within the same deadline
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and self.cycle is cycle:
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -91,8 +92,9 @@ class GuardedH11(H11Protocol):
         self._header_timer = None
         if self.transport.is_closing():
             return
-        if self.conn.their_state is not h11.IDLE:  # still sending a body already answered
-            self.transport.close()
+        if self.conn.their_state is not h11.IDLE:
+            if self.conn.our_state is h11.DONE:  # still sending a body already answered
+                self.transport.close()
             return
         if self.conn.trailing_data[0]:  # part of a request came: tell the client why
             self.transport.write(error_bytes(408, f"the request's headers did not arrive "

@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from test_server import TEMPLATE, serving, with_template
+from test_server import TEMPLATE, serving, slow_steps, with_template
 
 from edgespec.runtime.model import Model
 from edgespec.runtime.server import ServerLimits, create_app
@@ -139,3 +139,16 @@ def test_headers_past_16_kb_are_refused_even_in_one_read(port):
                      b"X-Big: " + b"a" * 17_000 + b"\r\n\r\n")
         status, body = _status_and_body(_answer(sock))
     assert status == 431 and "headers pass 16384 bytes" in body["error"]["message"]
+
+
+def test_a_pipelined_request_is_not_cut_off_by_the_deadline(port, monkeypatch):
+    """The deadline re-armed after a response must not fire on the pipelined request that
+    response let start (it decodes past header_seconds here: 50 ms a step)."""
+    slow_steps(monkeypatch)
+    first = _request(b'{"prompt": "t5", "max_tokens": 2}').replace(
+        b"Connection: close", b"Connection: keep-alive")
+    second = _request(b'{"prompt": "t5 t9", "max_tokens": 40, "temperature": 0.9, "seed": 3}')
+    with _connect(port) as sock:
+        sock.sendall(first + second)
+        raw = _answer(sock)
+    assert raw.count(b"HTTP/1.1 200") == 2, raw[:300]
