@@ -62,11 +62,11 @@ class Generator:
                  drafter=None, cancel: threading.Event | None = None):
         """drafter: None (autoregressive) or a drafter from model.drafter(name); cancel: an
         event another thread may set to stop this generator (or call `cancel()`)."""
-        from .model import Model  # model.py imports this module's callers
-
-        if not isinstance(model, Model):
+        try:  # (importing Model here would close an import cycle through completions.py)
+            new_runner = model.new_runner
+        except AttributeError:
             raise ValueError(f"model must be an edgespec.Model (Model(bundle_dir)), got "
-                             f"{type(model).__name__}")
+                             f"{type(model).__name__}") from None
         if isinstance(drafter, str):
             raise ValueError(f"drafter must be a drafter object, got the name {drafter[:40]!r}: "
                              "pass model.drafter(name)")
@@ -83,7 +83,7 @@ class Generator:
         # drafters that read the target's hidden states see every row the cache keeps
         self._observe = drafter.observe if drafter is not None and drafter.reads_target \
             else None
-        self.runner = model.new_runner()
+        self.runner = new_runner()
         self.kv = self.runner.kv
         # the runners go back on close() or when this generator is collected (under CUDA
         # graphs the next Generator reuses them; otherwise they are dropped)
