@@ -163,7 +163,7 @@ def cmd_run(ns) -> int:
     prompt = _prompt(ns)  # before the model loads: a missing file fails at once
     model = Model(ns.bundle, session_config(ns))
     name = model.resolve_drafter(ns.drafter)
-    drafter = model.drafter(name, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
+    drafter = model.drafter(ns.drafter, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
     with Generator(model, _params(ns), drafter) as gen:
         for piece in stream_text(gen, prompt):
             sys.stdout.write(piece)

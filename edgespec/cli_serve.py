@@ -71,7 +71,7 @@ def cmd_chat(ns, params) -> int:
     start = [{"role": "system", "content": ns.system}] if ns.system else []
     model.chat_prompt([*start, {"role": "user", "content": "hi"}])  # no template: fail now
     name = model.resolve_drafter(ns.drafter)
-    drafter = model.drafter(name, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
+    drafter = model.drafter(ns.drafter, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
     if importlib.util.find_spec("readline"):  # input() gains line editing and history
         importlib.import_module("readline")
     tty = sys.stdin.isatty()

@@ -44,7 +44,7 @@ class CompletionStream:
     def __init__(self, model, prompt: str | bytes | list[int], params: GenerationParams,
                  drafter: str):
         self.drafter = model.resolve_drafter(drafter)
-        self._gen = Generator(model, params, model.drafter(self.drafter),
+        self._gen = Generator(model, params, model.drafter(drafter),
                               threading.Event())
         self._prompt = prompt
         self.completion: Completion | None = None

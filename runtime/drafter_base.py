@@ -77,6 +77,10 @@ class Drafter(abc.ABC):
         """Rows start.. of the target's hidden states (and features) as they enter its cache;
         called only when reads_target."""
 
+    def after_step(self, state, drafted: bool, seconds: float, tokens: int) -> None:
+        """A step of this sequence ended: `drafted` (a proposal was verified) or plain, its wall
+        time and the tokens it emitted (runtime/pacing.py decides from these whether to draft)."""
+
     def release(self, state) -> None:
         """The sequence ended: give back what the state holds (K/V buffers, CUDA graphs)."""
 

@@ -320,7 +320,9 @@ class Generator:
         room = min(self.kv.free, self.model.max_len - len(self._tokens) + 1)
         if tree.size == 1 or tree.size > room:
             self.stats.decode_seconds += time.perf_counter() - t
-            return [self._next_token()]
+            kept = [self._next_token()]
+            self.drafter.after_step(self.draft_state, False, time.perf_counter() - t, 1)
+            return kept
         run0 = self.runner.run_seconds
         new = self._verify(tree)
         self.stats.target_run_seconds += self.runner.run_seconds - run0
@@ -330,6 +332,7 @@ class Generator:
         self.stats.verified_tokens += tree.size
         self.stats.accepted_lengths.append(len(kept))
         self.stats.decode_seconds += time.perf_counter() - t
+        self.drafter.after_step(self.draft_state, True, time.perf_counter() - t, len(kept))
         return kept
 
     def _verify(self, tree: DraftTree) -> list[int]:

@@ -15,6 +15,7 @@ from .bundle_checks import check_bundle, load_tokenizer
 from .chat import load_chat_template
 from .drafter_base import BundleDrafter, DraftSetting
 from .drafters import make_drafter
+from .pacing import PacedDrafter
 from .runner_pool import RunnerPool
 from .providers import SessionConfig, resolve_providers
 from .graph_runner import GraphRunner
@@ -44,7 +45,8 @@ class Model:
         self.runners = RunnerPool(self.dir, m.target, m.model, config,
                                   min_rows=2 if config.batch_invariant else 1)
         self.session = self.runners.session
-        self._drafters: dict[tuple, object] = {}  # (name, DraftSetting) -> drafter
+        # (name, DraftSetting) -> drafter; (name, DraftSetting, "auto") -> it, paced
+        self._drafters: dict[tuple, object] = {}
         self._lock = threading.Lock()  # generators in several threads may ask at once
 
     def generate(self, prompt: str | bytes | list[int], *, drafter: str = "auto", **keywords):
@@ -114,7 +116,8 @@ class Model:
                 tree_size: int | None = None, tree: list | None = None,
                 min_n: int | None = None):
         """The bundle's drafter `name` (None or 'none': autoregressive; 'auto': see
-        resolve_drafter), loaded once.
+        resolve_drafter, paced: a sequence decodes plainly while drafting measures slower
+        there, runtime/pacing.py), loaded once.
 
         gamma: draft length (tree depth); width: nodes expanded per depth (1 = a chain);
         tree_size: nodes kept in a tree (medusa, eagle3); tree: Medusa rank paths; min_n:
@@ -122,6 +125,7 @@ class Model:
         for this provider, if any, else the bundle's."""
         if name is not None and not isinstance(name, str):
             raise ValueError(f"a drafter name is a str (or None), got {type(name).__name__}")
+        paced = name == "auto"
         name = self.resolve_drafter(name)
         if name == "none":
             return None
@@ -155,7 +159,10 @@ class Model:
                 bundle = BundleDrafter(self.dir, self.manifest.drafters[name], self.config,
                                        self.max_len, self._d2t.get(name), self.verifies_trees)
                 self._drafters[name, setting] = make_drafter(bundle, setting)
-            return self._drafters[name, setting]
+            if paced and (name, setting, "auto") not in self._drafters:
+                self._drafters[name, setting, "auto"] = PacedDrafter(self._drafters[name,
+                                                                                    setting])
+            return self._drafters[(name, setting, "auto") if paced else (name, setting)]
 
     @property
     def verifies_trees(self) -> bool:
