@@ -97,11 +97,12 @@ class StepSplit:
 
 
 def decode(model, drafter, prompts: list[list[int]], max_new_tokens: int,
-           outputs: list | None = None, split: StepSplit | None = None
+           outputs: list | None = None, split: StepSplit | None = None, on_prompt=None
            ) -> tuple[list[int], float]:
     """Greedy decoding of the prompts: tokens per verify step (accepted drafts + 1) and the
     decode rate in tokens/s (after each prompt's first token). outputs: if given, gets
-    (prompt, new tokens) of each prompt; split: if given, gets where the steps' time went."""
+    (prompt, new tokens) of each prompt; split: if given, gets where the steps' time went;
+    on_prompt: called after each prompt (a progress bar)."""
     from edgespec.runtime.generator import GenerationParams, Generator
 
     lengths, tokens, seconds = [], 0, 0.0
@@ -126,6 +127,8 @@ def decode(model, drafter, prompts: list[list[int]], max_new_tokens: int,
             split.add(st, took, len(gen.stats.accepted_lengths) - 1)
         if outputs is not None:
             outputs.append((list(ids), gen.new_tokens))
+        if on_prompt is not None:
+            on_prompt()
     return lengths, tokens / max(seconds, 1e-9)
 
 
@@ -148,8 +151,10 @@ class ChainTuning:
     overhead_s: float = 0.0  # per verify step in the loop, beyond proposal + verify forward
 
 
-def tune_chain(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
-               max_new_tokens: int = 64) -> ChainTuning:
+def tune_chain(run, name: str, max_gamma: int = 8) -> ChainTuning:
+    """run: a devices/tune_run.TuneRun (the model, prompts, shared measurements); 2 decode
+    passes of its own (tune_run.PASSES)."""
+    model, prompts = run.model, run.prompts
     spec = model.manifest.drafters.get(name)
     if spec is None or spec.kind not in CHAIN_KINDS:
         raise ValueError(f"tune picks chain lengths of {', '.join(CHAIN_KINDS)} drafters; "
@@ -157,9 +162,9 @@ def tune_chain(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
     if not 1 <= max_gamma <= 32:
         raise ValueError(f"--max-gamma must be in 1..32, got {max_gamma}")
     deep = model.drafter(name, max_gamma, 1)
-    lengths, deep_rate = decode(model, deep, prompts, max_new_tokens)
+    lengths, deep_rate = run.decode(deep)
     accept = acceptance_per_depth(lengths, max_gamma)
-    curve = measure_target_curve(model, list(range(1, max_gamma + 2)), prompts=prompts)
+    curve = run.curve(range(1, max_gamma + 2))
     propose = {g: measure_propose(model, model.drafter(name, g, 1), prompts[:4])
                for g in range(1, max_gamma + 1)}
     # what a step costs in the loop beyond its forwards (bookkeeping, acceptance, caches
@@ -170,7 +175,7 @@ def tune_chain(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
              for g in propose}
     best = max(rates, key=rates.get)
     # the model times forwards alone; the loop adds bookkeeping and cache effects: measure both
-    _, measured = decode(model, model.drafter(name, best, 1), prompts, max_new_tokens)
-    _, plain = decode(model, None, prompts, max_new_tokens)
+    _, measured = run.decode(model.drafter(name, best, 1))
+    plain = run.plain()[1]
     return ChainTuning(best, rates[best], 1 / curve[1], rates, measured, plain,
                        accept.round(4).tolist(), curve, propose, overhead)

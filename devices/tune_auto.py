@@ -8,8 +8,6 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from .tune import decode
-
 MARGIN = 1.02  # a drafter must beat plain decoding by this ratio to be chosen
 
 
@@ -26,19 +24,21 @@ class AutoTuning:
                 "median_tok_s": {k: round(v, 1) for k, v in self.medians.items()}}
 
 
-def tune_auto(model, candidates: dict[str, dict], prompts: list[list[int]], rounds: int = 3,
-              max_new_tokens: int = 64, margin: float = MARGIN) -> AutoTuning:
-    """candidates: drafter name -> Model.drafter keyword arguments (its tuned setting). Rounds
-    alternate the order (forward, then backward) so a drift of the machine's speed within a
-    round does not favour whoever runs first."""
+def tune_auto(run, candidates: dict[str, dict], rounds: int = 3,
+              margin: float = MARGIN) -> AutoTuning:
+    """candidates: drafter name -> Model.drafter keyword arguments (its tuned setting); run: a
+    devices/tune_run.TuneRun (rounds x (1 + candidates) decode passes). Rounds alternate the
+    order (forward, then backward) so a drift of the machine's speed within a round does not
+    favour whoever runs first."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    model = run.model
     drafters = {"none": None, **{n: model.drafter(n, **kw) for n, kw in candidates.items()}}
     names = list(drafters)
     rates: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         for n in names if r % 2 == 0 else names[::-1]:
-            rates[n].append(decode(model, drafters[n], prompts, max_new_tokens)[1])
+            rates[n].append(run.decode(drafters[n])[1])
     medians = {n: statistics.median(v) for n, v in rates.items()}
     best = max(medians, key=medians.get)
     if medians[best] < margin * medians["none"]:

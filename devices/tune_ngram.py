@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from edgespec.runtime.drafters import NgramDrafter
 
-from .tune import decode, measure_target_curve, step_seconds
+from .tune import step_seconds
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,21 @@ class NgramTuning:
     finalists: dict = field(default_factory=dict)  # (gamma, min_n) -> median tok/s in the loop
 
 
-def tune_ngram(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
-               max_new_tokens: int = 64, max_min_n: int = 3, finalists: int = 3,
-               rounds: int = 3) -> NgramTuning:
+def tune_ngram(run, name: str, max_gamma: int = 8, max_min_n: int = 3, finalists: int = 2,
+               rounds: int = 2) -> NgramTuning:
     """The replay ranks every setting; the `finalists` best are then decoded in the loop,
     alternating with plain decoding for `rounds` rounds, and the fastest median wins (the
-    top settings often lie within the model's error of each other)."""
+    top settings often lie within the model's error of each other). run: a
+    devices/tune_run.TuneRun; 1 + rounds x (finalists + 1) decode passes of its own."""
+    model = run.model
     spec = model.manifest.drafters[name]
     max_n = int(spec.options.get("max_n", 4))
-    # the greedy outputs, and the in-loop cost of the widest setting's steps
-    outputs: list = []
-    spec_lengths, spec_rate = decode(model, model.drafter(name, max_gamma, min_n=1), prompts,
-                                     max_new_tokens, outputs)
+    # the greedy outputs (plain decoding's: every lossless drafter's), and the in-loop cost of
+    # the widest setting's steps
+    lengths, plain_rate, outputs = run.plain()
+    spec_lengths, spec_rate = run.decode(model.drafter(name, max_gamma, min_n=1))
     spec_seconds = sum(spec_lengths) / spec_rate
-    lengths, plain_rate = decode(model, None, prompts, max_new_tokens)
-    curve = measure_target_curve(model, list(range(1, max_gamma + 2)), prompts=prompts)
+    curve = run.curve(range(1, max_gamma + 2))
     plain_over = max(step_seconds(lengths, plain_rate) - curve[1], 0.0)
 
     finder = NgramDrafter(gamma=max_gamma, max_n=max_n, min_n=1)
@@ -111,7 +111,7 @@ def tune_ngram(model, name: str, prompts: list[list[int]], max_gamma: int = 8,
     for _ in range(rounds):
         for key in runs:
             drafter = None if key is None else model.drafter(name, key[0], min_n=key[1])
-            runs[key].append(decode(model, drafter, prompts, max_new_tokens)[1])
+            runs[key].append(run.decode(drafter)[1])
     measured = {key: statistics.median(v) for key, v in runs.items()}
     plain = measured.pop(None)
     best = max(measured, key=measured.get)

@@ -1,6 +1,7 @@
 """`edgespec tune` for tree drafters: Medusa's static tree grown greedily by measured per-node
-acceptance, EAGLE's node budget, each chosen by expected tokens/s under the cost model
-(measured T(S), proposal time and a per-step loop overhead) and then checked in the loop.
+acceptance and chosen by expected tokens/s under the cost model (measured T(S), proposal time
+and a per-step loop overhead), then checked in the loop; EAGLE's node budget by the rate each
+budget decodes at in the loop.
 
 Greedy verification accepts one root-to-leaf path, so a tree's expected tokens per step is
 1 + the sum over its nodes of P(node on the accepted path). For Medusa that probability is
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tune import decode, measure_propose, measure_target_curve, step_seconds
+from .tune import measure_propose, step_seconds
 
 EAGLE_BUDGETS = (4, 8, 12, 16, 24, 32, 48, 64)
 
@@ -25,7 +26,7 @@ class TreeTuning:
     setting: dict  # what tuning.json stores: {"tree": paths} or {"tree_size": n}
     nodes: int  # draft nodes of the choice
     expected_tok_s: float
-    expected: dict  # nodes -> expected tokens/s under the cost model
+    expected: dict  # nodes -> expected tokens/s under the cost model (eagle: measured)
     tokens_per_step: dict  # nodes -> expected (medusa) or measured (eagle) tokens per step
     measured: dict  # nodes -> tokens/s decoded in the loop (eagle: every budget; medusa: choice)
     measured_plain_tok_s: float
@@ -33,10 +34,11 @@ class TreeTuning:
     target_curve: dict  # S -> seconds
 
 
-def medusa_path_probs(model, name: str, prompts: list[list[int]], max_new_tokens: int
-                      ) -> dict[tuple, float]:
+def medusa_path_probs(model, name: str, prompts: list[list[int]], max_new_tokens: int,
+                      on_prompt=None) -> dict[tuple, float]:
     """P(rank path accepted) per position, for every path of the heads' top-k (zero ones left
-    out), from greedy decoding of the prompts."""
+    out), from greedy decoding of the prompts (on_prompt: called after each, a progress
+    bar)."""
     from edgespec.runtime.generator import GenerationParams, Generator
 
     drafter = model.drafter(name)
@@ -62,6 +64,8 @@ def medusa_path_probs(model, name: str, prompts: list[list[int]], max_new_tokens
                 path += (int(hit[0]),)
                 counts[path] += 1
             positions += 1
+        if on_prompt is not None:
+            on_prompt()
     if not positions:
         raise ValueError("the prompts gave no decoded positions to measure acceptance on")
     return {p: c / positions for p, c in counts.items()}
@@ -83,66 +87,63 @@ def grow_tree(probs: dict[tuple, float], max_nodes: int) -> list[tuple]:
     return tree
 
 
-def _curve(model, sizes, prompts) -> dict[int, float]:
+def _curve(run, sizes) -> dict[int, float]:
     """Measured T(S), made non-decreasing by its lower envelope: a verify of more tokens never
     costs less, and the spikes a busy machine adds should not pick the tree."""
     sizes = sorted(set(sizes))
-    if sizes[-1] + 2 > model.max_len // 2:
+    if sizes[-1] + 2 > run.model.max_len // 2:
         raise ValueError(f"a verify of {sizes[-1]} tokens needs a bundle with max_len >= "
-                         f"{2 * sizes[-1] + 4} (this one has {model.max_len}); lower the limit")
-    raw = measure_target_curve(model, sizes, runs=3, reps=5, prompts=prompts)
+                         f"{2 * sizes[-1] + 4} (this one has {run.model.max_len}); lower the "
+                         "limit")
+    raw = run.curve(sizes)
     low = np.minimum.accumulate([raw[s] for s in reversed(sizes)])[::-1]
     return dict(zip(sizes, low.tolist()))
 
 
-def _overhead(model, drafter, prompts, max_new_tokens, propose_s, curve, nodes) -> float:
-    """Per-step seconds the loop spends beyond proposal and verify forward (>= 0)."""
-    step_s = step_seconds(*decode(model, drafter, prompts, max_new_tokens))
-    return max(step_s - propose_s - curve[nodes + 1], 0.0)
-
-
-def tune_medusa(model, name: str, prompts: list[list[int]], max_nodes: int = 64,
-                max_new_tokens: int = 64) -> TreeTuning:
+def tune_medusa(run, name: str, max_nodes: int = 64) -> TreeTuning:
+    """run: a devices/tune_run.TuneRun; 3 decode passes of its own."""
     if not 1 <= max_nodes <= 256:
         raise ValueError(f"--max-nodes must be in 1..256, got {max_nodes}")
-    probs = medusa_path_probs(model, name, prompts, max_new_tokens)
+    model, prompts = run.model, run.prompts
+    probs = medusa_path_probs(model, name, prompts, run.max_new_tokens, run.advance)
     tree = grow_tree(probs, max_nodes)
     default = model.drafter(name)  # the bundle's tree: where the loop overhead is measured
-    curve = _curve(model, range(1, max(len(tree), len(default.parents) - 1) + 2), prompts)
+    curve = _curve(run, range(1, max(len(tree), len(default.parents) - 1) + 2))
     propose_s = measure_propose(model, default, prompts[:4])
-    overhead = _overhead(model, default, prompts, max_new_tokens, propose_s, curve,
-                         len(default.parents) - 1)
+    # per-step seconds the loop spends beyond proposal and verify forward (>= 0)
+    overhead = max(step_seconds(*run.decode(default)) - propose_s
+                   - curve[len(default.parents)], 0.0)
     per_step = {n: 1 + sum(probs[p] for p in tree[:n]) for n in range(1, len(tree) + 1)}
     expected = {n: per_step[n] / (propose_s + curve[n + 1] + overhead) for n in per_step}
     best = max(expected, key=expected.get)
     paths = [list(p) for p in tree[:best]]
-    _, measured = decode(model, model.drafter(name, tree=paths), prompts, max_new_tokens)
-    _, plain = decode(model, None, prompts, max_new_tokens)
+    _, measured = run.decode(model.drafter(name, tree=paths))
+    plain = run.plain()[1]
     return TreeTuning({"tree": paths}, best, expected[best], expected, per_step,
                       {best: measured}, plain, overhead, curve)
 
 
-def tune_eagle(model, name: str, prompts: list[list[int]], budgets=EAGLE_BUDGETS,
-               max_new_tokens: int = 64) -> TreeTuning:
-    """The node budget (tree_size) of a dynamic tree at the bundle's depth and width."""
+def tune_eagle(run, name: str, budgets=EAGLE_BUDGETS) -> TreeTuning:
+    """The node budget (tree_size) of a dynamic tree at the bundle's depth and width, chosen by
+    the rate each budget decodes at in the loop (no projection: what is printed is what was
+    measured). Budgets are tried smallest first and the search stops once two in a row decode
+    slower than the best so far (tokens per step flatten while the verify cost grows). run: a
+    devices/tune_run.TuneRun; one decode pass per budget tried (at most len(budgets))."""
+    model = run.model
     budgets = [b for b in budgets if 2 * b + 6 <= model.max_len] or [1]
-    curve = _curve(model, [b + 1 for b in budgets] + [1], prompts)
-    per_step, propose, measured, step_s = {}, {}, {}, {}
+    per_step, measured, step_s = {}, {}, {}
+    worse = 0
     for b in budgets:
-        drafter = model.drafter(name, tree_size=b)
-        lengths, measured[b] = decode(model, drafter, prompts, max_new_tokens)
+        lengths, measured[b] = run.decode(model.drafter(name, tree_size=b))
         per_step[b] = sum(lengths) / max(len(lengths), 1)
         step_s[b] = step_seconds(lengths, measured[b])
-        propose[b] = measure_propose(model, drafter, prompts[:4])
-    # the loop's cost beyond proposal + verify grows with the tree (bias, acceptance, K/V
-    # compaction of more nodes): a line fitted over every budget's measured step time
-    # smooths the noise of single decodes (ranking by those alone picks noise)
-    residual = [step_s[b] - propose[b] - curve[b + 1] for b in budgets]
-    slope, base = np.polyfit(budgets, residual, 1) if len(budgets) > 1 else (0.0, residual[0])
-    over = {b: max(base + slope * b, 0.0) for b in budgets}
-    expected = {b: per_step[b] / (propose[b] + curve[b + 1] + over[b]) for b in budgets}
-    overhead = over[budgets[len(budgets) // 2]]
-    best = max(expected, key=expected.get)
-    _, plain = decode(model, None, prompts, max_new_tokens)
-    return TreeTuning({"tree_size": best}, best, expected[best], expected, per_step, measured,
-                      plain, overhead, curve)
+        worse = worse + 1 if measured[b] < max(measured.values()) else 0
+        if worse == 2:
+            break
+    run.unplan(len(EAGLE_BUDGETS) - len(measured))  # tune_run.PASSES planned them all
+    best = max(measured, key=measured.get)
+    curve = _curve(run, [b + 1 for b in measured] + [1])  # the verify sizes tried
+    # the loop's cost beyond the verify forward (proposal, bias, acceptance, compaction)
+    overhead = max(step_s[best] - curve[best + 1], 0.0)
+    return TreeTuning({"tree_size": best}, best, measured[best], dict(measured), per_step,
+                      measured, run.plain()[1], overhead, curve)

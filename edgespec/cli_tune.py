@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_types import add_batch_invariant, add_provider, integer
+from .cli_types import add_batch_invariant, add_provider, integer, number
 from .drafter_kinds import KINDS
 
 
@@ -24,90 +24,101 @@ class Tuned:
         return self.measured_tok_s / self.plain_tok_s
 
 
-def _tune_chain(ns, model, prompts, name: str) -> Tuned:
+def _tune_chain(ns, run, name: str) -> Tuned:
     from .devices.tune import tune_chain
 
-    t = tune_chain(model, name, prompts, ns.max_gamma, ns.max_new_tokens)
-    print(f"{name} on {ns.device}: per-depth acceptance "
-          f"{', '.join(f'{a:.2f}' for a in t.acceptance)}; loop overhead "
-          f"{1e3 * t.overhead_s:.3f} ms per step")
-    print(f"{'gamma':>6}{'propose ms':>12}{'verify ms':>11}{'expected tok/s':>16}")
+    t = tune_chain(run, name, ns.max_gamma)
+    lines = [f"{name} on {ns.device}: per-depth acceptance "
+             f"{', '.join(f'{a:.2f}' for a in t.acceptance)}; loop overhead "
+             f"{1e3 * t.overhead_s:.3f} ms per step",
+             f"{'gamma':>6}{'propose ms':>12}{'verify ms':>11}{'model tok/s':>13}"]
     for g, rate in t.rates.items():
-        print(f"{g:>6}{1e3 * t.propose_seconds[g]:>12.3f}{1e3 * t.target_curve[g + 1]:>11.3f}"
-              f"{rate:>16.1f}")
-    print(f"chose gamma {t.gamma}: {t.expected_tok_s:.1f} tok/s expected (plain decoding "
-          f"{t.plain_tok_s:.1f})")
+        lines.append(f"{g:>6}{1e3 * t.propose_seconds[g]:>12.3f}"
+                     f"{1e3 * t.target_curve[g + 1]:>11.3f}{rate:>13.1f}")
+    lines.append(f"chose gamma {t.gamma} by the model ({t.expected_tok_s:.1f} tok/s); "
+                 f"measured {t.measured_tok_s:.1f} in the decode loop")
+    run.note("\n".join(lines))
     return Tuned({"gamma": t.gamma, "expected_tok_s": round(t.expected_tok_s, 1),
                   "acceptance": t.acceptance}, t.measured_tok_s, t.measured_plain_tok_s)
 
 
-def _tune_ngram(ns, model, prompts, name: str) -> Tuned:
+def _tune_ngram(ns, run, name: str) -> Tuned:
     """Prompt lookup: draft length and shortest match, replayed exactly over greedy output."""
     from .devices.tune_ngram import tune_ngram
 
-    t = tune_ngram(model, name, prompts, ns.max_gamma, ns.max_new_tokens)
-    print(f"{name} on {ns.device}: loop overhead {1e3 * t.overhead_s:.3f} ms per step; "
-          "expected tok/s by draft length (rows) and shortest match (columns)")
+    t = tune_ngram(run, name, ns.max_gamma)
     mins = sorted({m for _, m in t.rates})
-    print(f"{'gamma':>6}{'verify ms':>11}" + "".join(f"{f'min_n {m}':>10}" for m in mins))
+    lines = [f"{name} on {ns.device}: loop overhead {1e3 * t.overhead_s:.3f} ms per step; "
+             "model tok/s (replayed over greedy output) by draft length (rows) and shortest "
+             "match (columns)",
+             f"{'gamma':>6}{'verify ms':>11}" + "".join(f"{f'min_n {m}':>10}" for m in mins)]
     for g in sorted({g for g, _ in t.rates}):
-        print(f"{g:>6}{1e3 * t.target_curve[g + 1]:>11.3f}"
-              + "".join(f"{t.rates[(g, m)]:>10.1f}" for m in mins))
-    print("finalists measured in the loop (tok/s): " + ", ".join(
-        f"gamma {g} min_n {m}: {rate:.1f}" for (g, m), rate in t.finalists.items()))
-    print(f"chose gamma {t.gamma}, min_n {t.min_n}: {t.expected_tok_s:.1f} tok/s expected "
-          f"(plain decoding {t.plain_tok_s:.1f})")
+        lines.append(f"{g:>6}{1e3 * t.target_curve[g + 1]:>11.3f}"
+                     + "".join(f"{t.rates[(g, m)]:>10.1f}" for m in mins))
+    lines.append("the model's best measured in the loop (tok/s): " + ", ".join(
+        f"gamma {g} min_n {m}: {rate:.1f} (model {t.rates[(g, m)]:.1f})"
+        for (g, m), rate in t.finalists.items()))
+    lines.append(f"chose gamma {t.gamma}, min_n {t.min_n}: {t.measured_tok_s:.1f} tok/s "
+                 f"measured (plain decoding {t.measured_plain_tok_s:.1f})")
+    run.note("\n".join(lines))
     return Tuned({"gamma": t.gamma, "min_n": t.min_n,
                   "expected_tok_s": round(t.expected_tok_s, 1)},
                  t.measured_tok_s, t.measured_plain_tok_s)
 
 
-def _tune_tree(ns, model, prompts, name: str, grown: bool) -> Tuned:
+def _tune_tree(ns, run, name: str, grown: bool) -> Tuned:
     """A static tree (Medusa's heads): the tree grown by per-node acceptance; a tree grown per
-    step by a decoder drafter (EAGLE-3): the node budget."""
+    step by a decoder drafter (EAGLE-3): the node budget, by measured rate."""
     from .devices.tune_tree import tune_eagle, tune_medusa
 
-    t = (tune_eagle(model, name, prompts, max_new_tokens=ns.max_new_tokens) if grown
-         else tune_medusa(model, name, prompts, ns.max_nodes, ns.max_new_tokens))
+    t = tune_eagle(run, name) if grown else tune_medusa(run, name, ns.max_nodes)
     shown = [n for n in t.expected if grown or n in (1, 2, 4, 8, 16, 24, 32, 48, 64)
              or n in (t.nodes, max(t.expected))]
-    print(f"{name} on {ns.device}: loop overhead {1e3 * t.overhead_s:.3f} ms per step")
-    print(f"{'nodes':>6}{'tokens/step':>13}{'verify ms':>11}{'expected tok/s':>16}"
-          f"{'measured tok/s':>16}")
+    lines = [f"{name} on {ns.device}: loop overhead {1e3 * t.overhead_s:.3f} ms per step",
+             f"{'nodes':>6}{'tokens/step':>13}{'verify ms':>11}"
+             + ("" if grown else f"{'model tok/s':>13}") + f"{'measured tok/s':>16}"]
     for n in shown:
         measured = f"{t.measured[n]:.1f}" if n in t.measured else "-"
-        print(f"{n:>6}{t.tokens_per_step[n]:>13.2f}{1e3 * t.target_curve[n + 1]:>11.3f}"
-              f"{t.expected[n]:>16.1f}{measured:>16}")
-    print(f"chose {t.nodes} nodes: {t.expected_tok_s:.1f} tok/s expected")
+        lines.append(f"{n:>6}{t.tokens_per_step[n]:>13.2f}{1e3 * t.target_curve[n + 1]:>11.3f}"
+                     + ("" if grown else f"{t.expected[n]:>13.1f}") + f"{measured:>16}")
+    lines.append(f"chose {t.nodes} nodes: {t.measured[t.nodes]:.1f} tok/s measured")
+    run.note("\n".join(lines))
     return Tuned({**t.setting, "expected_tok_s": round(t.expected_tok_s, 1)},
                  t.measured[t.nodes], t.measured_plain_tok_s)
 
 
-def tune_one(ns, model, prompts, name: str) -> Tuned:
-    """The tuner for drafter `name`'s kind (its `tune` entry in edgespec/drafter_kinds.py; a
-    decoder's tree budget unless --chain, and under auto its best chain too)."""
+def _tuners(ns, model, name: str) -> list[str]:
+    """The tuners (TUNERS) drafter `name` goes through: its kind's
+    `tune` entry in edgespec/drafter_kinds.py; a decoder's tree budget unless --chain, and
+    under auto its best chain too."""
     spec = model.manifest.drafters.get(name)
     kind = KINDS[spec.kind] if spec is not None else None
     if kind is not None and kind.tune == "tree" and not (ns.chain and kind.model):
         if not model.verifies_trees:
             if ns.drafter == "auto":  # a chain bundle: its trees draft chains
-                return _tune_chain(ns, model, prompts, name) if kind.model else None
+                return ["chain"] if kind.model else []
             raise ValueError(f"{ns.bundle} verifies chains only (--verify chain): it has no "
                              "tree to tune; tune eagle3 with --chain, or re-export with "
                              "--verify tree")
-        tree = _tune_tree(ns, model, prompts, name, grown=kind.model)
-        if kind.model and ns.drafter == "auto":  # a chain may beat any tree here
-            chain = _tune_chain(ns, model, prompts, name)
-            return max(tree, chain, key=lambda t: t.speedup)
-        return tree
-    if kind is not None and kind.tune == "ngram":
-        return _tune_ngram(ns, model, prompts, name)
-    return _tune_chain(ns, model, prompts, name)
+        tree = "grown_tree" if kind.model else "static_tree"
+        return [tree, "chain"] if kind.model and ns.drafter == "auto" else [tree]
+    return ["ngram" if kind is not None and kind.tune == "ngram" else "chain"]
 
 
-def _store(ns, name: str, t: Tuned) -> bool:
+TUNERS = {"chain": _tune_chain, "ngram": _tune_ngram,  # the keys of devices/tune_run.PASSES
+          "static_tree": lambda ns, run, name: _tune_tree(ns, run, name, grown=False),
+          "grown_tree": lambda ns, run, name: _tune_tree(ns, run, name, grown=True)}
+
+
+def tune_one(ns, run, name: str) -> Tuned | None:
+    """`name` through its tuners (the fastest result when several); None: nothing to tune."""
+    tuned = [TUNERS[tuner](ns, run, name) for tuner in _tuners(ns, run.model, name)]
+    return max(tuned, key=lambda t: t.speedup) if tuned else None
+
+
+def _store(ns, name: str, t: Tuned, note=print) -> bool:
     """Store a drafter's setting only if it decoded faster than plain decoding (or
-    --keep-slower); returns whether it did."""
+    --keep-slower); returns whether it did. note: prints a line (above a progress bar)."""
     from edgespec.runtime.tuning import save_tuning
 
     keep = t.speedup > 1 or ns.keep_slower
@@ -117,31 +128,34 @@ def _store(ns, name: str, t: Tuned) -> bool:
     rates = (f"{t.measured_tok_s:.1f} tok/s in the decode loop against {t.plain_tok_s:.1f} for "
              f"plain decoding ({t.speedup:.2f}x)")
     if keep:
-        print(f"{name}: {rates}; wrote {path} (run/eval use it for --drafter {name} when no "
-              "--gamma / --tree-size is given)")
+        note(f"{name}: {rates}; wrote {path} (run/eval use it for --drafter {name} when no "
+                 "--gamma / --tree-size is given)")
     else:
-        print(f"{name}: {rates}: plain decoding is faster on this device, so nothing is stored "
-              f"for {name} (--keep-slower stores it anyway); wrote {path}")
+        note(f"{name}: {rates}: plain decoding is faster on this device, so nothing is "
+                 f"stored for {name} (--keep-slower stores it anyway); wrote {path}")
     return keep and t.speedup > 1
 
 
-def _tune_auto(ns, model, prompts) -> int:
+def _tune_auto(ns, run) -> int:
     from edgespec.runtime.tuning import save_auto, save_tuning, setting_kwargs
 
     from .devices.tune_auto import tune_auto
 
     winners = {}
-    for name in model.manifest.drafters:
-        print(f"--- {name}")
-        t = tune_one(ns, model, prompts, name)
+    names = list(run.model.manifest.drafters)
+    for name in names:
+        run.note(f"--- {name}")
+        t = tune_one(ns, run, name)
         if t is None:
-            print(f"{name}: a Medusa tree has nothing to tune on a chain-only bundle; skipped")
-        elif _store(ns, name, t):
+            run.note(f"{name}: a Medusa tree has nothing to tune on a chain-only bundle; "
+                     "skipped")
+        elif _store(ns, name, t, run.note):
             winners[name] = t.setting
-    print(f"--- auto: plain decoding and {', '.join(winners) or 'no drafter'} in {ns.rounds} "
-          "alternating rounds")
-    a = tune_auto(model, {n: setting_kwargs(s) for n, s in winners.items()}, prompts,
-                  ns.rounds, ns.max_new_tokens)
+    run.unplan(ns.rounds * (len(names) - len(winners)))  # planned: every drafter a finalist
+    run.note(f"--- auto: plain decoding and {', '.join(winners) or 'no drafter'} in "
+             f"{ns.rounds} alternating rounds")
+    a = tune_auto(run, {n: setting_kwargs(s) for n, s in winners.items()}, ns.rounds)
+    run.close()
     for n, rates in a.rates.items():
         print(f"{n:>12}: median {a.medians[n]:.1f} tok/s ({a.medians[n] / a.medians['none']:.2f}x"
               f" plain), rounds {', '.join(f'{r:.1f}' for r in rates)}")
@@ -158,12 +172,30 @@ def _tune_auto(ns, model, prompts) -> int:
     return 0
 
 
+def _plan(ns, run) -> None:
+    """Count the decode passes ahead (the bar's total), and cut the prompts to --budget."""
+    from .devices.tune_run import PASSES
+
+    names = list(run.model.manifest.drafters) if ns.drafter == "auto" else [ns.drafter]
+    passes = 1 + sum(PASSES[t] for n in names for t in _tuners(ns, run.model, n))  # 1: plain
+    if ns.drafter == "auto":
+        passes += ns.rounds * (1 + len(names))
+    if ns.budget:
+        before = len(run.prompts)
+        kept = run.fit_budget(60 * ns.budget, passes)
+        if kept < before:
+            print(f"tune: {passes} decode passes planned; {kept} of {before} prompts fit "
+                  f"--budget {ns.budget:g} minutes (--budget 0: all)")
+    run.plan(passes)
+
+
 def cmd_tune(ns) -> int:
     from edgespec.runtime.evaluate import read_prompts
     from edgespec.runtime.model import Model
     from edgespec.runtime.providers import SessionConfig
 
     from .devices.profiles import load_profile
+    from .devices.tune_run import TuneRun
 
     profile = load_profile(ns.device)
     if ns.device != "cpu" and profile.provider != ns.provider:
@@ -173,10 +205,17 @@ def cmd_tune(ns) -> int:
                                            batch_invariant=ns.batch_invariant))
     prompts = [model.tokenizer.encode(r["prompt"])
                for r in read_prompts(ns.prompts)[: ns.limit or None]]
-    if ns.drafter == "auto":
-        return _tune_auto(ns, model, prompts)
-    _store(ns, ns.drafter, tune_one(ns, model, prompts, ns.drafter))
-    return 0
+    run = TuneRun(model, prompts, ns.max_new_tokens, progress=not ns.no_progress)
+    try:
+        _plan(ns, run)
+        if ns.drafter == "auto":
+            return _tune_auto(ns, run)
+        t = tune_one(ns, run, ns.drafter)
+        run.close()
+        _store(ns, ns.drafter, t)
+        return 0
+    finally:
+        run.close()
 
 
 def add_commands(sub) -> None:
@@ -201,6 +240,10 @@ def add_commands(sub) -> None:
     t.add_argument("--keep-slower", action="store_true",
                    help="store a drafter's best setting even when plain decoding was faster "
                         "(auto never picks it)")
+    t.add_argument("--budget", type=number(0.0), default=4.0, metavar="MINUTES",
+                   help="cut the prompts so the planned decode passes fit about this many "
+                        "minutes, priced by plain decoding of the first prompts (0: no cut)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--threads", type=integer(0), default=0)
     add_batch_invariant(t)
     t.set_defaults(fn=cmd_tune)

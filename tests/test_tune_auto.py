@@ -74,22 +74,21 @@ def test_tune_auto_alternates_rounds_and_needs_a_margin(bundle, monkeypatch):
     calls = []
     speed = {None: 100.0}
 
-    def fake_decode(model, drafter, prompts, max_new_tokens):
+    def fake_decode(drafter):
         calls.append(None if drafter is None else "ngram")
         return [], speed.get(drafter, speed["ngram"])
 
-    monkeypatch.setattr(ta, "decode", fake_decode)
-    model = Model(bundle)
+    run = SimpleNamespace(model=Model(bundle), decode=fake_decode)
     speed["ngram"] = 101.0  # faster, but within the margin: plain decoding is kept
-    a = ta.tune_auto(model, {"ngram": {"gamma": 2, "width": 1}}, [[5, 6]], rounds=3)
+    a = ta.tune_auto(run, {"ngram": {"gamma": 2, "width": 1}}, rounds=3)
     assert a.drafter == "none" and a.speedup == 1.0
     assert calls == [None, "ngram", "ngram", None, None, "ngram"]  # forward, backward, forward
     speed["ngram"] = 150.0
-    a = ta.tune_auto(model, {"ngram": {"gamma": 2, "width": 1}}, [[5, 6]], rounds=3)
+    a = ta.tune_auto(run, {"ngram": {"gamma": 2, "width": 1}}, rounds=3)
     assert a.drafter == "ngram" and a.speedup == pytest.approx(1.5)
     assert a.as_setting()["median_tok_s"] == {"none": 100.0, "ngram": 150.0}
     with pytest.raises(ValueError, match="rounds"):
-        ta.tune_auto(model, {}, [[5]], rounds=0)
+        ta.tune_auto(run, {}, rounds=0)
 
 
 def test_auto_resolves_to_the_tuned_choice_else_ngram(bundle):
@@ -169,12 +168,12 @@ def test_tune_auto_over_trained_drafters_stores_only_winners(trimmed_bundle, tmp
 def test_a_winner_that_loses_the_alternating_rounds_is_dropped(bundle, prompts, monkeypatch,
                                                                 capsys):
     from edgespec import cli_tune
-    from edgespec.devices import tune_auto as ta
+    from edgespec.devices.tune_run import TuneRun
 
     # alone, n-gram lookup measured faster; in the alternating rounds it is slower
     monkeypatch.setattr(cli_tune, "tune_one",
-                        lambda ns, model, p, name: cli_tune.Tuned({"gamma": 2}, 120.0, 100.0))
-    monkeypatch.setattr(ta, "decode", lambda model, drafter, p, n: (
+                        lambda ns, run, name: cli_tune.Tuned({"gamma": 2}, 120.0, 100.0))
+    monkeypatch.setattr(TuneRun, "decode", lambda run, drafter, *_: (
         [], 100.0 if drafter is None else 90.0))
     assert main(["tune", str(bundle), "--drafter", "auto", "--prompts", str(prompts)]) == 0
     assert "ngram: no faster than plain decoding in the alternating rounds" in \
