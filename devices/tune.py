@@ -165,8 +165,12 @@ def tune_chain(run, name: str, max_gamma: int = 8) -> ChainTuning:
     lengths, deep_rate = run.decode(deep)
     accept = acceptance_per_depth(lengths, max_gamma)
     curve = run.curve(range(1, max_gamma + 2))
-    propose = {g: measure_propose(model, model.drafter(name, g, 1), prompts[:4])
-               for g in range(1, max_gamma + 1)}
+    # a chain's proposal is a catch-up feed plus one drafter run per token: linear in gamma,
+    # so its two ends are measured (each measurement prefills the target per prompt)
+    ends = {g: measure_propose(model, model.drafter(name, g, 1), prompts[:4])
+            for g in {1, max_gamma}}
+    slope = (ends[max_gamma] - ends[1]) / max(max_gamma - 1, 1)
+    propose = {g: ends[1] + slope * (g - 1) for g in range(1, max_gamma + 1)}
     # what a step costs in the loop beyond its forwards (bookkeeping, acceptance, caches
     # evicted by the other session), from the deep chain's own decode: one constant per step
     overhead = max(step_seconds(lengths, deep_rate) - propose[max_gamma]

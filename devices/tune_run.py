@@ -28,7 +28,9 @@ def _bar(total: int, enabled: bool):
         enabled = False
     if not enabled:
         return None
-    return tqdm(total=total, desc="tune", unit="decode", dynamic_ncols=True)
+    # smoothing 0: the time left from the average rate so far (the tuners' phases between
+    # decode passes, curves and proposal timings, would make an instantaneous rate jump)
+    return tqdm(total=total, desc="tune", unit="decode", dynamic_ncols=True, smoothing=0.0)
 
 
 @dataclass

@@ -30,7 +30,8 @@ def _tune_chain(ns, run, name: str) -> Tuned:
     t = tune_chain(run, name, ns.max_gamma)
     lines = [f"{name} on {ns.device}: per-depth acceptance "
              f"{', '.join(f'{a:.2f}' for a in t.acceptance)}; loop overhead "
-             f"{1e3 * t.overhead_s:.3f} ms per step",
+             f"{1e3 * t.overhead_s:.3f} ms per step; proposal times measured at gamma 1 and "
+             f"{max(t.propose_seconds)}, linear between",
              f"{'gamma':>6}{'propose ms':>12}{'verify ms':>11}{'model tok/s':>13}"]
     for g, rate in t.rates.items():
         lines.append(f"{g:>6}{1e3 * t.propose_seconds[g]:>12.3f}"
