@@ -70,7 +70,9 @@ def llamacpp(ns, out: Path) -> dict[str, float]:
     # exit status 1 = a mode's text differs from its plain f32 greedy (its batched verify
     # kernels can flip a near-tie): reported in the JSON and the summary, not fatal here
     out.unlink(missing_ok=True)
-    subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
+    done = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
+    if not out.is_file():  # it stopped before writing (a bad mode, a missing file): its stderr
+        raise SystemExit(f"llama.cpp's spec_bench.py wrote no results (exit {done.returncode})")
     res = json.loads(out.read_text())["modes"]
     label = (lambda m: m.replace("plain:f32", f"plain:{Path(target).stem}")
              if ns.llamacpp_gguf else m)
