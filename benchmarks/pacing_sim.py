@@ -3,7 +3,8 @@ on a bundle's own greedy outputs, without timing noise from the machine deciding
 n-gram proposals and their acceptance are replayed exactly (devices/tune_ngram.lookups), each
 step is priced by a cost curve T(S)/T(1) (given, or measured here) plus a loop overhead, with
 lognormal noise; the real PacedDrafter decides which steps draft. Prints tokens per T(1) for
-plain, n-gram and paced, averaged over seeds.
+plain, n-gram, paced and "gated" (a per-proposal policy not in the runtime yet: MatchGate),
+averaged over seeds.
 
     python benchmarks/pacing_sim.py --bundle B --prompts P.jsonl [--n 16] [--max-new-tokens 128]
         [--curve 1,1.13,1.20,1.29,1.38 | --curve measure] [--gamma 4] [--noise 0.08]
@@ -43,12 +44,39 @@ class Replayed(Drafter):
         return DraftTree.chain(0, [0] * self.length)
 
 
+class MatchGate:
+    """Not in the runtime yet (docs/next-steps.md): each proposal cut to the length that
+    maximises expected tokens per cost, acceptance learned per (match length, depth) from an
+    optimistic prior (so every bucket is tried), the cost curve taken as known."""
+
+    def __init__(self, gamma: int, curve, overhead: float, prior: float = 4.0):
+        self.curve, self.overhead = curve, overhead
+        self.seen = {(n, i): [prior, prior] for n in range(1, 5) for i in range(gamma)}
+
+    def cut(self, match: int, length: int) -> int:
+        best, best_rate, expected, reach = 0, 1.0 / (self.curve[0] + self.overhead), 1.0, 1.0
+        for depth in range(1, length + 1):
+            hits, tries = self.seen[match, depth - 1]
+            reach *= hits / tries
+            expected += reach
+            rate = expected / (self.curve[depth] + self.overhead)
+            if rate > best_rate:
+                best, best_rate = depth, rate
+        return best
+
+    def learn(self, match: int, length: int, accepted: int) -> None:
+        for depth in range(min(length, accepted + 1)):  # depth reached; accepted past it?
+            self.seen[match, depth][1] += 1
+            self.seen[match, depth][0] += accepted > depth
+
+
 def simulate(tables, curve, gamma: int, policy: str, seed: int, noise: float,
              overhead: float = 0.05) -> float:
-    """Tokens per unit of T(1) over every sequence under `policy` (none, ngram, paced)."""
+    """Tokens per unit of T(1) over every sequence under `policy` (none, ngram, paced, gated)."""
     rng = np.random.default_rng(seed)
     inner = Replayed()
     paced = PacedDrafter(inner)
+    gate = MatchGate(gamma, curve, overhead)
     cost = tokens = 0.0
     for table, n_new in tables:
         st = paced.new_state()
@@ -60,6 +88,9 @@ def simulate(tables, curve, gamma: int, policy: str, seed: int, noise: float,
                 length = 0
             elif policy == "ngram":
                 length = inner.length
+            elif policy == "gated":
+                length = gate.cut(look.match, inner.length) if inner.length else 0
+                gate.learn(look.match, length, min(look.accepted, length))
             else:
                 length = paced.propose(st, [0], None, None).size - 1
             emitted = min(min(look.accepted, length) + 1, n_new - k)
@@ -101,7 +132,7 @@ def main() -> None:
         tables.append((lookups(finder, ids, gen.new_tokens), len(gen.new_tokens)))
         gen.close()
     print(f"T(S)/T(1) for S = 1..{len(curve)}: {', '.join(f'{c:.2f}' for c in curve)}")
-    for policy in ("none", "ngram", "paced"):
+    for policy in ("none", "ngram", "paced", "gated"):
         rates = [simulate(tables, curve, ns.gamma, policy, s, ns.noise) for s in range(ns.seeds)]
         print(f"{policy:>6}: {statistics.mean(rates):.3f} tokens per T(1)")
 
