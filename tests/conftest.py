@@ -96,6 +96,48 @@ def run_to_end(model, params, ids, drafter=None):
     return gen
 
 
+def repeating_prompts(path: Path, n: int) -> Path:
+    """A prompts file of n lines "t{i} t{i+1} t{i} t{i+1}" (i from 3): n-gram lookup finds
+    matches in them, so speculative and tuning paths have something to do."""
+    import json
+
+    path.write_text("".join(json.dumps({"prompt": f"t{i} t{i + 1} t{i} t{i + 1}"}) + "\n"
+                            for i in range(3, 3 + n)))
+    return path
+
+
+def stub_drafter(draft):
+    """A Drafter proposing the chain draft(tokens) after the pending token; `calls` counts its
+    proposals (tests of the Drafter interface and of wrappers around it)."""
+    from edgespec.runtime.drafter_base import Drafter
+    from edgespec.tree import DraftTree
+
+    class Stub(Drafter):
+        name, forwards_per_step, calls = "stub", 0, 0
+
+        @classmethod
+        def from_bundle(cls, bundle, setting):
+            return cls()
+
+        def new_state(self):
+            return None
+
+        def propose(self, state, tokens, sampling, rng):
+            self.calls += 1
+            return DraftTree.chain(tokens[-1], list(draft(tokens)))
+
+    return Stub()
+
+
+@pytest.fixture
+def llama_copy(tiny_bundles, tmp_path):
+    """A writable copy of the tiny llama bundle (tuning.json, manifest edits)."""
+    import shutil
+
+    shutil.copytree(tiny_bundles["llama"][1], tmp_path / "b")
+    return tmp_path / "b"
+
+
 DRAFTER_KINDS = ("medusa", "mtp", "eagle3")  # the trained kinds
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_to_end
+from conftest import REPO, run_to_end, stub_drafter
 
 import edgespec
 from edgespec.runtime.generator import GenerationParams
@@ -94,25 +94,11 @@ def test_a_drafter_is_one_subclass_of_the_protocol(model):
     """A toy drafter (repeat the pending token) is a Drafter subclass with three methods, and
     the Generator runs it losslessly; an object that is not a Drafter is refused. (A kind a
     bundle can name: tests/test_drafter_kinds.py.)"""
-    from edgespec.runtime.drafter_base import Drafter
-    from edgespec.tree import DraftTree
-
-    class RepeatLast(Drafter):
-        name, forwards_per_step = "repeat", 0
-
-        @classmethod
-        def from_bundle(cls, bundle, setting):
-            return cls()
-
-        def new_state(self):
-            return None
-
-        def propose(self, state, tokens, sampling, rng):
-            return DraftTree.chain(tokens[-1], [tokens[-1]] * 3)
-
+    repeat_last = stub_drafter(lambda tokens: [tokens[-1]] * 3)
     params = GenerationParams(max_new_tokens=12, stop_on_eos=False)
-    assert run_to_end(model, params, [5, 9, 11], RepeatLast()).tokens == \
+    assert run_to_end(model, params, [5, 9, 11], repeat_last).tokens == \
         run_to_end(model, params, [5, 9, 11]).tokens
+    assert repeat_last.calls > 0
 
     class Duck:
         def new_state(self):

@@ -4,35 +4,13 @@ plain greedy decoding's whatever the pauses."""
 
 import numpy as np
 import pytest
-from conftest import run_to_end
+from conftest import run_to_end, stub_drafter
 
 from edgespec.runtime import pacing
-from edgespec.runtime.drafter_base import Drafter
 from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 from edgespec.runtime.pacing import PacedDrafter
 from edgespec.sampling import SamplingParams
-from edgespec.tree import DraftTree
-
-
-class Counting(Drafter):
-    """Proposes one fixed token and counts its calls."""
-
-    name, forwards_per_step = "counting", 0
-
-    def __init__(self):
-        self.calls = 0
-
-    @classmethod
-    def from_bundle(cls, bundle, setting):
-        return cls()
-
-    def new_state(self):
-        return None
-
-    def propose(self, state, tokens, sampling, rng):
-        self.calls += 1
-        return DraftTree.chain(tokens[-1], [7])
 
 
 def drive(paced: PacedDrafter, st, steps: int, drafted_cost: float, drafted_tokens: int,
@@ -49,7 +27,7 @@ def drive(paced: PacedDrafter, st, steps: int, drafted_cost: float, drafted_toke
 
 
 def test_losing_drafts_pause_for_doubling_stretches():
-    inner = Counting()
+    inner = stub_drafter(lambda tokens: [7])
     paced = PacedDrafter(inner)
     st = paced.new_state()
     # drafted: 1.5 tokens per 30 ms = 50 tok/s; plain: 1 per 10 ms = 100 tok/s
@@ -68,7 +46,7 @@ def test_losing_drafts_pause_for_doubling_stretches():
 
 
 def test_winning_drafts_keep_drafting_and_probe_plain_now_and_then():
-    inner = Counting()
+    inner = stub_drafter(lambda tokens: [7])
     paced = PacedDrafter(inner)
     st = paced.new_state()
     trace = drive(paced, st, 200, 0.012, 3, 0.010)  # 250 tok/s drafted vs 100 plain
@@ -78,7 +56,7 @@ def test_winning_drafts_keep_drafting_and_probe_plain_now_and_then():
 
 
 def test_one_slow_plain_step_moves_the_plain_cost_at_most_threefold():
-    paced = PacedDrafter(Counting())
+    paced = PacedDrafter(stub_drafter(lambda tokens: [7]))
     st = paced.new_state()
     paced.after_step(st, False, 0.010, 1)
     paced.after_step(st, False, 5.0, 1)  # the caller paused, a page fault, another process

@@ -7,6 +7,7 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
+from conftest import repeating_prompts
 
 from edgespec.cli import main
 from edgespec.manifest import BundleError
@@ -15,17 +16,13 @@ from edgespec.runtime.tuning import load_tuning, save_auto, save_tuning
 
 
 @pytest.fixture
-def bundle(tiny_bundles, tmp_path):
-    shutil.copytree(tiny_bundles["llama"][1], tmp_path / "b")
-    return tmp_path / "b"
+def bundle(llama_copy):
+    return llama_copy
 
 
 @pytest.fixture
 def prompts(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"t{i} t{i + 1} t{i} t{i + 1}"}) + "\n"
-                            for i in range(3, 7)))
-    return path
+    return repeating_prompts(tmp_path / "p.jsonl", 4)
 
 
 def test_tune_auto_stores_the_fastest_median_and_run_uses_it(bundle, prompts, capsys):

@@ -2,10 +2,8 @@
 once per run and shared by every drafter's tuner, a progress bar whose total is the planned
 decode passes, and --budget cutting the prompts to fit."""
 
-import json
-import shutil
-
 import pytest
+from conftest import repeating_prompts
 
 from edgespec.cli import main
 from edgespec.devices import tune_run
@@ -14,17 +12,13 @@ from edgespec.runtime.model import Model
 
 
 @pytest.fixture
-def bundle(tiny_bundles, tmp_path):
-    shutil.copytree(tiny_bundles["llama"][1], tmp_path / "b")
-    return tmp_path / "b"
+def bundle(llama_copy):
+    return llama_copy
 
 
 @pytest.fixture
 def prompts_file(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"t{i} t{i + 1} t{i} t{i + 1}"}) + "\n"
-                            for i in range(3, 11)))
-    return path
+    return repeating_prompts(tmp_path / "p.jsonl", 8)
 
 
 def test_plain_decoding_and_the_curve_are_measured_once(bundle, monkeypatch):
