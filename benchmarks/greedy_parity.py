@@ -47,7 +47,7 @@ def main() -> None:
         base, *nums = name.split(":")
         g, w, t = ([int(x) if x else None for x in nums] + [None] * 3)[:3]
         drafter = (NgramDrafter(gamma=6, branches=3) if name == "ngram_tree"
-                   else model.drafter("draft_model", 4, width=3) if name == "draft_tree"
+                   else model.drafter("draft_model", 4, tree_width=3) if name == "draft_tree"
                    else model.drafter(base, g, w, t))
         matches, tokens, forwards, first_diff = 0, 0, 0, []
         for row, ids, ref in zip(rows, prompts, refs):

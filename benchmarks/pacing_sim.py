@@ -2,9 +2,11 @@
 on a bundle's own greedy outputs, without timing noise from the machine deciding the answer:
 n-gram proposals and their acceptance are replayed exactly (devices/tune_ngram.lookups), each
 step is priced by a cost curve T(S)/T(1) (given, or measured here) plus a loop overhead, with
-lognormal noise; the real PacedDrafter decides which steps draft. Prints tokens per T(1) for
-plain, n-gram, paced and "gated" (a per-proposal policy not in the runtime yet: MatchGate),
-averaged over seeds.
+lognormal noise; the runtime's own policies decide what to verify. Prints tokens per T(1),
+averaged over seeds, for plain decoding, n-gram lookup, "gated" (runtime/proposal_gate.py
+alone: each chain cut where it stops paying, costs and acceptance learned as it goes) and
+"auto" (runtime/pacing.py's PacedDrafter over the replayed lookup: for a free drafter, the
+gate alone).
 
     python benchmarks/pacing_sim.py --bundle B --prompts P.jsonl [--n 16] [--max-new-tokens 128]
         [--curve 1,1.13,1.20,1.29,1.38 | --curve measure] [--gamma 4] [--noise 0.08]
@@ -25,13 +27,14 @@ from edgespec.runtime.evaluate import read_prompts
 from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 from edgespec.runtime.pacing import PacedDrafter
+from edgespec.runtime.proposal_gate import ProposalGate
 from edgespec.tree import DraftTree
 
 
 class Replayed(Drafter):
     """Proposes as many tokens as the replayed lookup found (their values do not matter)."""
 
-    name, forwards_per_step, length = "replayed", 0, 0
+    name, forwards_per_step, length, match = "replayed", 0, 0, 0
 
     @classmethod
     def from_bundle(cls, bundle, setting):
@@ -40,43 +43,17 @@ class Replayed(Drafter):
     def new_state(self):
         return None
 
-    def propose(self, state, tokens, sampling, rng):
-        return DraftTree.chain(0, [0] * self.length)
-
-
-class MatchGate:
-    """Not in the runtime yet (docs/next-steps.md): each proposal cut to the length that
-    maximises expected tokens per cost, acceptance learned per (match length, depth) from an
-    optimistic prior (so every bucket is tried), the cost curve taken as known."""
-
-    def __init__(self, gamma: int, curve, overhead: float, prior: float = 4.0):
-        self.curve, self.overhead = curve, overhead
-        self.seen = {(n, i): [prior, prior] for n in range(1, 5) for i in range(gamma)}
-
-    def cut(self, match: int, length: int) -> int:
-        best, best_rate, expected, reach = 0, 1.0 / (self.curve[0] + self.overhead), 1.0, 1.0
-        for depth in range(1, length + 1):
-            hits, tries = self.seen[match, depth - 1]
-            reach *= hits / tries
-            expected += reach
-            rate = expected / (self.curve[depth] + self.overhead)
-            if rate > best_rate:
-                best, best_rate = depth, rate
-        return best
-
-    def learn(self, match: int, length: int, accepted: int) -> None:
-        for depth in range(min(length, accepted + 1)):  # depth reached; accepted past it?
-            self.seen[match, depth][1] += 1
-            self.seen[match, depth][0] += accepted > depth
+    def propose(self, state, tokens, sampling, rng, keep=None):
+        return DraftTree.chain(0, [0] * self.length, classes=(self.match,) * self.length)
 
 
 def simulate(tables, curve, gamma: int, policy: str, seed: int, noise: float,
              overhead: float = 0.05) -> float:
-    """Tokens per unit of T(1) over every sequence under `policy` (none, ngram, paced, gated)."""
+    """Tokens per unit of T(1) over every sequence under `policy` (none, ngram, gated, auto)."""
     rng = np.random.default_rng(seed)
     inner = Replayed()
     paced = PacedDrafter(inner)
-    gate = MatchGate(gamma, curve, overhead)
+    gate = ProposalGate()
     cost = tokens = 0.0
     for table, n_new in tables:
         st = paced.new_state()
@@ -84,18 +61,23 @@ def simulate(tables, curve, gamma: int, policy: str, seed: int, noise: float,
         while k < n_new:
             look = table[k - 1]
             inner.length = min(gamma, look.available) if look.match >= 1 else 0
+            inner.match = look.match
+            classes = (look.match,) * inner.length
             if policy == "none":
                 length = 0
             elif policy == "ngram":
                 length = inner.length
             elif policy == "gated":
-                length = gate.cut(look.match, inner.length) if inner.length else 0
-                gate.learn(look.match, length, min(look.accepted, length))
+                length = gate.cut(classes, inner.length, 0.0) if inner.length else 0
             else:
                 length = paced.propose(st, [0], None, None).size - 1
             emitted = min(min(look.accepted, length) + 1, n_new - k)
             seconds = (curve[length] + overhead) * rng.lognormal(0.0, noise)
-            paced.after_step(st, length > 0, seconds, emitted)
+            if policy == "gated":
+                gate.costs.observe(length + 1, seconds)
+                if length:
+                    gate.learn(classes, length, emitted - 1)
+            paced.after_step(st, length + 1, seconds, emitted)
             cost, tokens, k = cost + seconds, tokens + emitted, k + emitted
         paced.release(st)
     return tokens / cost
@@ -132,7 +114,7 @@ def main() -> None:
         tables.append((lookups(finder, ids, gen.new_tokens), len(gen.new_tokens)))
         gen.close()
     print(f"T(S)/T(1) for S = 1..{len(curve)}: {', '.join(f'{c:.2f}' for c in curve)}")
-    for policy in ("none", "ngram", "paced", "gated"):
+    for policy in ("none", "ngram", "gated", "auto"):
         rates = [simulate(tables, curve, ns.gamma, policy, s, ns.noise) for s in range(ns.seeds)]
         print(f"{policy:>6}: {statistics.mean(rates):.3f} tokens per T(1)")
 

@@ -2,7 +2,7 @@
 tokens and every output checked token-for-token against autoregressive decoding of its prompt.
 
 Both app patterns run, alternating: a fresh Generator per prompt, and one long-lived Generator
-reused via rewind(len(tokens)) + append_tokens. A warm-up pass (each prompt both ways) runs
+reused via rewind_to(0) + append_tokens. A warm-up pass (each prompt both ways) runs
 first and is not counted: one-off allocations (IO bindings per shape, onnxruntime's arenas, the
 allocator's pools) belong to start-up, not to growth. Used by benchmarks/soak.py and the test.
 """
@@ -103,7 +103,7 @@ def soak(model, name: str | None, prompts: Sequence[list[int]], refs: Sequence[l
     def one(i: int, fresh: bool) -> tuple[int, int]:
         """Prompt i with a fresh or the long-lived Generator: (new tokens, target forwards)."""
         gen = Generator(model, params, drafter) if fresh else long_lived
-        gen.rewind(len(gen.tokens))
+        gen.rewind_to(0)
         forwards = gen.stats.target_forwards  # the long-lived one's stats run on
         out = run_to_end(gen, prompts[i])
         res.outputs += 1

@@ -32,6 +32,10 @@ class DraftTree:
     tokens: np.ndarray  # [n+1] int64, tokens[0] = root (pending token)
     parents: np.ndarray  # [n+1] int64, parents[0] = -1, parents[i] < i
     draft_probs: np.ndarray | None = None  # [n+1, V]: row i = distribution node i was drawn from
+    # per draft token (nodes 1..n), the drafter's own class for how likely it is accepted
+    # (n-gram lookup: the match length; a network: its probability, bucketed); () = all 0.
+    # runtime/proposal_gate.py learns acceptance per class and depth.
+    classes: tuple = ()
 
     def __post_init__(self):
         check_parents(self.parents)
@@ -47,14 +51,22 @@ class DraftTree:
         return is_chain(self.parents)
 
     @staticmethod
-    def chain(root: int, draft: list[int], draft_probs: np.ndarray | None = None) -> "DraftTree":
+    def chain(root: int, draft: list[int], draft_probs: np.ndarray | None = None,
+              classes: tuple = ()) -> "DraftTree":
         """Node i's parent is i - 1: valid by construction, so built without the check (this
         runs every decode step)."""
         tree = object.__new__(DraftTree)
         object.__setattr__(tree, "tokens", np.array([root, *draft], np.int64))
         object.__setattr__(tree, "parents", np.arange(-1, len(draft), dtype=np.int64))
         object.__setattr__(tree, "draft_probs", draft_probs)
+        object.__setattr__(tree, "classes", classes)
         return tree
+
+    def cut(self, depth: int) -> "DraftTree":
+        """A chain's root and first `depth` draft tokens (a chain of a chain's prefix)."""
+        probs = None if self.draft_probs is None else self.draft_probs[:depth + 1]
+        return DraftTree.chain(int(self.tokens[0]), self.tokens[1:depth + 1].tolist(), probs,
+                               self.classes[:depth])
 
 
 def is_chain(parents: np.ndarray) -> bool:

@@ -6,16 +6,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from edgespec.sampling import SamplingParams
 
 from .generator import GenerationParams, Generator, Stats, StopReason
 from .text import TextStream
-
-if TYPE_CHECKING:  # the Model imports this module's callers lazily
-    from .model import Model
-
 
 @dataclass(frozen=True)
 class Completion:
@@ -80,8 +75,9 @@ def _clip(text: str, stops: tuple[str, ...]) -> str:
 
 
 def stream_text(gen: Generator, prompt: str | bytes | list[int]) -> Iterator[str]:
-    """Append `prompt` (text, UTF-8 bytes, or token ids) to an open Generator and yield text pieces until it is done (its stats
-    stay readable afterwards); a stop string is not included."""
+    """Append `prompt` (text, UTF-8 bytes, or token ids) to an open Generator and yield text
+    pieces until it is done (its stats stay readable afterwards); a stop string is not
+    included."""
     stops = gen.params.stop_strings
     gen.append_tokens(prompt if isinstance(prompt, (list, tuple)) else
                       gen.model.tokenizer.encode(prompt))
@@ -100,18 +96,3 @@ def stream_text(gen: Generator, prompt: str | bytes | list[int]) -> Iterator[str
     tail = _clip(out.text, stops)[shown:]
     if tail:
         yield tail
-
-
-def stream(model: Model, prompt: str | bytes, params: GenerationParams = GenerationParams(),
-           drafter=None, cancel: threading.Event | None = None) -> Iterator[str]:
-    """Yield text pieces as they are generated; a stop string is not included.
-
-    cancel: set it from another thread to stop within one step; the buffers are released
-    when the stream ends, is cancelled or is dropped unfinished."""
-    with Generator(model, params, drafter, cancel) as gen:
-        yield from stream_text(gen, prompt)
-
-
-def generate(model: Model, prompt: str | bytes, params: GenerationParams = GenerationParams(),
-             drafter=None, cancel: threading.Event | None = None) -> str:
-    return "".join(stream(model, prompt, params, drafter, cancel))

@@ -4,6 +4,7 @@ draft / accept), so the Generator calls methods, never probes for them."""
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +21,11 @@ from .providers import SessionConfig
 @dataclass(frozen=True)
 class DraftSetting:
     """How to draft, from a caller or tuning.json; None: the bundle's option, else a default.
-    gamma: draft depth; width: nodes expanded per depth (1 = a chain); tree_size: nodes kept
+    gamma: draft depth; tree_width: nodes expanded per depth (1 = a chain); tree_size: nodes kept
     in a tree; tree: Medusa's rank paths; min_n: ngram's shortest match worth a proposal."""
 
     gamma: int | None = None
-    width: int | None = None
+    tree_width: int | None = None
     tree_size: int | None = None
     tree: tuple | None = None
     min_n: int | None = None
@@ -70,16 +71,21 @@ class Drafter(abc.ABC):
 
     @abc.abstractmethod
     def propose(self, state, tokens: list[int], sampling: SamplingParams,
-                rng: np.random.Generator) -> DraftTree:
-        """A draft tree rooted at tokens[-1] (the pending token) for the target to verify."""
+                rng: np.random.Generator, keep: Callable[[tuple], bool] | None = None
+                ) -> DraftTree:
+        """A draft tree rooted at tokens[-1] (the pending token) for the target to verify.
+        keep: a drafter that drafts a chain token by token calls it after each token with the
+        classes of the tokens so far (DraftTree.classes) and drafts no further on False
+        (runtime/proposal_gate.py); others may ignore it."""
 
     def observe(self, state, start: int, hidden: np.ndarray, features) -> None:
         """Rows start.. of the target's hidden states (and features) as they enter its cache;
         called only when reads_target."""
 
-    def after_step(self, state, drafted: bool, seconds: float, tokens: int) -> None:
-        """A step of this sequence ended: `drafted` (a proposal was verified) or plain, its wall
-        time and the tokens it emitted (runtime/pacing.py decides from these whether to draft)."""
+    def after_step(self, state, verified: int, seconds: float, tokens: int) -> None:
+        """A step of this sequence ended: the tokens the target verified (1: a plain step), its
+        wall time and the tokens it emitted (runtime/pacing.py decides from these whether and
+        how much to draft)."""
 
     def release(self, state) -> None:
         """The sequence ended: give back what the state holds (K/V buffers, CUDA graphs)."""

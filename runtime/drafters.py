@@ -20,7 +20,7 @@ from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree
 
 from .drafter_base import BundleDrafter, DraftSetting, Drafter
-from .draft_tree import common_prefix, grow_tree, pick
+from .draft_tree import common_prefix, draft_chain, grow_tree
 from .providers import SessionConfig
 from .runner_pool import RunnerPool
 from .graph_runner import GraphRunner
@@ -99,12 +99,14 @@ class NgramDrafter(Drafter):
         return [cont for _, cont in self.matches(st, tokens)]
 
     def propose(self, state: NgramState | None, tokens: list[int], sampling: SamplingParams,
-                rng: np.random.Generator) -> DraftTree:
+                rng: np.random.Generator, keep=None) -> DraftTree:
         tokens = [int(t) for t in tokens] if state is None else tokens
-        conts = self.continuations(state if state is not None else NgramState(), tokens)
+        found = self.matches(state if state is not None else NgramState(), tokens)
+        conts = [cont for _, cont in found]
         # deterministic proposals: node i was "drawn" from a one-hot distribution on itself
-        if len(conts) <= 1:
-            return DraftTree.chain(tokens[-1], conts[0] if conts else [])
+        if len(conts) <= 1:  # the match length classes its tokens (runtime/proposal_gate.py)
+            return DraftTree.chain(tokens[-1], conts[0] if conts else [],
+                                   classes=(found[0][0],) * len(conts[0]) if found else ())
         nodes, parents, index = [tokens[-1]], [-1], {(): 0}
         for cont in conts:
             for d in range(len(cont)):
@@ -126,11 +128,11 @@ class DraftModelState:
 class DraftModelDrafter(Drafter):
     """A separate small LM with the target's tokenizer.
 
-    width 1: a chain of gamma autoregressive draft tokens (greedy, or sampled from q). width k > 1
-    with greedy decoding: a tree of depth gamma and gamma * k nodes grown best-first (EAGLE-2
-    style, runtime/draft_tree.py), each depth one draft forward under a tree mask. Sampling
-    always drafts a chain: top-k children are not i.i.d. draws, which lossless tree acceptance
-    needs.
+    tree_width 1: a chain of gamma autoregressive draft tokens (greedy, or sampled from q).
+    tree_width k > 1 with greedy decoding: a tree of depth gamma and gamma * k nodes grown
+    best-first (EAGLE-2 style, runtime/draft_tree.py), each depth one draft forward under a
+    tree mask. Sampling always drafts a chain: top-k children are not i.i.d. draws, which
+    lossless tree acceptance needs.
     """
 
     name = "draft_model"
@@ -140,20 +142,20 @@ class DraftModelDrafter(Drafter):
         return self.gamma
 
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig, gamma: int = 4,
-                 width: int = 1, d2t: np.ndarray | None = None):
-        if gamma < 1 or width < 1:
-            raise ValueError(f"gamma and width must be >= 1, got {gamma}, {width}")
-        self.spec, self.gamma, self.width = spec, gamma, width
+                 tree_width: int = 1, d2t: np.ndarray | None = None):
+        if gamma < 1 or tree_width < 1:
+            raise ValueError(f"gamma and tree_width must be >= 1, got {gamma}, {tree_width}")
+        self.spec, self.gamma, self.tree_width = spec, gamma, tree_width
         self.vocab = spec.model.vocab_size
         self.d2t = d2t  # None: columns = target ids
         self.runners = RunnerPool(bundle_dir, spec.graph, spec.model, config)
 
     @classmethod
     def from_bundle(cls, bundle: BundleDrafter, setting: DraftSetting) -> DraftModelDrafter:
-        width = 1 if bundle.chains_only else (setting.width or 1)
+        tree_width = 1 if bundle.chains_only else (setting.tree_width or 1)
         return cls(bundle.bundle_dir, bundle.spec, bundle.config,
                    gamma=setting.gamma or int(bundle.spec.options.get("gamma", 4)),
-                   width=width, d2t=bundle.d2t)
+                   tree_width=tree_width, d2t=bundle.d2t)
 
     def new_state(self) -> DraftModelState:
         return DraftModelState(self.runners.take(), [])
@@ -174,33 +176,24 @@ class DraftModelDrafter(Drafter):
         return out.logits[-1]
 
     def propose(self, st: DraftModelState, tokens: list[int], sampling: SamplingParams,
-                rng: np.random.Generator) -> DraftTree:
+                rng: np.random.Generator, keep=None) -> DraftTree:
         # keep the longest cached prefix that still matches the sequence, feed the rest
         common = min(common_prefix(st.cached, tokens), len(tokens) - 1)
         st.runner.kv.truncate(common)
         del st.cached[common:]
         room = min(self.gamma, st.runner.kv.free - (len(tokens) - common))
-        draft: list[int] = []
-        probs = []
         logits = self._feed(st, tokens[common:])
-        if self.width > 1 and sampling.greedy and room * self.width <= st.runner.kv.free:
+        width = self.tree_width
+        if width > 1 and sampling.greedy and room * width <= st.runner.kv.free:
             return self._grow_tree(st, tokens[-1], logits, room)
         ids = np.arange(self.vocab) if self.d2t is None else self.d2t  # column -> target id
-        for step in range(max(room, 0)):
-            token, q = pick(logits, sampling, rng, ids, self.vocab)
-            draft.append(token)
-            if q is not None:
-                probs.append(q)
-            if step + 1 < room:
-                logits = self._feed(st, [draft[-1]])
-        q = None
-        if probs:  # row i = the distribution node i was drawn from (root row unused)
-            q = np.stack([np.zeros_like(probs[0]), *probs])
-        return DraftTree.chain(tokens[-1], draft, q)
+        draft, q, classes = draft_chain(logits, max(room, 0), lambda step, token: self._feed(
+            st, [token]), sampling, rng, ids, self.vocab, keep)
+        return DraftTree.chain(tokens[-1], draft, q, classes)
 
     def _grow_tree(self, st: DraftModelState, root: int, logits: np.ndarray,
                    depth: int) -> DraftTree:
-        """Best-first tree of `depth` levels, `width` nodes fed per level (draft_tree); the
+        """Best-first tree of `depth` levels, `tree_width` nodes fed per level (draft_tree); the
         draft KV is left as it was (the sequence up to the root)."""
         base = st.runner.kv.length
 
@@ -210,7 +203,8 @@ class DraftModelDrafter(Drafter):
                                     np.arange(len(ids), dtype=np.int64))
             return out.logits, [None] * len(ids)
 
-        tree = grow_tree(root, logits, None, depth, self.width, depth * self.width, base,
+        width = self.tree_width
+        tree = grow_tree(root, logits, None, depth, width, depth * width, base,
                          self.spec.graph.mask_value, feed, self.d2t)
         st.runner.kv.truncate(base)
         return tree

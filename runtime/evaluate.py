@@ -68,12 +68,12 @@ def read_prompts(path: str | Path) -> list[dict]:
 
 def run_eval(model: Model, rows: list[dict], params: GenerationParams,
              drafter: str | None = None, gamma: int | None = None,
-             width: int | None = None, tree_size: int | None = None,
+             tree_width: int | None = None, tree_size: int | None = None,
              min_n: int | None = None) -> Iterator[dict]:
     """Yield one result row per prompt, decoded with `drafter` (None/'none': autoregressive;
     'auto': Model.resolve_drafter)."""
     drafter = model.resolve_drafter(drafter)
-    draft = model.drafter(drafter, gamma, width, tree_size, min_n=min_n)
+    draft = model.drafter(drafter, gamma, tree_width, tree_size, min_n=min_n)
     for row in rows:
         gen = Generator(model, params, draft)
         t = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Step-wise Generator (append tokens, next token, rewind) and generate()/stream() for apps.
+"""The step-wise Generator (append tokens, step, rewind_to): what the flat API
+(runtime/completions.py), the CLI and the server drive.
 
 Invariant: every token of `tokens` except the last is in the KV cache; the last one is
 pending and is fed by the next forward. A speculative step feeds [pending, drafts...] as a
@@ -156,20 +157,14 @@ class Generator:
                 self.rng.bit_generator.state = rng
             raise
 
+    @_one_thread
     def rewind_to(self, length: int) -> None:
         """Keep the first `length` tokens (onnxruntime-genai's rewind_to): O(1) on the cache."""
+        self._check_open()
         if not _is_int(length) or not 0 <= length <= len(self._tokens):
             raise ValueError(f"cannot rewind to length {length!r}: the sequence holds "
                              f"{len(self._tokens)} tokens")
-        self.rewind(len(self._tokens) - int(length))
-
-    @_one_thread
-    def rewind(self, n: int) -> None:
-        """Drop the last n tokens (O(1) on the cache)."""
-        self._check_open()
-        if not _is_int(n) or not 0 <= n <= len(self._tokens):
-            raise ValueError(f"cannot rewind {n} of {len(self._tokens)} tokens")
-        del self._tokens[len(self._tokens) - n:]
+        del self._tokens[int(length):]
         if not self._tokens:  # a new conversation on the same buffers: fresh statistics, so a
             self.stats = Stats()  # long-lived generator's per-step list does not grow forever
             self._t0 = None
@@ -268,13 +263,13 @@ class Generator:
             self._close()
         self._check_open()
         if self.stop_reason is not None:
-            raise RuntimeError(f"generation has stopped ({self.stop_reason}); rewind or append "
+            raise RuntimeError(f"generation has stopped ({self.stop_reason}); rewind_to or append "
                                "tokens to continue")
         if not self._tokens:
             raise RuntimeError("append_tokens (the prompt) before stepping")
-        if len(self._tokens) >= self.model.max_len:  # e.g. rewind(0) at the limit
+        if len(self._tokens) >= self.model.max_len:  # e.g. rewind_to(len) at the limit
             raise RuntimeError(f"the sequence fills this bundle's max_len {self.model.max_len}; "
-                               "rewind(n) with n >= 1 (or export with a larger --max-len)")
+                               "rewind_to a shorter length (or export with a larger --max-len)")
 
     def _commit(self, new: list[int]) -> list[int]:
         """Append generated tokens up to the first stop; returns those kept."""
@@ -321,7 +316,7 @@ class Generator:
         if tree.size == 1 or tree.size > room:
             self.stats.decode_seconds += time.perf_counter() - t
             kept = [self._next_token()]
-            self.drafter.after_step(self.draft_state, False, time.perf_counter() - t, 1)
+            self.drafter.after_step(self.draft_state, 1, time.perf_counter() - t, 1)
             return kept
         run0 = self.runner.run_seconds
         new = self._verify(tree)
@@ -332,7 +327,8 @@ class Generator:
         self.stats.verified_tokens += tree.size
         self.stats.accepted_lengths.append(len(kept))
         self.stats.decode_seconds += time.perf_counter() - t
-        self.drafter.after_step(self.draft_state, True, time.perf_counter() - t, len(kept))
+        self.drafter.after_step(self.draft_state, tree.size, time.perf_counter() - t,
+                                len(kept))
         return kept
 
     def _verify(self, tree: DraftTree) -> list[int]:

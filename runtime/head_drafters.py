@@ -24,7 +24,7 @@ from edgespec.tree import DraftTree, static_tree
 
 from .bundle_checks import open_graph
 from .drafter_base import BundleDrafter, DraftSetting, Drafter
-from .draft_tree import common_prefix, grow_tree, pick
+from .draft_tree import common_prefix, draft_chain, grow_tree
 from .providers import SessionConfig, ort_errors, run_failed
 from .runner_pool import RunnerPool
 from .graph_runner import GraphRunner
@@ -83,7 +83,7 @@ class MedusaDrafter(Drafter):
         st.rows[start:start + len(hidden)] = hidden
 
     def propose(self, st: TargetRows, tokens: list[int], sampling: SamplingParams,
-                rng: np.random.Generator) -> DraftTree:
+                rng: np.random.Generator, keep=None) -> DraftTree:
         if len(tokens) < 2:  # no cached position yet: nothing to read
             return DraftTree.chain(tokens[-1], [])
         t = time.perf_counter()
@@ -109,29 +109,29 @@ class LayerState:
 
 class LayerDrafter(Drafter):
     """MTP (reads the target's final hidden) or EAGLE-3 (reads low/mid/high features): a chain
-    of gamma tokens, or with width > 1 and greedy decoding an EAGLE-2 dynamic tree of depth
-    gamma, `width` nodes expanded per depth and the `tree_size` best nodes kept."""
+    of gamma tokens, or with tree_width > 1 and greedy decoding an EAGLE-2 dynamic tree of depth
+    gamma, `tree_width` nodes expanded per depth and the `tree_size` best nodes kept."""
 
     reads_target = True
 
     @classmethod
     def from_bundle(cls, bundle: BundleDrafter, setting: DraftSetting) -> LayerDrafter:
-        width = 1 if bundle.chains_only else setting.width
-        return cls(bundle.bundle_dir, bundle.spec, bundle.config, setting.gamma, width,
+        tree_width = 1 if bundle.chains_only else setting.tree_width
+        return cls(bundle.bundle_dir, bundle.spec, bundle.config, setting.gamma, tree_width,
                    setting.tree_size, bundle.d2t)
 
     def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig,
-                 gamma: int | None = None, width: int | None = None,
+                 gamma: int | None = None, tree_width: int | None = None,
                  tree_size: int | None = None, d2t: np.ndarray | None = None):
         opts = spec.options
         self.name = spec.kind
         self.spec = spec
         self.reads = KINDS[spec.kind].reads  # what it was fit on: "hidden" or "features"
         self.gamma = gamma or int(opts.get("gamma", 4))
-        self.width = width or int(opts.get("tree_width", 1))
-        self.tree_size = tree_size or int(opts.get("tree_size", self.gamma * self.width))
-        if min(self.gamma, self.width, self.tree_size) < 1:
-            raise ValueError(f"{self.name} needs gamma, width and tree_size >= 1")
+        self.tree_width = tree_width or int(opts.get("tree_width", 1))
+        self.tree_size = tree_size or int(opts.get("tree_size", self.gamma * self.tree_width))
+        if min(self.gamma, self.tree_width, self.tree_size) < 1:
+            raise ValueError(f"{self.name} needs gamma, tree_width and tree_size >= 1")
         shapes = {t.name: t.shape for t in spec.graph.inputs}
         self.feature_dim, self.dim = shapes["features"][2], shapes["hidden_in"][2]
         self.vocab = spec.model.vocab_size
@@ -173,7 +173,7 @@ class LayerDrafter(Drafter):
         return z
 
     def propose(self, st: LayerState, tokens: list[int], sampling: SamplingParams,
-                rng: np.random.Generator) -> DraftTree:
+                rng: np.random.Generator, keep=None) -> DraftTree:
         m = len(tokens)
         kv = st.runner.kv
         if m < 2:
@@ -193,7 +193,7 @@ class LayerDrafter(Drafter):
         depth = min(self.gamma, kv.free)
         if depth < 1:
             return DraftTree.chain(tokens[-1], [])
-        if self.width > 1 and sampling.greedy and depth * self.width <= kv.free:
+        if self.tree_width > 1 and sampling.greedy and depth * self.tree_width <= kv.free:
 
             def feed(d, ids, bias, parent_hidden):
                 # a depth-d node is fed at position m - 1 + d, reading its parent's hidden
@@ -201,25 +201,22 @@ class LayerDrafter(Drafter):
                                    np.stack(parent_hidden))
                 return lg, list(hd)
 
-            tree = grow_tree(tokens[-1], logits[-1], hidden[-1], depth, self.width,
+            tree = grow_tree(tokens[-1], logits[-1], hidden[-1], depth, self.tree_width,
                              self.tree_size, base, mask, feed, self.d2t)
             kv.truncate(base)
             return tree
-        draft, probs = [], []
-        row, h = logits[-1], hidden[-1:]
+        h = hidden[-1:]
+
+        def feed(step, token):  # draft token `step` at position m + step, its parent's hidden
+            nonlocal h
+            lg, h = self._run(st, [token], [m + step], None, None, h)  # causal
+            return lg[-1]
+
         ids = np.arange(self.vocab) if self.d2t is None else self.d2t  # column -> target id
-        for step in range(depth):
-            token, q = pick(row, sampling, rng, ids, self.vocab)
-            draft.append(token)
-            if q is not None:
-                probs.append(q)
-            if step + 1 < depth:
-                pos = m + step
-                lg, h = self._run(st, [draft[-1]], [pos], None, None, h)  # causal
-                row = lg[-1]
+        draft, q, classes = draft_chain(logits[-1], depth, feed, sampling, rng, ids,
+                                        self.vocab, keep)
         kv.truncate(base)
-        q = np.stack([np.zeros_like(probs[0]), *probs]) if probs else None
-        return DraftTree.chain(tokens[-1], draft, q)
+        return DraftTree.chain(tokens[-1], draft, q, classes)
 
     def forward_seconds(self, st: LayerState) -> float:
         return st.runner.run_seconds

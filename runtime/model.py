@@ -112,14 +112,14 @@ class Model:
             return setting["measured_tok_s"] / setting["measured_plain_tok_s"]
         return None
 
-    def drafter(self, name: str | None, gamma: int | None = None, width: int | None = None,
-                tree_size: int | None = None, tree: list | None = None,
-                min_n: int | None = None):
+    def drafter(self, name: str | None, gamma: int | None = None,
+                tree_width: int | None = None, tree_size: int | None = None,
+                tree: list | None = None, min_n: int | None = None):
         """The bundle's drafter `name` (None or 'none': autoregressive; 'auto': see
         resolve_drafter, paced: a sequence decodes plainly while drafting measures slower
         there, runtime/pacing.py), loaded once.
 
-        gamma: draft length (tree depth); width: nodes expanded per depth (1 = a chain);
+        gamma: draft length (tree depth); tree_width: nodes expanded per depth (1 = a chain);
         tree_size: nodes kept in a tree (medusa, eagle3); tree: Medusa rank paths; min_n:
         ngram's shortest match worth a proposal. All None = the setting `edgespec tune` chose
         for this provider, if any, else the bundle's."""
@@ -130,30 +130,30 @@ class Model:
         if name == "none":
             return None
         ints = {}
-        for what, value, option in (("gamma", gamma, "gamma"), ("width", width, "tree_width"),
-                                    ("tree_size", tree_size, "tree_size"),
-                                    ("min_n", min_n, "min_n")):
-            if value is not None and not valid_int(option, value):
-                low, high = INT_OPTIONS[option]
+        for what, value in (("gamma", gamma), ("tree_width", tree_width),
+                            ("tree_size", tree_size), ("min_n", min_n)):
+            if value is not None and not valid_int(what, value):
+                low, high = INT_OPTIONS[what]
                 raise ValueError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
             ints[what] = None if value is None else int(value)  # numpy integers too
-        gamma, width, tree_size, min_n = (ints[k] for k in ("gamma", "width", "tree_size",
-                                                            "min_n"))
+        gamma, tree_width, tree_size, min_n = (ints[k] for k in ("gamma", "tree_width",
+                                                                 "tree_size", "min_n"))
         if tree is not None:  # Medusa rank paths from a caller: the manifest's rules
             try:
                 check_tree(tree, "tree", INT_OPTIONS["tree_size"][1])
             except BundleError:
                 raise ValueError(f"tree must be a list of rank paths, each path's parent "
                                  f"listed, ranks >= 0 (got {str(tree)[:60]})") from None
-        if gamma is None and width is None and tree_size is None and tree is None \
+        if gamma is None and tree_width is None and tree_size is None and tree is None \
                 and min_n is None:
             tuned = tuned_setting(self.tuning, self.config.provider, name)
-            gamma, width, tree_size, tree, min_n = (tuned.get(k) for k in (
-                "gamma", "width", "tree_size", "tree", "min_n"))
+            gamma, tree_width, tree_size, tree, min_n = (tuned.get(k) for k in (
+                "gamma", "tree_width", "tree_size", "tree", "min_n"))
         if name not in self.manifest.drafters:
             raise ValueError(f"unknown drafter {name!r}; this bundle has: "
                              f"{', '.join(['none', *self.manifest.drafters])}")
-        setting = DraftSetting(gamma, width, tree_size, tree and tuple(map(tuple, tree)), min_n)
+        setting = DraftSetting(gamma, tree_width, tree_size, tree and tuple(map(tuple, tree)),
+                               min_n)
         with self._lock:
             if (name, setting) not in self._drafters:
                 bundle = BundleDrafter(self.dir, self.manifest.drafters[name], self.config,

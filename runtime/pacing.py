@@ -1,22 +1,29 @@
-"""Drafting only while it pays: the drafter `auto` picks, wrapped so that a sequence falls back
-to plain decoding when its drafted steps emit tokens more slowly than plain steps do.
+"""Drafting only while it pays: the drafter `auto` picks, wrapped so that each step drafts,
+and verifies, only as much as its expected acceptance pays for.
 
 Whether speculation pays depends on the machine (T(S), the cost of verifying S tokens, is 1.4x
-T(1) for a memory-bound fp32 target and 2.7x for a compute-bound int4 one: docs/real-models.md)
-and on the text (n-gram lookup is accepted often in code and rarely in chat). `edgespec tune`
-measures the first once per device over a prompt set; this measures both per sequence, as it
-decodes: the Generator reports each step's wall time and tokens (after_step), and the wrapper
-compares the tokens per second of its last drafted steps with that of plain steps.
+T(1) for a memory-bound fp32 target and 2.7x for a compute-bound int4 one: docs/real-models.md;
+a drafter's forward costs a fifth of the target's or more) and on the text (n-gram lookup is
+accepted often in code and rarely in chat). `edgespec tune` measures the machine once per
+device over a prompt set; this learns both as it decodes (runtime/proposal_gate.py): the
+Generator reports each step's verify size, wall time and tokens (after_step), and each step
+- drafts at all only where the expected acceptance of a first draft token outweighs what it
+  costs (the drafter's forward plus T(2) - T(1), priced at plain decoding's rate); a step in
+  EXPLORE drafts anyway, so that acceptance keeps being learned as the text changes. A free
+  drafter (n-gram lookup, no network) always drafts: asking it costs nothing;
+- drafts token by token only while the next token is expected to pay for its forward, and
+- verifies the chain cut where its next token stops paying.
 
-Lossless either way: a paused step is a plain step, whose token the target picks as always.
-Timing decides which steps draft, so a seeded *sampled* run is reproducible only with a named
+Lossless either way: a step that does not draft is a plain step, and a shorter chain is
+verified by the same rule; what is drafted and verified depends on the draft and on past
+steps only. Timing decides it, so a seeded *sampled* run is reproducible only with a named
 drafter (or none); greedy output does not change (on a batch-invariant target).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from time import perf_counter
 
 import numpy as np
 
@@ -24,49 +31,35 @@ from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree
 
 from .drafter_base import BundleDrafter, DraftSetting, Drafter
+from .proposal_gate import ProposalGate
 
-# The constants were chosen by simulating the policy over SmolLM2's greedy outputs (exact n-gram
-# proposals and acceptance, measured T(S) of its fp32 and int4 targets, 8 % timing noise): on
-# code and chat, fp32 and int4, auto stays within 3 % of the better of n-gram and plain.
-WINDOW = 16  # drafted steps judged together (a step accepts 1..gamma+1 tokens: judge several)
-JUDGE_AFTER = 4  # drafted steps needed before a verdict
-RETRY = 4  # new drafted steps after a pause before the next verdict (the window keeps the old)
-PAUSE_MIN, PAUSE_MAX = 8, 128  # plain steps before drafting is tried again (doubling)
-PLAIN_PROBE = 32  # drafted steps after which one plain step refreshes the plain cost
+EXPLORE = 16  # where drafting does not pay, one step in this many drafts anyway
+PLAIN_PROBE = 32  # steps after which one plain step refreshes T(1) (none verified 1 token)
 
 
 @dataclass
 class PacedState:
     inner: object  # the wrapped drafter's state
-    drafted: deque = field(default_factory=lambda: deque(maxlen=WINDOW))  # (seconds, tokens)
-    pause: int = 0  # plain steps still to take
-    next_pause: int = PAUSE_MIN
-    since_plain: int = 0  # drafted steps since the last plain one
-    fresh: int = 0  # drafted steps since the last pause
+    since_draft: int = 0  # steps since this sequence last drafted
+    since_plain: int = 0  # steps since one verified a single token
     paused_steps: int = 0  # steps this sequence decoded plainly by choice
-
-
-def _rate(steps) -> float:
-    """Tokens per second over drafted steps (a slow outlier pauses drafting for PAUSE_MIN steps
-    at most where drafting wins: a win resets the pause)."""
-    seconds = sum(s for s, _ in steps)
-    return sum(n for _, n in steps) / seconds if seconds > 0 else float("inf")
+    ran: bool = False  # this step's proposal came from the drafter
+    draft_seconds: float = 0.0  # this step's proposal time
+    drafted: int = 0  # tokens the drafter proposed this step, before the cut
+    proposal: tuple | None = None  # (classes, length) of this step's chain, after the cut
 
 
 class PacedDrafter(Drafter):
-    """`inner`, drafting only while its steps are the faster (see the module's docstring)."""
+    """`inner`, drafting and verifying only what pays (see the module's docstring)."""
 
     def __init__(self, inner: Drafter):
         self.inner = inner
         self.name = inner.name
         self.forwards_per_step = inner.forwards_per_step
         self.reads_target = inner.reads_target
-        # seconds of one plain step on this machine, shared by the sequences of one Model
-        # (the machine's, not the text's property); None until a plain step has run
-        self.plain_seconds: float | None = None
-        # the pause the last finished sequence had reached: a server's requests tend to be
-        # alike, so a new one that starts by losing with its drafts pauses as long at once
-        self.pause_hint = PAUSE_MIN
+        # step costs per verify size and the drafter's forward (the machine's), acceptance
+        # per token class and depth (the text's), shared by the sequences of one Model
+        self.gate = ProposalGate()
 
     @classmethod
     def from_bundle(cls, bundle: BundleDrafter, setting: DraftSetting) -> Drafter:
@@ -74,51 +67,52 @@ class PacedDrafter(Drafter):
                         "builds it")
 
     def new_state(self) -> PacedState:
-        hint = self.pause_hint  # where drafting kept losing, a new sequence starts paused
-        return PacedState(self.inner.new_state(), next_pause=hint,
-                          pause=hint // 2 if hint > PAUSE_MIN else 0)
+        return PacedState(self.inner.new_state())
+
+    @property
+    def plain_seconds(self) -> float | None:
+        """Seconds of a plain step on this machine; None until one has run."""
+        return self.gate.costs.seconds.get(1)
 
     def propose(self, st: PacedState, tokens: list[int], sampling: SamplingParams,
-                rng: np.random.Generator) -> DraftTree:
-        if self._drafts(st):
-            return self.inner.propose(st.inner, tokens, sampling, rng)
-        st.paused_steps += 1
-        return DraftTree.chain(tokens[-1], [])
+                rng: np.random.Generator, keep=None) -> DraftTree:
+        st.ran, st.draft_seconds, st.drafted, st.proposal = self._drafts(st), 0.0, 0, None
+        if not st.ran:
+            st.paused_steps += 1
+            st.since_draft += 1
+            return DraftTree.chain(tokens[-1], [])
+        st.since_draft = 0
+        t = perf_counter()
+        gate = self.gate
+        tree = self.inner.propose(st.inner, tokens, sampling, rng, lambda classes: gate.keeps(
+            classes, perf_counter() - t))
+        st.draft_seconds = perf_counter() - t
+        st.drafted = tree.size - 1
+        if tree.size > 1 and tree.is_chain:
+            depth = gate.cut(tree.classes, tree.size - 1, st.draft_seconds)
+            st.proposal = (tree.classes, depth)
+            tree = tree.cut(depth) if depth < tree.size - 1 else tree
+        return tree
 
     def _drafts(self, st: PacedState) -> bool:
-        if st.pause > 0:
-            st.pause -= 1
-            return False
+        if self.inner.forwards_per_step == 0:  # asking a free drafter (n-gram lookup) costs
+            return True  # nothing: the cut alone decides what is verified
         if self.plain_seconds is None or st.since_plain >= PLAIN_PROBE:
-            return len(st.drafted) < JUDGE_AFTER  # first see what drafting gives, then probe
-        if len(st.drafted) >= JUDGE_AFTER and st.fresh >= RETRY \
-                and _rate(st.drafted) < 1.0 / self.plain_seconds:
-            st.pause, st.next_pause = st.next_pause, min(2 * st.next_pause, PAUSE_MAX)
-            st.fresh = 0
-            st.pause -= 1
-            return False
-        return True
+            return False  # a plain step: T(1) prices every other choice
+        return self.gate.worth_drafting() or st.since_draft + 1 >= EXPLORE
 
-    def after_step(self, st: PacedState, drafted: bool, seconds: float, tokens: int) -> None:
-        if drafted:
-            st.drafted.append((seconds, tokens))
-            st.since_plain += 1
-            st.fresh += 1
-            if len(st.drafted) >= JUDGE_AFTER and self.plain_seconds is not None \
-                    and _rate(st.drafted) >= 1.0 / self.plain_seconds:
-                st.next_pause = PAUSE_MIN  # drafting wins again: a later loss pauses briefly
-            return
-        st.since_plain = 0
-        last = self.plain_seconds
-        # an average that follows the context's growth; one slow step moves it by 3x at most
-        self.plain_seconds = seconds if last is None else 0.75 * last + 0.25 * min(seconds,
-                                                                                  3 * last)
+    def after_step(self, st: PacedState, verified: int, seconds: float, tokens: int) -> None:
+        self.gate.costs.observe(verified, max(seconds - st.draft_seconds, 1e-9))
+        if st.drafted and self.inner.forwards_per_step:
+            self.gate.observe_forward(st.draft_seconds / st.drafted)
+        if st.proposal is not None and st.proposal[1] > 0:
+            self.gate.learn(st.proposal[0], st.proposal[1], tokens - 1)
+        st.since_plain = 0 if verified == 1 else st.since_plain + 1
 
     def observe(self, st: PacedState, start: int, hidden: np.ndarray, features) -> None:
         self.inner.observe(st.inner, start, hidden, features)
 
     def release(self, st: PacedState) -> None:
-        self.pause_hint = st.next_pause
         self.inner.release(st.inner)
 
     def forward_seconds(self, st: PacedState) -> float:

@@ -57,7 +57,7 @@ def load_tuning(bundle_dir: Path) -> dict:
     return devices
 
 
-_KEYS = {"gamma": "gamma", "width": "tree_width", "tree_size": "tree_size", "min_n": "min_n"}
+_KEYS = {"gamma": "gamma", "tree_width": "tree_width", "tree_size": "tree_size", "min_n": "min_n"}
 
 
 def check_tuning_fits(devices: dict, manifest) -> None:
@@ -111,7 +111,7 @@ def _valid(setting: dict) -> bool:
 
 def tuned_setting(tuning: dict, provider: str, drafter: str, raw: bool = False) -> dict:
     """Model.drafter keyword arguments `edgespec tune` stored for `drafter` on the device that
-    runs on `provider` ({} if none): a chain (gamma, width 1), a node budget or a tree.
+    runs on `provider` ({} if none): a chain (gamma, tree_width 1), a node budget or a tree.
     raw: the stored entry as it is (with its measured rates)."""
     for entry in tuning.values():
         setting = entry["drafters"].get(drafter)
@@ -124,7 +124,7 @@ def setting_kwargs(setting: dict) -> dict:
     """A stored setting as Model.drafter keyword arguments (a tuned gamma alone is a chain)."""
     kwargs = {k: setting[k] for k in (*_KEYS, "tree") if k in setting}
     if "gamma" in kwargs and not {"tree", "tree_size"} & kwargs.keys():
-        kwargs.setdefault("width", 1)
+        kwargs.setdefault("tree_width", 1)
     return kwargs
 
 

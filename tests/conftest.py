@@ -122,7 +122,7 @@ def stub_drafter(draft):
         def new_state(self):
             return None
 
-        def propose(self, state, tokens, sampling, rng):
+        def propose(self, state, tokens, sampling, rng, keep=None):
             self.calls += 1
             return DraftTree.chain(tokens[-1], list(draft(tokens)))
 

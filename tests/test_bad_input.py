@@ -7,7 +7,6 @@ import pytest
 from conftest import run_to_end
 
 from edgespec.cli import main
-from edgespec.runtime.completions import generate
 from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 from edgespec.runtime.providers import SessionConfig
@@ -66,9 +65,10 @@ CASES = [
     ("gamma-zero", lambda m: m.drafter("mtp", gamma=0), ValueError,
      r"gamma must be an integer in \[1, 64\]"),
     ("gamma-huge", lambda m: m.drafter("draft_model", gamma=10**6), ValueError, "gamma"),
-    ("width-huge", lambda m: m.drafter("eagle3", width=10**4), ValueError, "width"),
+    ("width-huge", lambda m: m.drafter("eagle3", tree_width=10**4), ValueError, "width"),
     ("tree-size-zero", lambda m: m.drafter("medusa", tree_size=0), ValueError, "tree_size"),
-    ("rewind-too-far", lambda m: Generator(m).rewind(3), ValueError, "cannot rewind 3 of 0"),
+    ("rewind-too-far", lambda m: Generator(m).rewind_to(3), ValueError,
+     "cannot rewind to length 3: the sequence holds 0"),
     ("generator-of-a-path", lambda m: Generator(str(m.dir)), ValueError,
      "model must be an edgespec.Model"),
     ("generator-of-none", lambda m: Generator(None), ValueError, "got NoneType"),
@@ -116,7 +116,7 @@ def test_a_full_kv_buffer_stops_with_a_reason_and_rewinds(model):
         drafter = model.drafter(name)
         gen = run_to_end(model, params, [5] * 50, drafter)
         assert gen.stop_reason == "max_length" and len(gen.tokens) == model.max_len
-        gen.rewind(20)
+        gen.rewind_to(len(gen.tokens) - 20)
         assert not gen.is_done()
         while not gen.is_done():
             gen.step()
@@ -142,8 +142,8 @@ def test_cli_bad_input_is_one_line(trimmed_bundle, tmp_path, capsys):
 
 
 def test_generate_accepts_utf8_bytes(model):
-    params = GenerationParams(max_new_tokens=4, stop_on_eos=False)
-    assert generate(model, "t5 t6".encode(), params) == generate(model, "t5 t6", params)
+    as_bytes = model.generate("t5 t6".encode(), max_new_tokens=4, drafter="none")
+    assert as_bytes.text == model.generate("t5 t6", max_new_tokens=4, drafter="none").text
 
 
 def test_append_tokens_takes_any_iterable_of_ints(model):

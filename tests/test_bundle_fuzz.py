@@ -128,7 +128,7 @@ def test_fuzzed_tuning_files_load_and_decode_or_raise_bundle_error(trimmed_bundl
     shutil.copytree(trimmed_bundle, bundle)
     original = {"format": 1, "devices": {"cpu": {"provider": "cpu", "drafters": {
         "mtp": {"gamma": 3, "measured_tok_s": 10.0, "measured_plain_tok_s": 8.0},
-        "eagle3": {"gamma": 3, "width": 2, "tree_size": 5},
+        "eagle3": {"gamma": 3, "tree_width": 2, "tree_size": 5},
         "ngram": {"gamma": 4, "min_n": 2},
         "medusa": {"tree": [[0], [1], [0, 0]]}},
         "auto": {"drafter": "mtp", "speedup": 1.25}}}}

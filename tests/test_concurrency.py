@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from conftest import run_to_end
 
-from edgespec.runtime.completions import stream
+from edgespec.runtime.completions import CompletionStream
 from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 from edgespec.sampling import SamplingParams
@@ -97,21 +97,23 @@ def test_cancelled_stream_ends_early_with_a_prefix_of_the_full_text(demo_bundle)
     model = Model(demo_bundle)
     params = GenerationParams(max_new_tokens=300, stop_on_eos=False)
     prompt = "class Queue:\n"
-    full = "".join(stream(model, prompt, params, model.drafter("eagle3")))
-    cancel, pieces, first = threading.Event(), [], threading.Event()
+    full = "".join(CompletionStream(model, prompt, params, "eagle3"))
+    cancelled, pieces, first = CompletionStream(model, prompt, params, "eagle3"), [], \
+        threading.Event()
 
     def consume():
-        for piece in stream(model, prompt, params, model.drafter("eagle3"), cancel=cancel):
+        for piece in cancelled:
             pieces.append(piece)
             first.set()
 
     thread = threading.Thread(target=consume)
     thread.start()
     assert first.wait(timeout=60)
-    cancel.set()
+    cancelled.cancel()
     thread.join(timeout=60)
     text = "".join(pieces)
     assert not thread.is_alive() and full.startswith(text) and len(text) < len(full)
+    assert cancelled.completion.stop_reason == "cancelled"
 
 
 def test_a_closed_generator_refuses_further_use(trimmed_bundle):
@@ -120,7 +122,7 @@ def test_a_closed_generator_refuses_further_use(trimmed_bundle):
         gen.append_tokens([5, 9])
         gen.step()
     assert gen.kv is None and gen.stop_reason == "closed" and gen.is_done()
-    for call in (gen.step, lambda: gen.append_tokens([3]), lambda: gen.rewind(1)):
+    for call in (gen.step, lambda: gen.append_tokens([3]), lambda: gen.rewind_to(0)):
         try:
             call()
         except RuntimeError as e:

@@ -58,8 +58,8 @@ def test_device_kv_decodes_exactly_like_host_kv(trimmed_bundle):
     for name, width in ((None, None), ("ngram", None), ("draft_model", 1), ("draft_model", 3),
                         ("mtp", 1), ("mtp", 3), ("eagle3", None), ("medusa", None)):
         for ids in ([5, 9, 11], [7, 7, 7, 7]):
-            a = run_to_end(host, params, ids, host.drafter(name, width=width))
-            b = run_to_end(dev, params, ids, dev.drafter(name, width=width))
+            a = run_to_end(host, params, ids, host.drafter(name, tree_width=width))
+            b = run_to_end(dev, params, ids, dev.drafter(name, tree_width=width))
             assert b.kv.on_device and a.tokens == b.tokens, (name, width)
             assert b.stats.accepted_lengths == a.stats.accepted_lengths
     assert len(runs) > 5  # accepted tree paths that were not a prefix were moved on the device

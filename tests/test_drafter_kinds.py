@@ -35,7 +35,7 @@ class RepeatDrafter(Drafter):
     def new_state(self):
         return None
 
-    def propose(self, state, tokens, sampling, rng):
+    def propose(self, state, tokens, sampling, rng, keep=None):
         last = tokens[-2:]
         for j in range(len(tokens) - 3, 0, -1):  # the latest earlier occurrence
             if tokens[j - 1:j + 1] == last:

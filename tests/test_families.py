@@ -34,5 +34,5 @@ def test_every_drafter_kind_is_lossless_on_the_family(family, tiny_dirs, tiny_bu
         plain = run_to_end(model, params, prompt).tokens
         for name in ("ngram", "draft_model", *DRAFTER_KINDS):
             for width in (1, 3) if name in ("draft_model", "eagle3") else (None,):
-                got = run_to_end(model, params, prompt, model.drafter(name, width=width))
+                got = run_to_end(model, params, prompt, model.drafter(name, tree_width=width))
                 assert got.tokens == plain, (family, name, width)

@@ -182,7 +182,7 @@ def test_fp16_drafters_are_lossless(bundle, request):
         for model, name, width in ((host, "draft_model", 1), (dev, "draft_model", 3),
                                    (host, "medusa", None), (host, "mtp", 1), (dev, "mtp", 2),
                                    (host, "eagle3", 1), (dev, "eagle3", 3)):
-            gen = run_to_end(model, params, prompt, model.drafter(name, width=width))
+            gen = run_to_end(model, params, prompt, model.drafter(name, tree_width=width))
             assert gen.tokens == ref, (bundle, name, width, model.config.kv_device)
 
 
@@ -222,7 +222,7 @@ def test_greedy_speculative_equals_autoregressive_fp16(fp16_demo, prompts):
         for name, width in (("ngram", None), ("draft_model", 1), ("draft_model", 3),
                             ("mtp", None), ("eagle3", None), ("medusa", None)):
             for model in (host, dev):
-                gen = run_to_end(model, params, ids, model.drafter(name, width=width))
+                gen = run_to_end(model, params, ids, model.drafter(name, tree_width=width))
                 assert gen.tokens == ref, (p["id"], name, width, model.config.kv_device)
 
 

@@ -89,7 +89,7 @@ def test_random_append_step_rewind_matches_autoregressive(model, drafter_name):
                     expected += ids
             elif op[0] == "rewind":
                 n = int(op[1] * len(expected))
-                gen.rewind(n)
+                gen.rewind_to(len(gen.tokens) - n)
                 del expected[len(expected) - n:]
             elif not expected or gen.is_done():
                 with pytest.raises(RuntimeError):
@@ -129,7 +129,7 @@ def test_random_calls_while_sampling_keep_the_state_consistent(model, drafter_na
                 expected += op[1]
             elif op[0] == "rewind":
                 n = int(op[1] * len(expected))
-                gen.rewind(n)
+                gen.rewind_to(len(gen.tokens) - n)
                 del expected[len(expected) - n:]
             elif op[0] == "step" and expected and not gen.is_done():
                 new = gen.step()

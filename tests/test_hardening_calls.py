@@ -130,7 +130,7 @@ def test_a_generator_used_from_two_threads_is_a_clear_error(model, monkeypatch):
     gen = Generator(model, GREEDY)
     gen.append_tokens([5, 9, 11])
     worker, release = _step_in_another_thread(gen, monkeypatch)
-    for call in (gen.step, gen.next_token, lambda: gen.rewind(1),
+    for call in (gen.step, gen.next_token, lambda: gen.rewind_to(0),
                  lambda: gen.append_tokens([4])):
         with pytest.raises(RuntimeError, match="in use by another thread"):
             call()
@@ -139,10 +139,10 @@ def test_a_generator_used_from_two_threads_is_a_clear_error(model, monkeypatch):
     assert len(gen.new_tokens) == 1 and gen.kv.length == len(gen.tokens) - 1
 
 
-def test_no_token_past_max_len_after_rewind_zero(model):
+def test_no_token_past_max_len_after_rewinding_to_the_end(model):
     gen = run_to_end(model, GenerationParams(max_new_tokens=100, stop_on_eos=False), [5] * 60)
     assert gen.stop_reason == "max_length" and len(gen.tokens) == model.max_len
-    gen.rewind(0)
+    gen.rewind_to(len(gen.tokens))
     before = _state(gen)
     for call in (gen.step, gen.next_token):
         with pytest.raises(RuntimeError, match="fills this bundle's max_len 64; rewind"):
@@ -159,8 +159,8 @@ def _primed(model):
 # (id, call with the model, words the ValueError must hold)
 MISUSE = [
     ("append-an-int", lambda m: Generator(m).append_tokens(5), "list of token ids, got int"),
-    ("rewind-a-float", lambda m: _primed(m).rewind(1.5), "cannot rewind 1.5"),
-    ("rewind-a-bool", lambda m: _primed(m).rewind(True), "cannot rewind True"),
+    ("rewind-a-float", lambda m: _primed(m).rewind_to(1.5), "cannot rewind to length 1.5"),
+    ("rewind-a-bool", lambda m: _primed(m).rewind_to(True), "cannot rewind to length True"),
     ("stop-strings-none", lambda m: GenerationParams(stop_strings=None), "stop_strings"),
     ("drafter-name-for-object", lambda m: Generator(m, GREEDY, "ngram"),
      "drafter must be a drafter object, got the name 'ngram'"),

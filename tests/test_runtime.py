@@ -6,7 +6,6 @@ from conftest import REF_TARGET
 
 from edgespec.models.reference import hf_greedy as _hf_greedy
 from edgespec.runtime.evaluate import run_eval
-from edgespec.runtime.completions import generate, stream
 from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 from edgespec.sampling import SamplingParams
@@ -64,13 +63,13 @@ def test_prefill_chunks_and_rewind_are_consistent(ref_bundle, prompts):
     whole = _greedy(model, ids, 20).new_tokens
     assert _greedy(model, ids, 20, prefill_chunk=7).new_tokens == whole
     gen = _greedy(model, ids, 20)
-    gen.rewind(8)
+    gen.rewind_to(len(gen.tokens) - 8)
     assert gen.kv.length == len(gen.tokens) - 1
     gen = Generator(model, GenerationParams(max_new_tokens=20))
     gen.append_tokens(ids)
     for _ in range(12):
         gen.step()
-    gen.rewind(5)
+    gen.rewind_to(len(gen.tokens) - 5)
     while not gen.is_done():
         gen.step()
     assert gen.new_tokens == whole
@@ -86,7 +85,7 @@ def test_prompt_that_does_not_fit_and_full_cache(tiny_bundles):
     assert gen.stop_reason == "max_length" and len(gen.tokens) == 64
     with pytest.raises(RuntimeError, match="stopped .max_length.; rewind"):
         gen.step()
-    gen.rewind(10)  # usable again after a rewind
+    gen.rewind_to(len(gen.tokens) - 10)  # usable again after a rewind
     gen.step()
 
 
@@ -108,11 +107,11 @@ def test_sampling_is_seeded(ref_bundle):
 def test_stream_and_stop_strings(ref_bundle):
     model = Model(ref_bundle)
     prompt = "def read_file(path):\n"
-    full = generate(model, prompt, GenerationParams(max_new_tokens=40))
-    pieces = list(stream(model, prompt, GenerationParams(max_new_tokens=40)))
+    full = model.generate(prompt, max_new_tokens=40, drafter="none").text
+    pieces = list(model.stream(prompt, max_new_tokens=40, drafter="none"))
     assert "".join(pieces) == full and len(pieces) > 3
     stop = full.strip().split()[2]
-    cut = generate(model, prompt, GenerationParams(max_new_tokens=40, stop_strings=(stop,)))
+    cut = model.generate(prompt, max_new_tokens=40, stop=stop, drafter="none").text
     assert stop not in cut and full.startswith(cut)
 
 

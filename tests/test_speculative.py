@@ -80,7 +80,7 @@ def test_plain_graph_verifies_trees(ref_bundle, prompts):
 
 def test_draft_model_tree_is_lossless_and_accepts_more(spec_bundle, prompts):
     model = Model(spec_bundle)
-    chain, tree = model.drafter("draft_model", 4), model.drafter("draft_model", 4, width=3)
+    chain, tree = model.drafter("draft_model", 4), model.drafter("draft_model", 4, tree_width=3)
     stats = {}
     for name, draft in (("chain", chain), ("tree", tree)):
         toks = fwd = 0

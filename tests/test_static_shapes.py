@@ -76,12 +76,12 @@ def test_static_graphs_decode_exactly_as_dynamic_ones(static_pair):
     params = GenerationParams(max_new_tokens=20, stop_on_eos=False)
     for name, width in DRAFTERS:
         for ids in ([5, 9, 11], [7, 7, 7, 7]):
-            want = run_to_end(dyn, params, ids, dyn.drafter(name, width=width))
+            want = run_to_end(dyn, params, ids, dyn.drafter(name, tree_width=width))
             for model in models:
-                got = run_to_end(model, params, ids, model.drafter(name, width=width))
+                got = run_to_end(model, params, ids, model.drafter(name, tree_width=width))
                 assert got.tokens == want.tokens, (name, width)
                 assert got.stats.accepted_lengths == want.stats.accepted_lengths
-                got.rewind(12)
+                got.rewind_to(len(got.tokens) - 12)
                 got.params = GenerationParams(max_new_tokens=10, stop_on_eos=False)
                 while not got.is_done():
                     got.step()
@@ -320,8 +320,8 @@ def test_tree_gpu_graphs_verify_trees_without_a_gqa_bias(tree_gpu_bundle, static
         assert model.verifies_trees
         for name, width in DRAFTERS:
             for ids in ([5, 9, 11], [7, 7, 7, 7]):
-                want = run_to_end(trees, params, ids, trees.drafter(name, width=width))
-                got = run_to_end(model, params, ids, model.drafter(name, width=width))
+                want = run_to_end(trees, params, ids, trees.drafter(name, tree_width=width))
+                got = run_to_end(model, params, ids, model.drafter(name, tree_width=width))
                 assert got.tokens == want.tokens, (name, width)
                 assert got.stats.accepted_lengths == want.stats.accepted_lengths
 
@@ -349,13 +349,13 @@ def test_a_chain_bundle_has_no_attention_bias_and_drafts_chains(chain_bundle, st
         for name, width in DRAFTERS:
             for ids in ([5, 9, 11], [7, 7, 7, 7]):
                 want = run_to_end(trees, params, ids).tokens
-                gen = run_to_end(chain, params, ids, chain.drafter(name, width=width))
+                gen = run_to_end(chain, params, ids, chain.drafter(name, tree_width=width))
                 assert gen.tokens == want, (name, width)
                 accepted += max(gen.stats.accepted_lengths) > 1
         assert accepted > 4  # drafts were accepted: the chains were verified, not skipped
         medusa = chain.drafter("medusa")
         assert list(medusa.parents) == list(range(-1, len(medusa.parents) - 1))  # a chain
-        assert chain.drafter("eagle3", width=4).width == 1
+        assert chain.drafter("eagle3", tree_width=4).tree_width == 1
 
 
 def test_a_chain_graph_refuses_a_tree(chain_bundle):

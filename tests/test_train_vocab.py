@@ -63,7 +63,7 @@ def test_a_drafter_trained_over_k_tokens_is_lossless(trimmed_training, name, wid
     params = GenerationParams(max_new_tokens=24, stop_on_eos=False)
     for prompt in ([5, 9, 11], [7, 299, 2]):
         ref = run_to_end(model, params, prompt)
-        assert run_to_end(model, params, prompt, model.drafter(name, width=width)).tokens == \
+        assert run_to_end(model, params, prompt, model.drafter(name, tree_width=width)).tokens == \
             ref.tokens
 
 

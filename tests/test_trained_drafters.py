@@ -47,7 +47,7 @@ def test_export_lists_each_drafter_with_parity(drafter_bundle):
                                         ("eagle3", 3), ("mtp", 2)])
 def test_greedy_speculative_equals_autoregressive(drafter_bundle, name, width):
     model = Model(drafter_bundle)
-    drafter = model.drafter(name, width=width)
+    drafter = model.drafter(name, tree_width=width)
     params = GenerationParams(max_new_tokens=30, stop_on_eos=False)
     rng = np.random.default_rng(1)
     forwards = 0
@@ -57,7 +57,7 @@ def test_greedy_speculative_equals_autoregressive(drafter_bundle, name, width):
         gen = run_to_end(model, params, prompt, drafter)
         assert gen.tokens == ref.tokens
         # a rewind mid-way must leave the drafter's cached rows consistent
-        gen.rewind(7)
+        gen.rewind_to(len(gen.tokens) - 7)
         while not gen.is_done():
             gen.step()
         assert gen.tokens == ref.tokens
@@ -205,7 +205,7 @@ def test_vocab_trim_shrinks_heads_and_stays_lossless(trimmed_bundle):
     assert specs["draft_model"].d2t == "draft_model.d2t.npy"
     for name, width in (("medusa", None), ("mtp", 1), ("eagle3", 3), ("draft_model", 1),
                         ("draft_model", 2)):
-        drafter = model.drafter(name, width=width)
+        drafter = model.drafter(name, tree_width=width)
         for prompt in ([5, 9, 11], [7]):
             ref, gen = Generator(model, params), Generator(model, params, drafter)
             for g in (ref, gen):

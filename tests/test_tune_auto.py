@@ -77,11 +77,11 @@ def test_tune_auto_alternates_rounds_and_needs_a_margin(bundle, monkeypatch):
 
     run = SimpleNamespace(model=Model(bundle), decode=fake_decode)
     speed["ngram"] = 101.0  # faster, but within the margin: plain decoding is kept
-    a = ta.tune_auto(run, {"ngram": {"gamma": 2, "width": 1}}, rounds=3)
+    a = ta.tune_auto(run, {"ngram": {"gamma": 2, "tree_width": 1}}, rounds=3)
     assert a.drafter == "none" and a.speedup == 1.0
     assert calls == [None, "ngram", "ngram", None, None, "ngram"]  # forward, backward, forward
     speed["ngram"] = 150.0
-    a = ta.tune_auto(run, {"ngram": {"gamma": 2, "width": 1}}, rounds=3)
+    a = ta.tune_auto(run, {"ngram": {"gamma": 2, "tree_width": 1}}, rounds=3)
     assert a.drafter == "ngram" and a.speedup == pytest.approx(1.5)
     assert a.as_setting()["median_tok_s"] == {"none": 100.0, "ngram": 150.0}
     with pytest.raises(ValueError, match="rounds"):

@@ -61,7 +61,7 @@ def test_tune_grows_a_medusa_tree_and_eagle_budget_used_by_default(bundle, tmp_p
 
 
 @pytest.mark.parametrize("setting", [{"tree": [[0, 0]]}, {"tree": [[-1]]}, {"tree": "x"},
-                                     {"tree_size": 0}, {"width": 10**6}, {"gamma": True},
+                                     {"tree_size": 0}, {"tree_width": 10**6}, {"gamma": True},
                                      {"expected_tok_s": 3.0}])
 def test_a_bad_tuned_setting_is_refused(bundle, setting):
     save_tuning(bundle, "cpu", "cpu", "medusa", {"gamma": 2})  # a valid file first
