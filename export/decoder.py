@@ -6,10 +6,37 @@ wired; a backend says how a norm, an attention and an MLP become ops.
 A backend has norm(x, weight, prefix), add_norm(resid, delta, weight, prefix) ->
 (norm(resid + delta), resid + delta) (the fused one adds inside SkipSimplifiedLayerNorm, so
 each residual add waits for the next norm), attention(x, attn, i, layer) for layer i's K/V,
-and mlp(x, mlp, layer).
+and mlp(x, mlp, layer): the Backend base below gives both the same dense MLP over their own
+project(x, linear, name) and moe(x, moe, prefix).
 """
 
 from __future__ import annotations
+
+from edgespec.models.moe import SparseMoE
+
+from .graph_ops import emit_activation
+
+
+class Backend:
+    """What both backends share: a layer's MLP, dense (SwiGLU / GeGLU over `project`) or a
+    mixture of experts (`moe`, which each backend emits its own way)."""
+
+    def project(self, x: str, lin, name: str) -> str:  # one torch nn.Linear as ops
+        raise NotImplementedError
+
+    def moe(self, x: str, moe, prefix: str) -> str:
+        raise NotImplementedError
+
+    def mlp(self, x: str, mlp, layer: str) -> str:
+        if isinstance(mlp, SparseMoE):
+            return self.moe(x, mlp, f"{layer}.mlp")
+        return self.swiglu(x, mlp, f"{layer}.mlp")
+
+    def swiglu(self, x: str, mlp, p: str) -> str:
+        gate = self.project(x, mlp.gate_proj, f"{p}.gate_proj")
+        up = self.project(x, mlp.up_proj, f"{p}.up_proj")
+        act = self.b.op("Mul", emit_activation(self.b, gate, self.a), up)
+        return self.project(act, mlp.down_proj, f"{p}.down_proj")
 
 
 def emit_decoder(e, layers, h: str, final_norm, feature_layers=(),

@@ -37,13 +37,12 @@ import numpy as np
 from edgespec.manifest import GraphSpec, TensorSpec
 from edgespec.models.args import ModelArgs
 from edgespec.models.rope import rope_cos_sin
-from edgespec.models.moe import SparseMoE
 
-from .decoder import emit_decoder
+from .decoder import Backend, emit_decoder
 from .moe_graph import emit_moe_op
 from .onnx_builder import Builder
 from .window_mask import dynamic_key_positions, static_key_positions, window_bias
-from .graph_ops import (emit_activation, emit_rope, emit_sink_softmax, emit_softcap, matmul_weight,
+from .graph_ops import (emit_rope, emit_sink_softmax, emit_softcap, matmul_weight,
                         norm_scale)
 from .target_graph import KV, emit_embedding, emit_outputs, graph_spec
 
@@ -85,7 +84,7 @@ def _np(t) -> np.ndarray:
     return t.detach().float().numpy()
 
 
-class FusedEmitter:
+class FusedEmitter(Backend):
     """The fused backend of export/decoder.py's loop: decoder-layer pieces in onnxruntime's
     contrib ops, into a Builder whose graph has the target contract's
     position_ids and attention_bias inputs; layer i reads and writes past/present K/V i.
@@ -235,16 +234,8 @@ class FusedEmitter:
             y = self._matmul_attention(q, present_k, present_v, local, sinks)
         return self.project(y, at.o_proj, f"{p}.o_proj")
 
-    def mlp(self, x: str, mlp, layer: str) -> str:
-        if isinstance(mlp, SparseMoE):
-            return emit_moe_op(self, x, mlp, f"{layer}.mlp")
-        return self.swiglu(x, mlp, f"{layer}.mlp")
-
-    def swiglu(self, x: str, mlp, p: str) -> str:
-        gate = self.project(x, mlp.gate_proj, f"{p}.gate_proj")
-        up = self.project(x, mlp.up_proj, f"{p}.up_proj")
-        act = self.b.op("Mul", emit_activation(self.b, gate, self.a), up)
-        return self.project(act, mlp.down_proj, f"{p}.down_proj")
+    def moe(self, x: str, moe, prefix: str) -> str:
+        return emit_moe_op(self, x, moe, prefix)
 
     def declare_present(self, layers: int) -> None:
         a = self.a

@@ -20,10 +20,9 @@ import numpy as np
 from edgespec.manifest import GraphSpec, KVSpec, TensorSpec
 from edgespec.models.args import ModelArgs
 from edgespec.models.rope import rope_cos_sin
-from edgespec.models.moe import SparseMoE
 
-from .decoder import emit_decoder
-from .graph_ops import (emit_activation, emit_rope, emit_sink_softmax, emit_softcap, matmul_weight,
+from .decoder import Backend, emit_decoder
+from .graph_ops import (emit_rope, emit_sink_softmax, emit_softcap, matmul_weight,
                         norm_scale)
 from .moe_graph import emit_moe_dense
 from .onnx_builder import Builder
@@ -75,7 +74,7 @@ def emit_embedding(b: Builder, model) -> str:
     return h
 
 
-class PlainEmitter:
+class PlainEmitter(Backend):
     """The plain backend of export/decoder.py's loop (standard ONNX ops only); holds the
     per-graph shared values (S, P, cos/sin, mask). local_layers: the layers with the model's
     sliding window (export/window_mask.py) and, where it has them, their own rope tables."""
@@ -121,7 +120,7 @@ class PlainEmitter:
             resid = self.b.op("Add", resid, delta)
         return self.norm(resid, weight, prefix), resid
 
-    def linear(self, x: str, lin, prefix: str) -> str:
+    def project(self, x: str, lin, prefix: str) -> str:
         b = self.b
         y = b.op("MatMul", x, b.weight(f"{prefix}.weight_t", matmul_weight(lin.weight)))
         if lin.bias is not None:
@@ -135,9 +134,9 @@ class PlainEmitter:
         a, b = self.a, self.b
         p = f"{layer}.self_attn"
         hd, hkv = a.head_dim, a.n_kv_heads
-        q = b.op("Reshape", self.linear(x, attn.q_proj, f"{p}.q_proj"), b.const([0, 0, -1, hd]))
-        k = b.op("Reshape", self.linear(x, attn.k_proj, f"{p}.k_proj"), b.const([0, 0, -1, hd]))
-        v = b.op("Reshape", self.linear(x, attn.v_proj, f"{p}.v_proj"), b.const([0, 0, -1, hd]))
+        q = b.op("Reshape", self.project(x, attn.q_proj, f"{p}.q_proj"), b.const([0, 0, -1, hd]))
+        k = b.op("Reshape", self.project(x, attn.k_proj, f"{p}.k_proj"), b.const([0, 0, -1, hd]))
+        v = b.op("Reshape", self.project(x, attn.v_proj, f"{p}.v_proj"), b.const([0, 0, -1, hd]))
         if a.qk_norm:  # Qwen3: RMSNorm over head_dim before RoPE
             q = self.norm(q, attn.q_norm.weight, f"{p}.q_norm")
             k = self.norm(k, attn.k_norm.weight, f"{p}.k_norm")
@@ -166,18 +165,10 @@ class PlainEmitter:
         y = b.op("MatMul", probs, values)  # [1, Hkv, r*S, D]
         y = b.op("Reshape", y, b.const([1, a.n_heads, -1, hd]))  # [1, H, S, D]
         y = b.op("Reshape", b.op("Transpose", y, perm=[0, 2, 1, 3]), b.const([0, 0, -1]))
-        return self.linear(y, attn.o_proj, f"{p}.o_proj")
+        return self.project(y, attn.o_proj, f"{p}.o_proj")
 
-    def mlp(self, x: str, mlp, layer: str) -> str:
-        if isinstance(mlp, SparseMoE):
-            return emit_moe_dense(self, x, mlp, f"{layer}.mlp")
-        return self.swiglu(x, mlp, f"{layer}.mlp")
-
-    def swiglu(self, x: str, mlp, p: str) -> str:
-        gate = self.linear(x, mlp.gate_proj, f"{p}.gate_proj")
-        up = self.linear(x, mlp.up_proj, f"{p}.up_proj")
-        act = self.b.op("Mul", emit_activation(self.b, gate, self.a), up)
-        return self.linear(act, mlp.down_proj, f"{p}.down_proj")
+    def moe(self, x: str, moe, prefix: str) -> str:
+        return emit_moe_dense(self, x, moe, prefix)
 
 
 def emit_lm_head(b: Builder, model, hidden: str, as_matmul: bool) -> None:

@@ -1,8 +1,8 @@
 """Model families: what sets each architecture apart, one entry per Hugging Face class.
 
 ModelArgs.from_hf_config (models/args.py) turns an entry plus the checkpoint's config.json into
-the flags that our torch model (models/llama.py) and both ONNX backends (export/decoder.py's
-PlainEmitter and FusedEmitter) read. Adding a family whose differences they already read is an
+the flags that our torch model (models/llama.py) and both ONNX backends of export/decoder.py's
+loop (export/target_graph.py PlainEmitter, export/fused_graph.py FusedEmitter) read. Adding a family whose differences they already read is an
 entry here plus its parity test against transformers (tests/test_models.py); a new kind of
 difference is a field here and the few lines in models/llama.py and the two backends that read
 it.
