@@ -4,6 +4,7 @@ Stdlib only."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -78,3 +79,15 @@ def printable(text: str, limit: int) -> str:
     sequence could rewrite the screen), at most `limit` characters."""
     text = "".join(c if c.isprintable() else "?" for c in text[:limit + 1])
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def read_json(path: Path, max_bytes: int, name: str, remedy: str):
+    """A bundle's JSON file (already resolved by bundle_file), refused with a BundleError that
+    names it and says `remedy` when it is larger than max_bytes or not valid JSON."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise BundleError(f"{name} is {size} bytes, more than it can be; {remedy}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, UTF-8, or a huge int
+        raise BundleError(f"{name} is not valid JSON ({str(e)[:80]}); {remedy}") from None

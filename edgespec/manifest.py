@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle_paths import bundle_file, check_links, printable
+from .bundle_paths import bundle_file, check_links, printable, read_json
 from .drafter_kinds import KINDS
 from .drafter_options import check_options, fits_heads
 from .errors import BundleError, excerpt
@@ -431,14 +431,7 @@ def load_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     except BundleError:
         raise BundleError(f"{bundle} has no {MANIFEST_FILE}; it is not an edgespec bundle "
                           "(create one with `edgespec export`)") from None
-    if path.stat().st_size > _MAX_MANIFEST_BYTES:
-        raise BundleError(f"{path} is {path.stat().st_size} bytes, more than a manifest can "
-                          "be; re-export the bundle")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, UTF-8, or a huge int
-        raise BundleError(f"{path} is not valid JSON ({str(e)[:80]}); re-export the "
-                          "bundle") from e
+    raw = read_json(path, _MAX_MANIFEST_BYTES, f"the manifest {path}", "re-export the bundle")
     manifest = manifest_from_dict(raw)
     for rel in manifest.files():
         bundle_file(bundle, rel)

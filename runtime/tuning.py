@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from edgespec.bundle_paths import bundle_file
+from edgespec.bundle_paths import bundle_file, read_json
 from edgespec.drafter_options import INT_OPTIONS, check_tree, fits_heads, valid_int
 from edgespec.errors import BundleError
 from edgespec.files import atomic_open
@@ -23,14 +23,7 @@ def load_tuning(bundle_dir: Path) -> dict:
     if not os.path.lexists(Path(bundle_dir) / TUNING_FILE):
         return {}
     path = bundle_file(bundle_dir, TUNING_FILE)  # a symlink out of the bundle is refused
-    if path.stat().st_size > MAX_BYTES:
-        raise BundleError(f"{TUNING_FILE} is {path.stat().st_size} bytes, more than tuning "
-                          "can be; delete it or run `edgespec tune` again")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, UTF-8, or a huge int
-        raise BundleError(f"{TUNING_FILE} is not valid JSON ({str(e)[:80]}); delete it or run "
-                          "`edgespec tune` again") from None
+    data = read_json(path, MAX_BYTES, TUNING_FILE, "delete it or run `edgespec tune` again")
     devices = data.get("devices") if isinstance(data, dict) else None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(devices,
                                                                                      dict):
