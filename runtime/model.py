@@ -116,8 +116,8 @@ class Model:
                 tree_width: int | None = None, tree_size: int | None = None,
                 tree: list | None = None, min_n: int | None = None):
         """The bundle's drafter `name` (None or 'none': autoregressive; 'auto': see
-        resolve_drafter, paced: a sequence decodes plainly while drafting measures slower
-        there, runtime/pacing.py), loaded once.
+        resolve_drafter; drafting and verifying only what pays, with n-gram lookup beside a
+        network drafter: runtime/pacing.py), loaded once.
 
         gamma: draft length (tree depth); tree_width: nodes expanded per depth (1 = a chain);
         tree_size: nodes kept in a tree (medusa, eagle3); tree: Medusa rank paths; min_n:
@@ -154,14 +154,18 @@ class Model:
                              f"{', '.join(['none', *self.manifest.drafters])}")
         setting = DraftSetting(gamma, tree_width, tree_size, tree and tuple(map(tuple, tree)),
                                min_n)
+        # n-gram lookup beside a network drafter under auto: it costs nothing to ask
+        lookup = self.drafter("ngram") if paced and name != "ngram" \
+            and "ngram" in self.manifest.drafters else None
         with self._lock:
             if (name, setting) not in self._drafters:
                 bundle = BundleDrafter(self.dir, self.manifest.drafters[name], self.config,
                                        self.max_len, self._d2t.get(name), self.verifies_trees)
                 self._drafters[name, setting] = make_drafter(bundle, setting)
             if paced and (name, setting, "auto") not in self._drafters:
-                self._drafters[name, setting, "auto"] = PacedDrafter(self._drafters[name,
-                                                                                    setting])
+                inner = self._drafters[name, setting]
+                self._drafters[name, setting, "auto"] = PacedDrafter(
+                    inner, lookup if inner.forwards_per_step else None)
             return self._drafters[(name, setting, "auto") if paced else (name, setting)]
 
     @property

@@ -13,6 +13,10 @@ Generator reports each step's verify size, wall time and tokens (after_step), an
   drafter (n-gram lookup, no network) always drafts: asking it costs nothing;
 - drafts token by token only while the next token is expected to pay for its forward, and
 - verifies the chain cut where its next token stops paying.
+With a `lookup` beside a network drafter (n-gram lookup beside the drafter `tune` chose), each
+step first asks the lookup, which costs nothing, and verifies its proposal instead of running
+the network where its expected rate (acceptance learned per match length) beats the rate the
+network's steps have measured: code repeats, where lookup is sure, and prose, where it is not.
 
 Lossless either way: a step that does not draft is a plain step, and a shorter chain is
 verified by the same rule; what is drafted and verified depends on the draft and on past
@@ -47,19 +51,26 @@ class PacedState:
     draft_seconds: float = 0.0  # this step's proposal time
     drafted: int = 0  # tokens the drafter proposed this step, before the cut
     proposal: tuple | None = None  # (classes, length) of this step's chain, after the cut
+    lookup: object = None  # the lookup's state, if the drafter has one beside it
+    looked: bool = False  # this step verifies the lookup's proposal
 
 
 class PacedDrafter(Drafter):
     """`inner`, drafting and verifying only what pays (see the module's docstring)."""
 
-    def __init__(self, inner: Drafter):
-        self.inner = inner
+    def __init__(self, inner: Drafter, lookup: Drafter | None = None):
+        if lookup is not None and (lookup.forwards_per_step or not inner.forwards_per_step):
+            raise ValueError("a lookup beside a drafter is a free drafter (no network) beside "
+                             "one with a network")
+        self.inner, self.lookup = inner, lookup
         self.name = inner.name
         self.forwards_per_step = inner.forwards_per_step
         self.reads_target = inner.reads_target
         # step costs per verify size and the drafter's forward (the machine's), acceptance
         # per token class and depth (the text's), shared by the sequences of one Model
         self.gate = ProposalGate()
+        self.lookup_gate = ProposalGate(self.gate.costs)  # its own classes, the same machine
+        self.network_rate: float | None = None  # tokens per second of the network's steps
 
     @classmethod
     def from_bundle(cls, bundle: BundleDrafter, setting: DraftSetting) -> Drafter:
@@ -67,7 +78,8 @@ class PacedDrafter(Drafter):
                         "builds it")
 
     def new_state(self) -> PacedState:
-        return PacedState(self.inner.new_state())
+        return PacedState(self.inner.new_state(),
+                          lookup=None if self.lookup is None else self.lookup.new_state())
 
     @property
     def plain_seconds(self) -> float | None:
@@ -76,7 +88,13 @@ class PacedDrafter(Drafter):
 
     def propose(self, st: PacedState, tokens: list[int], sampling: SamplingParams,
                 rng: np.random.Generator, keep=None) -> DraftTree:
-        st.ran, st.draft_seconds, st.drafted, st.proposal = self._drafts(st), 0.0, 0, None
+        st.ran, st.draft_seconds, st.drafted, st.proposal = False, 0.0, 0, None
+        st.looked = False
+        if self.lookup is not None:
+            tree = self._looked_up(st, tokens, sampling, rng)
+            if tree is not None:
+                return tree
+        st.ran = self._drafts(st)
         if not st.ran:
             st.paused_steps += 1
             st.since_draft += 1
@@ -94,6 +112,19 @@ class PacedDrafter(Drafter):
             tree = tree.cut(depth) if depth < tree.size - 1 else tree
         return tree
 
+    def _looked_up(self, st: PacedState, tokens: list[int], sampling: SamplingParams,
+                   rng: np.random.Generator) -> DraftTree | None:
+        """The lookup's proposal, cut, where it promises more than the network's steps give;
+        None: run the network."""
+        tree = self.lookup.propose(st.lookup, tokens, sampling, rng)
+        if tree.size == 1 or not tree.is_chain:
+            return None
+        depth, rate = self.lookup_gate.best(tree.classes, tree.size - 1)
+        if depth == 0 or self.network_rate is not None and rate < self.network_rate:
+            return None
+        st.looked, st.proposal = True, (tree.classes, depth)
+        return tree.cut(depth) if depth < tree.size - 1 else tree
+
     def _drafts(self, st: PacedState) -> bool:
         if self.inner.forwards_per_step == 0:  # asking a free drafter (n-gram lookup) costs
             return True  # nothing: the cut alone decides what is verified
@@ -105,8 +136,11 @@ class PacedDrafter(Drafter):
         self.gate.costs.observe(verified, max(seconds - st.draft_seconds, 1e-9))
         if st.drafted and self.inner.forwards_per_step:
             self.gate.observe_forward(st.draft_seconds / st.drafted)
+            rate, last = tokens / max(seconds, 1e-9), self.network_rate
+            self.network_rate = rate if last is None else 0.9 * last + 0.1 * rate
         if st.proposal is not None and st.proposal[1] > 0:
-            self.gate.learn(st.proposal[0], st.proposal[1], tokens - 1)
+            gate = self.lookup_gate if st.looked else self.gate
+            gate.learn(st.proposal[0], st.proposal[1], tokens - 1)
         st.since_plain = 0 if verified == 1 else st.since_plain + 1
 
     def observe(self, st: PacedState, start: int, hidden: np.ndarray, features) -> None:
@@ -114,6 +148,8 @@ class PacedDrafter(Drafter):
 
     def release(self, st: PacedState) -> None:
         self.inner.release(st.inner)
+        if self.lookup is not None:
+            self.lookup.release(st.lookup)
 
     def forward_seconds(self, st: PacedState) -> float:
         return self.inner.forward_seconds(st.inner)

@@ -68,8 +68,8 @@ class ProposalGate:
     """The cut and what it learns from (see the module's docstring); one per Model's drafter,
     shared by its sequences (acceptance is the text's, costs the machine's)."""
 
-    def __init__(self):
-        self.costs = StepCosts()
+    def __init__(self, costs: StepCosts | None = None):
+        self.costs = costs if costs is not None else StepCosts()  # shareable: the machine's
         self.forward: float | None = None  # seconds a network drafter spends per draft token
         self.seen: dict[tuple[int, int], list[float]] = {}  # (class, depth) -> [hits, tries]
 
@@ -96,6 +96,11 @@ class ProposalGate:
         """How many of a chain's `length` draft tokens (classes: each one's, or () for 0s) to
         verify."""
         return self._best(classes, length, draft_seconds)[0]
+
+    def best(self, classes: tuple, length: int) -> tuple[int, float]:
+        """(depth, expected tokens per second) of a free proposal's best cut."""
+        depth, rate, _ = self._best(classes, length, 0.0)
+        return depth, rate
 
     def keeps(self, classes: tuple, draft_seconds: float) -> bool:
         """Whether to draft one more token after a chain drafted so far (one class per

@@ -134,3 +134,44 @@ def test_the_generator_reports_each_step(demo_bundle, prompts):
         assert all(s > 0 for _, s, _ in seen)
         assert all(verified >= tokens for verified, _, tokens in seen)
         assert any(verified > 1 for verified, _, _ in seen)
+
+
+def test_a_lookup_sits_beside_a_network_drafter_only(demo_bundle):
+    model = Model(demo_bundle)
+    with pytest.raises(ValueError, match="free drafter"):
+        PacedDrafter(model.drafter("ngram"), model.drafter("ngram"))
+    with pytest.raises(ValueError, match="free drafter"):
+        PacedDrafter(model.drafter("eagle3"), model.drafter("mtp"))
+
+
+def test_a_lookup_beside_a_network_keeps_the_output(demo_bundle, prompts):
+    """Steps verify the lookup's proposal or the network's, as each promises more; the text is
+    plain greedy decoding's, and the network's state catches up after the lookup's steps."""
+    model = Model(demo_bundle)
+    paced = PacedDrafter(model.drafter("eagle3", gamma=4, tree_width=1), model.drafter("ngram"))
+    looked, after = [], paced.after_step
+
+    def record(st, verified, seconds, tokens):
+        looked.append(st.looked)
+        after(st, verified, seconds, tokens)
+
+    paced.after_step = record
+    params = GenerationParams(max_new_tokens=48)
+    for row in prompts[:3]:
+        ids = model.tokenizer.encode(row["prompt"])
+        assert run_to_end(model, params, ids, paced).tokens == run_to_end(model, params,
+                                                                          ids).tokens
+    assert any(looked) and not all(looked)
+
+
+def test_auto_over_a_tuned_network_drafter_asks_ngram_first(demo_bundle, tmp_path):
+    import shutil
+
+    from edgespec.runtime.tuning import save_auto, save_tuning
+
+    bundle = shutil.copytree(demo_bundle, tmp_path / "b")
+    save_tuning(bundle, "cpu", "cpu", "eagle3", {"gamma": 3})
+    save_auto(bundle, "cpu", "cpu", {"drafter": "eagle3", "speedup": 1.3})
+    auto = Model(bundle).drafter("auto")
+    assert auto.name == "eagle3" and auto.lookup.name == "ngram"
+    assert Model(demo_bundle).drafter("auto").lookup is None  # n-gram itself: nothing beside
