@@ -107,7 +107,8 @@ class PacedDrafter(Drafter):
         st.draft_seconds = perf_counter() - t
         st.drafted = tree.size - 1
         if tree.size > 1 and tree.is_chain:
-            depth = gate.cut(tree.classes, tree.size - 1, st.draft_seconds)
+            depth = gate.cut(tree.classes, tree.size - 1, st.draft_seconds,
+                             lookahead=tree.draft_probs is None)  # deterministic drafts
             st.proposal = (tree.classes, depth)
             tree = tree.cut(depth) if depth < tree.size - 1 else tree
         return tree

@@ -16,8 +16,13 @@ proposal time counts: it is spent whatever the cut). A network drafter that draf
 token asks `keeps` after each one and stops where the next token is not expected to pay for
 its forward (the average seconds per draft token, learned too); `worth_drafting` says whether
 a first token pays at all (runtime/pacing.py skips the drafter where it does not).
-Lossless: a shorter chain is verified by the same rule, and the cut reads only the draft and
-past steps, never the target's verdict on this one.
+Lossless: a shorter chain is verified by the same rule, and the cut never reads the target's
+verdict on this step. Under sampling, the choice to verify a token must not depend on that
+token's own draw: a class is a function of the context before the token (n-gram's match
+length; a network's top probability, not the drawn token's), `keeps` only stops drafting
+after a token, and the cut of sampled drafts looks at no later token (cut's lookahead).
+Deterministic drafts (n-gram lookup, greedy drafting) are functions of the context, so any
+cut is.
 """
 
 from __future__ import annotations
@@ -92,10 +97,19 @@ class ProposalGate:
                 best, best_rate, best_tokens = depth, rate, expected
         return best, best_rate, best_tokens
 
-    def cut(self, classes: tuple, length: int, draft_seconds: float) -> int:
+    def cut(self, classes: tuple, length: int, draft_seconds: float,
+            lookahead: bool = True) -> int:
         """How many of a chain's `length` draft tokens (classes: each one's, or () for 0s) to
-        verify."""
-        return self._best(classes, length, draft_seconds)[0]
+        verify. lookahead False, for sampled drafts: token d is kept or cut by the classes of
+        tokens 1..d alone (the first prefix whose own best cut is shorter ends the chain),
+        since a later token's class depends on token d's draw, and a cut that depends on the
+        draw of the token it removes biases speculative sampling."""
+        if lookahead or not classes:
+            return self._best(classes, length, draft_seconds)[0]
+        for n in range(1, length + 1):
+            if self._best(classes[:n], n, draft_seconds)[0] < n:
+                return n - 1
+        return length
 
     def best(self, classes: tuple, length: int) -> tuple[int, float]:
         """(depth, expected tokens per second) of a free proposal's best cut."""

@@ -96,7 +96,7 @@ def test_cut_chains_keep_the_output(demo_bundle, prompts, name, sampling):
     model = Model(demo_bundle)
     inner = model.drafter(name, gamma=4, tree_width=1)  # chains (trees are verified whole)
     paced = PacedDrafter(inner)
-    paced.gate.cut = lambda classes, length, draft_seconds: min(length, 1)
+    paced.gate.cut = lambda classes, length, draft_seconds, lookahead=True: min(length, 1)
     params = GenerationParams(max_new_tokens=40, sampling=sampling, seed=3)
     for row in prompts[:2]:
         ids = model.tokenizer.encode(row["prompt"])
@@ -181,3 +181,17 @@ def test_a_chain_is_drafted_further_only_while_the_next_forward_pays():
 ])
 def test_drafting_at_all_pays_when_a_first_token_earns_its_costs(costs, forward, accept, worth):
     assert learned_gate(costs, {1: accept, 2: accept}, forward).worth_drafting() is worth
+
+
+def test_a_sampled_chain_is_cut_without_looking_at_later_tokens():
+    """Token 1 alone does not pay, tokens 1-3 together do: a deterministic chain is verified to
+    depth 3; a sampled one stops before token 1, since keeping token 1 for the sake of tokens
+    whose classes depend on its draw would bias speculative sampling."""
+    gate = ProposalGate()
+    for size, seconds in enumerate([10.0, 14.0, 14.5, 15.0], 1):
+        gate.costs.observe(size, seconds)
+    gate.seen[1, 0] = [3.0, 10.0]  # an unsure first token
+    gate.seen[4, 1] = gate.seen[4, 2] = [19.0, 20.0]  # then sure ones
+    assert gate.cut((1, 4, 4), 3, 0.0) == 3
+    assert gate.cut((1, 4, 4), 3, 0.0, lookahead=False) == 0
+    assert gate.cut((4, 4, 4), 3, 0.0, lookahead=False) == gate.cut((4, 4, 4), 3, 0.0)
