@@ -195,3 +195,34 @@ def test_a_sampled_chain_is_cut_without_looking_at_later_tokens():
     assert gate.cut((1, 4, 4), 3, 0.0) == 3
     assert gate.cut((1, 4, 4), 3, 0.0, lookahead=False) == 0
     assert gate.cut((4, 4, 4), 3, 0.0, lookahead=False) == gate.cut((4, 4, 4), 3, 0.0)
+
+
+@pytest.mark.parametrize("lookahead, biased", [(True, True), (False, False)])
+def test_the_sampled_cut_keeps_speculative_sampling_exact(lookahead, biased):
+    """The first token a step emits, over 8,000 steps: distributed as the target's p1 when the
+    cut of sampled drafts looks no further than each token; not when it keeps token 1 for a
+    token 2 whose class depends on token 1's draw (P(first = 0) 0.55 against 0.5)."""
+    from edgespec.accept import accept_sample
+    from edgespec.runtime.draft_tree import confidence_class
+
+    p1, q1 = np.array([0.5, 0.5, 0.0]), np.array([0.9, 0.1, 0.0])
+    q2 = {0: np.array([0.96, 0.02, 0.02]), 1: np.array([0.34, 0.33, 0.33])}  # sure after 0
+    p2 = np.array([1 / 3, 1 / 3, 1 / 3])
+    gate = ProposalGate()
+    for size, seconds in enumerate([10.0, 14.0, 14.5, 15.0], 1):
+        gate.costs.observe(size, seconds)
+    c1 = confidence_class(q1)
+    gate.seen[c1, 0] = [3.0, 10.0]
+    gate.seen[confidence_class(q2[0]), 1] = [19.0, 20.0]
+    gate.seen[confidence_class(q2[1]), 1] = [1.0, 20.0]
+    rng, first = np.random.default_rng(0), np.zeros(3)
+    for _ in range(8_000):
+        x1 = int(rng.choice(3, p=q1))
+        x2 = int(rng.choice(3, p=q2[x1]))
+        depth = gate.cut((c1, confidence_class(q2[x1])), 2, 0.0, lookahead=lookahead)
+        tokens = np.array([0, x1, x2][:depth + 1])
+        p = np.stack([p1, p2, p2])[:depth + 1]
+        q = np.stack([np.zeros(3), q1, q2[x1]])[:depth + 1]
+        first[accept_sample(tokens, np.arange(-1, depth), p, q, rng).emitted(tokens)[0]] += 1
+    share = first[0] / first.sum()  # sd 0.0056: 0.03 is 5 sd
+    assert bool(abs(share - 0.5) > 0.03) is biased, share
