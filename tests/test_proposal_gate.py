@@ -112,7 +112,8 @@ def test_confidence_classes_bucket_the_top_probability():
 
     assert confidence_class(np.array([10.0, 0.0, 0.0], np.float32)) == 4  # p ~ 1
     assert confidence_class(np.zeros(100, np.float32)) == 0  # flat: p = 0.01
-    assert confidence_class(np.array([0.5, 0.3, 0.2])) == 2  # already a distribution
+    assert confidence_class(np.array([0.5, 0.3, 0.2]), probs=True) == 2  # a distribution
+    assert confidence_class(np.array([0.5, 0.3, 0.2])) == 1  # as logits: p = 0.39
 
 
 def test_a_chain_stops_drafting_where_keep_says_so():
@@ -211,15 +212,16 @@ def test_the_sampled_cut_keeps_speculative_sampling_exact(lookahead, biased):
     gate = ProposalGate()
     for size, seconds in enumerate([10.0, 14.0, 14.5, 15.0], 1):
         gate.costs.observe(size, seconds)
-    c1 = confidence_class(q1)
+    c1 = confidence_class(q1, probs=True)
     gate.seen[c1, 0] = [3.0, 10.0]
-    gate.seen[confidence_class(q2[0]), 1] = [19.0, 20.0]
-    gate.seen[confidence_class(q2[1]), 1] = [1.0, 20.0]
+    gate.seen[confidence_class(q2[0], probs=True), 1] = [19.0, 20.0]
+    gate.seen[confidence_class(q2[1], probs=True), 1] = [1.0, 20.0]
     rng, first = np.random.default_rng(0), np.zeros(3)
     for _ in range(8_000):
         x1 = int(rng.choice(3, p=q1))
         x2 = int(rng.choice(3, p=q2[x1]))
-        depth = gate.cut((c1, confidence_class(q2[x1])), 2, 0.0, lookahead=lookahead)
+        depth = gate.cut((c1, confidence_class(q2[x1], probs=True)), 2, 0.0,
+                         lookahead=lookahead)
         tokens = np.array([0, x1, x2][:depth + 1])
         p = np.stack([p1, p2, p2])[:depth + 1]
         q = np.stack([np.zeros(3), q1, q2[x1]])[:depth + 1]
