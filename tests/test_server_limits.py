@@ -30,8 +30,11 @@ def http(model):
 
 
 def _error(r, status: int, words: str) -> None:
+    """words: what the message says; "a|b": either (a template that hits the time limit or
+    the build limit first, depending on the machine's speed)."""
     assert r.status_code == status, (r.status_code, r.text[:300])
-    assert words in r.json()["error"]["message"], r.json()
+    message = r.json()["error"]["message"]
+    assert any(w in message for w in words.split("|")), r.json()
 
 
 def test_bodies_and_prompts_past_the_limits_are_refused_before_any_work(http):
@@ -136,7 +139,7 @@ def test_a_deeply_nested_body_is_a_400(http):
     # multipliers the checks missed, allocations kept across a loop, int products
     ("{{ lipsum(10000)|length }}", "'lipsum' is undefined"),
     ('{{ ("a "*2000000)|wordwrap(1)|length }}', "ran longer than"),
-    ('{{ ("a"*4000000)|batch(1)|list|length }}', "ran longer than"),
+    ('{{ ("a"*4000000)|batch(1)|list|length }}', "ran longer than|built more than"),
     ('{{ ("%999999999d"|format(1))|length }}', "format width that large"),
     ('{{ "{0:{1}}".format("a", "999999999")|length }}', "width taken from an argument"),
     ('{{ ("\t"*500).expandtabs(4000000)|length }}', "expandtabs that large"),
