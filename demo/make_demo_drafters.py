@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from edgespec.models.distill import load_data
-from edgespec.models.vocab_trim import save_counts, token_counts
+from edgespec.export.train.distill import load_data
+from edgespec.export.train.vocab_trim import save_counts, token_counts
 
 src_root, data = Path(sys.argv[1]), load_data(sys.argv[2])
 dst_root = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).parent / "drafters"

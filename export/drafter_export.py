@@ -26,8 +26,8 @@ def trim_map(folders: list[Path], k: int, calibration, vocab: int) -> tuple[np.n
     """d2t for VocabTrim from `calibration` (self-distillation data) or else the token counts
     `edgespec train` saved beside the first of `folders` that has them (the target's own
     generated tokens either way); returns it and the share of generated tokens it covers."""
-    from edgespec.models.distill import load_data
-    from edgespec.models.vocab_trim import coverage, load_counts, token_counts, trim_ids
+    from edgespec.export.train.distill import load_data
+    from edgespec.export.train.vocab_trim import coverage, load_counts, token_counts, trim_ids
 
     counts = token_counts(load_data(calibration), vocab) if calibration else next(
         (c for c in map(load_counts, folders) if c is not None), None)
@@ -44,8 +44,8 @@ def low_rank(m, target_model, k: int, calibration, d2t: np.ndarray | None) -> di
     model, whose head reads its own final hidden states."""
     import torch
 
-    from edgespec.models.distill import load_data
-    from edgespec.models.low_rank import (drafter_head_inputs, fit_low_rank_head,
+    from edgespec.export.train.distill import load_data
+    from edgespec.export.train.low_rank import (drafter_head_inputs, fit_low_rank_head,
                                           model_head_inputs)
 
     if calibration is None:

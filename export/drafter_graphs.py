@@ -22,7 +22,7 @@ import numpy as np
 
 from edgespec.manifest import GraphSpec, TensorSpec
 from edgespec.models.args import ModelArgs
-from edgespec.models.low_rank import LowRankHead
+from edgespec.models.drafters import LowRankHead
 
 from .fused_graph import FP16_MASK, FP32_MASK, FUSED_KV, MS, FusedEmitter, static_inputs
 from .decoder import emit_decoder

@@ -1,4 +1,4 @@
-"""Trained drafters as torch modules (modules only; training lives in models/train.py).
+"""Trained drafters as torch modules (modules only; training lives in export/train/trainer.py).
 
 - `MedusaHeads` (Medusa-1): K heads on the target's final-normed hidden state h_t; head k
   (k = 0..K-1) is a stack of residual SiLU blocks then an LM head and predicts token t+2+k.
@@ -8,7 +8,8 @@
   `fc` for `eagle3`) or, deeper in a draft, the drafter's own output hidden of the row before.
 
 Both share the target's LM head (and the layer drafter its embedding) frozen unless `own_head`:
-a drafter folder then holds only the few weights that were trained.
+a drafter folder then holds only the few weights that were trained. `LowRankHead` is SlimSpec's
+d -> r -> V head (fitted by export/train/low_rank.py).
 """
 
 from __future__ import annotations
@@ -122,6 +123,34 @@ class LayerDrafter(nn.Module):
         x, k, v = self.layer(x, cos, sin, bias, *past)
         hidden = self.norm(x)
         return self.lm_head(hidden), hidden, (k, v)
+
+
+class LowRankHead(nn.Module):
+    """x -> B(A(x)): A [r, d], B [K, r] over the kept columns `d2t` (all V when None). Its
+    output spans all V columns, -inf outside the kept ones, so it drops in for the full head."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, vocab: int,
+                 d2t: torch.Tensor | None = None):
+        super().__init__()
+        self.a = nn.Linear(a.shape[1], a.shape[0], bias=False)
+        self.b = nn.Linear(b.shape[1], b.shape[0], bias=False)
+        with torch.no_grad():
+            self.a.weight.copy_(a)
+            self.b.weight.copy_(b)
+        self.vocab = vocab
+        self.register_buffer("d2t", d2t, persistent=False)
+
+    @property
+    def rank(self) -> int:
+        return self.a.weight.shape[0]
+
+    def forward(self, x):
+        y = self.b(self.a(x))
+        if self.d2t is None:
+            return y
+        full = y.new_full((*y.shape[:-1], self.vocab), float("-inf"))
+        full[..., self.d2t] = y
+        return full
 
 
 def build_drafter(cfg: DrafterConfig, target) -> nn.Module:

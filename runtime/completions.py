@@ -38,9 +38,9 @@ class CompletionStream:
 
     def __init__(self, model, prompt: str | bytes | list[int], params: GenerationParams,
                  drafter: str):
-        self.drafter = model.resolve_drafter(drafter)
-        self._gen = Generator(model, params, model.drafter(drafter),
-                              threading.Event())
+        draft = model.drafter(drafter)
+        self.drafter = "none" if draft is None else draft.name  # what runs ('auto' resolved)
+        self._gen = Generator(model, params, draft, threading.Event())
         self._prompt = prompt
         self.completion: Completion | None = None
 

@@ -71,9 +71,9 @@ def run_eval(model: Model, rows: list[dict], params: GenerationParams,
              tree_width: int | None = None, tree_size: int | None = None,
              min_n: int | None = None) -> Iterator[dict]:
     """Yield one result row per prompt, decoded with `drafter` (None/'none': autoregressive;
-    'auto': Model.resolve_drafter)."""
-    drafter = model.resolve_drafter(drafter)
+    'auto': what `run` decodes with, paced: Model.drafter)."""
     draft = model.drafter(drafter, gamma, tree_width, tree_size, min_n=min_n)
+    drafter = "none" if draft is None else draft.name
     for row in rows:
         gen = Generator(model, params, draft)
         t = time.perf_counter()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgespec.accept import accept_greedy, accept_greedy_argmax, accept_sample, accept_typical
+from edgespec.runtime.accept import accept_greedy, accept_greedy_argmax, accept_sample, accept_typical
 from edgespec.graph_contract import bias_window
 from edgespec.masks import window_bias
 from edgespec.sampling import SamplingParams, probabilities, sample

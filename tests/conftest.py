@@ -146,9 +146,9 @@ def train_tiny_drafters(hf, bundle, root, steps: int = 40) -> dict:
     bundle generates the self-distillation data)."""
     import numpy as np
 
-    from edgespec.models.distill import generate_data
+    from edgespec.export.train.distill import generate_data
     from edgespec.models.drafters import DrafterConfig
-    from edgespec.models.train import TrainConfig, train_drafter
+    from edgespec.export.train.trainer import TrainConfig, train_drafter
     from edgespec.models.weights import load_transformer, weights_fingerprint
     from edgespec.runtime.model import Model
 
@@ -182,7 +182,7 @@ def calibration(tiny_bundles, tmp_path_factory):
     """Self-distillation data of the tiny llama: calibration for trimmed / low-rank heads."""
     import numpy as np
 
-    from edgespec.models.distill import generate_data, save_data
+    from edgespec.export.train.distill import generate_data, save_data
     from edgespec.runtime.model import Model
 
     path = tmp_path_factory.mktemp("cal") / "cal.safetensors"

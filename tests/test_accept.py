@@ -1,4 +1,4 @@
-"""Acceptance rules (edgespec.accept): hand-made cases, reference walks, and statistical
+"""Acceptance rules (edgespec.runtime.accept): hand-made cases, reference walks, and statistical
 losslessness checks of speculative sampling (with a deliberately wrong rule that must fail them)."""
 
 from functools import lru_cache
@@ -6,7 +6,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from edgespec.accept import (Verdict, accept_greedy, accept_greedy_argmax, accept_sample,
+from edgespec.runtime.accept import (Verdict, accept_greedy, accept_greedy_argmax, accept_sample,
                              accept_typical, children, residual)
 
 # ---------------------------------------------------------------- helpers

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgespec.models.distill import generate_data, load_data, prompts_from_sources, save_data
+from edgespec.export.train.distill import generate_data, load_data, prompts_from_sources, save_data
 from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 

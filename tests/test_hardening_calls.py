@@ -323,7 +323,7 @@ def test_export_overwrite_replaces_only_a_bundle(tiny_dirs, tmp_path, capsys):
 
 
 def test_ctrl_c_exits_130_without_a_traceback(monkeypatch, capsys):
-    import edgespec.cli as cli
+    import edgespec.cli.commands as cli
 
     def interrupted(ns):
         raise KeyboardInterrupt
@@ -354,7 +354,7 @@ def test_sigterm_unwinds_and_leaves_no_temporary_file(monkeypatch, tmp_path):
     import os
     import signal
 
-    import edgespec.cli as cli
+    import edgespec.cli.commands as cli
     from edgespec.files import atomic_open
 
     out = tmp_path / "out.jsonl"

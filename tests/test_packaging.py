@@ -9,8 +9,8 @@ from conftest import REPO
 
 RUNTIME_MODULES = ["edgespec.runtime", "edgespec.runtime.generator", "edgespec.runtime.model",
                    "edgespec.runtime.evaluate", "edgespec.runtime.drafters", "edgespec.manifest",
-                   "edgespec.sampling", "edgespec.accept", "edgespec.tree", "edgespec.masks",
-                   "edgespec.cli", "edgespec.graph_contract", "edgespec.drafter_options",
+                   "edgespec.sampling", "edgespec.runtime.accept", "edgespec.tree", "edgespec.masks",
+                   "edgespec.cli", "edgespec.cli.commands", "edgespec.graph_contract", "edgespec.drafter_options",
                    "edgespec.runtime.bundle_checks", "edgespec.devices.soak"]
 
 
@@ -62,6 +62,31 @@ def test_built_wheel_imports_runtime(tmp_path):
     assert Path(r.stdout.strip()).is_relative_to(site)
 
 
+FOLDERS = {"edgespec": "edgespec", "edgespec.runtime": "runtime", "edgespec.export": "export",
+           "edgespec.models": "models", "edgespec.devices": "devices"}
+
+# The layers, top to bottom: each group and the groups it may import (itself included). The CLI
+# may import anything; the contract (edgespec/'s own modules: manifest, errors, files, the numpy
+# helpers) imports only itself; the torch definitions never import the runtime.
+LAYERS = {
+    "cli": {"cli", "export", "train", "serve", "devices", "runtime", "models", "contract"},
+    "export": {"export", "train", "devices", "runtime", "models", "contract"},
+    "train": {"train", "runtime", "models", "contract"},
+    "serve": {"serve", "runtime", "contract"},
+    "devices": {"devices", "runtime", "contract"},
+    "runtime": {"runtime", "contract"},
+    "models": {"models", "contract"},
+    "contract": {"contract"},
+}
+GROUPS = [("edgespec.cli", "cli"), ("edgespec.export.train", "train"), ("edgespec.export", "export"),
+          ("edgespec.runtime.serve", "serve"), ("edgespec.runtime", "runtime"),
+          ("edgespec.devices", "devices"), ("edgespec.models", "models"), ("edgespec", "contract")]
+
+
+def _group(module: str) -> str:
+    return next(g for prefix, g in GROUPS if module == prefix or module.startswith(prefix + "."))
+
+
 def _imports(tree):
     """Import nodes of a module, function-level ones included, except `if TYPE_CHECKING:`."""
     import ast
@@ -72,14 +97,15 @@ def _imports(tree):
     return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
-def test_no_import_cycles():
-    """Between the package's modules, lazy (function-level) imports counted too."""
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (subfolders included)."""
     import ast
 
-    folders = {"edgespec": "edgespec", "edgespec.runtime": "runtime", "edgespec.export": "export",
-               "edgespec.models": "models", "edgespec.devices": "devices"}
-    mods = {(pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"): f
-            for pkg, folder in folders.items() for f in (REPO / folder).glob("*.py")}
+    mods = {}
+    for pkg, folder in FOLDERS.items():
+        for f in (REPO / folder).rglob("*.py"):
+            parts = f.relative_to(REPO / folder).with_suffix("").parts
+            mods[".".join((pkg, *(parts[:-1] if parts[-1] == "__init__" else parts)))] = f
     graph = {}
     for name, path in mods.items():
         package = name if path.stem == "__init__" else name.rpartition(".")[0]
@@ -95,6 +121,12 @@ def test_no_import_cycles():
                 else node.module
             targets |= {module, *(f"{module}.{a.name}" for a in node.names)}
         graph[name] = {t for t in targets if t in mods and t != name}
+    return graph
+
+
+def test_no_import_cycles():
+    """Between the package's modules, lazy (function-level) imports counted too."""
+    graph = _module_graph()
     done, path_stack = set(), []
 
     def visit(node):
@@ -111,4 +143,29 @@ def test_no_import_cycles():
 
     for name in sorted(graph):
         visit(name)
-    assert len(mods) > 50
+    assert len(graph) > 50
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                  if _group(b) not in LAYERS[_group(a)])
+
+
+def test_imports_go_down_the_layers():
+    """CLI -> export / train / serve / devices -> runtime -> contract, and models/ (torch
+    definitions) under export and train only: no import, lazy ones included, goes up."""
+    graph = _module_graph()
+    assert not _upward(graph), _upward(graph)
+    assert {_group(m) for m in graph} == set(LAYERS)  # every layer still has modules
+
+
+def test_the_layer_check_sees_upward_imports():
+    assert _upward({"edgespec.models.llama": {"edgespec.runtime.model"},  # torch -> runtime
+                    "edgespec.runtime.model": {"edgespec.runtime.serve.server"},
+                    "edgespec.export.train.distill": {"edgespec.export.pipeline"},
+                    "edgespec.manifest": {"edgespec.cli.commands"},
+                    "edgespec.runtime.generator": {"edgespec.runtime.accept", "edgespec.tree"},
+                    }) == ["edgespec.export.train.distill -> edgespec.export.pipeline",
+                           "edgespec.manifest -> edgespec.cli.commands",
+                           "edgespec.models.llama -> edgespec.runtime.model",
+                           "edgespec.runtime.model -> edgespec.runtime.serve.server"]

@@ -203,7 +203,7 @@ def test_the_sampled_cut_keeps_speculative_sampling_exact(lookahead, biased):
     """The first token a step emits, over 8,000 steps: distributed as the target's p1 when the
     cut of sampled drafts looks no further than each token; not when it keeps token 1 for a
     token 2 whose class depends on token 1's draw (P(first = 0) 0.55 against 0.5)."""
-    from edgespec.accept import accept_sample
+    from edgespec.runtime.accept import accept_sample
     from edgespec.runtime.draft_tree import confidence_class
 
     p1, q1 = np.array([0.5, 0.5, 0.0]), np.array([0.9, 0.1, 0.0])

@@ -16,7 +16,7 @@ import uvicorn
 
 from edgespec.errors import BundleError
 from edgespec.runtime.model import Model
-from edgespec.runtime.server import ServerLimits, create_app, uvicorn_config
+from edgespec.runtime.serve.server import ServerLimits, create_app, uvicorn_config
 
 TEMPLATE = ("{% for m in messages %}t{{ 5 if m.role == 'user' else 9 }} {{ m.content }} "
             "{% endfor %}{% if add_generation_prompt %}t11{% endif %}")

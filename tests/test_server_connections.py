@@ -1,4 +1,4 @@
-"""Issue 27, the connection layer (runtime/http_guard.py): what a client can hold with sockets
+"""Issue 27, the connection layer (runtime/serve/http_guard.py): what a client can hold with sockets
 alone. Slowloris connections are closed at the header deadline, connections past the cap get
 a JSON 503, uvicorn's own refusals are JSON, and a body a little too large is read before its
 413 so that the client gets the answer, not a reset."""
@@ -11,7 +11,7 @@ import pytest
 from test_server import TEMPLATE, serving, slow_steps, with_template
 
 from edgespec.runtime.model import Model
-from edgespec.runtime.server import ServerLimits, create_app
+from edgespec.runtime.serve.server import ServerLimits, create_app
 
 LIMITS = ServerLimits(concurrency=1, queue=1, header_seconds=0.5, max_body_bytes=1 << 20)
 

@@ -12,7 +12,7 @@ from test_server import TEMPLATE, serving, slow_steps, with_template
 
 from edgespec.errors import BundleError
 from edgespec.runtime.model import Model
-from edgespec.runtime.server import ServerLimits, create_app
+from edgespec.runtime.serve.server import ServerLimits, create_app
 
 BASE = "http://localhost"
 

@@ -10,10 +10,10 @@ from conftest import run_to_end
 from test_server import TEMPLATE, with_template
 
 from edgespec.export.pipeline import ExportOptions, export_bundle
-from edgespec.models.distill import generate_data, read_jsonl_prompts
+from edgespec.export.train.distill import generate_data, read_jsonl_prompts
 from edgespec.models.drafters import DrafterConfig
-from edgespec.models.train import TrainConfig, soft_ce, train_drafter
-from edgespec.models.vocab_trim import token_counts, trim_ids
+from edgespec.export.train.trainer import TrainConfig, soft_ce, train_drafter
+from edgespec.export.train.vocab_trim import token_counts, trim_ids
 from edgespec.models.weights import load_transformer, weights_fingerprint
 from edgespec.runtime.generator import GenerationParams
 from edgespec.runtime.model import Model
@@ -101,7 +101,7 @@ def test_distill_prompts_may_be_chat_messages(trimmed_bundle, tmp_path):
 
 
 def test_concat_data_keeps_every_sequence():
-    from edgespec.models.distill import DistillData, concat_data
+    from edgespec.export.train.distill import DistillData, concat_data
 
     def data(seqs, fp="f"):
         offsets = np.cumsum([0] + [len(s) for s in seqs])

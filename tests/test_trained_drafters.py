@@ -8,9 +8,9 @@ from conftest import run_to_end
 
 from edgespec.export.pipeline import ExportOptions, export_bundle
 from edgespec.manifest import BundleError
-from edgespec.models.distill import generate_data
+from edgespec.export.train.distill import generate_data
 from edgespec.models.drafters import DrafterConfig, load_drafter
-from edgespec.models.train import TrainConfig, greedy_tree, unroll_bias
+from edgespec.export.train.trainer import TrainConfig, greedy_tree, unroll_bias
 from edgespec.models.weights import load_transformer, weights_fingerprint
 from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
@@ -121,7 +121,7 @@ def test_greedy_tree_grows_best_paths_first():
 
 def test_medusa2_trains_backbone_and_heads_and_exports(tiny_dirs, tiny_bundles, trained,
                                                        tmp_path):
-    from edgespec.models.train_medusa2 import train_medusa2
+    from edgespec.export.train.medusa2 import train_medusa2
 
     hf = tiny_dirs["llama"]
     target = load_transformer(hf)
@@ -169,7 +169,7 @@ def test_sampling_with_each_trained_drafter_runs_and_is_seeded(drafter_bundle, a
 
 def test_checkpoint_round_trip_resumes_weights_and_optimizer(tiny_dirs, tmp_path):
     from edgespec.models.drafters import build_drafter
-    from edgespec.models.train import _load_checkpoint, _save_checkpoint
+    from edgespec.export.train.trainer import _load_checkpoint, _save_checkpoint
 
     target = load_transformer(tiny_dirs["llama"])
     a = target.args
@@ -244,7 +244,8 @@ def test_low_rank_heads_fold_into_onnx_and_stay_lossless(tiny_dirs, trained, tmp
 
 
 def test_svd_init_is_the_best_low_rank_factorisation():
-    from edgespec.models.low_rank import LowRankHead, svd_init
+    from edgespec.export.train.low_rank import svd_init
+    from edgespec.models.drafters import LowRankHead
 
     torch.manual_seed(0)
     w = torch.randn(50, 4) @ torch.randn(4, 16)  # rank 4
@@ -330,7 +331,7 @@ def test_layer_drafters_follow_the_target_graph_kind(tiny_dirs, trained, tmp_pat
 
 def test_export_cli_compresses_per_drafter(tiny_dirs, trained, tmp_path, calibration):
     """--trim-vocab K for all, NAME=K for one; --head-rank NAME=R for one drafter only."""
-    from edgespec.cli import main, per_drafter
+    from edgespec.cli.commands import main, per_drafter
 
     hf = tiny_dirs["llama"]
     out = tmp_path / "b"

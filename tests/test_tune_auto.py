@@ -49,7 +49,7 @@ def test_tune_auto_stores_the_fastest_median_and_run_uses_it(bundle, prompts, ca
 
 
 def test_a_drafter_slower_than_plain_decoding_is_not_stored(bundle, capsys):
-    from edgespec.cli_tune import Tuned, _store
+    from edgespec.cli.tune import Tuned, _store
 
     ns = SimpleNamespace(bundle=str(bundle), device="cpu", provider="cpu", keep_slower=False)
     save_tuning(bundle, "cpu", "cpu", "ngram", {"gamma": 2})
@@ -164,7 +164,7 @@ def test_tune_auto_over_trained_drafters_stores_only_winners(trimmed_bundle, tmp
 
 def test_a_winner_that_loses_the_alternating_rounds_is_dropped(bundle, prompts, monkeypatch,
                                                                 capsys):
-    from edgespec import cli_tune
+    from edgespec.cli import tune as cli_tune
     from edgespec.devices.tune_run import TuneRun
 
     # alone, n-gram lookup measured faster; in the alternating rounds it is slower

@@ -39,7 +39,7 @@ wait
 # SlimSpec calibration for export.sh's compressed heads: the first 256 sequences (~200 KB)
 "$PY" - "$DATA" "$DST/calibration.safetensors" <<'PYEOF'
 import sys
-from edgespec.models.distill import DistillData, load_data, save_data
+from edgespec.export.train.distill import DistillData, load_data, save_data
 d, n = load_data(sys.argv[1]), 256
 save_data(DistillData(d.tokens[: d.offsets[n]], d.offsets[: n + 1], d.prompt_lengths[:n],
                       d.meta), sys.argv[2])

@@ -51,7 +51,7 @@ for p in json.load(open(sys.argv[1]))["held_out"]: print("--exclude=" + p)' \
   wait %1; wait %2  # either failing stops the script (set -e)
   "$PY" - "$WORK" <<'PYEOF'
 import sys
-from edgespec.models.distill import concat_data, load_data, save_data
+from edgespec.export.train.distill import concat_data, load_data, save_data
 w = sys.argv[1]
 save_data(concat_data([load_data(f"{w}/chat.safetensors"), load_data(f"{w}/code.safetensors")]),
           f"{w}/distill.safetensors")
@@ -75,7 +75,7 @@ train medusa "${MEDUSA_MINUTES:-15}"
 "$PY" - "$DATA" "$DST/calibration.safetensors" <<'PYEOF'
 import sys
 import numpy as np
-from edgespec.models.distill import DistillData, load_data, save_data
+from edgespec.export.train.distill import DistillData, load_data, save_data
 d = load_data(sys.argv[1])
 idx = np.unique(np.linspace(0, len(d) - 1, min(256, len(d))).astype(int))
 seqs = [d.sequence(i) for i in idx]

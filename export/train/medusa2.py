@@ -21,12 +21,12 @@ import torch
 from tqdm import tqdm
 
 from .distill import DistillData
-from .drafters import DrafterConfig, MedusaHeads, save_drafter
-from .llama import causal_bias
-from .train import (TrainConfig, TargetTable, greedy_tree, medusa_losses, medusa_rank_accuracy,
+from edgespec.models.drafters import DrafterConfig, MedusaHeads, save_drafter
+from edgespec.models.llama import causal_bias
+from .trainer import (TrainConfig, TargetTable, greedy_tree, medusa_losses, medusa_rank_accuracy,
                     target_table)
 from .vocab_trim import save_counts, token_counts
-from .weights import save_checkpoint, weights_fingerprint
+from edgespec.models.weights import save_checkpoint, weights_fingerprint
 
 TARGET_DIR = "target"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .cli_types import add_provider, integer, number, session_config
-from .drafter_kinds import trainable
+from .arg_types import add_provider, integer, number, session_config
+from edgespec.drafter_kinds import trainable
 
 
 def _distill(ns, bundle, out) -> None:
-    from edgespec.models.distill import (generate_data, prompts_from_sources, read_jsonl_prompts,
+    from edgespec.export.train.distill import (generate_data, prompts_from_sources, read_jsonl_prompts,
                                          save_data, source_files)
     from edgespec.runtime.model import Model
 
@@ -55,7 +55,7 @@ def _self_distill(ns, hf_dir: Path) -> Path:
 
 def _train_medusa2(ns, cfg, tc, hf_dir, data, fingerprint) -> int:
     from edgespec.models.drafters import load_drafter
-    from edgespec.models.train_medusa2 import train_medusa2
+    from edgespec.export.train.medusa2 import train_medusa2
     from edgespec.models.weights import load_transformer
 
     target = load_transformer(hf_dir)
@@ -78,9 +78,9 @@ def _train_medusa2(ns, cfg, tc, hf_dir, data, fingerprint) -> int:
 
 def cmd_train(ns) -> int:
     from edgespec.models.args import ModelArgs
-    from edgespec.models.distill import load_data
+    from edgespec.export.train.distill import load_data
     from edgespec.models.drafters import DrafterConfig
-    from edgespec.models.train import TrainConfig, train_drafter
+    from edgespec.export.train.trainer import TrainConfig, train_drafter
     from edgespec.models.weights import load_transformer, weights_fingerprint
 
     hf_dir = Path(ns.hf_dir)

@@ -1,5 +1,5 @@
 """The conversational front ends: `edgespec serve` (the OpenAI-compatible server,
-runtime/server.py; the `serve` extra) and `edgespec chat` (a REPL over the bundle's chat
+runtime/serve/server.py; the `serve` extra) and `edgespec chat` (a REPL over the bundle's chat
 template)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from .cli_types import (add_batch_invariant, add_provider, integer, session_config,
+from .arg_types import (add_batch_invariant, add_provider, integer, session_config,
                         timings)
 
 CHAT_HELP = "/reset starts over, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply"
@@ -19,7 +19,7 @@ def cmd_serve(ns) -> int:
         raise ImportError("edgespec serve needs the serve extra: pip install edgespec[serve] "
                           "(starlette, uvicorn, jinja2)")
     from edgespec.runtime.model import Model
-    from edgespec.runtime.server import LOOPBACK, ServerLimits, serve
+    from edgespec.runtime.serve.server import LOOPBACK, ServerLimits, serve
 
     model = Model(ns.bundle, session_config(ns))
     model.drafter(ns.drafter)  # an unknown drafter fails here, not in the first request
@@ -70,8 +70,8 @@ def cmd_chat(ns, params) -> int:
     model = Model(ns.bundle, session_config(ns))
     start = [{"role": "system", "content": ns.system}] if ns.system else []
     model.chat_prompt([*start, {"role": "user", "content": "hi"}])  # no template: fail now
-    name = model.resolve_drafter(ns.drafter)
     drafter = model.drafter(ns.drafter, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
+    name = "none" if drafter is None else drafter.name
     if importlib.util.find_spec("readline"):  # input() gains line editing and history
         importlib.import_module("readline")
     tty = sys.stdin.isatty()

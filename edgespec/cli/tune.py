@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_types import add_batch_invariant, add_provider, integer, number
-from .drafter_kinds import KINDS
+from .arg_types import add_batch_invariant, add_provider, integer, number
+from edgespec.drafter_kinds import KINDS
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Tuned:
 
 
 def _tune_chain(ns, run, name: str) -> Tuned:
-    from .devices.tune import tune_chain
+    from edgespec.devices.tune import tune_chain
 
     t = tune_chain(run, name, ns.max_gamma)
     lines = [f"{name} on {ns.device}: per-depth acceptance "
@@ -45,7 +45,7 @@ def _tune_chain(ns, run, name: str) -> Tuned:
 
 def _tune_ngram(ns, run, name: str) -> Tuned:
     """Prompt lookup: draft length and shortest match, replayed exactly over greedy output."""
-    from .devices.tune_ngram import tune_ngram
+    from edgespec.devices.tune_ngram import tune_ngram
 
     t = tune_ngram(run, name, ns.max_gamma)
     mins = sorted({m for _, m in t.rates})
@@ -70,7 +70,7 @@ def _tune_ngram(ns, run, name: str) -> Tuned:
 def _tune_tree(ns, run, name: str, grown: bool) -> Tuned:
     """A static tree (Medusa's heads): the tree grown by per-node acceptance; a tree grown per
     step by a decoder drafter (EAGLE-3): the node budget, by measured rate."""
-    from .devices.tune_tree import tune_eagle, tune_medusa
+    from edgespec.devices.tune_tree import tune_eagle, tune_medusa
 
     t = tune_eagle(run, name) if grown else tune_medusa(run, name, ns.max_nodes)
     shown = [n for n in t.expected if grown or n in (1, 2, 4, 8, 16, 24, 32, 48, 64)
@@ -140,7 +140,7 @@ def _store(ns, name: str, t: Tuned, note=print) -> bool:
 def _tune_auto(ns, run) -> int:
     from edgespec.runtime.tuning import save_auto, save_tuning, setting_kwargs
 
-    from .devices.tune_auto import tune_auto
+    from edgespec.devices.tune_auto import tune_auto
 
     winners = {}
     names = list(run.model.manifest.drafters)
@@ -175,7 +175,7 @@ def _tune_auto(ns, run) -> int:
 
 def _plan(ns, run) -> None:
     """Count the decode passes ahead (the bar's total), and cut the prompts to --budget."""
-    from .devices.tune_run import PASSES
+    from edgespec.devices.tune_run import PASSES
 
     names = list(run.model.manifest.drafters) if ns.drafter == "auto" else [ns.drafter]
     passes = 1 + sum(PASSES[t] for n in names for t in _tuners(ns, run.model, n))  # 1: plain
@@ -195,8 +195,8 @@ def cmd_tune(ns) -> int:
     from edgespec.runtime.model import Model
     from edgespec.runtime.providers import SessionConfig
 
-    from .devices.profiles import load_profile
-    from .devices.tune_run import TuneRun
+    from edgespec.devices.profiles import load_profile
+    from edgespec.devices.tune_run import TuneRun
 
     profile = load_profile(ns.device)
     if ns.device != "cpu" and profile.provider != ns.provider:

@@ -26,9 +26,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .distill import DistillData
-from .drafters import (DrafterConfig, LayerDrafter, build_drafter, save_drafter, trained_state,
+from edgespec.models.drafters import (DrafterConfig, LayerDrafter, build_drafter, save_drafter, trained_state,
                        warm_start)
-from .llama import causal_bias, empty_past
+from edgespec.models.llama import causal_bias, empty_past
 from .vocab_trim import coverage, save_counts, token_counts, trim_ids
 
 CHECKPOINT = "checkpoint.safetensors"

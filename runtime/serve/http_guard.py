@@ -7,7 +7,7 @@ from the connection's opening or from the previous response; a partial request t
 408, an idle connection is closed, and one still sending a body after its answer (a refused
 request trickling on) is closed. Connections past `max_connections` are answered 503 and
 closed. uvicorn's own answers (a malformed request, the 503) are OpenAI error bodies like the
-app's, not plain text. Body bytes are bounded by the app (runtime/server.py `_read_json`).
+app's, not plain text. Body bytes are bounded by the app (runtime/serve/server.py `_read_json`).
 """
 
 from __future__ import annotations

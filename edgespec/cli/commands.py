@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from edgespec.files import atomic_open, check_outside
-from .cli_types import (Parser, add_runtime_args, integer, layer_list, session_config,
+from .arg_types import (Parser, add_runtime_args, integer, layer_list, session_config,
                         timings)
 
 
@@ -141,7 +141,7 @@ def cmd_info(ns) -> int:
 
 
 def _chat(ns) -> int:
-    from .cli_serve import cmd_chat
+    from .serve import cmd_chat
 
     return cmd_chat(ns, _params(ns))
 
@@ -162,8 +162,8 @@ def cmd_run(ns) -> int:
 
     prompt = _prompt(ns)  # before the model loads: a missing file fails at once
     model = Model(ns.bundle, session_config(ns))
-    name = model.resolve_drafter(ns.drafter)
     drafter = model.drafter(ns.drafter, ns.gamma, ns.tree_width, ns.tree_size, min_n=ns.min_n)
+    name = "none" if drafter is None else drafter.name  # what ran ('auto' resolved)
     with Generator(model, _params(ns), drafter) as gen:
         for piece in stream_text(gen, prompt):
             sys.stdout.write(piece)
@@ -281,19 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     e.set_defaults(fn=cmd_export)
 
-    from .cli_train import add_commands
+    from .train import add_commands
 
     add_commands(sub)  # distill, train, sweep
 
-    from .cli_devices import add_commands as add_device_commands
+    from .devices import add_commands as add_device_commands
 
     add_device_commands(sub)  # devices, bench
 
-    from .cli_tune import add_commands as add_tune_commands
+    from .tune import add_commands as add_tune_commands
 
     add_tune_commands(sub)  # tune
 
-    from .cli_serve import add_commands as add_serve_commands
+    from .serve import add_commands as add_serve_commands
 
     add_serve_commands(sub)  # serve
 
@@ -381,6 +381,3 @@ def _run(ns) -> int:
     except KeyboardInterrupt:  # Ctrl-C: the shell's convention, no traceback
         print(f"edgespec {ns.command}: interrupted", file=sys.stderr)
         return 130
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,35 +5,8 @@ full head's distribution over the same columns)."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-
-class LowRankHead(nn.Module):
-    """x -> B(A(x)): A [r, d], B [K, r] over the kept columns `d2t` (all V when None). Its
-    output spans all V columns, -inf outside the kept ones, so it drops in for the full head."""
-
-    def __init__(self, a: torch.Tensor, b: torch.Tensor, vocab: int,
-                 d2t: torch.Tensor | None = None):
-        super().__init__()
-        self.a = nn.Linear(a.shape[1], a.shape[0], bias=False)
-        self.b = nn.Linear(b.shape[1], b.shape[0], bias=False)
-        with torch.no_grad():
-            self.a.weight.copy_(a)
-            self.b.weight.copy_(b)
-        self.vocab = vocab
-        self.register_buffer("d2t", d2t, persistent=False)
-
-    @property
-    def rank(self) -> int:
-        return self.a.weight.shape[0]
-
-    def forward(self, x):
-        y = self.b(self.a(x))
-        if self.d2t is None:
-            return y
-        full = y.new_full((*y.shape[:-1], self.vocab), float("-inf"))
-        full[..., self.d2t] = y
-        return full
+from edgespec.models.drafters import LowRankHead
 
 
 def svd_init(w: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +61,7 @@ def _first(data, max_sequences: int):
 def model_head_inputs(model, data, max_sequences: int = 128) -> torch.Tensor:
     """[N, d]: the final normed hidden states a language model (the separate draft model) feeds
     its own LM head on (the first) self-distillation sequences."""
-    from .train import target_table
+    from .trainer import target_table
 
     data = _first(data, max_sequences)
     table = target_table(model, data, "mtp", (), 1)  # "mtp": the final hidden, no features
@@ -99,9 +72,9 @@ def model_head_inputs(model, data, max_sequences: int = 128) -> torch.Tensor:
 def drafter_head_inputs(m, target, data, max_sequences: int = 128) -> torch.Tensor:
     """[N, d]: what the drafter's LM head reads on (the first) self-distillation sequences:
     each Medusa head's block output, or a layer drafter's hidden reading target features."""
-    from .drafters import LayerDrafter
-    from .llama import causal_bias
-    from .train import target_table
+    from edgespec.models.drafters import LayerDrafter
+    from edgespec.models.llama import causal_bias
+    from .trainer import target_table
 
     data = _first(data, max_sequences)
     n = len(data)

@@ -29,7 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from . import openai_api as api
-from .model import Model
+from edgespec.runtime.model import Model
 
 log = logging.getLogger("edgespec.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -282,7 +282,7 @@ def _error(e: api.RequestError) -> Response:
 
 def uvicorn_config(app, host: str, port: int, limits: ServerLimits = ServerLimits(),
                    log_level: str = "info"):
-    """uvicorn's Config for `app` on the guarded connection layer (runtime/http_guard.py):
+    """uvicorn's Config for `app` on the guarded connection layer (runtime/serve/http_guard.py):
     header deadline, connection cap, JSON errors; idle keep-alives close after 5 s."""
     import uvicorn
 

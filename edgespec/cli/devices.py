@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli_types import add_batch_invariant, add_provider, integer, number
-from .files import check_outside, check_writable_folder
+from .arg_types import add_batch_invariant, add_provider, integer, number
+from edgespec.files import check_outside, check_writable_folder
 
 
 def _show(p) -> None:
@@ -20,7 +20,7 @@ def _show(p) -> None:
 
 
 def cmd_devices(ns) -> int:
-    from .devices.profiles import list_profiles, load_profile
+    from edgespec.devices.profiles import list_profiles, load_profile
 
     if ns.name and not ns.bundle:
         _show(load_profile(ns.name))
@@ -34,7 +34,7 @@ def cmd_devices(ns) -> int:
             print(f"{p.name:<22}{p.kind:>5}{p.memory_bandwidth_gbs:>9.1f}"
                   f"{p.peak_fp16_tflops:>13.2f}{p.memory_gb:>11.1f}{p.provider:>10}")
         return 0
-    from .devices.projection import project
+    from edgespec.devices.projection import project
 
     rows = project(ns.bundle, profiles, ns.drafter, ns.eval, ns.context, ns.overhead_ms)
     print(f"projected for {ns.bundle} at a {ns.context}-token context, {ns.overhead_ms} ms per "
@@ -57,8 +57,8 @@ def cmd_bench(ns) -> int:
     from edgespec.runtime.model import Model
     from edgespec.runtime.providers import SessionConfig
 
-    from .devices.bench import bench, markdown, write
-    from .devices.profiles import load_profile
+    from edgespec.devices.bench import bench, markdown, write
+    from edgespec.devices.profiles import load_profile
 
     check_outside(ns.out, "-o", bundle=ns.bundle, prompts_file=ns.prompts)
     check_writable_folder(Path(ns.out), ("bench.json", "bench.md", "bench.png"))

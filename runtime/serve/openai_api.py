@@ -1,5 +1,5 @@
 """OpenAI's completions and chat completions API over a Model: request checks and response
-bodies (runtime/server.py serves them over HTTP). Stdlib only besides the runtime.
+bodies (runtime/serve/server.py serves them over HTTP). Stdlib only besides the runtime.
 
 Each response carries `usage` and, as an extra field, `edgespec`: the drafter that ran, the
 tokens per target forward (tau) and the decode tokens/s.
@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .completions import Completion
+from edgespec.runtime.completions import Completion
 
 
 class RequestError(ValueError):
