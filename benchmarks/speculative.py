@@ -5,7 +5,7 @@ baseline, side by side in one run (greedy, CPU).
         [--n-prompts 16] [--max-new-tokens 128] [--runs 5] [--threads 2] [--provider cuda]
 
 Engines: autoregressive, n-gram chains and trees, and each drafter the bundle carries (draft_model,
-medusa, mtp, eagle3) at a few draft lengths / tree sizes; --only REGEX picks. Every engine decodes
+medusa, mtp, eagle3, block) at a few draft lengths / tree sizes; --only REGEX picks. Every engine decodes
 the same prompts in each run (engines alternate, so noise hits all alike); tokens/s counts new
 tokens over the whole generate call (prefill included); decode tok/s (ours only) counts the
 tokens after the first one over the time after it; tau = new tokens per target forward;
@@ -103,9 +103,12 @@ def bundle_engines(model: Model, prompts, n: int, tag: str, first: bool) -> dict
     settings = {"medusa": [(None, None, t) for t in (4, 8, 16, 32, 64)],
                 "mtp": [(g, 1, None) for g in (1, 2, 3, 4, 5, 6)] + [(3, 2, 6)],
                 "eagle3": [(g, 1, None) for g in (1, 2, 3, 4, 5, 6)] + [
-                    (4, 2, 8), (5, 3, 12), (6, 4, 16), (6, 4, 24), (8, 4, 32)]}
+                    (4, 2, 8), (5, 3, 12), (6, 4, 16), (6, 4, 24), (8, 4, 32)],
+                "block": [(g, 1, None) for g in (2, 3, 4, 5, 6, 8)]}
     for name, spec in model.manifest.drafters.items():
         for g, w, t in settings.get(spec.kind, []):
+            if g and g > spec.options.get("block_size", g):  # a block drafts its block at most
+                continue
             if not model.verifies_trees and (t or (w or 1) > 1):  # a --verify chain bundle
                 continue
             label = f"{tag}edgespec {name}" + (f" g{g}" if g else "") + (

@@ -161,6 +161,7 @@ def tune_chain(run, name: str, max_gamma: int = 8) -> ChainTuning:
                          f"{name!r} is {'not in this bundle' if spec is None else spec.kind}")
     if not 1 <= max_gamma <= 32:
         raise ValueError(f"--max-gamma must be in 1..32, got {max_gamma}")
+    max_gamma = min(max_gamma, spec.options.get("block_size", max_gamma))  # a block's tokens
     deep = model.drafter(name, max_gamma, 1)
     lengths, deep_rate = run.decode(deep)
     accept = acceptance_per_depth(lengths, max_gamma)

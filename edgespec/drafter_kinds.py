@@ -51,6 +51,12 @@ KINDS: dict[str, DrafterKind] = {
                           model=True, inputs=_LAYER_IN, outputs=_LOGITS_OUT, reads="features",
                           vocab_logits=True, trainable=True, tune="tree",
                           options=(*_DECODER_OPTIONS, "feature_layers")),
+    # EAGLE-3's graph, drafting a whole block in one run (models/drafters.py BlockDrafter)
+    "block": DrafterKind("block", "edgespec.runtime.head_drafters:BlockDrafter", graph=True,
+                         model=True, inputs=_LAYER_IN, outputs=_LOGITS_OUT, reads="features",
+                         vocab_logits=True, trainable=True,
+                         options=("gamma", "block_size", "trim_vocab", "head_rank",
+                                  "feature_layers")),
 }
 
 

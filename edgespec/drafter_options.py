@@ -20,6 +20,7 @@ INT_OPTIONS = {
     "tree_size": (1, 1024),  # nodes kept in a tree
     "tree_width": (1, 64),  # nodes expanded per depth
     "top_k": (1, 1024),  # medusa: candidates per head in its graph
+    "block_size": (2, 64),  # block: tokens a block drafts (its graph's mask rows + 1)
     "trim_vocab": (0, 1 << 24),  # informational (the graph's logits width is what counts)
     "head_rank": (0, 1 << 24),
 }

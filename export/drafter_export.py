@@ -121,8 +121,13 @@ def export_trained_drafter(hf_dir: Path, folder: Path, tmp: Path, name: str, tar
     if d2t is not None:
         d2t_file = f"{name}.d2t.npy"
         np.save(tmp / d2t_file, d2t.astype(np.int64), allow_pickle=False)
+    kind = KINDS[cfg.kind]
+    if "block_size" in kind.options:  # a block drafts its whole block unless tuned shorter
+        options.update(block_size=cfg.num_heads, gamma=options.get("gamma", cfg.num_heads))
     options.setdefault("gamma", 4)
-    options["input"] = KINDS[cfg.kind].reads
-    if KINDS[cfg.kind].reads == "features":
-        options.update(feature_layers=list(cfg.feature_layers), tree_width=4, tree_size=16)
+    options["input"] = kind.reads
+    if kind.reads == "features":
+        options["feature_layers"] = list(cfg.feature_layers)
+    if kind.tune == "tree":
+        options.update(tree_width=4, tree_size=16)
     return DrafterSpec(kind=cfg.kind, graph=spec, model=info, options=options, d2t=d2t_file)

@@ -140,7 +140,7 @@ def build_layer_graph(m, max_len: int, file: str, d2t: np.ndarray | None = None,
     if m.fc is not None:
         h = b.op("MatMul", h, b.weight("fc.weight_t", matmul_weight(m.fc.weight)))
     h = b.op("Add", h, b.from_float32("hidden_in"))
-    emb = b.op("Gather", b.weight("embed_tokens.weight", _np(m.embed_tokens.weight)), "input_ids")
+    emb = b.op("Gather", b.weight("embed_tokens.weight", _np(m.embedding_table())), "input_ids")
     x = b.op("Concat", e.norm(h, m.hnorm.weight, "hnorm"), e.norm(emb, m.enorm.weight, "enorm"),
              axis=-1)
     x = b.op("MatMul", x, b.weight("in_proj.weight_t", matmul_weight(m.in_proj.weight)))

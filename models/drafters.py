@@ -35,11 +35,11 @@ KINDS = trainable()  # edgespec/drafter_kinds.py
 
 @dataclass(frozen=True)
 class DrafterConfig:
-    kind: str  # medusa | mtp | eagle3
+    kind: str  # medusa | mtp | eagle3 | block
     dim: int  # the target's hidden size
     vocab_size: int
     feature_dim: int  # width of the target output it reads (d, or len(feature_layers) * d)
-    num_heads: int = 4  # medusa: tokens drafted per step
+    num_heads: int = 4  # medusa, block: tokens drafted per step (a block's size)
     num_blocks: int = 1  # medusa: residual blocks per head
     feature_layers: tuple[int, ...] = ()  # eagle3: target decoder layers in its features
     own_head: bool = False  # train an own LM head (else the target's, frozen and shared)
@@ -116,13 +116,48 @@ class LayerDrafter(nn.Module):
         P+S]; past: (k, v) each [B, Hkv, P, D]. Returns logits [B, S, V], hidden [B, S, d]
         (final-normed: what the next row reads back), new (k, v) [B, Hkv, S, D]."""
         h = (features if self.fc is None else self.fc(features)) + hidden_in
-        x = self.in_proj(torch.cat([self.hnorm(h), self.enorm(self.embed_tokens(input_ids))], -1))
+        x = self.in_proj(torch.cat([self.hnorm(h), self.enorm(self.embed(input_ids))], -1))
         dtype = x.dtype
         cos = self.rope_cos[position_ids].unsqueeze(1).to(dtype)
         sin = self.rope_sin[position_ids].unsqueeze(1).to(dtype)
         x, k, v = self.layer(x, cos, sin, bias, *past)
         hidden = self.norm(x)
         return self.lm_head(hidden), hidden, (k, v)
+
+    def embed(self, input_ids):
+        return self.embed_tokens(input_ids)
+
+    def embedding_table(self) -> torch.Tensor:
+        """[rows, d]: what the drafter graph's Gather reads."""
+        return self.embed_tokens.weight
+
+
+class BlockDrafter(LayerDrafter):
+    """A parallel block drafter (DFlash / DSpark style) on EAGLE-3's layer: a block is the
+    newest context row (h_{t-1}, x_t), which predicts x_{t+1} as EAGLE-3's first step does, and
+    B-1 mask rows at positions t+1..t+B-1 that predict x_{t+2}..x_{t+B} in the same forward.
+    Mask row i reads no feature (h = 0) and token id V + i - 1, a trained embedding of its
+    offset; it attends to the cached context and to the rows of its block up to itself (causal:
+    mask rows carry no token, so later ones would add no information), so a whole proposal is
+    one causal run of the same graph as EAGLE-3's, over [V + B - 1] embedding rows."""
+
+    def __init__(self, cfg: DrafterConfig, a: ModelArgs, max_len: int | None = None):
+        super().__init__(cfg, a, max_len)
+        if cfg.num_heads < 2:
+            raise ValueError(f"a block drafter drafts >= 2 tokens a block, got {cfg.num_heads}")
+        self.mask_embed = nn.Parameter(torch.randn(cfg.num_heads - 1, cfg.dim) * 0.02)
+
+    def embed(self, input_ids):
+        return nn.functional.embedding(input_ids, self.embedding_table())
+
+    def embedding_table(self) -> torch.Tensor:
+        return torch.cat([self.embed_tokens.weight, self.mask_embed.to(
+            self.embed_tokens.weight.dtype)], 0)
+
+
+# the torch module of each trainable kind (edgespec/drafter_kinds.py)
+NETWORKS = {"medusa": MedusaHeads, "mtp": LayerDrafter, "eagle3": LayerDrafter,
+            "block": BlockDrafter}
 
 
 class LowRankHead(nn.Module):
@@ -161,11 +196,14 @@ def build_drafter(cfg: DrafterConfig, target) -> nn.Module:
         raise ValueError(f"drafter dims (d={cfg.dim}, vocab {cfg.vocab_size}) differ from the "
                          f"target's (d={a.dim}, vocab {a.vocab_size}): it was trained for another "
                          "target; train one for this target with `edgespec train`")
-    m = MedusaHeads(cfg) if cfg.kind == "medusa" else LayerDrafter(cfg, a, target.rope_cos.shape[0])
+    net = NETWORKS[cfg.kind]
+    m = net(cfg) if net is MedusaHeads else net(cfg, a, target.rope_cos.shape[0])
     with torch.no_grad():
         m.lm_head.weight.copy_(target.lm_head.weight)
         if isinstance(m, LayerDrafter):
             m.embed_tokens.weight.copy_(target.embed_tokens.weight)
+            if isinstance(m, BlockDrafter):  # mask rows start near an average token
+                m.mask_embed.add_(target.embed_tokens.weight.mean(0))
             m.embed_tokens.weight.requires_grad_(False)
             # the target's last decoder layer is a better start than random weights; the
             # drafter's block is dense, so an MoE target lends its attention and norms only
@@ -192,6 +230,10 @@ def save_drafter(m: nn.Module, folder: str | Path) -> None:
     m.cfg.save(folder)
 
 
+# (from kind, to kind): the weights the second has and the first lacks
+WARM_STARTS = {("eagle3", "block"): {"mask_embed"}}
+
+
 def warm_start(m: nn.Module, folder: str | Path) -> DrafterConfig:
     """Copy a drafter folder's trained weights into `m` (same kind and shapes): a drafter
     trained for a sibling target (a smaller or depth up-scaled member of the same family, which
@@ -199,10 +241,12 @@ def warm_start(m: nn.Module, folder: str | Path) -> DrafterConfig:
     from safetensors.torch import load_file
 
     cfg = DrafterConfig.load(folder)
-    if cfg.kind != m.cfg.kind:
+    if cfg.kind != m.cfg.kind and (cfg.kind, m.cfg.kind) not in WARM_STARTS:
         raise ValueError(f"--init {folder} is a {cfg.kind} drafter; this one is {m.cfg.kind}")
     state = load_file(str(Path(folder) / WEIGHTS_FILE))
     own = trained_state(m)
+    if cfg.kind != m.cfg.kind:  # what the start has not got keeps its initialisation
+        own = {k: v for k, v in own.items() if k not in WARM_STARTS[cfg.kind, m.cfg.kind]}
     wrong = sorted(k for k in set(state) | set(own)
                    if k not in state or k not in own or state[k].shape != own[k].shape)
     if wrong:

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgespec.drafter_kinds import KINDS
 from edgespec.drafter_options import fits_heads
+from edgespec.errors import BundleError
 from edgespec.manifest import DrafterSpec
 from edgespec.sampling import SamplingParams
 from edgespec.tree import DraftTree, static_tree
@@ -172,15 +173,23 @@ class LayerDrafter(Drafter):
         z.flags.writeable = False
         return z
 
+    @staticmethod
+    def _keep_rows(st: LayerState, tokens: list[int]) -> int | None:
+        """Cut the drafter's cache to the rows whose tokens are unchanged (row j depends on
+        x_0..x_j), at most up to the last context row but one; returns how many stay (None:
+        under 2 tokens, no row to draft from)."""
+        if len(tokens) < 2:
+            return None
+        c = max(0, min(common_prefix(st.cached, tokens) - 1, len(tokens) - 2))
+        st.runner.kv.truncate(c)
+        return c
+
     def propose(self, st: LayerState, tokens: list[int], sampling: SamplingParams,
                 rng: np.random.Generator, keep=None) -> DraftTree:
-        m = len(tokens)
-        kv = st.runner.kv
-        if m < 2:
+        c = self._keep_rows(st, tokens)
+        if c is None:  # nothing to draft from yet
             return DraftTree.chain(tokens[-1], [])
-        # row j depends on x_0..x_j: keep the rows whose tokens are unchanged, feed the rest
-        c = max(0, min(common_prefix(st.cached, tokens) - 1, m - 2))
-        kv.truncate(c)
+        m, kv = len(tokens), st.runner.kv
         mask = self.spec.graph.mask_value
         # rows c+1..m-1 are fed, each reading the target output of the row before; only the
         # last row drafts: a catch-up over a whole prompt must not bind (and compute) [s, V]
@@ -220,3 +229,56 @@ class LayerDrafter(Drafter):
 
     def forward_seconds(self, st: LayerState) -> float:
         return st.runner.run_seconds
+
+
+class BlockDrafter(LayerDrafter):
+    """A parallel block drafter (models/drafters.py BlockDrafter): EAGLE-3's graph, and a whole
+    proposal in one causal run: the catch-up rows, then gamma - 1 mask rows (token ids V..,
+    one per offset) at the positions after the pending token. Its last gamma rows' logits are
+    the chain's draft distributions, each independent of the tokens drawn before it, so greedy
+    and sampled drafts verify as any chain's (lossless)."""
+
+    forwards_per_step = 1
+
+    @classmethod
+    def from_bundle(cls, bundle: BundleDrafter, setting: DraftSetting) -> BlockDrafter:
+        return cls(bundle.bundle_dir, bundle.spec, bundle.config, setting.gamma, 1, None,
+                   bundle.d2t)
+
+    def __init__(self, bundle_dir, spec: DrafterSpec, config: SessionConfig,
+                 gamma: int | None = None, tree_width: int | None = None,
+                 tree_size: int | None = None, d2t: np.ndarray | None = None):
+        if "block_size" not in spec.options:
+            raise BundleError(f"manifest.json: drafter {spec.kind!r} has no options.block_size; "
+                              "re-export the bundle")
+        self.block = int(spec.options["block_size"])
+        super().__init__(bundle_dir, spec, config, gamma, 1, None, d2t)
+        if self.gamma > self.block:  # the caller's gamma, or the manifest's own
+            raise (ValueError if gamma is not None else BundleError)(
+                f"{self.name} drafts at most its block of {self.block} tokens a step, got "
+                f"gamma {self.gamma}")
+
+    def propose(self, st: LayerState, tokens: list[int], sampling: SamplingParams,
+                rng: np.random.Generator, keep=None) -> DraftTree:
+        c = self._keep_rows(st, tokens)
+        if c is None:  # nothing to draft from yet
+            return DraftTree.chain(tokens[-1], [])
+        m, kv = len(tokens), st.runner.kv
+        depth = max(min(self.gamma, kv.free - (m - 1 - c)), 0)  # 0: room to catch up only
+        masks = max(depth - 1, 0)
+        ids = np.concatenate([tokens[c + 1:m], self.vocab + np.arange(masks)])
+        s = len(ids)
+        feats = np.zeros((1, s, self.feature_dim), np.float32)
+        feats[0, :m - 1 - c] = st.target.rows[c:m - 1]
+        rows = np.arange(s - max(depth, 1), s, dtype=np.int64)
+        out = st.runner.forward(ids.astype(np.int64), np.arange(c + 1, c + 1 + s), None, rows,
+                                {"features": feats, "hidden_in": self._zeros(s, self.dim)})
+        st.cached = list(tokens)
+        kv.truncate(m - 1)  # the mask rows are dropped: the cache holds context rows only
+        if depth < 1:
+            return DraftTree.chain(tokens[-1], [])
+        logits = out.logits
+        columns = np.arange(self.vocab) if self.d2t is None else self.d2t
+        draft, q, classes = draft_chain(logits[0], depth, lambda step, _: logits[step + 1],
+                                        sampling, rng, columns, self.vocab)
+        return DraftTree.chain(tokens[-1], draft, q, classes)

@@ -136,7 +136,9 @@ class PacedDrafter(Drafter):
     def after_step(self, st: PacedState, verified: int, seconds: float, tokens: int) -> None:
         self.gate.costs.observe(verified, max(seconds - st.draft_seconds, 1e-9))
         if st.drafted and self.inner.forwards_per_step:
-            self.gate.observe_forward(st.draft_seconds / st.drafted)
+            # a chain drafter runs once per token drafted, a block or heads once a step
+            self.gate.observe_forward(st.draft_seconds / min(st.drafted,
+                                                             self.inner.forwards_per_step))
             rate, last = tokens / max(seconds, 1e-9), self.network_rate
             self.network_rate = rate if last is None else 0.9 * last + 0.1 * rate
         if st.proposal is not None and st.proposal[1] > 0:

@@ -138,7 +138,7 @@ def llama_copy(tiny_bundles, tmp_path):
     return tmp_path / "b"
 
 
-DRAFTER_KINDS = ("medusa", "mtp", "eagle3")  # the trained kinds
+DRAFTER_KINDS = ("medusa", "mtp", "eagle3", "block")  # the trained kinds
 
 
 def train_tiny_drafters(hf, bundle, root, steps: int = 40) -> dict:
@@ -160,7 +160,8 @@ def train_tiny_drafters(hf, bundle, root, steps: int = 40) -> dict:
     a, fp = target.args, weights_fingerprint(hf)
     out = {}
     for kind in DRAFTER_KINDS:
-        layers = tuple(model.manifest.target.feature_layers) if kind == "eagle3" else ()
+        layers = tuple(model.manifest.target.feature_layers) if kind in ("eagle3", "block") \
+            else ()
         cfg = DrafterConfig(kind=kind, dim=a.dim, vocab_size=a.vocab_size,
                             feature_dim=a.dim * max(len(layers), 1), feature_layers=layers,
                             target_fingerprint=fp)

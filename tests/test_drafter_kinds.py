@@ -92,6 +92,6 @@ def test_the_table_is_what_the_graph_contract_requires():
     for name, k in KINDS.items():
         if k.graph:
             assert required(name) == (k.inputs, k.outputs)
-    assert set(trainable()) == {"medusa", "mtp", "eagle3"}
-    assert set(chain_kinds()) == {"ngram", "draft_model", "mtp", "eagle3"}
-    assert np.all([KINDS[k].model for k in ("draft_model", "mtp", "eagle3")])
+    assert set(trainable()) == {"medusa", "mtp", "eagle3", "block"}
+    assert set(chain_kinds()) == {"ngram", "draft_model", "mtp", "eagle3", "block"}
+    assert np.all([KINDS[k].model for k in ("draft_model", "mtp", "eagle3", "block")])

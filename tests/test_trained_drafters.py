@@ -15,7 +15,7 @@ from edgespec.models.weights import load_transformer, weights_fingerprint
 from edgespec.runtime.generator import GenerationParams, Generator
 from edgespec.runtime.model import Model
 
-KINDS = ("medusa", "mtp", "eagle3")
+KINDS = ("medusa", "mtp", "eagle3", "block")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_export_lists_each_drafter_with_parity(drafter_bundle):
 
 
 @pytest.mark.parametrize("name,width", [("medusa", None), ("mtp", 1), ("eagle3", 1),
-                                        ("eagle3", 3), ("mtp", 2)])
+                                        ("eagle3", 3), ("mtp", 2), ("block", None)])
 def test_greedy_speculative_equals_autoregressive(drafter_bundle, name, width):
     model = Model(drafter_bundle)
     drafter = model.drafter(name, tree_width=width)
@@ -294,11 +294,11 @@ def test_head_graph_lifts_the_drafter_head_out_of_its_graph(tiny_dirs, drafter_b
     graphs = [head_graph(drafter_bundle / f"{k}.onnx") for k in KINDS]
     kinds = {k: d.graph.kind for k, d in Model(drafter_bundle).manifest.drafters.items()
              if k in KINDS}
-    assert kinds == {"medusa": "plain", "mtp": "fused", "eagle3": "fused"}  # as the target
+    assert kinds == {"medusa": "plain", "mtp": "fused", "eagle3": "fused", "block": "fused"}
     for g in graphs:  # medusa (MatMul) and the layer drafters (Gemm) share the target's head
         sess = ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"])
         np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ w.T, rtol=1e-4, atol=1e-4)
-    assert all(ms > 0 for ms in time_heads(graphs, [4, 1, 1], rounds=2, calls=3))
+    assert all(ms > 0 for ms in time_heads(graphs, [4, 1, 1, 1], rounds=2, calls=3))
     import onnx
 
     from edgespec.export.onnx_builder import Builder

@@ -6,7 +6,9 @@ Losses are soft cross-entropies against the target's renormalised top-k distribu
 - medusa: head k on h_t against the target's distribution at t+1+k (the token k+2 ahead);
 - mtp / eagle3: training-time test (EAGLE-3): U unrolled steps, step s feeding each row the
   drafter's own hidden from step s-1 and attending exactly what it attends at draft depth s+1
-  (`unroll_bias`), so deeper drafts are trained on their own inputs; step s weighs decay**s.
+  (`unroll_bias`), so deeper drafts are trained on their own inputs; step s weighs decay**s;
+- block: every context row as EAGLE-3's step 0, plus a block of mask rows at sampled anchor
+  rows, all in one forward (block_losses.py); depth s weighs decay**s.
 
 Under torchrun (WORLD_SIZE > 1) each rank draws its own batches and gradients are all-reduced
 (averaged) before each optimiser step; rank 0 writes checkpoints and the result.
@@ -25,10 +27,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .distill import DistillData
-from edgespec.models.drafters import (DrafterConfig, LayerDrafter, build_drafter, save_drafter, trained_state,
-                       warm_start)
+from edgespec.drafter_kinds import KINDS
+from edgespec.models.drafters import (BlockDrafter, DrafterConfig, LayerDrafter, build_drafter,
+                                      save_drafter, trained_state, warm_start)
 from edgespec.models.llama import causal_bias, empty_past
+
+from .losses import block_losses, soft_ce
+from .distill import DistillData
 from .vocab_trim import coverage, save_counts, token_counts, trim_ids
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -41,6 +46,7 @@ class TrainConfig:
     lr: float = 2e-3
     warmup: int = 20
     unroll: int = 3  # layer drafters: training-time-test steps
+    anchors: int = 64  # block: block anchors sampled per batch (each a whole block of rows)
     decay: float = 0.8  # weight of unrolled step s is decay**s
     label_top_k: int = 16  # soft labels: the target's top-k distribution, renormalised
     train_vocab: int = 0  # >0: softmax over the K tokens VocabTrim keeps (--trim-vocab K)
@@ -67,7 +73,7 @@ def target_table(target, data: DistillData, kind: str, feature_layers: tuple[int
                  top_k: int, progress: bool = False) -> TargetTable:
     n, t_max = len(data), int(np.diff(data.offsets).max())
     dev = target.embed_tokens.weight.device
-    use_features = kind == "eagle3"
+    use_features = KINDS[kind].reads == "features"
     width = len(feature_layers) * target.args.dim if use_features else target.args.dim
     tokens = torch.zeros(n, t_max, dtype=torch.int64)
     inputs = torch.zeros(n, t_max, width, dtype=torch.float16)
@@ -108,14 +114,6 @@ def trim_training_vocab(m, table: TargetTable, data: DistillData, k: int) -> dic
     t2d[d2t] = torch.arange(k)
     table.top_ids = t2d[table.top_ids]
     return {"train_vocab": k, "train_vocab_coverage": round(coverage(counts, d2t.numpy()), 4)}
-
-
-def soft_ce(logits: torch.Tensor, ids: torch.Tensor, p: torch.Tensor,
-            valid: torch.Tensor) -> torch.Tensor:
-    """Mean over valid rows of -sum_k p_k log q(ids_k). logits [..., V]; ids, p [..., k]."""
-    logq = torch.log_softmax(logits.float(), -1).gather(-1, ids.clamp(min=0))
-    per_row = -(p.float() * (ids >= 0) * logq).sum(-1)  # ids < 0: outside a trimmed vocabulary
-    return (per_row * valid).sum() / valid.sum().clamp(min=1)
 
 
 def unroll_bias(n: int, step: int, device=None) -> torch.Tensor:
@@ -198,7 +196,8 @@ def _align_layer_correct(correct: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def batch_losses(m, table: TargetTable, idx: torch.Tensor, unroll: int, device):
+def batch_losses(m, table: TargetTable, idx: torch.Tensor, unroll: int, device,
+                 anchors: int = 64):
     lens = table.lengths[idx]
     t = int(lens.max())
     tokens = table.tokens[idx, :t].to(device)
@@ -206,6 +205,9 @@ def batch_losses(m, table: TargetTable, idx: torch.Tensor, unroll: int, device):
     top_ids = table.top_ids[idx, :t].to(device)
     top_p = table.top_p[idx, :t].to(device)
     valid = (torch.arange(t)[None] < lens[:, None]).to(device)
+    if isinstance(m, BlockDrafter):  # every row an anchor when evaluating
+        anchors = t - 1 if not m.training else min(anchors, t - 1)
+        return block_losses(m, tokens, inputs, top_ids, top_p, valid, anchors)
     if isinstance(m, LayerDrafter):
         losses, correct = layer_losses(m, tokens, inputs, top_ids, top_p, valid, unroll)
         correct = _align_layer_correct(correct)
@@ -344,7 +346,7 @@ def train_drafter(cfg: DrafterConfig, target, data: DistillData, out_dir: str | 
     step = start
     for step in bar:
         idx = train[torch.randint(len(train), (tc.batch,), generator=gen)]
-        losses, _, _ = batch_losses(m, table, idx, tc.unroll, device)
+        losses, _, _ = batch_losses(m, table, idx, tc.unroll, device, tc.anchors)
         loss = sum(tc.decay ** s * x for s, x in enumerate(losses)) / len(losses)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
