@@ -8,7 +8,7 @@ Losses are soft cross-entropies against the target's renormalised top-k distribu
   drafter's own hidden from step s-1 and attending exactly what it attends at draft depth s+1
   (`unroll_bias`), so deeper drafts are trained on their own inputs; step s weighs decay**s;
 - block: every context row as EAGLE-3's step 0, plus a block of mask rows at sampled anchor
-  rows, all in one forward (block_losses.py); depth s weighs decay**s.
+  rows, all in one forward (losses.py `block_losses`); depth s weighs decay**s.
 
 Under torchrun (WORLD_SIZE > 1) each rank draws its own batches and gradients are all-reduced
 (averaged) before each optimiser step; rank 0 writes checkpoints and the result.
@@ -32,8 +32,8 @@ from edgespec.models.drafters import (BlockDrafter, DrafterConfig, LayerDrafter,
                                       save_drafter, trained_state, warm_start)
 from edgespec.models.llama import causal_bias, empty_past
 
-from .losses import block_losses, soft_ce
 from .distill import DistillData
+from .losses import block_losses, soft_ce
 from .vocab_trim import coverage, save_counts, token_counts, trim_ids
 
 CHECKPOINT = "checkpoint.safetensors"
