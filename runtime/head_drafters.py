@@ -189,6 +189,11 @@ class LayerDrafter(Drafter):
         c = self._keep_rows(st, tokens)
         if c is None:  # nothing to draft from yet
             return DraftTree.chain(tokens[-1], [])
+        return self._draft(st, tokens, c, sampling, rng, keep)
+
+    def _draft(self, st: LayerState, tokens: list[int], c: int, sampling: SamplingParams,
+               rng: np.random.Generator, keep) -> DraftTree:
+        """Feed rows c+1..m-1 (the cache holds rows 1..c) and draft from the last."""
         m, kv = len(tokens), st.runner.kv
         mask = self.spec.graph.mask_value
         # rows c+1..m-1 are fed, each reading the target output of the row before; only the
@@ -258,11 +263,8 @@ class BlockDrafter(LayerDrafter):
                 f"{self.name} drafts at most its block of {self.block} tokens a step, got "
                 f"gamma {self.gamma}")
 
-    def propose(self, st: LayerState, tokens: list[int], sampling: SamplingParams,
-                rng: np.random.Generator, keep=None) -> DraftTree:
-        c = self._keep_rows(st, tokens)
-        if c is None:  # nothing to draft from yet
-            return DraftTree.chain(tokens[-1], [])
+    def _draft(self, st: LayerState, tokens: list[int], c: int, sampling: SamplingParams,
+               rng: np.random.Generator, keep) -> DraftTree:
         m, kv = len(tokens), st.runner.kv
         depth = max(min(self.gamma, kv.free - (m - 1 - c)), 0)  # 0: room to catch up only
         masks = max(depth - 1, 0)
